@@ -1,0 +1,1 @@
+"""Hardware profiles (one TOML per chip) installed as ``iosim.hardware``; load them with ``iosim.hwprofile``."""

@@ -1,0 +1,5 @@
+import sys
+
+from iosim.cli import main
+
+sys.exit(main())

@@ -1,0 +1,235 @@
+"""Hardware profiles: one TOML file per chip, every number with its kind and source.
+
+File format (``schema_version = 1``)::
+
+    schema_version = 1
+    name = "h100"
+    full_name = "NVIDIA H100 SXM5 80GB"
+    vendor = "nvidia"            # nvidia | huawei
+    arch = "sm90"
+
+    [values]
+    sm_count = { value = 132, kind = "datasheet", source = "Hopper whitepaper, Table 3" }
+    ...
+
+    [values.tensor_flops_per_s]  # dense, per dtype
+    bf16 = { value = 989.4e12, kind = "datasheet", source = "..." }
+
+``kind`` is one of KINDS. ``measured`` and ``calibrated`` values name the tool and date in their source.
+Base units only (bytes, Hz, s, flop); the unit is in the key.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping
+
+from iosim.errors import IosimError
+
+SCHEMA_VERSION = 1
+CHANGES_SINCE: dict[int, str] = {}  # version -> what changed after it; empty while only version 1 exists
+KINDS = ("datasheet", "whitepaper", "paper", "documentation", "measured", "calibrated", "derived", "assumed", "estimate")
+DTYPES = ("fp64", "tf32", "fp16", "bf16", "fp8")
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """One chip. Field names carry their units; all values are base units."""
+
+    name: str
+    full_name: str
+    vendor: str
+    arch: str
+    sm_count: int
+    boost_clock_hz: float
+    hbm_bandwidth_bytes_per_s: float
+    hbm_capacity_bytes: int
+    l2_size_bytes: int
+    l2_line_bytes: int
+    l2_sector_bytes: int
+    smem_per_sm_bytes: int
+    smem_per_block_bytes: int
+    registers_per_sm: int
+    max_ctas_per_sm: int
+    max_threads_per_sm: int
+    tensor_flops_per_s: Mapping[str, float]
+    fp32_flops_per_s: float
+    sfu_ops_per_clock_per_sm: int
+    # Optional: geometry the L2 model and cost model refine (None = not known for this chip).
+    l2_partitions: int | None = None
+    l2_ways: int | None = None
+    l2_bandwidth_bytes_per_s: float | None = None
+    smem_bandwidth_bytes_per_clock_per_sm: int | None = None
+    max_registers_per_thread: int | None = None
+    sources: Mapping[str, Source] = field(default_factory=dict, compare=False, repr=False)
+    path: str = field(default="", compare=False)
+
+    def tensor_flops(self, dtype: str) -> float:
+        """Dense tensor-core FLOP/s for ``dtype``; clear error if the chip has none for it."""
+        try:
+            return self.tensor_flops_per_s[dtype]
+        except KeyError:
+            known = ", ".join(sorted(self.tensor_flops_per_s))
+            raise IosimError(f"hardware {self.name!r} has no tensor-core rate for {dtype!r}; it has: {known}") from None
+
+
+_REQUIRED_INT = ("sm_count", "hbm_capacity_bytes", "l2_size_bytes", "l2_line_bytes", "l2_sector_bytes",
+                 "smem_per_sm_bytes", "smem_per_block_bytes", "registers_per_sm", "max_ctas_per_sm",
+                 "max_threads_per_sm", "sfu_ops_per_clock_per_sm")
+_REQUIRED_FLOAT = ("boost_clock_hz", "hbm_bandwidth_bytes_per_s", "fp32_flops_per_s")
+_OPTIONAL_INT = ("l2_partitions", "l2_ways", "smem_bandwidth_bytes_per_clock_per_sm", "max_registers_per_thread")
+_OPTIONAL_FLOAT = ("l2_bandwidth_bytes_per_s",)
+_VALUE_KEYS = set(_REQUIRED_INT + _REQUIRED_FLOAT + _OPTIONAL_INT + _OPTIONAL_FLOAT + ("tensor_flops_per_s",))
+
+
+def _fail(path: str, key: str, msg: str) -> IosimError:
+    return IosimError(f"{path}: key {key!r}: {msg}")
+
+
+def _entry(path: str, key: str, raw: object, integral: bool) -> tuple[int | float, Source]:
+    if not isinstance(raw, dict):
+        raise _fail(path, key, f"expected an inline table {{ value = ..., kind = ..., source = \"...\" }}, got {raw!r}")
+    missing = [k for k in ("value", "kind", "source") if k not in raw]
+    if missing:
+        raise _fail(path, key, f"missing {', '.join(missing)} (every number needs value, kind and source)")
+    extra = set(raw) - {"value", "kind", "source", "note"}
+    if extra:
+        raise _fail(path, key, f"unknown field(s) {sorted(extra)}; allowed: value, kind, source, note")
+    value, kind, source = raw["value"], raw["kind"], raw["source"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(path, key, f"value must be a number, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise _fail(path, key, f"value must be a positive finite number, got {value!r}")
+    if integral:
+        if float(value) != int(value):
+            raise _fail(path, key, f"value must be a whole number, got {value!r}")
+        value = int(value)
+    else:
+        value = float(value)
+    if kind not in KINDS:
+        raise _fail(path, key, f"kind {kind!r} is not one of {', '.join(KINDS)}")
+    if not isinstance(source, str) or len(source.strip()) < 4:
+        raise _fail(path, key, "source must say where the number comes from (datasheet, paper section, measurement)")
+    return value, Source(kind, source.strip())
+
+
+def parse_profile(doc: dict, path: str) -> Hardware:
+    """Validate a parsed TOML document and build a Hardware; errors name the file and key."""
+    version = doc.get("schema_version")
+    if version != SCHEMA_VERSION:
+        changes = "; ".join(f"since v{v}: {c}" for v, c in sorted(CHANGES_SINCE.items()) if version and v >= version)
+        raise _fail(path, "schema_version", f"expected {SCHEMA_VERSION}, got {version!r}" + (f" ({changes})" if changes else ""))
+    head: dict[str, str] = {}
+    for key in ("name", "full_name", "vendor", "arch"):
+        v = doc.get(key)
+        if not isinstance(v, str) or not v:
+            raise _fail(path, key, "expected a non-empty string")
+        head[key] = v
+    values = doc.get("values")
+    if not isinstance(values, dict):
+        raise _fail(path, "values", "expected a [values] table")
+    unknown = set(values) - _VALUE_KEYS
+    if unknown:
+        raise _fail(path, f"values.{sorted(unknown)[0]}", f"unknown key; known keys: {', '.join(sorted(_VALUE_KEYS))}")
+    out: dict[str, object] = dict(head)
+    sources: dict[str, Source] = {}
+    for key in _REQUIRED_INT + _REQUIRED_FLOAT + _OPTIONAL_INT + _OPTIONAL_FLOAT:
+        if key not in values:
+            if key in _REQUIRED_INT or key in _REQUIRED_FLOAT:
+                raise _fail(path, f"values.{key}", "missing (required)")
+            continue
+        res = _entry(path, f"values.{key}", values[key], key in _REQUIRED_INT or key in _OPTIONAL_INT)
+        out[key], sources[key] = res
+    tf = values.get("tensor_flops_per_s")
+    if not isinstance(tf, dict) or not tf:
+        raise _fail(path, "values.tensor_flops_per_s", f"expected a table of dtype = {{...}} entries ({', '.join(DTYPES)})")
+    rates: dict[str, float] = {}
+    for dt, raw in tf.items():
+        if dt not in DTYPES:
+            raise _fail(path, f"values.tensor_flops_per_s.{dt}", f"unknown dtype; known: {', '.join(DTYPES)}")
+        res = _entry(path, f"values.tensor_flops_per_s.{dt}", raw, False)
+        rates[dt], sources[f"tensor_flops_per_s.{dt}"] = res
+    out["tensor_flops_per_s"] = MappingProxyType(rates)
+    hw = Hardware(**out, sources=MappingProxyType(sources), path=path)  # type: ignore[arg-type]
+    _check_consistency(hw)
+    return hw
+
+
+def _check_consistency(hw: Hardware) -> None:
+    p = hw.path
+    if hw.l2_line_bytes & (hw.l2_line_bytes - 1) or hw.l2_sector_bytes & (hw.l2_sector_bytes - 1):
+        raise _fail(p, "values.l2_line_bytes", "line and sector sizes must be powers of two")
+    if hw.l2_line_bytes % hw.l2_sector_bytes:
+        raise _fail(p, "values.l2_sector_bytes", f"sector ({hw.l2_sector_bytes} B) must divide the line ({hw.l2_line_bytes} B)")
+    if hw.smem_per_block_bytes > hw.smem_per_sm_bytes:
+        raise _fail(p, "values.smem_per_block_bytes", f"{hw.smem_per_block_bytes} B per block exceeds {hw.smem_per_sm_bytes} B per SM")
+
+
+def load_profile_file(path: str | Path) -> Hardware:
+    """Load a user's TOML profile by path."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise IosimError(f"cannot read hardware profile {path}: {e.strerror}") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise IosimError(f"{path}: malformed TOML: {e}") from None
+    return parse_profile(doc, str(path))
+
+
+def builtin_names() -> list[str]:
+    """Names of the profiles embedded in iosim.hardware, sorted."""
+    pkg = resources.files("iosim.hardware")
+    return sorted(p.name[:-5] for p in pkg.iterdir() if p.name.endswith(".toml"))
+
+
+_CACHE: dict[str, Hardware] = {}
+
+
+def load_hardware(name_or_path: str | Path) -> Hardware:
+    """A built-in profile by name (``h100``) or a TOML file by path."""
+    s = str(name_or_path)
+    if s.endswith(".toml") or "/" in s or Path(s).is_file():
+        return load_profile_file(s)
+    key = s.lower()
+    if key not in _CACHE:
+        names = builtin_names()
+        if key not in names:
+            raise IosimError(f"unknown hardware {s!r}; known: {', '.join(names)} (or give a path to a .toml profile)")
+        res = resources.files("iosim.hardware").joinpath(f"{key}.toml")
+        try:
+            doc = tomllib.loads(res.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise IosimError(f"{res}: malformed TOML: {e}") from None
+        _CACHE[key] = parse_profile(doc, str(res))
+    return _CACHE[key]
+
+
+def profile_table(hw: Hardware) -> list[tuple[str, object, str, str]]:
+    """(key, value, kind, source) rows for display."""
+    rows = []
+    for f in fields(hw):
+        if f.name in ("sources", "path", "name", "full_name", "vendor", "arch"):
+            continue
+        v = getattr(hw, f.name)
+        if f.name == "tensor_flops_per_s":
+            for dt, r in v.items():
+                s = hw.sources.get(f"tensor_flops_per_s.{dt}")
+                rows.append((f"tensor_flops_per_s.{dt}", r, s.kind if s else "", s.text if s else ""))
+        elif v is not None:
+            s = hw.sources.get(f.name)
+            rows.append((f.name, v, s.kind if s else "", s.text if s else ""))
+    return rows

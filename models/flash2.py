@@ -1,0 +1,97 @@
+"""FlashAttention-2 forward (Dao, arXiv 2307.08691, Algorithm 1 and §3.1–3.2).
+
+One CTA per (query block i, batch b, head h). It loads Q_i once, walks the KV blocks j (ascending as in Triton's
+tutorial, or descending as FA2's CUDA kernel does: ``kv_order``), keeps O_i, m, ℓ on chip, and writes O_i and the
+logsumexp L_i once. Causal: KV blocks entirely above the (bottom-right aligned) diagonal are skipped, so block i
+visits j < min(T_c, ⌈((i+1)·B_r + N_kv − N_q)/B_c⌉). GQA: query head h reads KV head h // g; every query head's
+CTA loads its K/V tiles itself (sharing happens in L2, not SRAM).
+
+Per head, non-causal: reads Q = N_q·d, K+V = 2·N_kv·d·T_r; writes O = N_q·d and L = N_q (fp32).
+
+Work per visited (i, j) tile of r×c valid elements (counting convention):
+  matmul 2·r·c·d (S = QKᵀ) + 2·r·c·d (O += PV);
+  exp r·c (P = exp(S − m)) + r (rescale e^{m_old − m_new});
+  other 4·r·c (scale, row max, subtract, row sum) + r·(d + 4) (O·α, m and ℓ updates).
+Finalize per row: other d + 1 (O/ℓ, m + log ℓ), exp 1 (log ℓ).
+Masked elements of visited diagonal tiles are counted (the tensor cores compute them).
+
+Shared memory: Q tile + num_stages × (K tile + V tile) (Triton-style pipelining; FA2's CUDA kernel with one
+stage uses (B_r + 2·B_c)·d·2 bytes, kernel_traits.h).
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from iosim.models._common import check_fit, check_head_dim, kv_tile, lse_tensor, q_tile, qkvo_tensors, row_tile
+from iosim.problem import STAT_BYTES, KernelConfig, Problem
+from iosim.registry import register
+from iosim.schedule import Buffer, Compute, GridAxis, Kernel, Load, Loop, Schedule, Span, Store, Work, cdiv, clamp, var
+
+DEFAULT_TILES = {32: (128, 128), 64: (128, 128), 96: (128, 64), 128: (128, 64), 192: (128, 64), 256: (64, 64)}
+"""FA2's forward tiles by head dim on sm80/sm90 (flash_fwd_launch_template.h, Dao-AILab/flash-attention)."""
+
+
+def default_tiles(head_dim: int) -> tuple[int, int]:
+    for d, t in sorted(DEFAULT_TILES.items()):
+        if head_dim <= d:
+            return t
+    return 64, 64
+
+
+def kv_stop(p: Problem, i, bm: int, bn: int, tn):
+    """Number of KV blocks query block i visits (all of them unless causal)."""
+    if not p.causal:
+        return tn
+    return clamp(cdiv((i + 1) * bm + p.seq_kv - p.seq_q, bn), 0, tn)
+
+
+def grid_axes(p: Problem, cfg: KernelConfig, tm) -> tuple[tuple[GridAxis, ...], dict]:
+    vs = {"m": var("pid_m"), "b": var("b"), "h": var("h")}
+    ext = {"m": tm, "b": p.batch, "h": p.heads}
+    return tuple(GridAxis(n, vs[n], ext[n]) for n in cfg.grid_order), vs
+
+
+@register("flash2", "FlashAttention-2 forward: outer loop over Q blocks (one CTA each), inner over K/V; O and LSE written once")
+def build(p: Problem, cfg: KernelConfig, hw=None) -> Schedule:
+    check_head_dim(p, "flash2")
+    if cfg.block_m is None or cfg.block_n is None:
+        dm, dn = default_tiles(p.head_dim) if isinstance(p.head_dim, int) else (128, 64)
+        cfg = cfg.with_tiles(cfg.block_m or dm, cfg.block_n or dn)
+    bm, bn, d, e = cfg.block_m, cfg.block_n, p.head_dim, p.elem_bytes
+    tm, tn = cdiv(p.seq_q, bm), cdiv(p.seq_kv, bn)
+    grid, vs = grid_axes(p, cfg, tm)
+    b, h, pid = vs["b"], vs["h"], vs["m"]
+    i = pid if cfg.q_order == "ascending" else tm - 1 - pid
+    j = var("j")
+    rows, cols = Span(i, bm, p.seq_q), Span(j, bn, p.seq_kv)
+    step = (
+        Load("k", kv_tile(p, "K", b, h, cols)),
+        Compute("qk", ("q", "k", "s"), matmul=(Work(2 * d, (rows, cols)),)),
+        Compute("online_softmax", ("s", "m", "l", "acc"),
+                exp=(Work(1, (rows, cols)), Work(1, (rows,))),
+                other=(Work(4, (rows, cols)), Work(d + 4, (rows,)))),
+        Load("v", kv_tile(p, "V", b, h, cols)),
+        Compute("pv", ("s", "v", "acc"), matmul=(Work(2 * d, (rows, cols)),)),
+    )
+    body = (
+        Load("q", q_tile(p, "Q", b, h, rows)),
+        Loop(j, 0, kv_stop(p, i, bm, bn, tn), step, reverse=cfg.kv_order == "descending"),
+        Compute("finalize", ("acc", "m", "l", "lse"), exp=(Work(1, (rows,)),), other=(Work(d + 1, (rows,)),)),
+        Store("acc", q_tile(p, "O", b, h, rows)),
+        Store("lse", row_tile(p, "LSE", b, h, rows)),
+    )
+    buffers = (
+        Buffer("q", (bm, d), e),
+        Buffer("k", (bn, d), e, pipelined=True),
+        Buffer("v", (bn, d), e, pipelined=True),
+        Buffer("s", (bm, bn), 4, space="reg"),
+        Buffer("acc", (bm, d), 4, space="reg"),
+        Buffer("m", (bm,), STAT_BYTES, space="reg"),
+        Buffer("l", (bm,), STAT_BYTES, space="reg"),
+        Buffer("lse", (bm,), STAT_BYTES, space="reg"),
+    )
+    kernel = Kernel("flash2_fwd", grid, buffers, body, threads_per_cta=32 * cfg.num_warps)
+    check_fit(kernel, cfg, hw, f"block_m={bm}, block_n={bn}, head_dim={d}, num_stages={cfg.num_stages}")
+    tensors = qkvo_tensors(p) | {"LSE": lse_tensor(p)}
+    return Schedule("flash2", p, cfg, tensors, (kernel,))
