@@ -42,6 +42,20 @@ def problem_from_args(a: argparse.Namespace) -> tuple[Problem, KernelConfig]:
     return problem, config
 
 
+# Subcommands that live in their own modules: each module defines ``add_parser(subparsers)`` (registering one
+# subcommand whose name is the module's COMMAND) and ``run(args, out) -> int``. Add a module here to add a command.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def _command_modules() -> dict:
+    import importlib
+    mods = {}
+    for name in COMMAND_MODULES:
+        m = importlib.import_module(name)
+        mods[m.COMMAND] = m
+    return mods
+
+
 def create_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iosim", description="IO-complexity simulator and cost model for attention kernels")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -54,6 +68,8 @@ def create_parser() -> argparse.ArgumentParser:
     show = hws.add_parser("show", help="every value of a profile with its source")
     show.add_argument("name", help="profile name or path to a .toml file")
     sub.add_parser("algorithms", help="list the algorithm families")
+    for m in _command_modules().values():
+        m.add_parser(sub)
     return parser
 
 
@@ -110,6 +126,8 @@ def run(argv: Sequence[str], out: IO[str]) -> int:
     elif args.command == "algorithms":
         for name, alg in algorithms().items():
             out.write(f"{name:<12}{alg.summary}\n")
+    else:
+        return _command_modules()[args.command].run(args, out)
     return 0
 
 
