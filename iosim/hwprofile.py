@@ -34,6 +34,7 @@ from iosim.errors import IosimError
 SCHEMA_VERSION = 1
 CHANGES_SINCE: dict[int, str] = {}  # version -> what changed after it; empty while only version 1 exists
 KINDS = ("datasheet", "whitepaper", "paper", "documentation", "measured", "calibrated", "derived", "assumed", "estimate")
+VENDORS = ("nvidia", "huawei", "amd")
 DTYPES = ("fp64", "tf32", "fp16", "bf16", "fp8")
 
 
@@ -109,7 +110,11 @@ def _entry(path: str, key: str, raw: object, integral: bool) -> tuple[int | floa
     value, kind, source = raw["value"], raw["kind"], raw["source"]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _fail(path, key, f"value must be a number, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:
+        finite = False
+    if not finite or value <= 0:
         raise _fail(path, key, f"value must be a positive finite number, got {value!r}")
     if integral:
         if float(value) != int(value):
@@ -127,15 +132,22 @@ def _entry(path: str, key: str, raw: object, integral: bool) -> tuple[int | floa
 def parse_profile(doc: dict, path: str) -> Hardware:
     """Validate a parsed TOML document and build a Hardware; errors name the file and key."""
     version = doc.get("schema_version")
-    if version != SCHEMA_VERSION:
-        changes = "; ".join(f"since v{v}: {c}" for v, c in sorted(CHANGES_SINCE.items()) if version and v >= version)
+    if type(version) is not int or version != SCHEMA_VERSION:
+        changes = "; ".join(f"since v{v}: {c}" for v, c in sorted(CHANGES_SINCE.items())
+                            if type(version) is int and v >= version)
         raise _fail(path, "schema_version", f"expected {SCHEMA_VERSION}, got {version!r}" + (f" ({changes})" if changes else ""))
+    unknown_top = set(doc) - {"schema_version", "name", "full_name", "vendor", "arch", "values"}
+    if unknown_top:
+        raise _fail(path, sorted(unknown_top)[0], "unknown top-level key; allowed: schema_version, name, full_name, "
+                    "vendor, arch, [values]")
     head: dict[str, str] = {}
     for key in ("name", "full_name", "vendor", "arch"):
         v = doc.get(key)
         if not isinstance(v, str) or not v:
             raise _fail(path, key, "expected a non-empty string")
         head[key] = v
+    if head["vendor"] not in VENDORS:
+        raise _fail(path, "vendor", f"expected one of {', '.join(VENDORS)}, got {head['vendor']!r}")
     values = doc.get("values")
     if not isinstance(values, dict):
         raise _fail(path, "values", "expected a [values] table")
@@ -168,8 +180,10 @@ def parse_profile(doc: dict, path: str) -> Hardware:
 
 def _check_consistency(hw: Hardware) -> None:
     p = hw.path
-    if hw.l2_line_bytes & (hw.l2_line_bytes - 1) or hw.l2_sector_bytes & (hw.l2_sector_bytes - 1):
-        raise _fail(p, "values.l2_line_bytes", "line and sector sizes must be powers of two")
+    for key in ("l2_line_bytes", "l2_sector_bytes"):
+        v = getattr(hw, key)
+        if v & (v - 1):
+            raise _fail(p, f"values.{key}", f"must be a power of two, got {v}")
     if hw.l2_line_bytes % hw.l2_sector_bytes:
         raise _fail(p, "values.l2_sector_bytes", f"sector ({hw.l2_sector_bytes} B) must divide the line ({hw.l2_line_bytes} B)")
     if hw.smem_per_block_bytes > hw.smem_per_sm_bytes:
