@@ -136,10 +136,6 @@ def parse_profile(doc: dict, path: str) -> Hardware:
         changes = "; ".join(f"since v{v}: {c}" for v, c in sorted(CHANGES_SINCE.items())
                             if type(version) is int and v >= version)
         raise _fail(path, "schema_version", f"expected {SCHEMA_VERSION}, got {version!r}" + (f" ({changes})" if changes else ""))
-    unknown_top = set(doc) - {"schema_version", "name", "full_name", "vendor", "arch", "values"}
-    if unknown_top:
-        raise _fail(path, sorted(unknown_top)[0], "unknown top-level key; allowed: schema_version, name, full_name, "
-                    "vendor, arch, [values]")
     head: dict[str, str] = {}
     for key in ("name", "full_name", "vendor", "arch"):
         v = doc.get(key)
@@ -151,6 +147,10 @@ def parse_profile(doc: dict, path: str) -> Hardware:
     values = doc.get("values")
     if not isinstance(values, dict):
         raise _fail(path, "values", "expected a [values] table")
+    unknown_top = set(doc) - {"schema_version", "name", "full_name", "vendor", "arch", "values"}
+    if unknown_top:
+        raise _fail(path, sorted(unknown_top)[0], "unknown top-level key; allowed: schema_version, name, full_name, "
+                    "vendor, arch, [values]")
     unknown = set(values) - _VALUE_KEYS
     if unknown:
         raise _fail(path, f"values.{sorted(unknown)[0]}", f"unknown key; known keys: {', '.join(sorted(_VALUE_KEYS))}")

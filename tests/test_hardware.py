@@ -374,7 +374,7 @@ def test_sector_must_divide_line(tmp_path):
 def test_line_size_must_be_power_of_two(tmp_path):
     line = 'l2_line_bytes = { value = 96, kind = "assumed", source = "not a power of two" }'
     p = _write(tmp_path, _set_line(_h100_text(), "l2_line_bytes", line))
-    with pytest.raises(IosimError, match="powers of two"):
+    with pytest.raises(IosimError, match="l2_line_bytes.*power of two"):
         load_hardware(p)
 
 
