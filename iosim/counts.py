@@ -94,14 +94,22 @@ def _free(e) -> set:
     return sp.sympify(e).free_symbols
 
 
+def _is_point(s: Span) -> bool:
+    """A one-element span (batch or head index): extent 1 for every valid index, whatever the index expression."""
+    return isinstance(s.block, int) and s.block == 1 or getattr(s.block, "is_Integer", False) and int(s.block) == 1
+
+
 def _span_free(s: Span) -> set:
+    """Symbols the span's extent depends on (none for a point span)."""
+    if _is_point(s):
+        return set()
     return _free(s.index) | _free(s.block) | _free(s.length)
 
 
 def _prod_extents(spans, env, skip=None):
     out = 1
     for s in spans:
-        if s is skip:
+        if s is skip or _is_point(s):
             continue
         out = out * _extent(s, env)
     return out
