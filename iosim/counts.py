@@ -20,7 +20,7 @@ import numpy as np
 import sympy as sp
 
 from iosim.errors import IosimError
-from iosim.expr import evaluate
+from iosim.expr import evaluate, table_env
 from iosim.schedule import Compute, Kernel, Load, Loop, Schedule, Span, Store, walk
 
 MAX_POINTS = 50_000_000  # enumerated (program, outer-iteration) points; beyond this counting refuses (bounded memory)
@@ -243,7 +243,7 @@ def sram_bytes(kernel: Kernel, num_stages: int) -> int:
 
 
 def count_kernel(schedule: Schedule, kernel: Kernel) -> KernelCounts:
-    env: dict = {}
+    env: dict = table_env(getattr(schedule, "tables", None))  # data tables for lookup() bounds (block-sparse)
     npts = 1
     mult = 1
     used: set = set()

@@ -3,10 +3,17 @@
 sympy's lambdify goes through floats for floor/ceiling of rationals; schedules need exact integer arithmetic at
 N = 10⁶ and beyond, so this compiles the few node types schedules use (Add, Mul, integer Pow, Min, Max, floor,
 ceiling, Mod) into closures, once per expression.
+
+Data-dependent schedules (block-sparse masks) add one node: ``Lookup(T, i₀, i₁, …)`` reads entry [i₀, i₁, …] of
+the integer table named by the symbol T. Tables travel with the schedule (``Schedule.tables``, name → int array)
+and are bound into the environment by ``table_env`` as ``Table`` objects (not ndarrays, so code that indexes the
+env's enumerated arrays leaves them alone). Indices may be ints or int64 arrays (NumPy fancy indexing), so counting
+stays vectorised.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Mapping
 
@@ -16,6 +23,49 @@ import sympy as sp
 from iosim.errors import IosimError
 
 Env = Mapping[sp.Symbol, object]
+
+
+class Lookup(sp.Function):
+    """Lookup(T, i₀, …): entry [i₀, …] of the integer table bound to symbol T (a nonnegative integer).
+
+    Left unevaluated by sympy; ``compile_expr`` indexes the ``Table`` bound to T in the environment.
+    """
+
+    is_integer = True
+    is_nonnegative = True
+
+
+@dataclass(frozen=True, eq=False)
+class Table:
+    """An int64 table bound in an evaluation environment (wrapped so it is never mistaken for an enumerated var)."""
+
+    name: str
+    array: np.ndarray
+
+
+def table_env(tables: Mapping[str, object] | None) -> dict:
+    """Environment entries {Symbol(name): Table} for a schedule's tables (empty for schedules without any)."""
+    out: dict = {}
+    for name, arr in (tables or {}).items():
+        a = np.asarray(arr)
+        if a.dtype.kind not in "iub":
+            raise IosimError(f"schedule table {name!r} must hold integers, got dtype {a.dtype}")
+        out[sp.Symbol(name)] = Table(name, a.astype(np.int64, copy=False))
+    return out
+
+
+def _lookup(name: sp.Symbol, fs, e):
+    def look(env):
+        tbl = env.get(name) if hasattr(env, "get") else env[name]
+        if not isinstance(tbl, Table):
+            raise IosimError(f"cannot evaluate {e}: no table {name} is attached to the schedule (Schedule.tables)")
+        idx = tuple(f(env) for f in fs)
+        try:
+            out = tbl.array[idx]
+        except IndexError as err:
+            raise IosimError(f"table {name} of shape {tbl.array.shape} indexed out of range in {e}: {err}") from None
+        return int(out) if np.ndim(out) == 0 else out
+    return look
 
 
 def _min(a, b):
@@ -56,6 +106,10 @@ def compile_expr(e) -> Callable[[Env], object]:
         if isinstance(e, sp.floor):
             return lambda env: f(env) // den
         return lambda env: -((-f(env)) // den)
+    if isinstance(e, Lookup):
+        if not e.args or not e.args[0].is_Symbol:
+            raise IosimError(f"Lookup needs a table symbol as its first argument, got {e}")
+        return _lookup(e.args[0], [compile_expr(a) for a in e.args[1:]], e)
     if isinstance(e, sp.Mod):
         fa, fb = compile_expr(e.args[0]), compile_expr(e.args[1])
         return lambda env: fa(env) % fb(env)

@@ -19,6 +19,8 @@ from typing import Iterator, Union
 
 import sympy as sp
 
+from iosim.expr import Lookup
+
 Expr = Union[sp.Expr, int]
 
 
@@ -195,9 +197,24 @@ class Kernel:
         raise KeyError(name)
 
 
+def table(name: str) -> sp.Symbol:
+    """The symbol naming a data table of a schedule (``Schedule.tables[name]``), for ``lookup``."""
+    return sp.Symbol(name)
+
+
+def lookup(tbl: sp.Symbol, *index: Expr) -> sp.Expr:
+    """tables[tbl][index…] as a schedule expression: data-dependent loop bounds and tile indices (block-sparse
+    kv_num_blocks / kv_indices, FlexAttention-style). Evaluated exactly by ``iosim.expr``."""
+    return Lookup(tbl, *index)
+
+
 @dataclass(frozen=True)
 class Schedule:
-    """An algorithm's kernels in launch order, over its global tensors."""
+    """An algorithm's kernels in launch order, over its global tensors.
+
+    tables: integer arrays that ``lookup`` expressions in the schedule index (name → array); empty for
+    schedules whose loops depend only on sizes.
+    """
 
     algorithm: str
     problem: object  # iosim.problem.Problem
@@ -205,6 +222,7 @@ class Schedule:
     tensors: dict[str, TensorSpec]
     kernels: tuple[Kernel, ...]
     notes: tuple[str, ...] = field(default=())
+    tables: dict = field(default_factory=dict)
 
 
 def walk(stmts: tuple[Stmt, ...]) -> Iterator[Stmt]:
