@@ -1,0 +1,535 @@
+"""Symbolic IO: every registered algorithm's SRAM ↔ HBM traffic as a sympy expression, derived from its schedule.
+
+The model builders are called with a ``Problem`` whose sizes are sympy symbols (batch B, heads H, KV heads H_kv,
+N_q, N_kv, d) and with symbolic tiles (B_r = block_m, B_c = block_n; B_t for the square tiles of
+``square_tiling``). The loop nest of the resulting schedule is then summed with sympy, statement by statement:
+
+* a tile's element count is Π extent(span), extent(Span(k, B, L)) = clamp(L − k·B, 0, B) (``iosim.schedule``);
+* a loop over k whose only k-dependence is one span with index ±k + c is summed in closed form by telescoping,
+  Σ_{k=a}^{b−1} clamp(L − k·B, 0, B) = clamp(b·B, 0, L) − clamp(a·B, 0, L), and clamp(⌈L/B⌉·B, 0, L) = L, so a
+  loop over all tiles of an axis contributes exactly L (ragged last tiles included);
+* a loop the statement does not depend on multiplies by its trip count max(b − a, 0);
+* the GQA head map floor(h/g) over h < g·H_kv becomes g × a sum over KV heads;
+* anything else (causal trip counts that depend on an outer loop variable) stays an unevaluated ``sympy.Sum``,
+  evaluated exactly by :func:`evaluate` (empty when the upper limit is below the lower one, like ``range``).
+
+Nothing is typed in a second time: the expressions come from the same ``Schedule`` objects ``iosim.counts`` counts,
+and ``tests/test_symbolic.py`` checks they are equal to the counts, exactly, for random (also ragged) sizes.
+
+Units: IO is in **bytes** (``io_bytes``) with ``e`` = bytes per element of the problem dtype and fp32 (4 bytes) for
+softmax statistics; ``io_elements`` counts every transferred element as 1 (the FlashAttention paper's "HBM
+accesses"). M, the SRAM size in the theorems, is in **elements** as in FlashAttention §3.1 (Algorithm 1, line 1)
+and Saha & Ye §2.2.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from functools import lru_cache
+from types import MappingProxyType
+from typing import Callable, Mapping
+from unittest import mock
+
+import sympy as sp
+
+from iosim.errors import IosimError
+from iosim.expr import Lookup, Table, table_env
+from iosim.problem import DTYPE_BYTES, STAT_BYTES, KernelConfig, Problem
+from iosim.registry import algorithms, get
+from iosim.schedule import Load, Loop, Schedule, Span, Store, var
+
+
+def _size(name: str) -> sp.Symbol:
+    return sp.Symbol(name, positive=True, integer=True)
+
+
+# The size symbols. g (query heads per KV head) is the symbol ``Problem.group`` uses for symbolic heads.
+BATCH, HEADS, KV_HEADS, GROUP = _size("B"), _size("H"), _size("H_kv"), _size("g")
+NQ, NKV, D = _size("N_q"), _size("N_kv"), _size("d")
+ELEM_BYTES = _size("e")                # bytes per element of the problem dtype
+BLOCK_M, BLOCK_N = _size("B_r"), _size("B_c")  # block_m (query rows per tile), block_n (keys per tile)
+BLOCK_SQ = _size("B_t")                # square_tiling's B × B tile
+SRAM_BYTES = _size("S_sram")           # on-chip bytes per CTA (only where a builder branches on it)
+M = _size("M")                         # SRAM size in elements (FA §3.1, Saha & Ye §2.2)
+N = _size("N")                         # N_q = N_kv = N in the theorems
+SPARSITY = sp.Symbol("s", positive=True)  # fraction of nonzero blocks (FA Prop. 4)
+
+_SYMBOLIC_DTYPE = "fp64"  # 8 bytes ≠ STAT_BYTES: tensors built with 8-byte elements are the problem dtype → e
+
+
+# --- exact evaluation ----------------------------------------------------------------------------------------
+
+def _frac_floor(x) -> int:
+    return math.floor(x) if isinstance(x, Fraction) else int(x)
+
+
+def _frac_ceil(x) -> int:
+    return math.ceil(x) if isinstance(x, Fraction) else int(x)
+
+
+@lru_cache(maxsize=8192)
+def _compile(e: sp.Basic) -> Callable[[Mapping], object]:
+    """env → exact value (int or Fraction). Handles the nodes schedules and this module produce, incl. Sum."""
+    if e.is_Integer:
+        c = int(e)
+        return lambda env: c
+    if e.is_Rational:
+        c = Fraction(int(e.p), int(e.q))
+        return lambda env: c
+    if e.is_Symbol:
+        def sym(env, e=e):
+            try:
+                return env[e]
+            except KeyError:
+                raise IosimError(f"no value for symbol {e} (known: {', '.join(sorted(map(str, env)))})") from None
+        return sym
+    if e is sp.true:
+        return lambda env: True
+    if e is sp.false:
+        return lambda env: False
+    if isinstance(e, sp.Add):
+        fs = [_compile(a) for a in e.args]
+        return lambda env: sum(f(env) for f in fs)
+    if isinstance(e, sp.Mul):
+        fs = [_compile(a) for a in e.args]
+
+        def mul(env):
+            out = 1
+            for f in fs:
+                out = out * f(env)
+            return out
+        return mul
+    if isinstance(e, sp.Pow) and e.exp.is_Integer:
+        fb, k = _compile(e.base), int(e.exp)
+        if k >= 0:
+            return lambda env: fb(env) ** k
+        return lambda env: Fraction(1) / Fraction(fb(env)) ** (-k)
+    if isinstance(e, (sp.floor, sp.ceiling)):
+        f = _compile(e.args[0])
+        return (lambda env: _frac_floor(f(env))) if isinstance(e, sp.floor) else (lambda env: _frac_ceil(f(env)))
+    if isinstance(e, (sp.Min, sp.Max)):
+        fs = [_compile(a) for a in e.args]
+        op = min if isinstance(e, sp.Min) else max
+        return lambda env: op(f(env) for f in fs)
+    if isinstance(e, sp.Mod):
+        fa, fb = _compile(e.args[0]), _compile(e.args[1])
+        return lambda env: fa(env) % fb(env)
+    if isinstance(e, sp.Sum):
+        body = _compile(e.function)
+        (v, lo, hi), = e.limits
+        flo, fhi = _compile(lo), _compile(hi)
+
+        def summ(env):
+            a, b = _frac_ceil(flo(env)), _frac_floor(fhi(env))
+            inner = dict(env)
+            tot = 0
+            for k in range(a, b + 1):  # empty when b < a (range semantics, not Karr's)
+                inner[v] = k
+                tot += body(inner)
+            return tot
+        return summ
+    if isinstance(e, sp.Piecewise):
+        pairs = [(_compile(ex), _compile(c)) for ex, c in e.args]
+
+        def pw(env):
+            for fe, fc in pairs:
+                if fc(env):
+                    return fe(env)
+            raise IosimError(f"no branch of {e} holds")
+        return pw
+    if isinstance(e, (sp.Le, sp.Lt, sp.Ge, sp.Gt, sp.Eq, sp.Ne)):
+        fa, fb = _compile(e.lhs), _compile(e.rhs)
+        op = {sp.Le: lambda a, b: a <= b, sp.Lt: lambda a, b: a < b, sp.Ge: lambda a, b: a >= b,
+              sp.Gt: lambda a, b: a > b, sp.Eq: lambda a, b: a == b, sp.Ne: lambda a, b: a != b}[type(e)]
+        return lambda env: op(fa(env), fb(env))
+    if isinstance(e, (sp.And, sp.Or)):
+        fs = [_compile(a) for a in e.args]
+        return (lambda env: all(f(env) for f in fs)) if isinstance(e, sp.And) else (lambda env: any(f(env) for f in fs))
+    if isinstance(e, Lookup):
+        name, fs = e.args[0], [_compile(a) for a in e.args[1:]]
+
+        def look(env):
+            tbl = env.get(name)
+            if not isinstance(tbl, Table):
+                raise IosimError(f"cannot evaluate {e}: no table {name} bound")
+            return int(tbl.array[tuple(int(f(env)) for f in fs)])
+        return look
+    raise IosimError(f"cannot evaluate symbolic expression {e} (node {type(e).__name__})")
+
+
+def evaluate(expr, env: Mapping) -> Fraction | int:
+    """Exact value of a symbolic IO expression at integer sizes (``env``: Symbol → int, table symbols → Table)."""
+    return _compile(sp.sympify(expr))(env)
+
+
+def evaluate_int(expr, env: Mapping) -> int:
+    v = evaluate(expr, env)
+    if isinstance(v, Fraction):
+        if v.denominator != 1:
+            raise IosimError(f"{expr} is not an integer at these sizes ({v})")
+        v = v.numerator
+    return int(v)
+
+
+# --- proving simple inequalities -----------------------------------------------------------------------------
+
+def _bound_atoms(expr: sp.Expr, lower: bool) -> sp.Expr | None:
+    """A lower (or upper) bound of expr with every floor/ceiling replaced by its argument ± 1, chosen by the sign
+    of expr's derivative in that atom (None if a sign is unknown). ⌈x⌉ ∈ [x, x+1), ⌊x⌋ ∈ (x−1, x]."""
+    for _ in range(16):
+        atoms = [a for a in expr.atoms(sp.ceiling, sp.floor) if not a.args[0].atoms(sp.ceiling, sp.floor)]
+        outer = [a for a in expr.atoms(sp.ceiling, sp.floor)
+                 if not any(a in b.args[0].atoms(sp.ceiling, sp.floor) for b in expr.atoms(sp.ceiling, sp.floor))]
+        if not outer:
+            return expr
+        a = outer[0]
+        t = sp.Dummy("t", positive=True)
+        deriv = sp.diff(expr.xreplace({a: t}), t)
+        inc = _sign(deriv)
+        if inc is None:
+            return None
+        x = a.args[0]
+        lo, hi = (x, x + 1) if isinstance(a, sp.ceiling) else (x - 1, x)
+        pick = (lo if inc > 0 else hi) if lower else (hi if inc > 0 else lo)
+        expr = expr.xreplace({a: pick})
+        del atoms
+    return None
+
+
+def _sign(e: sp.Expr) -> int | None:
+    """+1 if e ≥ 0, −1 if e ≤ 0 (all symbols positive), else None."""
+    e = sp.together(sp.expand(e))
+    if e.is_nonnegative:
+        return 1
+    if e.is_nonpositive:
+        return -1
+    num, den = sp.fraction(e)
+    sn, sd = _poly_sign(num), _poly_sign(den)
+    if sn is None or sd is None:
+        return None
+    return sn * sd
+
+
+def _poly_sign(e: sp.Expr) -> int | None:
+    e = sp.expand(e)
+    if e.is_number:
+        return 1 if e >= 0 else -1
+    if e.has(sp.Min, sp.Max, sp.floor, sp.ceiling, sp.Sum, sp.Piecewise, Lookup):
+        return None
+    try:
+        poly = sp.Poly(e, *sorted(e.free_symbols, key=str))
+    except sp.polys.polyerrors.PolynomialError:
+        return None
+    coeffs = poly.coeffs()
+    if all(c >= 0 for c in coeffs):
+        return 1
+    if all(c <= 0 for c in coeffs):
+        return -1
+    return None
+
+
+def provably_nonnegative(e: sp.Expr) -> bool:
+    """True if e ≥ 0 for all positive values of its symbols (floors/ceilings bounded by their arguments)."""
+    e = sp.sympify(e)
+    if e.is_nonnegative:
+        return True
+    if e.has(sp.Min, sp.Max, sp.Sum, sp.Piecewise, Lookup):
+        return False
+    lb = _bound_atoms(e, lower=True)
+    return lb is not None and _sign(lb) == 1
+
+
+def _clamp(x: sp.Expr, lo: sp.Expr, hi: sp.Expr) -> sp.Expr:
+    """clamp(x, lo, hi), simplified when the order is provable (e.g. clamp(⌈L/B⌉·B, 0, L) = L)."""
+    x, lo, hi = sp.sympify(x), sp.sympify(lo), sp.sympify(hi)
+    if provably_nonnegative(lo - x):
+        return lo
+    if provably_nonnegative(x - hi):
+        return hi
+    if provably_nonnegative(x - lo) and provably_nonnegative(hi - x):
+        return x
+    return sp.Min(sp.Max(x, lo), hi)
+
+
+# --- summing a schedule ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Term:
+    """coeff × Π extent(span) elements."""
+
+    coeff: sp.Expr
+    spans: tuple[Span, ...]
+
+
+def _free(e) -> set:
+    return sp.sympify(e).free_symbols
+
+
+def _span_free(s: Span) -> set:
+    return _free(s.index) | _free(s.block) | _free(s.length)
+
+
+def _extent(s: Span) -> sp.Expr:
+    return _clamp(sp.sympify(s.length) - sp.sympify(s.index) * s.block, 0, s.block)
+
+
+def _affine(index, v):
+    e = sp.expand(sp.sympify(index))
+    a = e.coeff(v)
+    c = sp.expand(e - a * v)
+    if a in (1, -1) and v not in c.free_symbols:
+        return int(a), c
+    return None
+
+
+def _trips(lo, hi) -> sp.Expr:
+    t = sp.sympify(hi) - sp.sympify(lo)
+    return t if provably_nonnegative(t) else sp.Max(t, 0)
+
+
+def _sum_term(t: _Term, v: sp.Symbol, lo, hi) -> list[_Term]:
+    """Σ_{v=lo}^{hi−1} t, in closed form where the loop structure allows it."""
+    dep = [s for s in t.spans if v in _span_free(s)]
+    coeff_dep = v in _free(t.coeff)
+    if not coeff_dep and not dep:
+        return [_Term(t.coeff * _trips(lo, hi), t.spans)]
+    if not coeff_dep and len(dep) == 1 and v not in _free(dep[0].block) | _free(dep[0].length):
+        s = dep[0]
+        rest = tuple(x for x in t.spans if x is not s)
+        aff = _affine(s.index, v)
+        if aff is not None:
+            a, off = aff
+            kb, ka = (hi + off, lo + off) if a == 1 else (off - lo + 1, off - hi + 1)
+            tele = _clamp(kb * s.block, 0, s.length) - _clamp(ka * s.block, 0, s.length)
+            if not provably_nonnegative(sp.sympify(hi) - lo):
+                tele = sp.Piecewise((tele, sp.StrictGreaterThan(hi, lo)), (0, True))
+            return [_Term(t.coeff * tele, rest)]
+        # GQA: index floor(v/c) with v over [0, c·K) → c × Σ_{u<K} (index u)
+        idx = sp.sympify(s.index)
+        if isinstance(idx, sp.floor) and sp.sympify(lo) == 0:
+            arg = sp.together(idx.args[0])
+            num, den = sp.fraction(arg)
+            if num == v and v not in den.free_symbols:
+                k = sp.simplify(sp.sympify(hi) / den)
+                if sp.fraction(sp.together(k))[1] == 1:
+                    u = sp.Dummy(f"{v}_div", integer=True, nonnegative=True)
+                    t2 = _Term(t.coeff * den, rest + (Span(u, s.block, s.length),))
+                    return _sum_term(t2, u, 0, k)
+    body = t.coeff
+    for s in t.spans:
+        body = body * _extent(s)
+    const = tuple(s for s in t.spans if v not in _span_free(s))
+    body = t.coeff
+    for s in t.spans:
+        if v in _span_free(s):
+            body = body * _extent(s)
+    return [_Term(sp.Sum(body, (v, lo, sp.sympify(hi) - 1)), const)]
+
+
+def _io_terms(stmts, subs: dict) -> dict:
+    acc: dict = {}
+    for st in stmts:
+        if isinstance(st, Loop):
+            inner = _io_terms(st.body, subs)
+            lo, hi = sp.sympify(st.start).xreplace(subs), sp.sympify(st.stop).xreplace(subs)
+            for key, terms in inner.items():
+                out = acc.setdefault(key, [])
+                for t in terms:
+                    out.extend(_sum_term(t, st.var, lo, hi))
+        elif isinstance(st, (Load, Store)):
+            key = ("read" if isinstance(st, Load) else "write", st.tile.tensor)
+            spans = tuple(Span(sp.sympify(s.index).xreplace(subs), sp.sympify(s.block).xreplace(subs),
+                               sp.sympify(s.length).xreplace(subs)) for s in st.tile.spans)
+            acc.setdefault(key, []).append(_Term(sp.Integer(1), spans))
+    return acc
+
+
+def _total(terms: list[_Term]) -> sp.Expr:
+    out = sp.Integer(0)
+    for t in terms:
+        e = t.coeff
+        for s in t.spans:
+            e = e * _extent(s)
+        out = out + e
+    return sp.expand(out) if not out.has(sp.Sum, sp.Piecewise) else out
+
+
+def kernel_io_elements(schedule: Schedule, subs: dict | None = None) -> dict[str, dict[tuple[str, str], sp.Expr]]:
+    """{kernel name: {('read'|'write', tensor): elements}} summed over the kernel's grid and loops."""
+    subs = subs or {}
+    out = {}
+    for k in schedule.kernels:
+        body = tuple(k.body)
+        for ax in reversed(k.grid):
+            body = (Loop(ax.var, 0, sp.sympify(ax.extent).xreplace(subs), body),)
+        out[k.name] = {key: _total(terms) for key, terms in _io_terms(body, subs).items()}
+    return out
+
+
+# --- the symbolic problem -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Variant:
+    """The discrete choices a symbolic schedule is specialised to: causal mask, GQA (H = g·H_kv) or MHA."""
+
+    causal: bool = False
+    gqa: bool = False
+
+
+def tile_symbols(algorithm: str) -> tuple[sp.Symbol, sp.Symbol]:
+    """(block_m, block_n) symbols a family is built with; square_tiling has one square tile B_t."""
+    return (BLOCK_SQ, BLOCK_SQ) if algorithm == "square_tiling" else (BLOCK_M, BLOCK_N)
+
+
+def symbolic_problem(variant: Variant) -> Problem:
+    heads = GROUP * KV_HEADS if variant.gqa else HEADS
+    kv = KV_HEADS if variant.gqa else HEADS
+    return Problem(BATCH, heads, kv, NQ, NKV, D, _SYMBOLIC_DTYPE, variant.causal)
+
+
+@dataclass(frozen=True)
+class SymbolicIO:
+    """Elements moved per kernel and tensor, and each tensor's bytes per element (``e`` or 4 for fp32 stats).
+
+    kernels: {kernel: {('read'|'write', tensor): elements}}. All expressions are in the module's size symbols.
+    """
+
+    algorithm: str
+    variant: Variant
+    kernels: Mapping[str, Mapping[tuple[str, str], sp.Expr]]
+    elem_bytes: Mapping[str, sp.Expr]
+    notes: tuple[str, ...] = field(default=())
+
+    def elements(self, which: str | None = None, tensors=None, kernels=None) -> sp.Expr:
+        """Σ elements over kernels/tensors (which = 'read', 'write' or None for both)."""
+        tot = sp.Integer(0)
+        for kname, d in self.kernels.items():
+            if kernels is not None and kname not in kernels:
+                continue
+            for (kind, t), v in d.items():
+                if (which is None or kind == which) and (tensors is None or t in tensors):
+                    tot = tot + v
+        return tot
+
+    def bytes(self, which: str | None = None, tensors=None, kernels=None) -> sp.Expr:
+        tot = sp.Integer(0)
+        for kname, d in self.kernels.items():
+            if kernels is not None and kname not in kernels:
+                continue
+            for (kind, t), v in d.items():
+                if (which is None or kind == which) and (tensors is None or t in tensors):
+                    tot = tot + v * self.elem_bytes[t]
+        return tot
+
+    @property
+    def io_bytes(self) -> sp.Expr:
+        """SRAM ↔ HBM bytes, reads + writes (what ``Counts.sm_read_bytes + sm_write_bytes`` counts)."""
+        return self.bytes()
+
+    @property
+    def io_elements(self) -> sp.Expr:
+        """Transferred elements, each counted once whatever its dtype (FlashAttention's "HBM accesses")."""
+        return self.elements()
+
+    def tensor_bytes(self, which: str) -> dict[str, sp.Expr]:
+        out: dict = {}
+        for d in self.kernels.values():
+            for (kind, t), v in d.items():
+                if kind == which:
+                    out[t] = out.get(t, 0) + v * self.elem_bytes[t]
+        return out
+
+
+def _elem_bytes_map(schedule: Schedule) -> dict[str, sp.Expr]:
+    sym_size = DTYPE_BYTES[_SYMBOLIC_DTYPE]
+    return {n: (ELEM_BYTES if t.elem_bytes == sym_size else sp.Integer(t.elem_bytes)) for n, t in schedule.tensors.items()}
+
+
+def _build(algorithm: str, variant: Variant) -> Schedule:
+    bm, bn = tile_symbols(algorithm)
+    cfg = KernelConfig(block_m=bm, block_n=bn)
+    try:
+        return get(algorithm).build(symbolic_problem(variant), cfg, None)
+    except IosimError:
+        raise
+    except Exception as err:  # a builder that cannot take symbolic sizes
+        raise IosimError(f"{algorithm}: its schedule builder does not accept symbolic sizes "
+                         f"({type(err).__name__}: {err}); make its Python branches skip sympy values") from err
+
+
+def _from_schedule(algorithm: str, variant: Variant, sched: Schedule) -> SymbolicIO:
+    subs = {} if variant.gqa else {GROUP: sp.Integer(1)}  # MHA: kv_head(h) = floor(h/g) with g = 1
+    return SymbolicIO(algorithm, variant, MappingProxyType(kernel_io_elements(sched, subs)),
+                      MappingProxyType(_elem_bytes_map(sched)), tuple(sched.notes))
+
+
+@lru_cache(maxsize=64)
+def symbolic_io(algorithm: str, causal: bool = False, gqa: bool = False) -> SymbolicIO:
+    """The IO of ``algorithm`` as sympy expressions, summed from its schedule built on symbolic sizes.
+
+    standard: the builder reads S once when a B_r × N_kv row block fits in SRAM, else twice (two-pass softmax,
+    FA §2.2 Algorithm 0 step 2). Both schedules are built (the one-pass one by forcing that predicate) and joined in
+    a Piecewise on B_r·N_kv·e ≤ S_sram.
+    """
+    variant = Variant(causal, gqa)
+    if algorithm not in algorithms():
+        get(algorithm)  # raises with the known names
+    if algorithm == "standard":
+        from iosim.models import standard as std
+        two = _from_schedule(algorithm, variant, _build(algorithm, variant))
+        with mock.patch.object(std, "softmax_one_pass", lambda *a: True):
+            one = _from_schedule(algorithm, variant, _build(algorithm, variant))
+        cond = sp.Le(BLOCK_M * NKV * ELEM_BYTES, SRAM_BYTES)
+        kernels = {}
+        for kname in two.kernels:
+            keys = set(two.kernels[kname]) | set(one.kernels[kname])
+            kernels[kname] = {}
+            for key in sorted(keys):
+                a, b = one.kernels[kname].get(key, sp.Integer(0)), two.kernels[kname].get(key, sp.Integer(0))
+                kernels[kname][key] = a if sp.expand(a - b) == 0 else sp.Piecewise((a, cond), (b, True))
+        return replace(two, kernels=MappingProxyType(kernels),
+                       notes=two.notes + ("S read once if B_r·N_kv·e ≤ S_sram (one-pass softmax), else twice",))
+    return _from_schedule(algorithm, variant, _build(algorithm, variant))
+
+
+# --- binding concrete sizes -----------------------------------------------------------------------------------
+
+def resolved_tiles(algorithm: str, problem: Problem, config: KernelConfig, hw=None) -> tuple[int, int]:
+    """The (block_m, block_n) the numeric builder uses for this problem (its defaults and tile rules)."""
+    if algorithm == "flash1":
+        from iosim.models import flash1
+        br, bc, _ = flash1.tiles(problem, config, hw)
+        return br, bc
+    if algorithm == "flash2":
+        from iosim.models import flash2
+        dm, dn = flash2.default_tiles(problem.head_dim)
+        return config.block_m or dm, config.block_n or dn
+    if algorithm == "standard":
+        from iosim.models import standard
+        return config.block_m or standard.DEFAULT_TILES[0], config.block_n or standard.DEFAULT_TILES[1]
+    if algorithm == "square_tiling":
+        from iosim.models import square_tiling
+        b, _ = square_tiling.tile(problem, config, hw)
+        return b, b
+    if config.block_m is None or config.block_n is None:
+        raise IosimError(f"{algorithm}: give block_m and block_n to evaluate its symbolic IO")
+    return config.block_m, config.block_n
+
+
+def bind(algorithm: str, problem: Problem, config: KernelConfig, hw=None) -> dict:
+    """The environment {symbol: int} of a concrete problem, config and hardware, for :func:`evaluate`."""
+    bm, bn = resolved_tiles(algorithm, problem, config, hw)
+    tm, tn = tile_symbols(algorithm)
+    limit = config.sram_bytes if config.sram_bytes is not None else (hw.smem_per_block_bytes if hw is not None else 0)
+    return {BATCH: problem.batch, HEADS: problem.heads, KV_HEADS: problem.kv_heads,
+            GROUP: problem.heads // problem.kv_heads, NQ: problem.seq_q, NKV: problem.seq_kv, D: problem.head_dim,
+            ELEM_BYTES: problem.elem_bytes, tm: bm, tn: bn, SRAM_BYTES: limit}
+
+
+def io_bytes_at(algorithm: str, problem: Problem, config: KernelConfig, hw=None) -> int:
+    """The symbolic expression evaluated at concrete sizes: equals ``count(schedule)`` read + write bytes."""
+    gqa = problem.heads != problem.kv_heads
+    sio = symbolic_io(algorithm, bool(problem.causal), gqa)
+    return evaluate_int(sio.io_bytes, bind(algorithm, problem, config, hw))
