@@ -90,9 +90,9 @@ def build(p: Problem, cfg: KernelConfig, hw=None) -> Schedule:
             Loop(ell, 0, td, (                                                         # line 7
                 Load("q", _qk_tile(p, "Q", b, h, rows, dims_l, kv=False)),            # line 8
                 Load("k", _qk_tile(p, "K", b, h, keys_j, dims_l, kv=True)),
-                Compute("qk", ("q", "k", "a"), matmul=(Work(2, (rows, keys_j, dims_l)),)),  # line 9
+                Compute("square_qk_accumulate", ("q", "k", "a"), matmul=(Work(2, (rows, keys_j, dims_l)),)),  # line 9
             )),
-            Compute("exp_rowsum", ("a", "d"), exp=(Work(1, (rows, keys_j)),), other=(Work(1, (rows, keys_j)),)),
+            Compute("square_exp_rowsum", ("a", "d"), exp=(Work(1, (rows, keys_j)),), other=(Work(1, (rows, keys_j)),)),
             Store("a", a_tile(keys_j)),                                                # line 11
         )),
         Store("d", row_tile(p, "D", b, h, rows)),                                      # line 14
@@ -105,7 +105,7 @@ def build(p: Problem, cfg: KernelConfig, hw=None) -> Schedule:
             Loop(k, 0, tkv, (                                                          # line 20
                 Load("a", a_tile(keys_k)),                                             # line 21
                 Load("v", _qk_tile(p, "V", b, h, keys_k, dims_j, kv=True)),
-                Compute("pv", ("a", "v", "o", "d"), matmul=(Work(2, (rows, keys_k, dims_j)),),
+                Compute("square_pv_accumulate", ("a", "v", "o", "d"), matmul=(Work(2, (rows, keys_k, dims_j)),),
                         other=(Work(1, (rows, dims_j)),)),                             # line 22
             )),
             Store("o", Tile("O", (point(b, p.batch), point(h, p.heads), rows, dims_j))),  # line 24
