@@ -339,6 +339,36 @@ def op_accumulate(ctx, x, acc):
     acc.set(x.origin, x.ext)
 
 
+def op_square_qk_accumulate(ctx, q, k, a):
+    """Saha & Ye Alg. 1 line 9: A_ij += Q_iℓ K_jℓᵀ over head-dim blocks ℓ (restarting at ℓ = 0)."""
+    r, w = q.ext
+    c = k.ext[0]
+    if q.origin[1] == 0:
+        a.data.fill(0.0)
+    a.data[:r, :c] += q.data[:r, :w] @ k.data[:c, :w].T
+    a.set((q.origin[0], k.origin[0]), (r, c))
+
+
+def op_square_exp_rowsum(ctx, a, d):
+    """Lines 10–12: A_ij = exp(scale·A_ij) (no max subtraction, as in the paper), d_i += rowsum A_ij."""
+    r, c = a.ext
+    x = ctx.masked(a.data[:r, :c] * ctx.scale, a.origin[0], a.origin[1])
+    a.data[:r, :c] = np.exp(x)
+    d.value(0.0)[:r] += a.data[:r, :c].sum(axis=1)
+    d.set((a.origin[0],), (r,))
+
+
+def op_square_pv_accumulate(ctx, a, v, o, d):
+    """Line 22: O_ij += D_i⁻¹ A_ik V_kj over key blocks k (restarting at k = 0); rows with d = 0 → 0."""
+    r, c = a.ext
+    w = v.ext[1]
+    if a.origin[1] == 0:
+        o.data.fill(0.0)
+    dv = d.data[:r]
+    o.data[:r, :w] += np.where((dv > 0)[:, None], (a.data[:r, :c] @ v.data[:c, :w]) / np.where(dv > 0, dv, 1.0)[:, None], 0.0)
+    o.set((a.origin[0], v.origin[1]), (r, w))
+
+
 OPS: dict[str, Callable] = {
     # flash2 / block_sparse / splitkv forward
     "qk": op_qk, "online_softmax": op_online_softmax, "pv": op_pv, "finalize": op_finalize,
@@ -350,6 +380,9 @@ OPS: dict[str, Callable] = {
     # flash2_bwd
     "zero": op_zero, "bwd_delta": op_bwd_delta, "bwd_p": op_bwd_p, "bwd_dv": op_bwd_dv, "bwd_dp": op_bwd_dp,
     "bwd_ds": op_bwd_ds, "bwd_dk": op_bwd_dk, "bwd_dq": op_bwd_dq, "scale": op_scale, "accumulate": op_accumulate,
+    # square_tiling (Saha & Ye)
+    "square_qk_accumulate": op_square_qk_accumulate, "square_exp_rowsum": op_square_exp_rowsum,
+    "square_pv_accumulate": op_square_pv_accumulate,
 }
 """Compute.op → function(ctx, *buffers in Compute.args order). Models add an op by adding an entry here."""
 
