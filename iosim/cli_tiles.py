@@ -1,0 +1,54 @@
+"""``iosim tiles``: rank the legal tile configurations of one problem by predicted time."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import IO
+
+from iosim.cost import PATHS
+from iosim.errors import IosimError
+from iosim.hwprofile import load_hardware
+from iosim.problem import DTYPE_BYTES, Problem
+
+COMMAND = "tiles"
+
+
+def add_problem_args(p: argparse.ArgumentParser) -> None:
+    """The problem (not the tiling) and the hardware: shared by ``tiles`` and ``hints``."""
+    p.add_argument("--hardware", default="h100", help="built-in profile name or path to a .toml profile (default h100)")
+    p.add_argument("--algorithm", default="flash2", help="algorithm family (see `iosim algorithms`)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--kv-heads", type=int, default=None, help="KV heads (default = --heads)")
+    p.add_argument("--seq-q", type=int, default=4096)
+    p.add_argument("--seq-kv", type=int, default=None, help="default = --seq-q")
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--dtype", default="bf16", choices=sorted(DTYPE_BYTES))
+    p.add_argument("--causal", action="store_true")
+    p.add_argument("--path", default=None, choices=PATHS,
+                   help="tensor-core instruction path (default: the chip's native one; FA2's CUDA kernel = mma.sync)")
+
+
+def problem_from_args(a: argparse.Namespace) -> Problem:
+    return Problem(a.batch, a.heads, a.kv_heads if a.kv_heads is not None else a.heads, a.seq_q,
+                   a.seq_kv if a.seq_kv is not None else a.seq_q, a.head_dim, a.dtype, a.causal)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(COMMAND, help="rank legal (block_m, block_n, num_warps, num_stages) by predicted time")
+    add_problem_args(p)
+    p.add_argument("--top", type=int, default=5, help="how many configurations to show (default 5)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args: argparse.Namespace, out: IO[str]) -> int:
+    from iosim.tiles import choose, format_table
+    if args.top < 1:
+        raise IosimError(f"--top must be at least 1, got {args.top}")
+    choice = choose(load_hardware(args.hardware), problem_from_args(args), args.algorithm, path=args.path)
+    if args.json:
+        out.write(json.dumps(choice.to_dict(args.top), indent=1) + "\n")
+    else:
+        out.write(format_table(choice, args.top))
+    return 0

@@ -1,0 +1,583 @@
+"""Time model: a Schedule + its Counts + a Hardware profile → predicted time per kernel, limiting resource, FLOP/s.
+
+Per kernel, seven resource times are computed from exact counts (``iosim.counts``) and the profile's ceilings:
+
+==========  ==========================================================================================================
+tensor      matmul FLOPs / (tensor_flops_per_s[dtype] × path efficiency)          (profile + PATH_EFFICIENCY below)
+sfu         exp evaluations / (sfu_ops_per_clock_per_sm × sm_count × boost_clock_hz)   (profile; FA3 footnote 16/clk/SM)
+fp32        other FLOPs / (fp32_flops_per_s / 2): the datasheet FP32 rate counts an FMA as 2 FLOPs, while the
+            models count max/subtract/sum/rescale as one FLOP per instruction (models' docstrings)
+smem        shared-memory bytes / (smem_bandwidth_bytes_per_clock_per_sm × sm_count × boost_clock_hz): operand bytes
+            the MMAs read from shared memory, as FA4's roofline counts them (rule in ``smem_bytes``)
+l2          SM↔L2 bytes (the counts' read + write bytes) / l2_bandwidth_bytes_per_s (profile; if absent,
+            4 × HBM bandwidth, the assumption of Triton's old matmul_perf_model)
+dram        DRAM bytes / (hbm_bandwidth_bytes_per_s × DRAM_EFFICIENCY); DRAM bytes come from the L2 model when the
+            caller passes them, else the compulsory traffic (``compulsory_dram_bytes``: every tensor a kernel reads
+            is read from DRAM once, every tensor it writes is written once; re-reads are assumed to hit in L2)
+launch      LAUNCH_OVERHEAD_S per kernel
+==========  ==========================================================================================================
+
+Overlap rule (stated, not fitted):
+
+* compute = max(tensor, sfu, fp32) + (1 − COMPUTE_OVERLAP[path]) × (the other two): asynchronous MMAs (wgmma,
+  tcgen05, Ascend's separate Cube/Vector units) run beside the softmax; a synchronous mma.sync warp waits for its
+  MMA, and only other warps' softmax hides it.
+* memory (smem, L2, DRAM) overlaps compute completely when loads are software-pipelined (num_stages ≥ 2) or when
+  two or more CTAs share an SM; with one stage and one CTA per SM, load and compute serialise:
+  body = compute + max(smem, l2, dram) instead of max(compute, smem, l2, dram).
+* SM-local resources (tensor, sfu, fp32, smem) are divided by the tail efficiency (P/S)/⌈P/S⌉ for P CTAs on S SMs
+  (the busiest SM runs ⌈P/S⌉ CTAs; equal work per CTA assumed — causal CTAs differ, see ``KernelTime.notes``) and by
+  the warp-issue factor min(1, resident warps per SM / 4) (4 tensor cores per SM, one per sub-partition; Triton's
+  old matmul model uses the same min(warps, 4)/4). DRAM and L2 are chip-wide and not scaled.
+
+plus a pipeline fill (CTA_FILL_S) per round of resident CTAs on the busiest SM.
+
+time = body + fill + launch; bound = the resource with the largest (scaled) time, or "launch" if launch overhead exceeds
+the body. Achieved FLOP/s is matmul FLOPs / time (the FlashAttention papers' convention; masked elements of
+diagonal tiles are counted because the tensor cores compute them).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from iosim.counts import Counts, KernelCounts
+from iosim.errors import IosimError
+from iosim.expr import evaluate
+from iosim.hwprofile import Hardware
+from iosim.schedule import Compute, Kernel, Load, Schedule, Store, walk
+
+# --- modeled constants, each with its source ------------------------------------------------------------------------
+
+PATHS = ("mma.sync", "wgmma", "tcgen05", "cube")
+"""Tensor-core instruction paths: sm70/80 warp-level mma.sync (also what FA2's CUDA kernel runs on Hopper),
+sm90 warpgroup wgmma, sm100 tcgen05 (TMEM accumulators), Ascend Cube unit."""
+
+NATIVE_PATH = {"sm70": "mma.sync", "sm75": "mma.sync", "sm80": "mma.sync", "sm86": "mma.sync", "sm89": "mma.sync",
+               "sm90": "wgmma", "sm100": "tcgen05", "dav-c220": "cube"}
+"""The fastest path each architecture offers (what cuBLAS and Triton emit there)."""
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    value: float
+    kind: str
+    source: str
+
+
+PATH_EFFICIENCY: dict[tuple[str, str], Efficiency] = {
+    ("sm90", "wgmma"): Efficiency(0.807, "measured",
+        "bf16 8192³ torch.matmul (cuBLAS, wgmma) 798 TFLOP/s on the validation H100 / 989.4 datasheet "
+        "(/work/shared/devices.md, 2026-11)"),
+    ("sm90", "mma.sync"): Efficiency(0.55, "assumed",
+        "sm80-style mma.sync cannot issue at Hopper's wgmma rate; FA3 (arXiv 2407.08608) abstract: FA2 reaches only "
+        "35% of H100 peak vs 50-73% on A100 (FA2 paper); 0.55 assumed until fitted on the H100 validation sweep"),
+    ("sm80", "mma.sync"): Efficiency(0.85, "paper",
+        "FlashAttention-2 (arXiv 2307.08691) §1: optimized GEMM reaches 80-90% of the A100 theoretical maximum"),
+    ("sm70", "mma.sync"): Efficiency(0.85, "assumed", "same as sm80 (GEMM 80-90% of peak, FA2 §1); not measured on V100"),
+    ("sm100", "tcgen05"): Efficiency(0.807, "assumed",
+        "taken equal to the measured H100 GEMM fraction; FA4 (arXiv 2603.05451) reaches 71% of B200 peak in attention"),
+    ("sm100", "wgmma"): Efficiency(0.5, "assumed", "sm90a wgmma code does not run on sm100; Hopper-style kernels "
+                                   "fall back to mma.sync-class rates; assumed"),
+    ("sm100", "mma.sync"): Efficiency(0.5, "assumed", "legacy mma.sync on Blackwell; assumed like sm90 mma.sync"),
+    ("dav-c220", "cube"): Efficiency(0.927, "estimate",
+        "third-party BF16 GEMM about 328 of 353.9 TFLOPS on Ascend 910B (hardware/ascend910b.toml source text)"),
+}
+
+COMPUTE_OVERLAP = {"mma.sync": 0.5, "wgmma": 1.0, "tcgen05": 1.0, "cube": 1.0}
+"""Fraction of the non-dominant compute (tensor vs exp vs fp32) hidden. wgmma/tcgen05 are asynchronous and FA3
+(arXiv 2407.08608 §3.1–3.2) overlaps softmax with them: 1.0. mma.sync: assumed 0.5 (2 warps per sub-partition
+interleave MMA and softmax, FA2 §3.3 has no explicit overlap). Ascend Cube and Vector units are separate cores: 1.0."""
+
+DRAM_EFFICIENCY = Efficiency(0.896, "measured",
+    "device-to-device copy about 3.0 TB/s on the validation H100 vs 3.35 datasheet (4.3 vs 4.8 on the H200: 0.896); "
+    "/work/shared/devices.md; applied to every chip unless its hbm_bandwidth_bytes_per_s is calibrated/measured")
+
+SMEM_EFFICIENCY = Efficiency(1.0, "paper", "FA4 (arXiv 2603.05451) §2.2: 128 B/clk/SM microbenchmarked = the "
+                             "32-bank × 4 B peak; bank-conflict-free ldmatrix/TMA layouts assumed")
+
+SFU_EFFICIENCY = Efficiency(1.0, "documentation", "MUFU.EX2 at the CUDA guide's 16 results/clk/SM (FA3 footnote); "
+                            "iosim calibrate measures it")
+
+LAUNCH_OVERHEAD_S = 3e-6
+"""Per kernel launch (host launch + GPU front end), assumed 3 µs (typical CUDA launch latency 2–5 µs); iosim
+calibrate measures an empty launch and records it in the calibrated profile's header."""
+
+CTA_FILL_S = 1e-6
+"""Pipeline fill per round of resident CTAs: a CTA's first Q/K/V loads (one global-memory round trip) and its last
+O store are not overlapped with its own compute. Assumed 1 µs (DRAM latency is several hundred ns on V100–H100 per
+microbenchmarks, Jia et al. arXiv 1804.06826; plus TMA/cp.async issue and the epilogue). The busiest SM runs
+⌈⌈P/S⌉ / ctas_per_sm⌉ rounds."""
+
+L2_FALLBACK_FACTOR = 4.0
+"""L2 bandwidth = 4 × HBM when a profile has none: triton/ops/matmul_perf_model.py (removed in Triton 3.2)."""
+
+REGISTER_OVERHEAD_PER_THREAD = 32
+"""Registers per thread beyond the register-resident tiles (addresses, loop counters, softmax statistics,
+fragments in flight): assumed 32, so FA2's 128×64 tile at d=128 with 4 warps needs 192 + 32 = 224 ≤ 255 and
+128×128 needs 288 (spills), which matches FA2 choosing 128×64 for d=128 (flash_fwd_launch_template.h)."""
+
+REGISTER_ALLOC_UNIT = 8
+"""Registers are allocated per thread in multiples of 8 (CUDA occupancy calculator, cc ≥ 7.0)."""
+
+SMEM_RESERVED_PER_CTA = 1024
+"""Shared memory reserved by the system per CTA on cc ≥ 8.0 (CUDA guide: 1 KB per block); NVIDIA only. Applied as
+min(1024, smem_per_sm − smem_per_block) so profiles whose per-block opt-in equals the SM (V100: 96 KB) reserve 0."""
+
+RESOURCES = ("tensor", "sfu", "fp32", "smem", "l2", "dram")
+
+
+# --- helpers -----------------------------------------------------------------------------------------------------------
+
+def native_path(hw: Hardware) -> str:
+    try:
+        return NATIVE_PATH[hw.arch]
+    except KeyError:
+        raise IosimError(f"no tensor-core instruction path known for arch {hw.arch!r} of {hw.name!r}; "
+                         f"known: {', '.join(NATIVE_PATH)}") from None
+
+
+def tensor_dtype(dtype: str) -> str:
+    """The tensor-core rate a problem dtype runs at (fp32 inputs run as tf32, Triton's tl.dot default)."""
+    return {"fp32": "tf32"}.get(dtype, dtype)
+
+
+def path_efficiency(hw: Hardware, path: str, dtype: str) -> Efficiency:
+    """Fraction of ``tensor_flops_per_s[dtype]`` the path sustains. A calibrated/measured rate is already a GEMM
+    rate on the native path: the native path gets 1.0 and others their ratio to it."""
+    if path not in PATHS:
+        raise IosimError(f"unknown instruction path {path!r}; known: {', '.join(PATHS)}")
+    key = (hw.arch, path)
+    if key not in PATH_EFFICIENCY:
+        known = sorted(p for a, p in PATH_EFFICIENCY if a == hw.arch)
+        raise IosimError(f"instruction path {path!r} is not modeled on {hw.name} ({hw.arch}); known there: {', '.join(known) or 'none'}")
+    eff = PATH_EFFICIENCY[key]
+    src = hw.sources.get(f"tensor_flops_per_s.{tensor_dtype(dtype)}")
+    if src is not None and src.kind in ("calibrated", "measured"):
+        nat = PATH_EFFICIENCY.get((hw.arch, native_path(hw)))
+        ratio = eff.value / nat.value if nat else 1.0
+        return Efficiency(ratio, "derived", f"{hw.name} tensor rate is {src.kind} (a native-path GEMM rate); "
+                                            f"{path} scaled by {eff.value}/{nat.value if nat else 1.0}")
+    return eff
+
+
+def _is_calibrated(hw: Hardware, key: str) -> bool:
+    s = hw.sources.get(key)
+    return s is not None and s.kind in ("calibrated", "measured")
+
+
+def l2_bandwidth(hw: Hardware) -> float:
+    return hw.l2_bandwidth_bytes_per_s or L2_FALLBACK_FACTOR * hw.hbm_bandwidth_bytes_per_s
+
+
+def dram_bandwidth(hw: Hardware) -> float:
+    eff = 1.0 if _is_calibrated(hw, "hbm_bandwidth_bytes_per_s") else DRAM_EFFICIENCY.value
+    return hw.hbm_bandwidth_bytes_per_s * eff
+
+
+def _int(e) -> int:
+    return int(evaluate(e, {}))
+
+
+def register_bytes(kernel: Kernel) -> int:
+    """Bytes of the kernel's register-resident buffers (space='reg')."""
+    return sum(_int(b.bytes) for b in kernel.buffers if b.space == "reg")
+
+
+def registers_per_thread(kernel: Kernel) -> int:
+    """Estimated registers per thread: register tiles spread over the CTA's threads + REGISTER_OVERHEAD_PER_THREAD,
+    rounded up to REGISTER_ALLOC_UNIT. May exceed the hardware limit (then the configuration would spill)."""
+    regs = math.ceil(register_bytes(kernel) / 4 / kernel.threads_per_cta) + REGISTER_OVERHEAD_PER_THREAD
+    return -(-regs // REGISTER_ALLOC_UNIT) * REGISTER_ALLOC_UNIT
+
+
+@dataclass(frozen=True)
+class Occupancy:
+    ctas_per_sm: int
+    limiter: str  # which limit set ctas_per_sm: smem, registers, threads, ctas
+    registers_per_thread: int  # capped at the hardware limit when the estimate exceeds it
+    smem_per_cta: int
+    spills: bool = False  # the register estimate exceeds max_registers_per_thread (the compiler would spill)
+
+
+def occupancy(kernel: Kernel, hw: Hardware, smem_per_cta: int) -> Occupancy:
+    """Resident CTAs per SM under the shared-memory, register, thread and CTA limits (CUDA occupancy rules).
+    Non-NVIDIA profiles map one block per core (max_ctas_per_sm) and have no SIMT register/thread limits."""
+    regs = registers_per_thread(kernel)
+    spills = False
+    limits: dict[str, float] = {"ctas": hw.max_ctas_per_sm}
+    nvidia = hw.vendor == "nvidia"
+    reserved = min(SMEM_RESERVED_PER_CTA, hw.smem_per_sm_bytes - hw.smem_per_block_bytes) if nvidia else 0
+    if smem_per_cta > hw.smem_per_block_bytes:
+        raise IosimError(f"{kernel.name}: {smem_per_cta:,} B of shared memory per CTA exceeds {hw.name}'s "
+                         f"{hw.smem_per_block_bytes:,} B per block; use smaller tiles or fewer stages")
+    if smem_per_cta > 0:
+        limits["smem"] = hw.smem_per_sm_bytes // (smem_per_cta + reserved)
+    if nvidia:
+        limits["threads"] = hw.max_threads_per_sm // kernel.threads_per_cta
+        if hw.max_registers_per_thread and regs > hw.max_registers_per_thread:
+            spills = True
+            regs = hw.max_registers_per_thread
+        limits["registers"] = hw.registers_per_sm // (regs * kernel.threads_per_cta)
+    limiter = min(limits, key=lambda k: (limits[k], k))
+    n = int(limits[limiter])
+    if n < 1:
+        raise IosimError(f"{kernel.name}: no CTA fits on one {hw.name} SM (limited by {limiter}: "
+                         f"smem {smem_per_cta:,} B, {regs} registers × {kernel.threads_per_cta} threads)")
+    return Occupancy(n, limiter, regs, smem_per_cta, spills)
+
+
+def _tensor_roles(kernel: Kernel) -> dict[str, str]:
+    """tensor name → space of the buffer it is loaded into / stored from (first use wins)."""
+    roles: dict[str, str] = {}
+    for st in walk(kernel.body):
+        if isinstance(st, (Load, Store)):
+            try:
+                space = kernel.buffer(st.buffer).space
+            except KeyError:
+                space = "reg"
+            roles.setdefault(("L:" if isinstance(st, Load) else "S:") + st.tile.tensor, space)
+    return roles
+
+
+def _operand_readers(path: str, num_warps: int, block_rows: int) -> int:
+    """How many times a shared B operand (K, V) is read from smem per MMA call:
+    mma.sync: every warp reads it (warps split the rows, FA2 §3.3); wgmma: once per 4-warp warpgroup;
+    tcgen05: once per 128-row MMA (FA4 §2.2); cube: once."""
+    if path == "mma.sync":
+        return max(1, num_warps)
+    if path == "wgmma":
+        return max(1, num_warps // 4)
+    if path == "tcgen05":
+        return max(1, -(-block_rows // 128))
+    return 1
+
+
+def smem_bytes(schedule: Schedule, kernel: Kernel, kc: KernelCounts, path: str) -> int:
+    """Shared-memory traffic of one kernel.
+
+    Counted as in FA4's roofline (arXiv 2603.05451 §3.1.1, T_smem = 3MNd/8192 cycles = Q, K and V operand reads per
+    tile): operand reads by the MMAs, plus stores issued from smem buffers (read once). Global→smem fills
+    (cp.async/TMA writes) are not counted (they use the write path).
+    operand reads: for each Compute with matmul work, the first argument is the A operand (rows split across
+    warps: read once) and later smem arguments are B operands (read ``_operand_readers`` times). Per full tile the
+    call reads Σ buffer bytes × readers while doing coeff × Π span blocks FLOPs; the kernel's matmul FLOPs are split
+    evenly over its matmul computes (exact for FA2's QKᵀ and PV, which do equal work).
+    """
+    roles = _tensor_roles(kernel)
+    total = 0
+    for t, v in kc.write_bytes.items():
+        if roles.get("S:" + t) == "smem":
+            total += v
+    cfg = schedule.config
+    num_warps = getattr(cfg, "num_warps", 4)
+    calls = [st for st in walk(kernel.body) if isinstance(st, Compute) and st.matmul]
+    if not calls or kc.matmul_flops == 0:
+        return total
+    share = kc.matmul_flops / len(calls)
+    for st in calls:
+        flops_per_call = 0
+        rows = 1
+        for w in st.matmul:
+            blocks = [_int(s.block) for s in w.spans]
+            flops_per_call += _int(w.coeff) * math.prod(blocks)
+            rows = blocks[0] if blocks else 1
+        if flops_per_call == 0:
+            continue
+        read = 0
+        for pos, name in enumerate(st.args):
+            try:
+                buf = kernel.buffer(name)
+            except KeyError:
+                continue
+            if buf.space != "smem":
+                continue
+            readers = 1 if pos == 0 else _operand_readers(path, num_warps, rows)
+            read += _int(buf.bytes) * readers
+        total += int(share * read / flops_per_call)
+    return total
+
+
+def tensor_bytes(schedule: Schedule, name: str) -> int:
+    t = schedule.tensors[name]
+    return math.prod(_int(d) for d in t.dims) * t.elem_bytes
+
+
+def compulsory_dram_bytes(schedule: Schedule, kc: KernelCounts) -> tuple[int, int]:
+    """(read, write) DRAM bytes of one kernel when no L2 model is given: each tensor the kernel reads is read from
+    DRAM once (min(SM bytes, tensor size)), each tensor it writes is written once; all re-reads hit in L2."""
+    r = sum(min(v, tensor_bytes(schedule, t)) for t, v in kc.read_bytes.items())
+    w = sum(min(v, tensor_bytes(schedule, t)) for t, v in kc.write_bytes.items())
+    return r, w
+
+
+# --- results -------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class KernelTime:
+    """Predicted time of one kernel launch. *_s are unscaled resource times (whole GPU at full rate); time_s applies
+    overlap, tail and warp-issue scaling and adds launch overhead."""
+
+    name: str
+    path: str
+    tensor_s: float
+    sfu_s: float
+    fp32_s: float
+    smem_s: float
+    l2_s: float
+    dram_s: float
+    launch_s: float
+    compute_s: float  # after the compute-overlap rule, before SM scaling
+    fill_s: float  # pipeline fill: rounds of resident CTAs × CTA_FILL_S (included in body_s)
+    sm_scale: float  # 1 / (tail efficiency × warp-issue factor): multiplies SM-local times
+    body_s: float
+    time_s: float
+    bound: str
+    programs: int
+    ctas_per_sm: int
+    occupancy_limiter: str
+    registers_per_thread: int
+    smem_per_cta: int
+    waves: float  # programs / (sm_count × ctas_per_sm)
+    tail_efficiency: float
+    tensor_efficiency: float
+    spills: bool
+    matmul_flops: int
+    flops: int
+    sm_bytes: int
+    smem_bytes: int
+    dram_read_bytes: int
+    dram_write_bytes: int
+    dram_assumed: bool  # True: compulsory traffic, no L2 model
+    notes: tuple[str, ...] = ()
+
+    @property
+    def achieved_flops_per_s(self) -> float:
+        return self.matmul_flops / self.time_s if self.time_s else 0.0
+
+    @property
+    def resource_times(self) -> dict[str, float]:
+        """Per-resource times as they enter the bound (SM-local ones scaled by sm_scale)."""
+        s = self.sm_scale
+        return {"tensor": self.tensor_s * s, "sfu": self.sfu_s * s, "fp32": self.fp32_s * s,
+                "smem": self.smem_s * s, "l2": self.l2_s, "dram": self.dram_s}
+
+    def intensity(self) -> dict[str, float]:
+        """Arithmetic intensity (matmul FLOPs per byte) at each memory level."""
+        dram = self.dram_read_bytes + self.dram_write_bytes
+        return {"dram": self.matmul_flops / dram if dram else math.inf,
+                "l2": self.matmul_flops / self.sm_bytes if self.sm_bytes else math.inf,
+                "smem": self.matmul_flops / self.smem_bytes if self.smem_bytes else math.inf}
+
+
+@dataclass(frozen=True)
+class TimeEstimate:
+    """Predicted time of a schedule: its kernels run one after another. Resource times are sums over kernels."""
+
+    algorithm: str
+    hardware: str
+    kernels: tuple[KernelTime, ...]
+    tensor_s: float
+    sfu_s: float
+    fp32_s: float
+    smem_s: float
+    l2_s: float
+    dram_s: float
+    launch_s: float
+    time_s: float
+    bound: str  # bound of the kernel that takes the most time
+    matmul_flops: int
+    flops: int
+    dram_read_bytes: int
+    dram_write_bytes: int
+    dram_assumed: bool
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def achieved_flops_per_s(self) -> float:
+        """matmul FLOPs / time (FLOP/s)."""
+        return self.matmul_flops / self.time_s if self.time_s else 0.0
+
+    @property
+    def achieved_total_flops_per_s(self) -> float:
+        """all FLOPs (matmul + exp + other) / time."""
+        return self.flops / self.time_s if self.time_s else 0.0
+
+    def to_dict(self) -> dict:
+        def kd(k: KernelTime) -> dict:
+            return {"name": k.name, "path": k.path, "time_s": k.time_s, "bound": k.bound,
+                    "achieved_flops_per_s": k.achieved_flops_per_s,
+                    **{f"{r}_s": getattr(k, f"{r}_s") for r in RESOURCES}, "launch_s": k.launch_s,
+                    "ctas_per_sm": k.ctas_per_sm, "occupancy_limiter": k.occupancy_limiter,
+                    "registers_per_thread": k.registers_per_thread, "waves": k.waves,
+                    "tail_efficiency": k.tail_efficiency, "tensor_efficiency": k.tensor_efficiency,
+                    "smem_bytes": k.smem_bytes, "dram_read_bytes": k.dram_read_bytes,
+                    "dram_write_bytes": k.dram_write_bytes, "dram_assumed": k.dram_assumed, "notes": list(k.notes)}
+        return {"time_s": self.time_s, "bound": self.bound, "achieved_flops_per_s": self.achieved_flops_per_s,
+                **{f"{r}_s": getattr(self, f"{r}_s") for r in RESOURCES}, "launch_s": self.launch_s,
+                "dram_assumed": self.dram_assumed, "kernels": [kd(k) for k in self.kernels]}
+
+
+# --- the model -----------------------------------------------------------------------------------------------------
+
+def estimate_kernel(schedule: Schedule, kernel: Kernel, kc: KernelCounts, hw: Hardware, *, path: str | None = None,
+                    dram_read_bytes: int | None = None, dram_write_bytes: int | None = None) -> KernelTime:
+    """Time of one kernel (see the module docstring for every term and its source)."""
+    p = schedule.problem
+    cfg = schedule.config
+    path = path or native_path(hw)
+    dtype = tensor_dtype(p.dtype)
+    eff = path_efficiency(hw, path, p.dtype)
+    notes: list[str] = []
+    num_stages = getattr(cfg, "num_stages", 1)
+    occ = occupancy(kernel, hw, kc.sram_bytes)
+    if occ.spills:
+        notes.append(f"register tiles need about {registers_per_thread(kernel)} registers per thread, above "
+                     f"{hw.max_registers_per_thread}: the compiler would spill (time not penalised; tiles treats it as illegal)")
+
+    tensor_s = kc.matmul_flops / (hw.tensor_flops(dtype) * eff.value) if kc.matmul_flops else 0.0
+    sfu_rate = hw.sfu_ops_per_clock_per_sm * hw.sm_count * hw.boost_clock_hz * SFU_EFFICIENCY.value
+    sfu_s = kc.exp_ops / sfu_rate
+    fp32_s = kc.other_flops / (hw.fp32_flops_per_s / 2)
+    smem = smem_bytes(schedule, kernel, kc, path)
+    if hw.smem_bandwidth_bytes_per_clock_per_sm:
+        smem_s = smem / (hw.smem_bandwidth_bytes_per_clock_per_sm * hw.sm_count * hw.boost_clock_hz * SMEM_EFFICIENCY.value)
+    else:
+        smem_s = 0.0
+        notes.append(f"{hw.name} has no shared-memory bandwidth: smem time not modeled")
+    sm_bytes = kc.sm_read_bytes + kc.sm_write_bytes
+    l2_s = sm_bytes / l2_bandwidth(hw)
+    if hw.l2_bandwidth_bytes_per_s is None:
+        notes.append(f"L2 bandwidth assumed {L2_FALLBACK_FACTOR:g} × HBM ({hw.name} profile has none)")
+    assumed = dram_read_bytes is None or dram_write_bytes is None
+    cr, cw = compulsory_dram_bytes(schedule, kc)
+    dr = cr if dram_read_bytes is None else int(dram_read_bytes)
+    dw = cw if dram_write_bytes is None else int(dram_write_bytes)
+    if assumed:
+        notes.append("DRAM bytes assumed compulsory (each tensor read/written once; no L2 model)")
+    dram_s = (dr + dw) / dram_bandwidth(hw)
+
+    comp = [tensor_s, sfu_s, fp32_s]
+    ov = COMPUTE_OVERLAP[path]
+    compute_s = max(comp) + (1.0 - ov) * (sum(comp) - max(comp))
+
+    P, S = kc.programs, hw.sm_count
+    per_sm = P / S
+    tail = per_sm / math.ceil(per_sm) if P else 1.0
+    resident = min(occ.ctas_per_sm, math.ceil(per_sm)) if P else 1
+    warps = resident * max(1, kernel.threads_per_cta // 32)
+    issue = min(1.0, warps / 4) if hw.vendor == "nvidia" else 1.0
+    scale = 1.0 / (tail * issue)
+    if tail < 0.999:
+        notes.append(f"tail: {P} CTAs on {S} SMs, busiest SM runs {math.ceil(per_sm)} ({tail:.0%} efficiency)")
+    if issue < 1.0:
+        notes.append(f"only {warps} warps resident per SM: tensor/SFU issue at {issue:.0%}")
+    if getattr(p, "causal", False):
+        notes.append("causal: CTAs do unequal work; average work per CTA assumed in the tail model")
+
+    mem = max(smem_s * scale, l2_s, dram_s)
+    pipelined = num_stages >= 2 or occ.ctas_per_sm >= 2
+    if pipelined:
+        body = max(compute_s * scale, mem)
+    else:
+        body = compute_s * scale + mem
+        notes.append("one stage and one CTA per SM: loads and compute serialise")
+    rounds = math.ceil(math.ceil(per_sm) / occ.ctas_per_sm) if P else 0
+    fill = rounds * CTA_FILL_S
+    body += fill
+    launch = LAUNCH_OVERHEAD_S
+    times = {"tensor": tensor_s * scale, "sfu": sfu_s * scale, "fp32": fp32_s * scale,
+             "smem": smem_s * scale, "l2": l2_s, "dram": dram_s}
+    bound = max(RESOURCES, key=lambda r: (times[r], -RESOURCES.index(r)))
+    if launch > body:
+        bound = "launch"
+    return KernelTime(
+        name=kernel.name, path=path, tensor_s=tensor_s, sfu_s=sfu_s, fp32_s=fp32_s, smem_s=smem_s, l2_s=l2_s,
+        dram_s=dram_s, launch_s=launch, compute_s=compute_s, fill_s=fill, sm_scale=scale, body_s=body, time_s=body + launch,
+        bound=bound, programs=P, ctas_per_sm=occ.ctas_per_sm, occupancy_limiter=occ.limiter,
+        registers_per_thread=occ.registers_per_thread, smem_per_cta=occ.smem_per_cta,
+        waves=P / (S * occ.ctas_per_sm), tail_efficiency=tail, tensor_efficiency=eff.value, spills=occ.spills,
+        matmul_flops=kc.matmul_flops, flops=kc.flops, sm_bytes=sm_bytes, smem_bytes=smem,
+        dram_read_bytes=dr, dram_write_bytes=dw, dram_assumed=assumed, notes=tuple(notes))
+
+
+def _split(total, kernels: Sequence[KernelCounts], weights: Sequence[int], what: str) -> list:
+    """A per-schedule DRAM figure → per kernel: None stays None; a sequence/mapping is per kernel; an int is split in
+    proportion to each kernel's compulsory traffic (``weights``)."""
+    n = len(kernels)
+    if total is None:
+        return [None] * n
+    if isinstance(total, Mapping):
+        missing = [k.name for k in kernels if k.name not in total]
+        if missing:
+            raise IosimError(f"{what}: no value for kernel(s) {', '.join(missing)}")
+        return [int(total[k.name]) for k in kernels]
+    if isinstance(total, (list, tuple)):
+        if len(total) != n:
+            raise IosimError(f"{what}: {len(total)} values for {n} kernels")
+        return [int(v) for v in total]
+    if isinstance(total, bool) or not isinstance(total, (int, float)) or total < 0:
+        raise IosimError(f"{what} must be a non-negative number of bytes, got {total!r}")
+    if n == 1:
+        return [int(total)]
+    wsum = sum(weights)
+    out = [int(total * w // wsum) if wsum else int(total // n) for w in weights]
+    out[-1] += int(total) - sum(out)
+    return out
+
+
+def estimate(schedule: Schedule, counts: Counts, hw: Hardware, dram_read_bytes=None, dram_write_bytes=None, *,
+             path: str | None = None) -> TimeEstimate:
+    """Predicted time of ``schedule`` (its kernels in launch order) on ``hw``.
+
+    Args:
+        schedule, counts: from ``iosim.predict`` (``count(schedule)``).
+        dram_read_bytes, dram_write_bytes: from the L2 model — an int for the whole schedule (split over kernels
+            in proportion to their compulsory traffic), a per-kernel list, or a {kernel name: bytes} mapping.
+            None: compulsory traffic (each tensor a kernel touches read/written once).
+        path: tensor-core instruction path ('mma.sync', 'wgmma', 'tcgen05', 'cube'); default the chip's native one.
+            FA2's CUDA kernel runs 'mma.sync' on Hopper; Triton emits 'wgmma' there.
+    Raises:
+        IosimError: counts that do not belong to the schedule, unknown path, a CTA that fits on no SM.
+    """
+    if len(counts.kernels) != len(schedule.kernels):
+        raise IosimError(f"counts have {len(counts.kernels)} kernels but the schedule has {len(schedule.kernels)}")
+    comp = [compulsory_dram_bytes(schedule, kc) for kc in counts.kernels]
+    reads = _split(dram_read_bytes, counts.kernels, [c[0] for c in comp], "dram_read_bytes")
+    writes = _split(dram_write_bytes, counts.kernels, [c[1] for c in comp], "dram_write_bytes")
+    kts = []
+    for kernel, kc, r, w in zip(schedule.kernels, counts.kernels, reads, writes):
+        if kernel.name != kc.name:
+            raise IosimError(f"counts kernel {kc.name!r} does not match schedule kernel {kernel.name!r}")
+        kts.append(estimate_kernel(schedule, kernel, kc, hw, path=path, dram_read_bytes=r, dram_write_bytes=w))
+    kts = tuple(kts)
+    total = sum(k.time_s for k in kts)
+    slowest = max(kts, key=lambda k: k.time_s)
+    eff = path_efficiency(hw, path or native_path(hw), schedule.problem.dtype)
+    sources = {
+        "tensor": f"{hw.name} tensor_flops_per_s.{tensor_dtype(schedule.problem.dtype)} × {eff.value:.3g} ({eff.kind}: {eff.source})",
+        "sfu": f"{hw.name} sfu_ops_per_clock_per_sm × sm_count × boost_clock_hz",
+        "fp32": f"{hw.name} fp32_flops_per_s / 2 (one FLOP per instruction)",
+        "smem": f"{hw.name} smem_bandwidth_bytes_per_clock_per_sm × sm_count × boost_clock_hz",
+        "l2": f"{hw.name} l2_bandwidth_bytes_per_s" if hw.l2_bandwidth_bytes_per_s else f"{L2_FALLBACK_FACTOR:g} × HBM (assumed)",
+        "dram": f"{hw.name} hbm_bandwidth_bytes_per_s × {DRAM_EFFICIENCY.value} ({DRAM_EFFICIENCY.source})",
+        "launch": f"{LAUNCH_OVERHEAD_S * 1e6:g} µs per kernel (assumed)",
+    }
+    return TimeEstimate(
+        algorithm=schedule.algorithm, hardware=hw.name, kernels=kts,
+        **{f"{r}_s": sum(getattr(k, f"{r}_s") for k in kts) for r in RESOURCES},
+        launch_s=sum(k.launch_s for k in kts), time_s=total, bound=slowest.bound,
+        matmul_flops=sum(k.matmul_flops for k in kts), flops=sum(k.flops for k in kts),
+        dram_read_bytes=sum(k.dram_read_bytes for k in kts), dram_write_bytes=sum(k.dram_write_bytes for k in kts),
+        dram_assumed=any(k.dram_assumed for k in kts), sources=sources)
+
+
+def estimate_problem(hw: Hardware, problem, config, algorithm: str = "flash2", *, path: str | None = None,
+                     dram_read_bytes=None, dram_write_bytes=None) -> TimeEstimate:
+    """Convenience: build the schedule, count it, estimate it."""
+    from iosim.counts import count
+    from iosim.predict import build_schedule
+    s = build_schedule(algorithm, problem, config, hw)
+    return estimate(s, count(s), hw, dram_read_bytes, dram_write_bytes, path=path)

@@ -1,0 +1,245 @@
+"""Tile chooser: enumerate legal (block_m, block_n, num_warps, num_stages), rank them by predicted time
+(``iosim.cost``), and say why each loses to the first.
+
+Legality rules (each rejected configuration keeps its reason):
+
+* instruction shape — mma.sync: every warp owns ≥ 16 query rows (m16n8k16; FA2 §3.3 splits Q across warps), so
+  block_m is a multiple of 16·num_warps; wgmma: a warpgroup (4 warps) issues M = 64 (PTX ISA, wgmma.mma_async), so
+  num_warps ≥ 4 and block_m a multiple of 64·num_warps/4; tcgen05: M = 64 or 128 per CTA MMA (FA4 §2.2) with
+  ≥ 4 warps; Ascend cube: multiples of 16 (16×16×16 Cube op). block_n is a multiple of 16 everywhere (the PV
+  MMA's K = 16 for 16-bit inputs).
+* no tile larger than the problem: block_m ≤ next power of two ≥ seq_q, likewise block_n vs seq_kv (the Triton
+  tutorial prunes BLOCK_M > N_CTX).
+* shared memory: the schedule's smem buffers (pipelined ones × num_stages) fit the chip's per-block limit
+  (``models._common.check_fit``), and at least one CTA fits an SM (``cost.occupancy``).
+* registers: the register-resident tiles (S, O accumulator) over the CTA's threads + overhead stay within
+  max_registers_per_thread (``cost.registers_per_thread``); above it the compiler spills.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from iosim.cost import TimeEstimate, estimate, native_path, occupancy
+from iosim.counts import Counts, count, sram_bytes
+from iosim.errors import IosimError
+from iosim.hwprofile import Hardware
+from iosim.predict import build_schedule
+from iosim.problem import KernelConfig, Problem
+
+BLOCK_CHOICES = (16, 32, 64, 128, 256)
+WARP_CHOICES = (2, 4, 8)
+STAGE_CHOICES = (1, 2, 3, 4)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+    legal: bool
+    reason: str = ""  # why illegal, or (after ranking) why slower than the first
+    estimate: TimeEstimate | None = None
+
+    @property
+    def time_s(self) -> float:
+        return self.estimate.time_s if self.estimate else math.inf
+
+    @property
+    def key(self) -> tuple[int, int, int, int]:
+        return self.block_m, self.block_n, self.num_warps, self.num_stages
+
+    def totals(self) -> dict:
+        """Aggregates over the kernels (for explanations and tables)."""
+        e = self.estimate
+        if e is None:
+            return {}
+        ks = e.kernels
+        main = max(ks, key=lambda k: k.time_s)
+        return {"sm_bytes": sum(k.sm_bytes for k in ks), "smem_bytes": sum(k.smem_bytes for k in ks),
+                "ctas_per_sm": main.ctas_per_sm, "limiter": main.occupancy_limiter,
+                "tail": main.tail_efficiency, "programs": main.programs, "waves": main.waves,
+                "registers": main.registers_per_thread, "smem_per_cta": main.smem_per_cta,
+                "resources": {r: sum(k.resource_times[r] for k in ks) for r in ks[0].resource_times}}
+
+    def to_dict(self) -> dict:
+        d = {"block_m": self.block_m, "block_n": self.block_n, "num_warps": self.num_warps,
+             "num_stages": self.num_stages, "legal": self.legal, "reason": self.reason}
+        if self.estimate is not None:
+            t = self.totals()
+            d |= {"time_s": self.estimate.time_s, "bound": self.estimate.bound,
+                  "achieved_flops_per_s": self.estimate.achieved_flops_per_s,
+                  "ctas_per_sm": t["ctas_per_sm"], "occupancy_limiter": t["limiter"],
+                  "registers_per_thread": t["registers"], "smem_per_cta": t["smem_per_cta"],
+                  "waves": t["waves"], "tail_efficiency": t["tail"], "sm_bytes": t["sm_bytes"],
+                  "smem_bytes": t["smem_bytes"]}
+        return d
+
+
+def _pow2_ceil(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def shape_rule(path: str, block_m: int, block_n: int, num_warps: int) -> str:
+    """'' if the instruction path can tile (block_m, block_n) with num_warps, else the reason."""
+    if block_n % 16:
+        return f"block_n={block_n} is not a multiple of 16 (MMA K = 16)"
+    if path == "mma.sync":
+        if block_m % (16 * num_warps):
+            return f"mma.sync: {num_warps} warps × 16 rows do not divide block_m={block_m}"
+    elif path == "wgmma":
+        if num_warps < 4:
+            return f"wgmma needs a 4-warp warpgroup, got num_warps={num_warps}"
+        if block_m % (64 * (num_warps // 4)):
+            return f"wgmma: {num_warps // 4} warpgroup(s) × 64 rows do not divide block_m={block_m}"
+    elif path == "tcgen05":
+        if num_warps < 4:
+            return f"tcgen05 needs ≥ 4 warps, got {num_warps}"
+        if block_m not in (64, 128, 256):
+            return f"tcgen05: block_m={block_m} is not an MMA M of 64/128 (256 with 2 CTAs)"
+    elif block_m % 16:
+        return f"cube: block_m={block_m} is not a multiple of 16"
+    return ""
+
+
+def candidates(hw: Hardware, problem: Problem, algorithm: str = "flash2", *, path: str | None = None,
+               block_m: Iterable[int] = BLOCK_CHOICES, block_n: Iterable[int] = BLOCK_CHOICES,
+               num_warps: Iterable[int] = WARP_CHOICES, num_stages: Iterable[int] = STAGE_CHOICES,
+               base: KernelConfig | None = None, dram_model: Callable | None = None) -> list[Candidate]:
+    """Every configuration of the grid, legal or not, with an estimate for the legal ones (unsorted).
+
+    dram_model: optional ``f(schedule, counts) -> (dram_read_bytes, dram_write_bytes)`` (the L2 model); default
+    compulsory traffic.
+    """
+    path = path or native_path(hw)
+    base = base or KernelConfig()
+    if not isinstance(problem.seq_q, int):
+        raise IosimError("the tile chooser needs concrete sizes (seq_q, seq_kv, head_dim as integers)")
+    cap_m, cap_n = max(16, _pow2_ceil(problem.seq_q)), max(16, _pow2_ceil(problem.seq_kv))
+    count_cache: dict[tuple[int, int], Counts] = {}
+    out: list[Candidate] = []
+    for bm, bn, w, st in itertools.product(block_m, block_n, num_warps, num_stages):
+        why = shape_rule(path, bm, bn, w)
+        if not why and bm > cap_m:
+            why = f"block_m={bm} exceeds seq_q={problem.seq_q}"
+        if not why and bn > cap_n:
+            why = f"block_n={bn} exceeds seq_kv={problem.seq_kv}"
+        if why:
+            out.append(Candidate(bm, bn, w, st, False, why))
+            continue
+        cfg = dataclasses.replace(base, block_m=bm, block_n=bn, num_warps=w, num_stages=st)
+        try:
+            sched = build_schedule(algorithm, problem, cfg, hw)
+            if (bm, bn) not in count_cache:
+                count_cache[(bm, bn)] = count(sched)
+            c0 = count_cache[(bm, bn)]
+            cnt = Counts(c0.algorithm, tuple(dataclasses.replace(kc, sram_bytes=sram_bytes(k, st))
+                                             for kc, k in zip(c0.kernels, sched.kernels)))
+            for k, kc in zip(sched.kernels, cnt.kernels):
+                occ = occupancy(k, hw, kc.sram_bytes)
+                if occ.spills:
+                    raise IosimError(f"{k.name}: register tiles over {w} warps exceed {hw.max_registers_per_thread} "
+                                     "registers per thread (would spill)")
+            dr = dw = None
+            if dram_model is not None:
+                dr, dw = dram_model(sched, cnt)
+            est = estimate(sched, cnt, hw, dr, dw, path=path)
+        except IosimError as e:
+            out.append(Candidate(bm, bn, w, st, False, str(e)))
+            continue
+        out.append(Candidate(bm, bn, w, st, True, "", est))
+    return out
+
+
+def explain(best: Candidate, c: Candidate) -> str:
+    """Why ``c`` is slower than ``best``: the time ratio, its bound, and the differences that cause it."""
+    if c is best or c.key == best.key:
+        return "fastest"
+    tb, tc = best.totals(), c.totals()
+    ratio = c.time_s / best.time_s
+    parts: list[tuple[float, str]] = []
+    rb, rc = tb["resources"], tc["resources"]
+    bound = c.estimate.bound
+    if rc["l2"] > rb["l2"] * 1.01 or tc["sm_bytes"] > tb["sm_bytes"] * 1.01:
+        parts.append((rc["l2"] - rb["l2"] + (1 if bound == "l2" else 0),
+                      f"{tc['sm_bytes'] / tb['sm_bytes']:.2f}× SM↔L2 bytes (block_m {c.block_m} vs {best.block_m}: K/V re-read once per query block)"))
+    if rc["smem"] > rb["smem"] * 1.01:
+        parts.append((rc["smem"] - rb["smem"] + (1 if bound == "smem" else 0),
+                      f"{rc['smem'] / rb['smem']:.2f}× shared-memory time ({tc['smem_bytes'] / tb['smem_bytes']:.2f}× operand reads, {c.num_warps} warps)"))
+    if tc["tail"] < tb["tail"] - 0.005:
+        parts.append((0.5, f"tail {tc['tail']:.0%} vs {tb['tail']:.0%} ({tc['programs']} CTAs on the SMs)"))
+    if tc["ctas_per_sm"] < tb["ctas_per_sm"]:
+        parts.append((0.4, f"{tc['ctas_per_sm']} CTA/SM ({tc['limiter']}) vs {tb['ctas_per_sm']}"))
+    for r in ("tensor", "sfu", "fp32"):
+        if rc[r] > rb[r] * 1.01:
+            parts.append((rc[r] - rb[r] + (1 if bound == r else 0), f"{rc[r] / rb[r]:.2f}× {r} time"))
+    lb, lc = best.estimate.launch_s, c.estimate.launch_s
+    if lc > lb:
+        parts.append((lc - lb, f"{len(c.estimate.kernels)} launches"))
+    if c.num_stages < 2 <= best.num_stages and tc["ctas_per_sm"] < 2:
+        parts.append((0.3, "one stage, one CTA/SM: loads not overlapped"))
+    parts.sort(key=lambda p: -p[0])
+    if rc["smem"] + rc["l2"] + rc["fp32"] > rb["smem"] + rb["l2"] + rb["fp32"] and ratio < 1.0005 and not parts:
+        parts.append((0, "same time, more total resource use"))
+    if not parts and c.num_stages > best.num_stages:
+        parts.append((0, f"same predicted time; {c.num_stages} stages use more shared memory ({tc['smem_per_cta']:,} B) for nothing"))
+    why = "; ".join(p[1] for p in parts[:3]) or "same predicted resources (tie broken by larger tiles, fewer warps, fewer stages)"
+    return f"{ratio:.3f}× time, {bound}-bound: {why}"
+
+
+@dataclass(frozen=True)
+class TileChoice:
+    hardware: str
+    algorithm: str
+    problem: Problem
+    path: str
+    ranked: tuple[Candidate, ...]  # legal, fastest first (ties: less total resource time), reason = explain(first, it)
+    illegal: tuple[Candidate, ...]
+
+    @property
+    def best(self) -> Candidate:
+        return self.ranked[0]
+
+    def to_dict(self, top: int | None = None) -> dict:
+        return {"hardware": self.hardware, "algorithm": self.algorithm, "path": self.path,
+                "problem": dataclasses.asdict(self.problem),
+                "legal_count": len(self.ranked), "illegal_count": len(self.illegal),
+                "candidates": [c.to_dict() for c in self.ranked[:top]],
+                "illegal_examples": [c.to_dict() for c in self.illegal[:10]]}
+
+
+def choose(hw: Hardware, problem: Problem, algorithm: str = "flash2", *, path: str | None = None, **kw) -> TileChoice:
+    """Rank the legal configurations by predicted time (ties: larger tiles, fewer warps, fewer stages first)."""
+    path = path or native_path(hw)
+    cands = candidates(hw, problem, algorithm, path=path, **kw)
+    legal = [c for c in cands if c.legal]
+    if not legal:
+        reasons = sorted({c.reason for c in cands})[:5]
+        raise IosimError(f"no legal tile configuration for {algorithm} on {hw.name}: " + " | ".join(reasons))
+    # ties (same bound resource): less total resource time first (less traffic = more headroom), then bigger tiles
+    legal.sort(key=lambda c: (round(c.time_s, 12), sum(c.totals()["resources"].values()),
+                              -c.block_m * c.block_n, c.num_warps, c.num_stages))
+    best = legal[0]
+    ranked = tuple(dataclasses.replace(c, reason=explain(best, c)) for c in legal)
+    illegal = tuple(c for c in cands if not c.legal)
+    return TileChoice(hw.name, algorithm, problem, path, ranked, illegal)
+
+
+def format_table(choice: TileChoice, top: int = 5) -> str:
+    p = choice.problem
+    lines = [f"{choice.algorithm} on {choice.hardware} ({choice.path}): B={p.batch} H={p.heads} Hkv={p.kv_heads} "
+             f"Nq={p.seq_q} Nkv={p.seq_kv} d={p.head_dim} {p.dtype}{' causal' if p.causal else ''}",
+             f"{len(choice.ranked)} legal configurations, {len(choice.illegal)} rejected",
+             f"{'#':>3} {'BM':>4} {'BN':>4} {'warps':>5} {'stages':>6} {'time':>11} {'TFLOP/s':>8} {'bound':>7} "
+             f"{'CTA/SM':>6} {'smem/CTA':>9} {'regs':>4}  why slower than #1"]
+    for i, c in enumerate(choice.ranked[:top], 1):
+        t = c.totals()
+        lines.append(f"{i:>3} {c.block_m:>4} {c.block_n:>4} {c.num_warps:>5} {c.num_stages:>6} "
+                     f"{c.time_s * 1e3:>8.4f} ms {c.estimate.achieved_flops_per_s / 1e12:>8.1f} {c.estimate.bound:>7} "
+                     f"{t['ctas_per_sm']:>6} {t['smem_per_cta']:>9,} {t['registers']:>4}  {c.reason}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,155 @@
+"""Cost model: every term reproduces its formula exactly; overlap, tail, occupancy and DRAM inputs behave as stated."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from types import MappingProxyType
+
+import pytest
+
+from iosim import cost
+from iosim.cost import LAUNCH_OVERHEAD_S, estimate, estimate_problem
+from iosim.counts import count
+from iosim.errors import IosimError
+from iosim.hwprofile import Source, load_hardware
+from iosim.predict import build_schedule
+from iosim.problem import KernelConfig, Problem
+from iosim.schedule import Compute, GridAxis, Kernel, Schedule, Span, Work, var
+
+H100 = load_hardware("h100")
+
+
+def _matmul_only(programs: int, flops_per_cta_dim: int = 1024) -> Schedule:
+    """One kernel of ``programs`` CTAs, each doing 2·64·64·k matmul FLOPs and nothing else (no memory traffic)."""
+    pid = var("pid")
+    rows = Span(0, 64, 64)
+    cols = Span(0, 64, 64)
+    body = (Compute("mm", ("a", "b", "c"), matmul=(Work(2 * flops_per_cta_dim, (rows, cols)),)),)
+    k = Kernel("mm", (GridAxis("m", pid, programs),), (), body, threads_per_cta=128)
+    return Schedule("synthetic", Problem(1, 1, 1, 64, 64, 64, "bf16"), KernelConfig(64, 64, 4, 2), {}, (k,))
+
+
+def test_compute_bound_time_is_flops_over_peak_times_efficiency():
+    s = _matmul_only(2 * H100.sm_count)  # two CTAs per SM: no tail
+    c = count(s)
+    flops = 2 * 1024 * 64 * 64 * 2 * H100.sm_count
+    assert c.matmul_flops == flops
+    e = estimate(s, c, H100, path="wgmma")
+    k = e.kernels[0]
+    # tensor time = flops / (989.4 TFLOP/s datasheet × 0.807 measured wgmma GEMM fraction)
+    assert k.tensor_s == flops / (989.4e12 * 0.807)
+    assert k.tail_efficiency == 1.0 and k.sm_scale == 1.0
+    assert k.bound == "tensor"
+    # one round of resident CTAs (2 per SM fit) → one pipeline fill
+    assert k.fill_s == cost.CTA_FILL_S
+    assert e.time_s == (k.tensor_s + k.fill_s) + LAUNCH_OVERHEAD_S
+    assert e.achieved_flops_per_s == flops / e.time_s
+
+
+def test_mma_sync_path_uses_its_own_efficiency():
+    s = _matmul_only(H100.sm_count)
+    c = count(s)
+    e = estimate(s, c, H100, path="mma.sync")
+    assert e.tensor_s == c.matmul_flops / (989.4e12 * cost.PATH_EFFICIENCY[("sm90", "mma.sync")].value)
+    assert e.kernels[0].path == "mma.sync"
+    with pytest.raises(IosimError, match="unknown instruction path"):
+        estimate(s, c, H100, path="wmma")
+    with pytest.raises(IosimError, match="not modeled"):
+        estimate(s, c, load_hardware("a100"), path="wgmma")
+
+
+def test_tail_one_cta_more_than_the_sms():
+    s = _matmul_only(H100.sm_count + 1)
+    k = estimate(s, count(s), H100).kernels[0]
+    # 133 CTAs on 132 SMs: the busiest SM runs 2, average 133/132 → efficiency (133/132)/2
+    assert k.tail_efficiency == pytest.approx((133 / 132) / 2)
+    assert k.resource_times["tensor"] == pytest.approx(k.tensor_s / k.tail_efficiency)
+
+
+def test_dram_bound_standard_attention():
+    hw = H100
+    e = estimate_problem(hw, Problem(1, 16, 16, 8192, 8192, 64, "bf16"), KernelConfig(), "standard")
+    assert e.bound == "dram"
+    for k in e.kernels:
+        assert k.dram_s == (k.dram_read_bytes + k.dram_write_bytes) / (3.35e12 * cost.DRAM_EFFICIENCY.value)
+
+
+def test_default_dram_bytes_are_compulsory():
+    p = Problem(2, 4, 4, 1024, 1024, 64, "bf16")
+    e = estimate_problem(H100, p, KernelConfig(), "flash2")
+    qkv = 3 * 2 * 4 * 1024 * 64 * 2
+    o = 2 * 4 * 1024 * 64 * 2
+    lse = 2 * 4 * 1024 * 4
+    assert e.dram_read_bytes == qkv and e.dram_write_bytes == o + lse
+    assert e.dram_assumed
+
+
+def test_dram_bytes_from_the_l2_model_override_and_split():
+    p = Problem(1, 16, 16, 4096, 4096, 128, "bf16")
+    s = build_schedule("flash2", p, KernelConfig(), H100)
+    c = count(s)
+    base = estimate(s, c, H100)
+    big = estimate(s, c, H100, dram_read_bytes=10**12, dram_write_bytes=0)
+    assert not big.dram_assumed and big.bound == "dram" and big.time_s > base.time_s
+    assert big.dram_read_bytes == 10**12
+    # multi-kernel: an int is split in proportion to compulsory traffic; a list/mapping is per kernel
+    st = build_schedule("standard", p, KernelConfig(), H100)
+    ct = count(st)
+    e = estimate(st, ct, H100, dram_read_bytes=[1, 2, 3], dram_write_bytes={"standard_qk": 4, "standard_softmax": 5, "standard_pv": 6})
+    assert [k.dram_read_bytes for k in e.kernels] == [1, 2, 3]
+    assert [k.dram_write_bytes for k in e.kernels] == [4, 5, 6]
+    e2 = estimate(st, ct, H100, dram_read_bytes=10**9, dram_write_bytes=10**9)
+    assert e2.dram_read_bytes == 10**9 and e2.dram_write_bytes == 10**9
+    with pytest.raises(IosimError, match="3 kernels"):
+        estimate(st, ct, H100, dram_read_bytes=[1, 2], dram_write_bytes=[1, 2])
+    with pytest.raises(IosimError, match="non-negative"):
+        estimate(st, ct, H100, dram_read_bytes=-5, dram_write_bytes=0)
+    with pytest.raises(IosimError, match="counts have"):
+        estimate(st, c, H100)
+
+
+def test_occupancy_limits():
+    s = build_schedule("flash2", Problem(1, 16, 16, 4096, 4096, 128, "bf16"), KernelConfig(128, 64, 4, 2), H100)
+    k = s.kernels[0]
+    # smem: Q 128·128·2 + 2 stages × (K + V) 64·128·2 = 32 KiB + 64 KiB = 98,304 B (+1 KiB reserved) → 233,472 // 99,328 = 2
+    # registers: (S 128·64·4 + acc 128·128·4 + 3 stats 128·4) / 4 / 128 threads = 195 + 32 → 232 (multiple of 8)
+    occ = cost.occupancy(k, H100, 98304)
+    assert occ.registers_per_thread == 232 and not occ.spills
+    assert occ.ctas_per_sm == 2  # smem 2, registers 65536 // (232·128) = 2, threads 16
+    big = build_schedule("flash2", Problem(1, 16, 16, 4096, 4096, 128, "bf16"), KernelConfig(128, 128, 4, 2), H100)
+    assert cost.occupancy(big.kernels[0], H100, 0).spills  # 128 + 128 + 32 > 255 registers: FA2 uses 128×64 at d=128
+    with pytest.raises(IosimError, match="exceeds"):
+        cost.occupancy(k, H100, H100.smem_per_block_bytes + 1)
+
+
+def test_calibrated_tensor_rate_means_native_efficiency_one():
+    src = dict(H100.sources)
+    src["tensor_flops_per_s.bf16"] = Source("calibrated", "iosim calibrate on a test GPU")
+    hw = dataclasses.replace(H100, tensor_flops_per_s=MappingProxyType({**H100.tensor_flops_per_s, "bf16": 800e12}),
+                             sources=MappingProxyType(src))
+    assert cost.path_efficiency(hw, "wgmma", "bf16").value == 1.0
+    assert cost.path_efficiency(hw, "mma.sync", "bf16").value == pytest.approx(0.55 / 0.807)
+    s = _matmul_only(2 * 132)
+    c = count(s)
+    assert estimate(s, c, hw).tensor_s == c.matmul_flops / 800e12
+
+
+def test_tiny_problem_is_launch_bound_and_mma_sync_is_slower_than_wgmma():
+    tiny = estimate_problem(H100, Problem(1, 1, 1, 64, 64, 64, "bf16"), KernelConfig(), "flash2")
+    assert tiny.bound == "launch"
+    p = Problem(4, 32, 32, 4096, 4096, 128, "bf16")
+    w = estimate_problem(H100, p, KernelConfig(), "flash2", path="wgmma")
+    m = estimate_problem(H100, p, KernelConfig(), "flash2", path="mma.sync")
+    assert m.time_s > w.time_s
+    assert set(w.to_dict()) >= {"time_s", "bound", "achieved_flops_per_s", "tensor_s", "dram_s", "kernels"}
+
+
+@pytest.mark.parametrize("hw", ["h100", "a100", "b200", "h200", "ascend910b"])
+def test_every_algorithm_has_a_finite_time(hw):
+    from iosim.registry import algorithms
+    h = load_hardware(hw)
+    for name in algorithms():
+        e = estimate_problem(h, Problem(1, 4, 4, 2048, 2048, 64, "fp16"), KernelConfig(), name)
+        assert math.isfinite(e.time_s) and e.time_s > 0, name
+        assert e.bound in cost.RESOURCES + ("launch",)
