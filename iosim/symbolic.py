@@ -179,7 +179,6 @@ def _bound_atoms(expr: sp.Expr, lower: bool) -> sp.Expr | None:
     """A lower (or upper) bound of expr with every floor/ceiling replaced by its argument ± 1, chosen by the sign
     of expr's derivative in that atom (None if a sign is unknown). ⌈x⌉ ∈ [x, x+1), ⌊x⌋ ∈ (x−1, x]."""
     for _ in range(16):
-        atoms = [a for a in expr.atoms(sp.ceiling, sp.floor) if not a.args[0].atoms(sp.ceiling, sp.floor)]
         outer = [a for a in expr.atoms(sp.ceiling, sp.floor)
                  if not any(a in b.args[0].atoms(sp.ceiling, sp.floor) for b in expr.atoms(sp.ceiling, sp.floor))]
         if not outer:
@@ -194,7 +193,6 @@ def _bound_atoms(expr: sp.Expr, lower: bool) -> sp.Expr | None:
         lo, hi = (x, x + 1) if isinstance(a, sp.ceiling) else (x - 1, x)
         pick = (lo if inc > 0 else hi) if lower else (hi if inc > 0 else lo)
         expr = expr.xreplace({a: pick})
-        del atoms
     return None
 
 
@@ -513,6 +511,11 @@ def resolved_tiles(algorithm: str, problem: Problem, config: KernelConfig, hw=No
         from iosim.models import square_tiling
         b, _ = square_tiling.tile(problem, config, hw)
         return b, b
+    import sys
+    mod = sys.modules[get(algorithm).build.__module__]
+    if hasattr(mod, "default_tiles") and isinstance(problem.head_dim, int):
+        dm, dn = mod.default_tiles(problem.head_dim)
+        return config.block_m or dm, config.block_n or dn
     if config.block_m is None or config.block_n is None:
         raise IosimError(f"{algorithm}: give block_m and block_n to evaluate its symbolic IO")
     return config.block_m, config.block_n
@@ -533,3 +536,187 @@ def io_bytes_at(algorithm: str, problem: Problem, config: KernelConfig, hw=None)
     gqa = problem.heads != problem.kv_heads
     sio = symbolic_io(algorithm, bool(problem.causal), gqa)
     return evaluate_int(sio.io_bytes, bind(algorithm, problem, config, hw))
+
+
+# --- FlashAttention Algorithm 4 (backward) as a schedule, for Theorem 5 ----------------------------------------
+
+def flash1_backward_schedule(p: Problem, cfg: KernelConfig) -> Schedule:
+    """FlashAttention backward, Algorithm 4 of Dao et al. (arXiv 2205.14135, App. B.4), as a schedule.
+
+    Not registered (the catalogue's backward family is flash2_bwd); built here so Theorem 5 is derived from a loop
+    nest the engine counts too. Tiles B_r = block_m, B_c = block_n (paper: B_c = ⌈M/4d⌉, B_r = min(B_c, d)).
+    Line 5: dQ, dK, dV = 0 are written to HBM. Outer loop j (line 6): load K_j, V_j (line 7); inner loop i (line 9):
+    load Q_i, O_i, dO_i, dQ_i, ℓ_i, m_i (line 10), write dQ_i (line 21); write dK_j, dV_j (line 24).
+    Per head: writes 3N_q·d… exactly: init 2N_kv·d + N_q·d; reads 2N_kv·d + T_c·(4N_q·d + 2N_q); writes
+    T_c·N_q·d + 2N_kv·d. Non-causal, no dropout.
+    """
+    from iosim.models._common import kv_tile, lse_tensor, q_tile, qkvo_tensors, row_tile
+    from iosim.schedule import Buffer, Compute, GridAxis, Kernel, TensorSpec, Work, cdiv
+
+    br, bc, d, e = cfg.block_m, cfg.block_n, p.head_dim, p.elem_bytes
+    if br is None or bc is None:
+        raise IosimError("flash1 backward: give block_m and block_n (paper: B_c = ⌈M/4d⌉, B_r = min(B_c, d))")
+    tr, tc = cdiv(p.seq_q, br), cdiv(p.seq_kv, bc)
+    b, h, i, j = var("b"), var("h"), var("i"), var("j")
+    grid = (GridAxis("b", b, p.batch), GridAxis("h", h, p.heads))
+    rows, cols = Span(i, br, p.seq_q), Span(j, bc, p.seq_kv)
+    init = Kernel("flash1_bwd_init", grid, (Buffer("zero", (max(br, bc) if isinstance(br, int) and isinstance(bc, int) else br, d), e, space="reg"),), (
+        Loop(i, 0, tr, (Store("zero", q_tile(p, "dQ", b, h, rows)),)),
+        Loop(j, 0, tc, (Store("zero", kv_tile(p, "dK", b, h, cols)), Store("zero", kv_tile(p, "dV", b, h, cols)))),
+    ))
+    inner = (
+        Load("q", q_tile(p, "Q", b, h, rows)), Load("o", q_tile(p, "O", b, h, rows)),
+        Load("do", q_tile(p, "dO", b, h, rows)), Load("dq", q_tile(p, "dQ", b, h, rows)),
+        Load("l", row_tile(p, "L", b, h, rows)), Load("m", row_tile(p, "M", b, h, rows)),
+        Compute("flash1_bwd_step", ("q", "k", "v", "o", "do", "dq", "l", "m", "dk", "dv"),
+                matmul=(Work(8 * d, (rows, cols)),)),
+        Store("dq", q_tile(p, "dQ", b, h, rows)),
+    )
+    main = Kernel("flash1_bwd", grid, (
+        Buffer("k", (bc, d), e), Buffer("v", (bc, d), e), Buffer("dk", (bc, d), e), Buffer("dv", (bc, d), e),
+        Buffer("q", (br, d), e), Buffer("o", (br, d), e), Buffer("do", (br, d), e), Buffer("dq", (br, d), e),
+        Buffer("l", (br,), STAT_BYTES), Buffer("m", (br,), STAT_BYTES)), (
+        Loop(j, 0, tc, (
+            Load("k", kv_tile(p, "K", b, h, cols)), Load("v", kv_tile(p, "V", b, h, cols)),
+            Loop(i, 0, tr, inner),
+            Store("dk", kv_tile(p, "dK", b, h, cols)), Store("dv", kv_tile(p, "dV", b, h, cols)),
+        )),
+    ))
+    tensors = qkvo_tensors(p) | {
+        "L": lse_tensor(p, "L", "input"), "M": lse_tensor(p, "M", "input"),
+        "dO": TensorSpec("dO", (p.batch, p.heads, p.seq_q, d), e, "input"),
+        "dQ": TensorSpec("dQ", (p.batch, p.heads, p.seq_q, d), e, "output"),
+        "dK": TensorSpec("dK", (p.batch, p.kv_heads, p.seq_kv, d), e, "output"),
+        "dV": TensorSpec("dV", (p.batch, p.kv_heads, p.seq_kv, d), e, "output"),
+    }
+    return Schedule("flash1_bwd", p, cfg, tensors, (init, main))
+
+
+@lru_cache(maxsize=4)
+def symbolic_flash1_backward() -> SymbolicIO:
+    """Algorithm 4's IO summed from :func:`flash1_backward_schedule` on symbolic sizes (MHA, non-causal)."""
+    variant = Variant()
+    sched = flash1_backward_schedule(symbolic_problem(variant), KernelConfig(block_m=BLOCK_M, block_n=BLOCK_N))
+    return _from_schedule("flash1_bwd", variant, sched)
+
+
+# --- tile rules (M in elements) -------------------------------------------------------------------------------
+
+def fa1_paper_tiles(m=M, d=D) -> dict:
+    """FA Algorithm 1 line 1 (and Algorithm 4 lines 2–4): B_c = ⌈M/4d⌉, B_r = min(⌈M/4d⌉, d)."""
+    bc = sp.ceiling(m / (4 * d))
+    return {BLOCK_N: bc, BLOCK_M: sp.Min(bc, d)}
+
+
+def square_paper_tile(m=M) -> dict:
+    """Saha & Ye Algorithm 1 line 1: B = ⌊√(M/4)⌋."""
+    return {BLOCK_SQ: sp.floor(sp.sqrt(m) / 2)}
+
+
+def _square_problem(expr: sp.Expr) -> sp.Expr:
+    """One head, N_q = N_kv = N (the papers' setting)."""
+    return expr.xreplace({BATCH: 1, HEADS: 1, KV_HEADS: 1, GROUP: 1, NQ: N, NKV: N})
+
+
+# --- theorems with explicit constants -------------------------------------------------------------------------
+
+_C_F, _C_G = sp.Symbol("c_f"), sp.Symbol("c_g")
+
+
+def _nonneg(name: str) -> sp.Symbol:
+    return sp.Symbol(name, nonnegative=True)
+
+
+def _linear_constraints(expr: sp.Expr, shifts) -> list[tuple[Fraction, Fraction, Fraction]] | None:
+    """expr (linear in c_f, c_g) ≥ 0 for all regime points ⇐ every coefficient of its numerator (in the regime's
+    nonnegative variables) is ≥ 0, the denominator having one sign. Returns rows (a, b, r): a·c_f + b·c_g + r ≥ 0."""
+    e = sp.sympify(expr)
+    for old, new in shifts:
+        e = e.xreplace({old: new})
+    num, den = sp.fraction(sp.together(e))
+    sd = _poly_sign(den)
+    if sd is None:
+        return None
+    num = sp.expand(num * sd)
+    gens = sorted(num.free_symbols - {_C_F, _C_G}, key=str)
+    poly = sp.Poly(num, *gens) if gens else None
+    rows = []
+    for coeff in (poly.coeffs() if poly is not None else [num]):
+        c = sp.expand(coeff)
+        a, b = c.coeff(_C_F), c.coeff(_C_G)
+        r = sp.expand(c - a * _C_F - b * _C_G)
+        if r.free_symbols or a.free_symbols or b.free_symbols:
+            return None
+        rows.append((Fraction(str(a)), Fraction(str(b)), Fraction(str(r))))
+    return rows
+
+
+def _solve(rows, maximize: bool) -> tuple[Fraction, Fraction] | None:
+    """Lexicographically best (c_f, then c_g) with a·c_f + b·c_g + r ≥ 0 for every row; c_f, c_g ≥ 0."""
+    # c_f: bound by rows without c_g, and by rows whose c_g coefficient cannot help
+    lo_f, hi_f = Fraction(0), None
+    for a, b, r in rows:
+        if b == 0 or (maximize and b < 0) or (not maximize and b < 0):
+            if a > 0:
+                lo_f = max(lo_f, -r / a)
+            elif a < 0:
+                hi_f = -r / a if hi_f is None else min(hi_f, -r / a)
+            elif r < 0 and b == 0:
+                return None
+    cf = hi_f if maximize else lo_f
+    if cf is None or (hi_f is not None and cf > hi_f) or cf < lo_f:
+        return None
+    lo_g, hi_g = Fraction(0), None
+    for a, b, r in rows:
+        rest = a * cf + r
+        if b > 0:
+            lo_g = max(lo_g, -rest / b)
+        elif b < 0:
+            hi_g = -rest / b if hi_g is None else min(hi_g, -rest / b)
+        elif rest < 0:
+            return None
+    cg = (hi_g if hi_g is not None else Fraction(0)) if maximize else lo_g
+    if cg < lo_g or (hi_g is not None and cg > hi_g):
+        return None
+    return cf, cg
+
+
+@dataclass(frozen=True)
+class Bound:
+    """c_f·f + c_g·g, certified: (bound − quantity or quantity − bound) has a nonnegative-coefficient certificate."""
+
+    c_f: Fraction
+    c_g: Fraction
+    expr: sp.Expr
+    certified: bool
+
+
+def fit_upper(quantity: sp.Expr, f: sp.Expr, g: sp.Expr, shifts) -> Bound | None:
+    """Smallest (c_f, c_g) with quantity ≤ c_f·f + c_g·g over the regime; ceilings/floors replaced by upper
+    bounds first (⌈x⌉ ≤ x + 1, monotonicity checked by the sign of the derivative)."""
+    ub = _bound_atoms(sp.sympify(quantity), lower=False)
+    if ub is None:
+        return None
+    rows = _linear_constraints(_C_F * f + _C_G * g - ub, shifts)
+    sol = rows and _solve(rows, maximize=False)
+    if not sol:
+        return None
+    cf, cg = sol
+    expr = sp.Rational(cf.numerator, cf.denominator) * f + sp.Rational(cg.numerator, cg.denominator) * g
+    check = _linear_constraints(expr - ub, shifts)
+    return Bound(cf, cg, expr, bool(check) and all(r >= 0 for _, _, r in check))
+
+
+def fit_lower(quantity: sp.Expr, f: sp.Expr, g: sp.Expr, shifts) -> Bound | None:
+    """Largest (c_f, then c_g) with c_f·f + c_g·g ≤ quantity over the regime (⌈x⌉ ≥ x, ⌊x⌋ ≥ x − 1)."""
+    lb = _bound_atoms(sp.sympify(quantity), lower=True)
+    if lb is None:
+        return None
+    rows = _linear_constraints(lb - _C_F * f - _C_G * g, shifts)
+    sol = rows and _solve(rows, maximize=True)
+    if not sol:
+        return None
+    cf, cg = sol
+    expr = sp.Rational(cf.numerator, cf.denominator) * f + sp.Rational(cg.numerator, cg.denominator) * g
+    check = _linear_constraints(lb - expr, shifts)
+    return Bound(cf, cg, expr, bool(check) and all(r >= 0 for _, _, r in check))
