@@ -1,0 +1,27 @@
+"""Triton attention kernels (forward): FA2 loop order, causal, GQA/MQA, ragged lengths, block-sparse masks and
+split-KV decode, with TMA tensor descriptors on sm90 and pointer loads elsewhere.
+
+torch and triton are imported lazily: ``import iosim`` (and this package) never needs them. The kernels live in
+``iosim.triton_kernels.kernels``; set ``TRITON_INTERPRET=1`` before importing it to run them on the CPU.
+
+Public names (each imports torch/triton on first use):
+
+* ``attention(q, k, v, causal=False, block_mask=None, config=None, ...)`` — the entry point;
+* ``BlockMask`` — a FlexAttention-style block-sparse mask (kv_num_blocks / kv_indices per query block);
+* ``kernel_schedule(problem, config, ...)`` — the iosim schedule of exactly what the kernel launches
+  (``iosim.triton_kernels.schedule``; needs neither torch nor triton).
+"""
+
+from __future__ import annotations
+
+__all__ = ["attention", "BlockMask", "kernel_schedule"]
+
+
+def __getattr__(name: str):
+    if name in ("attention", "BlockMask"):
+        from iosim.triton_kernels import kernels as _a
+        return getattr(_a, name)
+    if name == "kernel_schedule":
+        from iosim.triton_kernels.schedule import kernel_schedule
+        return kernel_schedule
+    raise AttributeError(name)

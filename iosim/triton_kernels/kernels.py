@@ -1,0 +1,598 @@
+"""Attention forward in Triton, in FlashAttention-2's loop order (Dao, arXiv 2307.08691, Algorithm 1).
+
+Main kernel ``_fwd_kernel``: one program per (query block i, batch b, head h). The grid is ``(⌈Nq/BLOCK_M⌉, B, H)``
+for ``grid_order=("m", "b", "h")`` (query block fastest, as FA2, FlexAttention and ``models/flash2.py``); any
+permutation of ("m", "b", "h") is honoured by permuting the launch grid. Each program loads its Q tile once, walks
+its KV blocks j (ascending by default, descending with ``kv_order="descending"``) keeping O, m and ℓ on chip, and
+writes O and the logsumexp once. Causal masking is bottom-right aligned (``iosim.problem.Problem``): query row r
+sees keys c ≤ r + Nkv − Nq, so block i visits j < min(T_c, ⌈((i+1)·BLOCK_M + Nkv − Nq)/BLOCK_N⌉), exactly
+``models/flash2.py``'s ``kv_stop``. Blocks wholly below the diagonal and inside Nkv run without masks; the rest
+(the diagonal band, the ragged last block) run the masked step. GQA/MQA: head h reads KV head h // (H / Hkv).
+
+On sm90 the Q/K/V/O tiles move through TMA tensor descriptors made in the kernel (``tl.make_tensor_descriptor``,
+one 2-D descriptor per (batch, head) so ragged tiles are clipped by the hardware and read nothing out of range);
+``tl.dot`` then runs on wgmma. Elsewhere, or when strides are not 16-byte aligned, pointer loads with masks.
+
+Block-sparse (``BlockMask``, FlexAttention's layout): for query block i the kernel visits the listed KV blocks
+``kv_indices[b, h, i, :kv_num_blocks[b, h, i]]`` (in list order; reversed for ``kv_order="descending"``); every
+listed block is attended in full, except where causal masking or Nkv cut it.
+
+Split-KV decode (``_decode_kernel`` + ``_combine_kernel``), for few queries per head: one program per
+(split s, batch b, KV head hk) takes the G·Nq query rows of all query heads that share KV head hk (GQA packing,
+so K/V are read once per KV head, not once per query head), walks the KV blocks of its split and writes a partial
+O (fp32) and logsumexp; the combine kernel merges the splits by their logsumexps.
+
+Numerics: scores are scaled by sm_scale·log2(e) and exponentiated with exp2; fp32 accumulators; P is cast to V's
+dtype before the second product (as FA2 and Triton's tutorial do). Rows that see no key give O = 0, LSE = −inf.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field, replace
+
+import torch
+import triton
+import triton.language as tl
+
+from iosim.errors import IosimError
+from iosim.problem import KernelConfig
+
+LOG2E = 1.4426950408889634
+
+# --------------------------------------------------------------------------------------------------------------
+# Triton device code
+# --------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _load_tile(desc, ptr, off, n_valid, stride_n, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr,
+               USE_TMA: tl.constexpr, CHECK: tl.constexpr):
+    """Rows [off, off+BLOCK) of a [n_valid, HEAD_DIM] matrix (rows ≥ n_valid read as 0 and are not fetched)."""
+    if USE_TMA:
+        t = desc.load([off, 0])
+    else:
+        rows = off + tl.arange(0, BLOCK)
+        ptrs = ptr + rows[:, None] * stride_n + tl.arange(0, HEAD_DIM)[None, :]
+        if CHECK:
+            t = tl.load(ptrs, mask=rows[:, None] < n_valid, other=0.0)
+        else:
+            t = tl.load(ptrs)
+    return t
+
+
+@triton.jit
+def _attn_step(acc, l_i, m_i, q, k_desc, v_desc, k_ptr, v_ptr, kv_off, offs_m, Nq, Nkv, stride_kn, stride_vn,
+               qk_scale, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, MASK: tl.constexpr, CAUSAL: tl.constexpr,
+               USE_TMA: tl.constexpr):
+    """One KV block of the online softmax (FA2 Alg. 1 lines 8–10). MASK applies Nkv and causal masks."""
+    k = _load_tile(k_desc, k_ptr, kv_off, Nkv, stride_kn, BLOCK_N, HEAD_DIM, USE_TMA, MASK)
+    qk = tl.dot(q, tl.trans(k))
+    if MASK:
+        offs_n = kv_off + tl.arange(0, BLOCK_N)
+        valid = offs_n[None, :] < Nkv
+        if CAUSAL:
+            valid = valid & (offs_n[None, :] <= offs_m[:, None] + (Nkv - Nq))
+        qk = tl.where(valid, qk * qk_scale, float("-inf"))
+        m_ij = tl.maximum(m_i, tl.max(qk, 1))
+        m_sub = tl.where(m_ij == float("-inf"), 0.0, m_ij)  # rows that saw no key yet: keep exp2 finite
+        p = tl.math.exp2(qk - m_sub[:, None])
+        alpha = tl.math.exp2(m_i - m_sub)
+    else:
+        m_ij = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        qk = qk * qk_scale - m_ij[:, None]
+        p = tl.math.exp2(qk)
+        alpha = tl.math.exp2(m_i - m_ij)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    v = _load_tile(v_desc, v_ptr, kv_off, Nkv, stride_vn, BLOCK_N, HEAD_DIM, USE_TMA, MASK)
+    acc = tl.dot(p.to(v.dtype), v, acc)
+    return acc, l_i, m_ij
+
+
+@triton.jit
+def _attn_range(acc, l_i, m_i, q, k_desc, v_desc, k_ptr, v_ptr, lo, hi, offs_m, Nq, Nkv, stride_kn, stride_vn,
+                qk_scale, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, MASK: tl.constexpr, CAUSAL: tl.constexpr,
+                USE_TMA: tl.constexpr, DESCENDING: tl.constexpr):
+    """KV blocks j in [lo, hi), ascending or descending."""
+    for t in tl.range(0, hi - lo):
+        if DESCENDING:
+            j = hi - 1 - t
+        else:
+            j = lo + t
+        acc, l_i, m_i = _attn_step(acc, l_i, m_i, q, k_desc, v_desc, k_ptr, v_ptr, j * BLOCK_N, offs_m, Nq, Nkv,
+                                   stride_kn, stride_vn, qk_scale, BLOCK_N, HEAD_DIM, MASK, CAUSAL, USE_TMA)
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _fwd_kernel(Q, K, V, O, LSE,
+                stride_qb, stride_qh, stride_qm,
+                stride_kb, stride_kh, stride_kn,
+                stride_vb, stride_vh, stride_vn,
+                stride_ob, stride_oh, stride_om,
+                stride_lb, stride_lh,
+                H, G, Nq, Nkv, qk_scale,
+                KV_NUM, KV_IDX, stride_snb, stride_snh, stride_snm, stride_sib, stride_sih, stride_sim,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+                CAUSAL: tl.constexpr, SPARSE: tl.constexpr, SPARSE_BM: tl.constexpr, SPARSE_BN: tl.constexpr,
+                USE_TMA: tl.constexpr, DESCENDING: tl.constexpr, Q_DESCENDING: tl.constexpr,
+                AX_M: tl.constexpr, AX_B: tl.constexpr, AX_H: tl.constexpr):
+    pid_m = tl.program_id(AX_M)
+    b = tl.program_id(AX_B).to(tl.int64)
+    h = tl.program_id(AX_H).to(tl.int64)
+    if Q_DESCENDING:
+        i = tl.cdiv(Nq, BLOCK_M) - 1 - pid_m
+    else:
+        i = pid_m
+    hk = h // G
+    q_base = Q + b * stride_qb + h * stride_qh
+    k_base = K + b * stride_kb + hk * stride_kh
+    v_base = V + b * stride_vb + hk * stride_vh
+    o_base = O + b * stride_ob + h * stride_oh
+    if USE_TMA:
+        q_desc = tl.make_tensor_descriptor(q_base, shape=[Nq, HEAD_DIM], strides=[stride_qm, 1],
+                                           block_shape=[BLOCK_M, HEAD_DIM])
+        k_desc = tl.make_tensor_descriptor(k_base, shape=[Nkv, HEAD_DIM], strides=[stride_kn, 1],
+                                           block_shape=[BLOCK_N, HEAD_DIM])
+        v_desc = tl.make_tensor_descriptor(v_base, shape=[Nkv, HEAD_DIM], strides=[stride_vn, 1],
+                                           block_shape=[BLOCK_N, HEAD_DIM])
+        o_desc = tl.make_tensor_descriptor(o_base, shape=[Nq, HEAD_DIM], strides=[stride_om, 1],
+                                           block_shape=[BLOCK_M, HEAD_DIM])
+    else:
+        q_desc = None
+        k_desc = None
+        v_desc = None
+        o_desc = None
+    offs_m = i * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    q = _load_tile(q_desc, q_base, i * BLOCK_M, Nq, stride_qm, BLOCK_M, HEAD_DIM, USE_TMA, True)
+
+    if SPARSE:
+        # FlexAttention layout: the listed sparse KV blocks of this query block's sparse row, each SPARSE_BN wide.
+        srow = (i * BLOCK_M) // SPARSE_BM
+        n_sp = tl.load(KV_NUM + b * stride_snb + h * stride_snh + srow * stride_snm)
+        idx_base = KV_IDX + b * stride_sib + h * stride_sih + srow * stride_sim
+        SUB: tl.constexpr = SPARSE_BN // BLOCK_N
+        tn = tl.cdiv(Nkv, BLOCK_N)
+        for t in range(0, n_sp):
+            if DESCENDING:
+                jb = tl.load(idx_base + (n_sp - 1 - t))
+            else:
+                jb = tl.load(idx_base + t)
+            for u in range(0, SUB):
+                if DESCENDING:
+                    j = jb * SUB + (SUB - 1 - u)
+                else:
+                    j = jb * SUB + u
+                if j < tn:
+                    acc, l_i, m_i = _attn_step(acc, l_i, m_i, q, k_desc, v_desc, k_base, v_base, j * BLOCK_N,
+                                               offs_m, Nq, Nkv, stride_kn, stride_vn, qk_scale, BLOCK_N, HEAD_DIM,
+                                               True, CAUSAL, USE_TMA)
+    else:
+        tn = tl.cdiv(Nkv, BLOCK_N)
+        if CAUSAL:
+            # Blocks j < n_full are visible to every row of the block; [n_full, hi) need the mask.
+            hi = tl.minimum(tl.maximum(tl.cdiv((i + 1) * BLOCK_M + Nkv - Nq, BLOCK_N), 0), tn)
+            first = i * BLOCK_M + Nkv - Nq + 1
+            n_full = tl.minimum(tl.maximum(first, 0) // BLOCK_N, tl.minimum(hi, Nkv // BLOCK_N))
+        else:
+            hi = tn
+            n_full = Nkv // BLOCK_N
+        if DESCENDING:
+            acc, l_i, m_i = _attn_range(acc, l_i, m_i, q, k_desc, v_desc, k_base, v_base, n_full, hi, offs_m,
+                                        Nq, Nkv, stride_kn, stride_vn, qk_scale, BLOCK_N, HEAD_DIM, True, CAUSAL,
+                                        USE_TMA, True)
+            acc, l_i, m_i = _attn_range(acc, l_i, m_i, q, k_desc, v_desc, k_base, v_base, 0, n_full, offs_m,
+                                        Nq, Nkv, stride_kn, stride_vn, qk_scale, BLOCK_N, HEAD_DIM, False, CAUSAL,
+                                        USE_TMA, True)
+        else:
+            acc, l_i, m_i = _attn_range(acc, l_i, m_i, q, k_desc, v_desc, k_base, v_base, 0, n_full, offs_m,
+                                        Nq, Nkv, stride_kn, stride_vn, qk_scale, BLOCK_N, HEAD_DIM, False, CAUSAL,
+                                        USE_TMA, False)
+            acc, l_i, m_i = _attn_range(acc, l_i, m_i, q, k_desc, v_desc, k_base, v_base, n_full, hi, offs_m,
+                                        Nq, Nkv, stride_kn, stride_vn, qk_scale, BLOCK_N, HEAD_DIM, True, CAUSAL,
+                                        USE_TMA, False)
+
+    # Finalize: O = acc / ℓ, LSE = (m + log2 ℓ)·ln 2 (m is in the log2-scaled domain).
+    seen = l_i > 0.0
+    acc = acc / tl.where(seen, l_i, 1.0)[:, None]
+    lse = tl.where(seen, (m_i + tl.math.log2(tl.where(seen, l_i, 1.0))) / 1.4426950408889634, float("-inf"))
+    tl.store(LSE + b * stride_lb + h * stride_lh + offs_m, lse, mask=offs_m < Nq)
+    out = acc.to(O.dtype.element_ty)
+    if USE_TMA:
+        o_desc.store([i * BLOCK_M, 0], out)
+    else:
+        o_ptrs = o_base + offs_m[:, None] * stride_om + tl.arange(0, HEAD_DIM)[None, :]
+        tl.store(o_ptrs, out, mask=offs_m[:, None] < Nq)
+
+
+@triton.jit
+def _decode_kernel(Q, K, V, OP, LP,
+                   stride_qb, stride_qh, stride_qm,
+                   stride_kb, stride_kh, stride_kn,
+                   stride_vb, stride_vh, stride_vn,
+                   stride_pb, stride_ph, stride_ps, stride_pm,
+                   stride_lb, stride_lh, stride_ls,
+                   G, Nq, Nkv, qk_scale, blocks_per_split,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
+                   USE_TMA: tl.constexpr):
+    """Split s of KV head hk: the G·Nq rows (r = g·Nq + n ↔ query head hk·G + g, position n) against KV blocks
+    [s·blocks_per_split, (s+1)·blocks_per_split)."""
+    s = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    hk = tl.program_id(2).to(tl.int64)
+    M = G * Nq
+    offs_r = tl.arange(0, BLOCK_M)
+    gq = offs_r // Nq
+    pos = offs_r % Nq  # query position of each row, for the causal mask
+    q_ptrs = (Q + b * stride_qb + (hk * G + gq)[:, None] * stride_qh + pos[:, None] * stride_qm
+              + tl.arange(0, HEAD_DIM)[None, :])
+    q = tl.load(q_ptrs, mask=offs_r[:, None] < M, other=0.0)
+    k_base = K + b * stride_kb + hk * stride_kh
+    v_base = V + b * stride_vb + hk * stride_vh
+    if USE_TMA:
+        k_desc = tl.make_tensor_descriptor(k_base, shape=[Nkv, HEAD_DIM], strides=[stride_kn, 1],
+                                           block_shape=[BLOCK_N, HEAD_DIM])
+        v_desc = tl.make_tensor_descriptor(v_base, shape=[Nkv, HEAD_DIM], strides=[stride_vn, 1],
+                                           block_shape=[BLOCK_N, HEAD_DIM])
+    else:
+        k_desc = None
+        v_desc = None
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    tn = tl.cdiv(Nkv, BLOCK_N)
+    lo = s * blocks_per_split
+    hi = tl.minimum(lo + blocks_per_split, tn)
+    acc, l_i, m_i = _attn_range(acc, l_i, m_i, q, k_desc, v_desc, k_base, v_base, lo, hi, pos, Nq, Nkv,
+                                stride_kn, stride_vn, qk_scale, BLOCK_N, HEAD_DIM, True, CAUSAL, USE_TMA, False)
+    seen = l_i > 0.0
+    acc = acc / tl.where(seen, l_i, 1.0)[:, None]
+    lse = tl.where(seen, m_i + tl.math.log2(tl.where(seen, l_i, 1.0)), float("-inf"))  # log2 domain
+    rmask = offs_r < M
+    tl.store(LP + b * stride_lb + hk * stride_lh + s * stride_ls + offs_r, lse, mask=rmask)
+    p_ptrs = (OP + b * stride_pb + hk * stride_ph + s * stride_ps + offs_r[:, None] * stride_pm
+              + tl.arange(0, HEAD_DIM)[None, :])
+    tl.store(p_ptrs, acc, mask=rmask[:, None])
+
+
+@triton.jit
+def _combine_kernel(OP, LP, O, LSE,
+                    stride_pb, stride_ph, stride_ps, stride_pm,
+                    stride_lb, stride_lh, stride_ls,
+                    stride_ob, stride_oh, stride_om, stride_eb, stride_eh,
+                    G, Nq, S,
+                    S_POW2: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Row r of KV head hk: O = Σ_s 2^(lse_s − lse) · O_s with lse = log2 Σ_s 2^lse_s."""
+    r = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    hk = tl.program_id(2).to(tl.int64)
+    offs_s = tl.arange(0, S_POW2)
+    smask = offs_s < S
+    lse_s = tl.load(LP + b * stride_lb + hk * stride_lh + offs_s * stride_ls + r, mask=smask, other=float("-inf"))
+    m = tl.max(lse_s, 0)
+    m_sub = tl.where(m == float("-inf"), 0.0, m)
+    w = tl.math.exp2(lse_s - m_sub)
+    tot = tl.sum(w, 0)
+    parts = tl.load(OP + b * stride_pb + hk * stride_ph + offs_s[:, None] * stride_ps + r * stride_pm
+                    + tl.arange(0, HEAD_DIM)[None, :], mask=smask[:, None], other=0.0)
+    o = tl.sum(parts * w[:, None], 0) / tl.where(tot > 0.0, tot, 1.0)
+    g = r // Nq
+    n = r % Nq
+    h = hk * G + g
+    tl.store(O + b * stride_ob + h * stride_oh + n * stride_om + tl.arange(0, HEAD_DIM), o.to(O.dtype.element_ty))
+    lse = tl.where(tot > 0.0, (m_sub + tl.math.log2(tl.where(tot > 0.0, tot, 1.0))) / 1.4426950408889634,
+                   float("-inf"))
+    tl.store(LSE + b * stride_eb + h * stride_eh + n, lse)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Host side
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BlockMask:
+    """A block-sparse mask in FlexAttention's layout (``torch.nn.attention.flex_attention.BlockMask``'s kv_* fields).
+
+    kv_num_blocks: int32 [B, H, Q_blocks] — how many KV blocks query block i visits;
+    kv_indices: int32 [B, H, Q_blocks, KV_blocks] — which ones, the valid entries first, in visiting order.
+    B and H may be 1 (broadcast). block_m × block_n is the sparse block (query rows × keys); the kernel's
+    BLOCK_M must divide block_m and its BLOCK_N must divide block_n. Every listed block is attended in full.
+    """
+
+    kv_num_blocks: torch.Tensor
+    kv_indices: torch.Tensor
+    block_m: int = 128
+    block_n: int = 128
+
+    @classmethod
+    def from_dense(cls, dense: torch.Tensor, block_m: int = 128, block_n: int = 128) -> "BlockMask":
+        """From a bool [Q_blocks, KV_blocks] or [B, H, Q_blocks, KV_blocks] block table (True = visit)."""
+        d = dense.bool()
+        while d.dim() < 4:
+            d = d.unsqueeze(0)
+        num = d.sum(-1).to(torch.int32)
+        idx = torch.argsort(d.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+        return cls(num.contiguous(), idx.contiguous(), block_m, block_n)
+
+    def to_dense(self) -> torch.Tensor:
+        """bool [B, H, Q_blocks, KV_blocks]."""
+        kb = self.kv_indices.shape[-1]
+        pos = torch.arange(kb, device=self.kv_indices.device)
+        listed = pos < self.kv_num_blocks[..., None]
+        out = torch.zeros(self.kv_indices.shape, dtype=torch.bool, device=self.kv_indices.device)
+        out.scatter_(-1, self.kv_indices.long(), listed)
+        return out
+
+    def dense_mask(self, nq: int, nkv: int) -> torch.Tensor:
+        """bool [B, H, nq, nkv] element mask (for references)."""
+        d = self.to_dense()
+        d = d.repeat_interleave(self.block_m, dim=2).repeat_interleave(self.block_n, dim=3)
+        return d[..., :nq, :nkv]
+
+
+@dataclass(frozen=True)
+class TritonConfig:
+    """KernelConfig (block_m, block_n, num_warps, num_stages, grid_order, kv_order, q_order) plus the Triton-only knobs.
+
+    use_tma: None = on sm90+ when strides allow; num_splits: split-KV decode splits (None = fill the SMs).
+    """
+
+    kernel: KernelConfig = field(default_factory=KernelConfig)
+    use_tma: bool | None = None
+    num_splits: int | None = None
+
+
+# Forward configs per (head_dim, causal) on the H100 (BLOCK_M, BLOCK_N, num_warps, num_stages), chosen by
+# benchmarks/gpu_attention.py; see reports/validation/h100/speed.md.
+DEFAULT_CONFIGS: dict[tuple[int, bool], tuple[int, int, int, int]] = {
+    (64, False): (128, 128, 8, 3),
+    (64, True): (128, 128, 8, 3),
+    (128, False): (128, 128, 8, 3),
+    (128, True): (128, 128, 8, 3),
+}
+
+
+def default_config(head_dim: int, causal: bool) -> KernelConfig:
+    bm, bn, w, s = DEFAULT_CONFIGS.get((head_dim, causal), (64, 64, 4, 2) if head_dim > 128 else (128, 64, 4, 3))
+    return KernelConfig(block_m=bm, block_n=bn, num_warps=w, num_stages=s)
+
+
+_ALLOCATOR_SET = False
+
+
+def _ensure_allocator() -> None:
+    """tl.make_tensor_descriptor needs global scratch for the descriptors (128 B each)."""
+    global _ALLOCATOR_SET
+    if _ALLOCATOR_SET:
+        return
+
+    def alloc(size: int, alignment: int, stream):
+        dev = "cuda" if torch.cuda.is_available() and not _interpreting() else "cpu"
+        return torch.empty(size, dtype=torch.int8, device=dev)
+
+    triton.set_allocator(alloc)
+    _ALLOCATOR_SET = True
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _interpreter_compat() -> None:
+    """Triton ≤ 3.6's interpreter converts scalars (1-element arrays) with int(array), which NumPy ≥ 2.4 refuses;
+    Triton 3.9 squeezes first. Do the same, so ``range(tensor)`` works in interpreted kernels."""
+    if not _interpreting():
+        return
+    from triton.runtime import interpreter as interp
+    orig = getattr(interp, "_patch_lang_tensor", None)
+    if orig is None or getattr(orig, "_iosim_compat", False):
+        return
+
+    def patched(tensor, scope):
+        orig(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    patched._iosim_compat = True
+    interp._patch_lang_tensor = patched
+
+
+_interpreter_compat()
+
+
+def _tma_ok(*tensors) -> bool:
+    """TMA needs sm90+, a contiguous last dim, 16-byte aligned base addresses and row strides."""
+    t0 = tensors[0]
+    if _interpreting():
+        ok_dev = True
+    elif t0.is_cuda:
+        ok_dev = torch.cuda.get_device_capability(t0.device)[0] >= 9
+    else:
+        ok_dev = False
+    if not ok_dev:
+        return False
+    for t in tensors:
+        e = t.element_size()
+        if t.stride(-1) != 1 or t.data_ptr() % 16 or any((s * e) % 16 for s in t.stride()[:-1]):
+            return False
+    return True
+
+
+def _as_kernel_config(config) -> TritonConfig:
+    if config is None:
+        return TritonConfig(KernelConfig())
+    if isinstance(config, TritonConfig):
+        return config
+    if isinstance(config, KernelConfig):
+        return TritonConfig(config)
+    if isinstance(config, dict):
+        c = dict(config)
+        tma = c.pop("use_tma", None)
+        splits = c.pop("num_splits", None)
+        return TritonConfig(KernelConfig(**c), tma, splits)
+    raise IosimError(f"config must be a KernelConfig, TritonConfig or dict, got {type(config).__name__}")
+
+
+def _check_inputs(q, k, v):
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise IosimError(f"q, k, v must be [batch, heads, seq, head_dim]; got {tuple(q.shape)}, {tuple(k.shape)}, "
+                         f"{tuple(v.shape)}")
+    B, H, Nq, D = q.shape
+    Bk, Hk, Nkv, Dk = k.shape
+    if tuple(v.shape) != tuple(k.shape):
+        raise IosimError(f"k and v must have the same shape; got {tuple(k.shape)} and {tuple(v.shape)}")
+    if Bk != B or Dk != D:
+        raise IosimError(f"q {tuple(q.shape)} and k {tuple(k.shape)} disagree on batch or head_dim")
+    if H % Hk:
+        raise IosimError(f"kv heads {Hk} must divide query heads {H} (GQA)")
+    if D < 16 or D > 256 or D & (D - 1):
+        raise IosimError(f"head_dim={D} is not supported by the Triton kernels: use a power of two in 16..256")
+    if Nq == 0 or Nkv == 0:
+        raise IosimError(f"empty sequence (Nq={Nq}, Nkv={Nkv})")
+    if q.dtype != k.dtype or q.dtype != v.dtype:
+        raise IosimError(f"q, k, v must share a dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
+        raise IosimError("q, k, v need a contiguous last dimension (call .contiguous())")
+    return B, H, Hk, Nq, Nkv, D
+
+
+def use_decode(nq: int, heads: int, kv_heads: int, nkv: int, block_mask) -> bool:
+    """Split-KV decode for few query rows per KV head and long KV (the main kernel would leave SMs idle)."""
+    return block_mask is None and (heads // kv_heads) * nq <= 64 and nkv >= 256
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False, block_mask: BlockMask | None = None,
+              config=None, sm_scale: float | None = None, return_lse: bool = False, decode: bool | None = None):
+    """O = softmax(Q Kᵀ·sm_scale [+ causal mask] [+ block mask]) V.
+
+    q: [B, H, Nq, d]; k, v: [B, Hkv, Nkv, d] (Hkv divides H: GQA/MQA); causal is bottom-right aligned.
+    block_mask: a ``BlockMask`` (FlexAttention layout) or None. config: ``KernelConfig`` / ``TritonConfig`` / dict
+    (None: ``default_config``). decode: force (True) or forbid (False) the split-KV path (None: ``use_decode``).
+    Returns O [B, H, Nq, d] in q's dtype, and the logsumexp [B, H, Nq] (fp32, natural log) if return_lse.
+    """
+    B, H, Hk, Nq, Nkv, D = _check_inputs(q, k, v)
+    tcfg = _as_kernel_config(config)
+    kc = tcfg.kernel
+    if kc.block_m is None or kc.block_n is None:
+        d = default_config(D, causal)
+        kc = replace(d, grid_order=kc.grid_order, kv_order=kc.kv_order, q_order=kc.q_order,
+                     block_m=kc.block_m or d.block_m, block_n=kc.block_n or d.block_n,
+                     num_warps=kc.num_warps if tcfg.kernel.block_m else d.num_warps,
+                     num_stages=kc.num_stages if tcfg.kernel.block_m else d.num_stages)
+    scale = (1.0 / math.sqrt(D)) if sm_scale is None else float(sm_scale)
+    if decode is None:
+        decode = use_decode(Nq, H, Hk, Nkv, block_mask)
+    if decode:
+        if block_mask is not None:
+            raise IosimError("split-KV decode does not take a block_mask")
+        o, lse = _decode(q, k, v, causal, scale, kc, tcfg)
+    else:
+        o, lse = _forward(q, k, v, causal, block_mask, scale, kc, tcfg)
+    return (o, lse) if return_lse else o
+
+
+def _grid(kc: KernelConfig, tm: int, B: int, H: int):
+    ext = {"m": tm, "b": B, "h": H}
+    grid = tuple(ext[a] for a in kc.grid_order)
+    if grid[1] > 65535 or grid[2] > 65535:
+        raise IosimError(f"grid {grid} (order {kc.grid_order}) exceeds CUDA's 65535 limit on its y/z axes; "
+                         "put the largest axis first in grid_order")
+    return grid, {f"AX_{a.upper()}": kc.grid_order.index(a) for a in ("m", "b", "h")}
+
+
+def _forward(q, k, v, causal, block_mask, scale, kc: KernelConfig, tcfg: TritonConfig):
+    B, H, Nq, D = q.shape
+    Hk, Nkv = k.shape[1], k.shape[2]
+    bm, bn = kc.block_m, kc.block_n
+    for name, val in (("block_m", bm), ("block_n", bn)):
+        if val < 16 or val & (val - 1):
+            raise IosimError(f"{name}={val}: the Triton kernel needs a power of two >= 16")
+    o = torch.empty_like(q)
+    lse = torch.empty((B, H, Nq), dtype=torch.float32, device=q.device)
+    use_tma = _tma_ok(q, k, v, o) if tcfg.use_tma is None else tcfg.use_tma
+    if use_tma:
+        _ensure_allocator()
+    tm = triton.cdiv(Nq, bm)
+    grid, axes = _grid(kc, tm, B, H)
+    if block_mask is not None:
+        sbm, sbn = block_mask.block_m, block_mask.block_n
+        if sbm % bm or sbn % bn:
+            raise IosimError(f"block_mask blocks {sbm}x{sbn} must be multiples of the kernel's BLOCK_M x BLOCK_N "
+                             f"{bm}x{bn}; pass a config with smaller block_m/block_n")
+        num, idx = block_mask.kv_num_blocks, block_mask.kv_indices
+        if num.dim() != 3 or idx.dim() != 4:
+            raise IosimError("block_mask.kv_num_blocks must be [B, H, Q_blocks] and kv_indices [B, H, Q_blocks, KV_blocks]")
+        if num.shape[2] < triton.cdiv(Nq, sbm) or idx.shape[3] < triton.cdiv(Nkv, sbn):
+            raise IosimError(f"block_mask covers {num.shape[2]}x{idx.shape[3]} blocks of {sbm}x{sbn}, but the "
+                             f"problem needs {triton.cdiv(Nq, sbm)}x{triton.cdiv(Nkv, sbn)}")
+        num = num.to(device=q.device, dtype=torch.int32).expand(B, H, num.shape[2])
+        idx = idx.to(device=q.device, dtype=torch.int32).expand(B, H, idx.shape[2], idx.shape[3])
+        sp_args = (num, idx, *num.stride(), *idx.stride()[:3])
+        sparse = dict(SPARSE=True, SPARSE_BM=sbm, SPARSE_BN=sbn)
+    else:
+        sp_args = (q, q, 0, 0, 0, 0, 0, 0)
+        sparse = dict(SPARSE=False, SPARSE_BM=bm, SPARSE_BN=bn)
+    _fwd_kernel[grid](
+        q, k, v, o, lse,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        o.stride(0), o.stride(1), o.stride(2),
+        lse.stride(0), lse.stride(1),
+        H, H // Hk, Nq, Nkv, scale * LOG2E,
+        *sp_args,
+        BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=D, CAUSAL=bool(causal), **sparse,
+        USE_TMA=bool(use_tma), DESCENDING=kc.kv_order == "descending", Q_DESCENDING=kc.q_order == "descending",
+        **axes, num_warps=kc.num_warps, num_stages=kc.num_stages)
+    return o, lse
+
+
+def decode_splits(B: int, Hk: int, Nkv: int, bn: int, num_sms: int) -> int:
+    """Splits so that B·Hkv·splits ≈ 2 waves of programs, each split at least one KV block."""
+    tn = triton.cdiv(Nkv, bn)
+    return max(1, min(tn, triton.cdiv(2 * num_sms, B * Hk), 128))
+
+
+def _decode(q, k, v, causal, scale, kc: KernelConfig, tcfg: TritonConfig):
+    B, H, Nq, D = q.shape
+    Hk, Nkv = k.shape[1], k.shape[2]
+    G = H // Hk
+    M = G * Nq
+    bm = max(16, triton.next_power_of_2(M))
+    bn = kc.block_n or 64
+    if bm > 128:
+        raise IosimError(f"split-KV decode packs G·Nq = {M} rows per KV head; at most 128 (use decode=False)")
+    num_sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 132
+    S = tcfg.num_splits or decode_splits(B, Hk, Nkv, bn, num_sms)
+    tn = triton.cdiv(Nkv, bn)
+    bps = triton.cdiv(tn, S)
+    S = triton.cdiv(tn, bps)  # no empty splits
+    use_tma = _tma_ok(k, v) if tcfg.use_tma is None else tcfg.use_tma
+    if use_tma:
+        _ensure_allocator()
+    op = torch.empty((B, Hk, S, M, D), dtype=torch.float32, device=q.device)
+    lp = torch.empty((B, Hk, S, M), dtype=torch.float32, device=q.device)
+    _decode_kernel[(S, B, Hk)](
+        q, k, v, op, lp,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        op.stride(0), op.stride(1), op.stride(2), op.stride(3),
+        lp.stride(0), lp.stride(1), lp.stride(2),
+        G, Nq, Nkv, scale * LOG2E, bps,
+        BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=D, CAUSAL=bool(causal), USE_TMA=bool(use_tma),
+        num_warps=4, num_stages=kc.num_stages)
+    o = torch.empty_like(q)
+    lse = torch.empty((B, H, Nq), dtype=torch.float32, device=q.device)
+    _combine_kernel[(M, B, Hk)](
+        op, lp, o, lse,
+        op.stride(0), op.stride(1), op.stride(2), op.stride(3),
+        lp.stride(0), lp.stride(1), lp.stride(2),
+        o.stride(0), o.stride(1), o.stride(2), lse.stride(0), lse.stride(1),
+        G, Nq, S, S_POW2=max(2, triton.next_power_of_2(S)), HEAD_DIM=D, num_warps=1)
+    return o, lse
