@@ -49,7 +49,7 @@ import numpy as np
 from iosim.counts import sram_bytes as kernel_sram_bytes
 from iosim.errors import IosimError
 from iosim.expr import compile_expr, table_env
-from iosim.schedule import Compute, Kernel, Load, Loop, Schedule, Span, Store, Tile
+from iosim.schedule import Compute, Kernel, Load, Loop, Schedule, Span, Store, Tile, walk as _walk
 
 NEG_INF = -np.inf
 
@@ -410,6 +410,13 @@ class _Compiled:
         self.kernel = kernel
         self.implicit: dict[str, tuple[int, ...]] = {}
         self.body = self._block(kernel.body)
+        known = set(self.shapes())
+        for st in _walk(kernel.body):
+            if isinstance(st, Compute):
+                for a in st.args:
+                    if a not in known:
+                        raise IosimError(f"{kernel.name}: op {st.op!r} uses buffer {a!r}, which the kernel neither "
+                                         f"declares nor loads or stores")
 
     def _block(self, stmts):
         return [self._stmt(s) for s in stmts]
@@ -491,7 +498,11 @@ class _Executor:
                 env[v] = val
             bufs = {n: _Buf(n, s, self.ctx.dtype) for n, s in shapes.items()}
             self.ctx.regs = {}
-            self._block(comp.body, env, bufs, tally, work, kernel.name)
+            try:
+                self._block(comp.body, env, bufs, tally, work, kernel.name)
+            except KeyError as err:
+                raise IosimError(f"{kernel.name}: a schedule expression uses {err}, which is unbound (neither a grid "
+                                 f"axis, an enclosing loop variable nor a table)") from None
             programs += 1
         return KernelTally(
             name=kernel.name, programs=programs,
