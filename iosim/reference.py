@@ -612,6 +612,24 @@ def run(schedule: Schedule, inputs: Mapping[str, np.ndarray], *, sram_bytes: int
     return Result(schedule.algorithm, MappingProxyType(hbm), tuple(tallies), tuple(notes))
 
 
+def count_mismatches(result: Result, counts) -> list[str]:
+    """Differences between an execution's tallies and ``iosim.counts.count(schedule)`` (empty = exactly equal):
+    per kernel, bytes read and written per tensor, programs, matmul/exp/other work and SRAM bytes."""
+    out = []
+    if [k.name for k in result.kernels] != [k.name for k in counts.kernels]:
+        return [f"kernels differ: executed {[k.name for k in result.kernels]}, counted {[k.name for k in counts.kernels]}"]
+    for t, c in zip(result.kernels, counts.kernels):
+        for which in ("read_bytes", "write_bytes"):
+            a = {n: v for n, v in getattr(t, which).items() if v}
+            b = {n: v for n, v in getattr(c, which).items() if v}
+            if a != b:
+                out.append(f"{t.name} {which}: executed {a}, counted {b}")
+        for attr in ("programs", "matmul_flops", "exp_ops", "other_flops", "sram_bytes"):
+            if getattr(t, attr) != getattr(c, attr):
+                out.append(f"{t.name} {attr}: executed {getattr(t, attr)}, counted {getattr(c, attr)}")
+    return out
+
+
 def problem_for(q: np.ndarray, k: np.ndarray, *, causal: bool = False, dtype: str = "bf16"):
     """The Problem of arrays Q [B, H, N_q, d], K [B, H_kv, N_kv, d]; dtype drives byte counts only."""
     from iosim.problem import Problem
@@ -625,11 +643,16 @@ def attention(q, k, v, *, algorithm: str = "flash2", causal: bool = False, confi
               dtype: str = "bf16", sram_bytes: int | None = None, **build_kwargs):
     """Forward attention by executing the registered ``algorithm``'s schedule; returns (O, LSE or None, Result).
 
+    SRAM limit: ``sram_bytes``, else ``config.sram_bytes``, else the hardware's shared memory per block.
+
     build_kwargs go to the builder (block_sparse: block_mask=…; splitkv: num_splits=…).
     """
     from iosim.problem import KernelConfig
     from iosim.registry import get
     p = problem_for(q, k, causal=causal, dtype=dtype)
-    sched = get(algorithm).build(p, config or KernelConfig(), hardware, **build_kwargs)
+    cfg = config or KernelConfig()
+    sched = get(algorithm).build(p, cfg, hardware, **build_kwargs)
+    if sram_bytes is None and cfg.sram_bytes is None and hardware is not None:
+        sram_bytes = hardware.smem_per_block_bytes
     res = run(sched, {"Q": q, "K": k, "V": v}, sram_bytes=sram_bytes)
     return res.tensors["O"], res.tensors.get("LSE"), res

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from iosim.counts import count
 from iosim.errors import IosimError
 from iosim.problem import KernelConfig, Problem
-from iosim.reference import attention, problem_for, run
+from iosim.reference import attention, count_mismatches, problem_for, run
 from iosim.registry import get
 from iosim.schedule import Buffer, Compute, GridAxis, Kernel, Load, Schedule, Span, TensorSpec, Tile, full, var
 
@@ -81,6 +81,7 @@ def rel_err(x, ref) -> float:
 def assert_counts_equal(res, sched) -> None:
     """Executor tallies == engine counts, per kernel and per tensor (bytes) and per work kind."""
     c = count(sched)
+    assert count_mismatches(res, c) == []
     assert [k.name for k in c.kernels] == [k.name for k in res.kernels]
     for kc, kt in zip(c.kernels, res.kernels):
         nz = lambda m: {t: v for t, v in m.items() if v}  # noqa: E731
@@ -134,7 +135,9 @@ def check_forward(c, algorithm, cfg, **kw):
 @given(cases())
 def test_flash2_forward_matches_naive(c):
     order = ("ascending", "descending")[c["seed"] % 2]
-    check_forward(c, "flash2", KernelConfig(block_m=c["bm"], block_n=c["bn"], kv_order=order, q_order=order))
+    grid = (("m", "b", "h"), ("h", "m", "b"), ("b", "h", "m"))[c["seed"] % 3]
+    check_forward(c, "flash2", KernelConfig(block_m=c["bm"], block_n=c["bn"], kv_order=order, q_order=order,
+                                            grid_order=grid))
 
 
 @HYP
@@ -195,6 +198,26 @@ def test_block_sparse_reads_only_listed_kv_blocks():
     assert dense.tensor_bytes("read")["K"] == dense.tensor_bytes("read")["V"] == 4 * 2048
     assert count(get("block_sparse").build(p, KernelConfig(block_m=16, block_n=16))).tensor_bytes("read") == \
         dense.tensor_bytes("read")
+
+
+def test_block_sparse_counting_is_vectorised_at_large_n():
+    # N = 2¹⁶, 128×128 tiles: a 512×512 block mask at 5% density. K bytes = Σ_listed c_j·d·2 B with every c_j = 128
+    # (N is a multiple of 128), i.e. listed blocks × 128·64·2; counted from (program, t) vectors, not N² elements.
+    rng = np.random.default_rng(3)
+    mask = rng.random((512, 512)) < 0.05
+    p = Problem(1, 4, 4, 2**16, 2**16, 64)
+    c = count(get("block_sparse").build(p, KernelConfig(block_m=128, block_n=128), None, block_mask=mask))
+    assert c.tensor_bytes("read")["K"] == 4 * int(mask.sum()) * 128 * 64 * 2
+    assert c.kernels[0].matmul_flops == 4 * int(mask.sum()) * 4 * 128 * 128 * 64
+
+
+def test_count_mismatches_reports_differences():
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((1, 1, 20, 8))
+    sched = get("flash2").build(problem_for(q, q), KernelConfig(block_m=8, block_n=8))
+    res = run(sched, {"Q": q, "K": q, "V": q})
+    other = count(get("flash2").build(problem_for(q, q), KernelConfig(block_m=16, block_n=8)))
+    assert any("read_bytes" in m for m in count_mismatches(res, other))
 
 
 def test_block_sparse_rejects_bad_mask():
