@@ -23,6 +23,10 @@ Work per (i, j) tile of r×c valid elements (counting convention): matmul 5 × 2
 FA4 §3.2.1's 10·M·N·d); exp r·c (P); other 4·r·c (scale S, subtract LSE, dP − D, ∘P) + r·d (dQ accumulate).
 Preprocess: other 2·r·d (multiply, sum). dK scale: c·d. Convert: d per row. GQA reduce: d per row per head.
 
+Block-sparse (``block_mask``, as for ``block_sparse``): the inner loop visits only the query blocks listed for KV
+block j, from the transposed mask compressed FlexAttention-style into q_num_blocks[.., j] / q_indices[.., j, t]
+(BlockMask's backward tables); i = q_indices[j, t] is a data-dependent loop (``iosim.expr.Lookup``).
+
 Tiles: block_m = query rows (kBlockM), block_n = keys (kBlockN). Defaults from flash_bwd_launch_template.h on
 sm80 with enough shared memory: hdim ≤ 64: 128×128 (hdim32/64); hdim 96/128: 64×128; larger: 64×64.
 Shared memory: Q, dO (B_r×d) and K, V (B_c×d) in the problem dtype, LSE and D (B_r, fp32).
@@ -30,12 +34,14 @@ Shared memory: Q, dO (B_r×d) and K, V (B_c×d) in the problem dtype, LSE and D 
 
 from __future__ import annotations
 
+import numpy as np
+
 from iosim.models._common import check_fit, check_head_dim, kv_tile, q_tile, row_tile
 from iosim.models.flash1 import q_start
 from iosim.problem import STAT_BYTES, KernelConfig, Problem
 from iosim.registry import register
 from iosim.schedule import (Buffer, Compute, GridAxis, Kernel, Load, Loop, Schedule, Span, Store, TensorSpec, Tile,
-                            Work, cdiv, full, point, var)
+                            Work, cdiv, full, lookup, point, table, var)
 
 DEFAULT_TILES = {64: (128, 128), 128: (64, 128), 256: (64, 64)}
 """(kBlockM, kBlockN) of FA2's backward by head dim (flash_bwd_launch_template.h, sm80, ample smem)."""
@@ -76,7 +82,8 @@ def grouped(p: Problem) -> bool:
 
 
 @register("flash2_bwd", "FlashAttention-2 backward: delta pre-pass; outer loop over K/V blocks, inner over Q blocks; dQ read-modify-written per step")
-def build(p: Problem, cfg: KernelConfig, hw=None) -> Schedule:
+def build(p: Problem, cfg: KernelConfig, hw=None, block_mask=None) -> Schedule:
+    """block_mask: optional bool [T_r, T_c] or [B, H, T_r, T_c] over (block_m × block_n) tiles (block-sparse)."""
     check_head_dim(p, "flash2_bwd")
     if cfg.block_m is None or cfg.block_n is None:
         dm, dn = default_tiles(p.head_dim) if isinstance(p.head_dim, int) else (64, 128)
@@ -100,6 +107,21 @@ def build(p: Problem, cfg: KernelConfig, hw=None) -> Schedule:
     ), threads_per_cta=128)
 
     rows, cols = Span(i, bm, p.seq_q), Span(pn, bn, p.seq_kv)
+    tables: dict = {}
+    if block_mask is None:
+        q_loop = lambda body: Loop(i, q_start(p, pn, bm, bn), tm, body)  # noqa: E731
+    else:
+        from iosim.models.block_sparse import block_visible_causal, compress, normalize_mask
+        mask = normalize_mask(p, block_mask, tm, tn)
+        if p.causal:
+            mask = mask & block_visible_causal(p, tm, tn, bm, bn)
+        qn, qi = compress(np.swapaxes(mask, -1, -2))
+        tables = {"q_num_blocks": qn, "q_indices": qi}
+        t = var("t")
+        lead = (b, h) if mask.ndim == 4 else ()
+        i = lookup(table("q_indices"), *lead, pn, t)
+        rows = Span(i, bm, p.seq_q)
+        q_loop = lambda body: Loop(t, 0, lookup(table("q_num_blocks"), *lead, pn), body)  # noqa: E731
     step = (
         Load("q", q_tile(p, "Q", b, h, rows)),
         Load("lse", row_tile(p, "LSE", b, h, rows)),
@@ -128,7 +150,7 @@ def build(p: Problem, cfg: KernelConfig, hw=None) -> Schedule:
         Buffer("dk", (bn, d), 4, space="reg"), Buffer("dv", (bn, d), 4, space="reg")), (
         Load("k", kv_tile(p, "K", b, h, cols)),
         Load("v", kv_tile(p, "V", b, h, cols)),
-        Loop(i, q_start(p, pn, bm, bn), tm, step),
+        q_loop(step),
         Compute("scale", ("dk",), other=(Work(d, (cols,)),)),
         Store("dk", exp_tile(dk_name)),
         Store("dv", exp_tile(dv_name)),
@@ -168,4 +190,6 @@ def build(p: Problem, cfg: KernelConfig, hw=None) -> Schedule:
     check_fit(main, cfg, hw, f"block_m={bm}, block_n={bn}, head_dim={d}, num_stages={cfg.num_stages}")
     notes = (f"tiles B_r={bm} (query rows), B_c={bn} (keys)",) + \
         ((f"GQA: dK, dV written per query head, then summed over groups of {p.group}",) if g else ())
-    return Schedule("flash2_bwd", p, cfg, tensors(p), tuple(kernels), notes)
+    if block_mask is not None:
+        notes += (f"block-sparse: {float(mask.mean()) if mask.size else 0.0:.1%} of {tm}×{tn} tiles visited",)
+    return Schedule("flash2_bwd", p, cfg, tensors(p), tuple(kernels), notes, tables=tables)
