@@ -1,0 +1,40 @@
+"""``iosim report``: the roofline/IO report folder (index.html, report.md, table.csv, PNG plots). No GPU needed."""
+
+from __future__ import annotations
+
+import argparse
+from typing import IO
+
+from iosim.errors import IosimError
+from iosim.problem import DTYPE_BYTES
+
+COMMAND = "report"
+
+
+def add_parser(sub) -> None:
+    from iosim.report import DEFAULT_ALGORITHMS, DEFAULT_HARDWARE, DEFAULT_OUT, DEFAULT_SEQS
+    p = sub.add_parser(COMMAND, help="write an HTML/Markdown report with rooflines, IO and time sweeps, tile heatmaps")
+    p.add_argument("--hardware", nargs="+", default=list(DEFAULT_HARDWARE), help="profiles (default: %(default)s)")
+    p.add_argument("--algorithms", nargs="+", default=list(DEFAULT_ALGORITHMS), help="default: %(default)s")
+    p.add_argument("--seqs", nargs="+", type=int, default=list(DEFAULT_SEQS), help="sequence lengths N")
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--dtype", default="bf16", choices=sorted(DTYPE_BYTES))
+    p.add_argument("--causal", action="store_true")
+    p.add_argument("--out", default=DEFAULT_OUT, help="output folder (default %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace, out: IO[str]) -> int:
+    from iosim.report import ReportConfig, generate
+    if args.head_dim < 1 or args.heads < 1 or args.batch < 1:
+        raise IosimError("--head-dim, --heads and --batch must be positive")
+    cfg = ReportConfig(hardware=tuple(args.hardware), algorithms=tuple(args.algorithms), seqs=tuple(args.seqs),
+                       batch=args.batch, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype,
+                       causal=args.causal, out=args.out)
+    res = generate(cfg, progress=not args.quiet)
+    out.write(f"wrote {len(res.files)} files to {res.out}/ in {res.seconds:.1f} s: {', '.join(res.files)}\n")
+    for f in res.failures:
+        out.write(f"  failed: {f}\n")
+    return 1 if any(f.startswith("section") for f in res.failures) else 0
