@@ -38,6 +38,7 @@ in the backward pass), except split-KV partials, which store −∞ for an empty
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -435,6 +436,11 @@ class _Compiled:
             if st.op not in OPS:
                 raise IosimError(f"{self.kernel.name}: no NumPy implementation for op {st.op!r}; "
                                  f"known ops: {', '.join(sorted(OPS))} (add one to iosim.reference.OPS)")
+            try:
+                inspect.signature(OPS[st.op]).bind(None, *st.args)
+            except TypeError:
+                raise IosimError(f"{self.kernel.name}: op {st.op!r} takes {inspect.signature(OPS[st.op])}, "
+                                 f"the schedule passes buffers {st.args}") from None
             works = tuple(_work_fns(w) for w in (st.matmul, st.exp, st.other))
             return ("compute", OPS[st.op], st.args, works)
         raise IosimError(f"{self.kernel.name}: unknown statement {st!r}")
