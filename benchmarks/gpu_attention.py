@@ -29,6 +29,18 @@ CANDIDATES = {
     128: [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3)],
 }
 
+# The final sweep: the best of run 1's sweep (CANDIDATES) per (head_dim, causal), the pointer path beside TMA,
+# and LPT order (q_order="descending": the longest causal query blocks start first). (config, use_tma, q_order)
+FINAL = {
+    (64, False): [((128, 128, 4, 3), None, "ascending"), ((128, 128, 4, 3), False, "ascending"),
+                  ((128, 64, 4, 3), None, "ascending")],
+    (64, True): [((128, 128, 4, 3), None, "ascending"), ((128, 64, 4, 3), None, "ascending"),
+                 ((128, 128, 4, 3), None, "descending"), ((128, 64, 4, 3), None, "descending")],
+    (128, False): [((128, 128, 8, 3), None, "ascending"), ((128, 128, 8, 3), False, "ascending")],
+    (128, True): [((128, 128, 8, 3), None, "ascending"), ((128, 128, 8, 3), False, "ascending"),
+                  ((128, 128, 8, 3), None, "descending"), ((128, 128, 8, 3), False, "descending")],
+}
+
 T0 = time.time()
 
 
@@ -116,6 +128,9 @@ def main():
     ap.add_argument("--ncu-seqs", default="4096,16384")
     ap.add_argument("--skip-check", action="store_true")
     ap.add_argument("--prefix", default="speed")
+    ap.add_argument("--final", action="store_true", help="time the FINAL candidates (not CANDIDATES)")
+    ap.add_argument("--ncu-impls", default="iosim-triton,flex,sdpa-flash,sdpa-cudnn")
+    ap.add_argument("--repeat-seqs", default="", help="shapes at these N are timed a second time (run-to-run spread)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     seqs = tuple(int(x) for x in a.seqs.split(","))
@@ -132,7 +147,16 @@ def main():
 
     shapes = V.speed_shapes(seqs, dims)
     cases = []
+    repeat = tuple(int(x) for x in a.repeat_seqs.split(",") if x)
     for (b, h, hk, nq, nkv, d, causal) in shapes:
+        if a.final:
+            n_rounds = 2 if nq in repeat else 1
+            for _ in range(n_rounds):
+                for cfg, tma, qo in FINAL[(d, causal)]:
+                    cases.append(V.Case("iosim-triton", b, h, hk, nq, nkv, d, causal, cfg, use_tma=tma, q_order=qo))
+                for impl in ("flex", "sdpa-flash", "sdpa-cudnn"):
+                    cases.append(V.Case(impl, b, h, hk, nq, nkv, d, causal))
+            continue
         cands = CANDIDATES.get(d, []) if a.tune else []
         kc = K.default_config(d, causal)
         default = (kc.block_m, kc.block_n, kc.num_warps, kc.num_stages)
@@ -153,7 +177,8 @@ def main():
                 best[key] = r
     status = "ncu: not run"
     if not a.no_ncu:
-        sel = [r for r in results if r.case.seq_q in ncu_seqs and r.time_ms is not None
+        ncu_impls = set(a.ncu_impls.split(","))
+        sel = [r for r in results if r.case.seq_q in ncu_seqs and r.time_ms is not None and r.case.impl in ncu_impls
                and (r.case.impl != "iosim-triton" or best.get(r.case.shape) is r)]
         # a ragged GQA case of ours: the count must hold off the power-of-two grid too
         extra = V.Case("iosim-triton", 2, 16, 4, 4000, 5000, 128, True, (128, 64, 8, 3))

@@ -63,6 +63,7 @@ class Case:
     config: tuple[int, int, int, int] | None = None  # (block_m, block_n, num_warps, num_stages) for iosim-triton
     use_tma: bool | None = None
     kv_order: str = "ascending"
+    q_order: str = "ascending"
 
     @property
     def problem(self) -> Problem:
@@ -82,7 +83,7 @@ class Case:
             bm, bn = default_tiles(self.head_dim)
             return KernelConfig(bm, bn)
         bm, bn, w, s = self.config
-        return KernelConfig(bm, bn, w, s, kv_order=self.kv_order)
+        return KernelConfig(bm, bn, w, s, kv_order=self.kv_order, q_order=self.q_order)
 
     def key(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -216,7 +217,7 @@ def make_fn(case: Case, q, k, v):
     raise IosimError(f"unknown implementation {case.impl!r}; known: {', '.join(IMPLS)}")
 
 
-def time_fn(fn, min_reps: int = 5, budget_s: float = 0.4) -> float:
+def time_fn(fn, min_reps: int = 5, budget_s: float = 0.3) -> float:
     """Median milliseconds of fn() over CUDA events, the L2 flushed (256 MiB zeroed) before each call."""
     import torch
     flush = torch.empty(FLUSH_BYTES, dtype=torch.int8, device="cuda")
@@ -278,8 +279,7 @@ class Result:
         return {
             "impl": c.impl, "batch": c.batch, "heads": c.heads, "kv_heads": c.kv_heads, "seq_q": c.seq_q,
             "seq_kv": c.seq_kv, "head_dim": c.head_dim, "causal": int(c.causal),
-            "config": "" if c.config is None else "x".join(map(str, c.config)) + ("" if c.use_tma is None else
-                                                                               f"/tma={int(c.use_tma)}"),
+            "config": config_label(c),
             "time_ms": _fmt(self.time_ms, 4), "tflops": _fmt(self.tflops, 1), "rel_err": _fmt(self.rel_err, 6, "e"),
             "pred_sm_read_bytes": self.pred_sm_read, "ncu_sm_read_bytes": meas,
             "sm_read_err_pct": _fmt(err, 3),
@@ -290,6 +290,20 @@ class Result:
             "ncu_kernels": self.ncu.get("kernels", ""),
             "note": self.note,
         }
+
+
+def config_label(c: Case) -> str:
+    """BLOCK_M x BLOCK_N x num_warps x num_stages [/tma=0|1] [/q-desc] [/kv-desc]."""
+    if c.config is None:
+        return ""
+    out = "x".join(map(str, c.config))
+    if c.use_tma is not None:
+        out += f"/tma={int(c.use_tma)}"
+    if c.q_order == "descending":
+        out += "/q-desc"
+    if c.kv_order == "descending":
+        out += "/kv-desc"
+    return out
 
 
 def _fmt(x, nd, kind="f"):
@@ -324,7 +338,7 @@ def measure(cases: list[Case], check: bool = True, log=print) -> list[Result]:
                 r.tflops = flops(c.problem) / (r.time_ms * 1e-3) / 1e12
         except Exception as e:  # a backend that fails on one shape must not stop the sweep
             r.note = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
-        log(f"{c.impl:<13}{c.shape:<34}{'' if c.config is None else 'x'.join(map(str, c.config)):<14}"
+        log(f"{c.impl:<13}{c.shape:<34}{config_label(c):<24}"
             f"{_fmt(r.time_ms, 3):>9} ms {_fmt(r.tflops, 1):>7} TFLOP/s  err {_fmt(r.rel_err, 2, 'e'):>9} {r.note}")
         results.append(r)
     return results

@@ -348,11 +348,12 @@ class TritonConfig:
     num_splits: int | None = None
 
 
-# Forward configs per (head_dim, causal) on the H100 (BLOCK_M, BLOCK_N, num_warps, num_stages), chosen by
-# benchmarks/gpu_attention.py; see reports/validation/h100/speed.md.
+# Forward configs per (head_dim, causal) on the H100 (BLOCK_M, BLOCK_N, num_warps, num_stages), from the sweep of
+# benchmarks/gpu_attention.py (reports/validation/h100/speed_tune.md): d=64 wants one warpgroup (4 warps) on a
+# 128×128 tile, d=128 two warpgroups (8 warps).
 DEFAULT_CONFIGS: dict[tuple[int, bool], tuple[int, int, int, int]] = {
-    (64, False): (128, 128, 8, 3),
-    (64, True): (128, 128, 8, 3),
+    (64, False): (128, 128, 4, 3),
+    (64, True): (128, 128, 4, 3),
     (128, False): (128, 128, 8, 3),
     (128, True): (128, 128, 8, 3),
 }
