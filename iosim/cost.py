@@ -21,7 +21,8 @@ Overlap rule (stated, not fitted):
 
 * compute = max(tensor, sfu, fp32) + (1 − COMPUTE_OVERLAP[path]) × (the other two): asynchronous MMAs (wgmma,
   tcgen05, Ascend's separate Cube/Vector units) run beside the softmax; a synchronous mma.sync warp waits for its
-  MMA, and only other warps' softmax hides it.
+  MMA, and only other warps' softmax hides it. Plus the tile-step chain: tile steps × STEP_OVERHEAD_CYCLES /
+  (clock × SMs × resident CTAs per SM); tile steps = matmul FLOPs / FLOPs of one full-tile step.
 * memory (smem, L2, DRAM) overlaps compute completely when loads are software-pipelined (num_stages ≥ 2) or when
   two or more CTAs share an SM; with one stage and one CTA per SM, load and compute serialise:
   body = compute + max(smem, l2, dram) instead of max(compute, smem, l2, dram).
@@ -110,6 +111,12 @@ CTA_FILL_S = 1e-6
 O store are not overlapped with its own compute. Assumed 1 µs (DRAM latency is several hundred ns on V100–H100 per
 microbenchmarks, Jia et al. arXiv 1804.06826; plus TMA/cp.async issue and the epilogue). The busiest SM runs
 ⌈⌈P/S⌉ / ctas_per_sm⌉ rounds."""
+
+STEP_OVERHEAD_CYCLES = 128
+"""Per tile step (one visit of the inner loop: QKᵀ → softmax → PV) a dependent chain a CTA cannot overlap with its
+own MMAs: row max/sum shuffle reductions, the rescale, barrier/mbarrier waits. Assumed 128 SM cycles, to be fitted on
+the H100 validation sweep; divided by the CTAs resident per SM (their chains overlap). This is what makes small
+block_n lose when the kernel is otherwise tensor-bound."""
 
 L2_FALLBACK_FACTOR = 4.0
 """L2 bandwidth = 4 × HBM when a profile has none: triton/ops/matmul_perf_model.py (removed in Triton 3.2)."""
@@ -300,6 +307,17 @@ def smem_bytes(schedule: Schedule, kernel: Kernel, kc: KernelCounts, path: str) 
     return total
 
 
+def tile_steps(kernel: Kernel, kc: KernelCounts) -> float:
+    """Inner-loop steps: matmul FLOPs / the FLOPs of all matmul computes on full tiles (ragged tiles count as a
+    fraction of a step)."""
+    per = 0
+    for st in walk(kernel.body):
+        if isinstance(st, Compute) and st.matmul:
+            for w in st.matmul:
+                per += _int(w.coeff) * math.prod(_int(s.block) for s in w.spans)
+    return kc.matmul_flops / per if per else 0.0
+
+
 def tensor_bytes(schedule: Schedule, name: str) -> int:
     t = schedule.tensors[name]
     return math.prod(_int(d) for d in t.dims) * t.elem_bytes
@@ -329,7 +347,8 @@ class KernelTime:
     l2_s: float
     dram_s: float
     launch_s: float
-    compute_s: float  # after the compute-overlap rule, before SM scaling
+    compute_s: float  # after the compute-overlap rule (+ step_s), before SM scaling
+    step_s: float  # tile-step chains: steps × STEP_OVERHEAD_CYCLES / (clock × SMs × resident CTAs)
     fill_s: float  # pipeline fill: rounds of resident CTAs × CTA_FILL_S (included in body_s)
     sm_scale: float  # 1 / (tail efficiency × warp-issue factor): multiplies SM-local times
     body_s: float
@@ -461,12 +480,13 @@ def estimate_kernel(schedule: Schedule, kernel: Kernel, kc: KernelCounts, hw: Ha
 
     comp = [tensor_s, sfu_s, fp32_s]
     ov = COMPUTE_OVERLAP[path]
-    compute_s = max(comp) + (1.0 - ov) * (sum(comp) - max(comp))
-
     P, S = kc.programs, hw.sm_count
     per_sm = P / S
     tail = per_sm / math.ceil(per_sm) if P else 1.0
     resident = min(occ.ctas_per_sm, math.ceil(per_sm)) if P else 1
+    steps = tile_steps(kernel, kc)
+    step_s = steps * STEP_OVERHEAD_CYCLES / (hw.boost_clock_hz * S * max(1, resident))
+    compute_s = max(comp) + (1.0 - ov) * (sum(comp) - max(comp)) + step_s
     warps = resident * max(1, kernel.threads_per_cta // 32)
     issue = min(1.0, warps / 4) if hw.vendor == "nvidia" else 1.0
     scale = 1.0 / (tail * issue)
@@ -495,7 +515,7 @@ def estimate_kernel(schedule: Schedule, kernel: Kernel, kc: KernelCounts, hw: Ha
         bound = "launch"
     return KernelTime(
         name=kernel.name, path=path, tensor_s=tensor_s, sfu_s=sfu_s, fp32_s=fp32_s, smem_s=smem_s, l2_s=l2_s,
-        dram_s=dram_s, launch_s=launch, compute_s=compute_s, fill_s=fill, sm_scale=scale, body_s=body, time_s=body + launch,
+        dram_s=dram_s, launch_s=launch, compute_s=compute_s, step_s=step_s, fill_s=fill, sm_scale=scale, body_s=body, time_s=body + launch,
         bound=bound, programs=P, ctas_per_sm=occ.ctas_per_sm, occupancy_limiter=occ.limiter,
         registers_per_thread=occ.registers_per_thread, smem_per_cta=occ.smem_per_cta,
         waves=P / (S * occ.ctas_per_sm), tail_efficiency=tail, tensor_efficiency=eff.value, spills=occ.spills,

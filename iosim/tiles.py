@@ -172,13 +172,18 @@ def explain(best: Candidate, c: Candidate) -> str:
         parts.append((rc["smem"] - rb["smem"] + (1 if bound == "smem" else 0),
                       f"{rc['smem'] / rb['smem']:.2f}× shared-memory time ({tc['smem_bytes'] / tb['smem_bytes']:.2f}× operand reads, {c.num_warps} warps)"))
     if tc["tail"] < tb["tail"] - 0.005:
-        parts.append((0.5, f"tail {tc['tail']:.0%} vs {tb['tail']:.0%} ({tc['programs']} CTAs on the SMs)"))
+        parts.append((0.5, f"tail {tc['tail']:.1%} vs {tb['tail']:.1%} ({tc['programs']} CTAs on the SMs)"))
     if tc["ctas_per_sm"] < tb["ctas_per_sm"]:
         parts.append((0.4, f"{tc['ctas_per_sm']} CTA/SM ({tc['limiter']}) vs {tb['ctas_per_sm']}"))
     for r in ("tensor", "sfu", "fp32"):
         if rc[r] > rb[r] * 1.01:
             parts.append((rc[r] - rb[r] + (1 if bound == r else 0), f"{rc[r] / rb[r]:.2f}× {r} time"))
     lb, lc = best.estimate.launch_s, c.estimate.launch_s
+    if c.estimate.kernels and sum(k.step_s for k in c.estimate.kernels) > 1.01 * sum(k.step_s for k in best.estimate.kernels):
+        st_c = sum(k.step_s for k in c.estimate.kernels)
+        st_b = sum(k.step_s for k in best.estimate.kernels)
+        parts.append((st_c - st_b + 1e-9, f"{st_c / st_b:.2f}× tile-step overhead ({c.block_m}×{c.block_n} tiles, "
+                                          f"{tc['ctas_per_sm']} CTA/SM)"))
     if lc > lb:
         parts.append((lc - lb, f"{len(c.estimate.kernels)} launches"))
     if c.num_stages < 2 <= best.num_stages and tc["ctas_per_sm"] < 2:
@@ -186,8 +191,9 @@ def explain(best: Candidate, c: Candidate) -> str:
     parts.sort(key=lambda p: -p[0])
     if rc["smem"] + rc["l2"] + rc["fp32"] > rb["smem"] + rb["l2"] + rb["fp32"] and ratio < 1.0005 and not parts:
         parts.append((0, "same time, more total resource use"))
-    if not parts and c.num_stages > best.num_stages:
-        parts.append((0, f"same predicted time; {c.num_stages} stages use more shared memory ({tc['smem_per_cta']:,} B) for nothing"))
+    if not parts and c.num_stages != best.num_stages:
+        parts.append((0, f"same predicted time with {c.num_stages} stage(s) ({tc['smem_per_cta']:,} B smem); "
+                         "ties prefer 2 stages"))
     why = "; ".join(p[1] for p in parts[:3]) or "same predicted resources (tie broken by larger tiles, fewer warps, fewer stages)"
     return f"{ratio:.3f}× time, {bound}-bound: {why}"
 
@@ -222,8 +228,9 @@ def choose(hw: Hardware, problem: Problem, algorithm: str = "flash2", *, path: s
         reasons = sorted({c.reason for c in cands})[:5]
         raise IosimError(f"no legal tile configuration for {algorithm} on {hw.name}: " + " | ".join(reasons))
     # ties (same bound resource): less total resource time first (less traffic = more headroom), then bigger tiles
+    # (ties: 2 stages before 3, 4, then 1 — Triton pipelines loads only with ≥ 2 stages)
     legal.sort(key=lambda c: (round(c.time_s, 12), sum(c.totals()["resources"].values()),
-                              -c.block_m * c.block_n, c.num_warps, c.num_stages))
+                              -c.block_m * c.block_n, c.num_warps, (c.num_stages < 2, c.num_stages)))
     best = legal[0]
     ranked = tuple(dataclasses.replace(c, reason=explain(best, c)) for c in legal)
     illegal = tuple(c for c in cands if not c.legal)
