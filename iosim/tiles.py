@@ -186,8 +186,8 @@ def explain(best: Candidate, c: Candidate) -> str:
                                           f"{tc['ctas_per_sm']} CTA/SM)"))
     if lc > lb:
         parts.append((lc - lb, f"{len(c.estimate.kernels)} launches"))
-    if c.num_stages < 2 <= best.num_stages and tc["ctas_per_sm"] < 2:
-        parts.append((0.3, "one stage, one CTA/SM: loads not overlapped"))
+    if c.num_stages < 2 <= best.num_stages:
+        parts.append((0.3, f"one stage: loads not pipelined ({tc['ctas_per_sm']} CTA/SM overlap them)"))
     parts.sort(key=lambda p: -p[0])
     if rc["smem"] + rc["l2"] + rc["fp32"] > rb["smem"] + rb["l2"] + rb["fp32"] and ratio < 1.0005 and not parts:
         parts.append((0, "same time, more total resource use"))
