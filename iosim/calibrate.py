@@ -140,6 +140,9 @@ def write_profile(base: Hardware, m: Measurements, path: str | Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    m = os.umask(0)
+    os.umask(m)
+    os.chmod(tmp, 0o666 & ~m)
     os.replace(tmp, path)
     return path
 
