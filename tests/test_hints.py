@@ -103,3 +103,15 @@ def test_block_mask_bad_input_and_cli(tmp_path):
         io.StringIO())
     z = np.load(tmp_path / "bm.npz")
     assert np.array_equal(hints.dense_from_inputs(z["kv_num_blocks"], z["kv_indices"])[0, 0], mask)
+
+
+def test_import_safe_without_triton_and_torch(monkeypatch):
+    import importlib
+    import sys
+    monkeypatch.setitem(sys.modules, "triton", None)
+    monkeypatch.setitem(sys.modules, "torch", None)
+    mod = importlib.reload(hints)
+    assert callable(mod.perf_model) and callable(mod.prune)
+    with pytest.raises(IosimError, match="needs triton"):
+        mod.to_triton_configs([{"kwargs": {"BLOCK_M": 64, "BLOCK_N": 64}, "num_warps": 4, "num_stages": 2}])
+    importlib.reload(hints)
