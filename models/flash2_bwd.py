@@ -27,8 +27,9 @@ Block-sparse (``block_mask``, as for ``block_sparse``): the inner loop visits on
 block j, from the transposed mask compressed FlexAttention-style into q_num_blocks[.., j] / q_indices[.., j, t]
 (BlockMask's backward tables); i = q_indices[j, t] is a data-dependent loop (``iosim.expr.Lookup``).
 
-Tiles: block_m = query rows (kBlockM), block_n = keys (kBlockN). Defaults from flash_bwd_launch_template.h on
-sm80 with enough shared memory: hdim ≤ 64: 128×128 (hdim32/64); hdim 96/128: 64×128; larger: 64×64.
+Tiles: block_m = query rows (kBlockM), block_n = keys (kBlockN). Defaults from flash_bwd_launch_template.h
+(sm80/sm90): hdim 32: 128×128; hdim 64: 128×128 if a block may use ≥ 144 KB of shared memory, else 64×128;
+hdim 96/128: 64×128; larger: 64×64 (the facts file verifies hdim 128 and 256).
 Shared memory: Q, dO (B_r×d) and K, V (B_c×d) in the problem dtype, LSE and D (B_r, fp32).
 """
 
@@ -43,11 +44,14 @@ from iosim.registry import register
 from iosim.schedule import (Buffer, Compute, GridAxis, Kernel, Load, Loop, Schedule, Span, Store, TensorSpec, Tile,
                             Work, cdiv, full, lookup, point, table, var)
 
-DEFAULT_TILES = {64: (128, 128), 128: (64, 128), 256: (64, 64)}
-"""(kBlockM, kBlockN) of FA2's backward by head dim (flash_bwd_launch_template.h, sm80, ample smem)."""
+DEFAULT_TILES = {32: (128, 128), 64: (128, 128), 128: (64, 128), 256: (64, 64)}
+"""(kBlockM, kBlockN) of FA2's backward by head dim (flash_bwd_launch_template.h, sm80/sm90, ≥ 144 KB smem)."""
 
 
-def default_tiles(head_dim: int) -> tuple[int, int]:
+def default_tiles(head_dim: int, smem_bytes: int | None = None) -> tuple[int, int]:
+    """FA2's backward tile for head_dim; hdim 64 drops to 64×128 when a block gets < 144 KB of shared memory."""
+    if 32 < head_dim <= 64 and smem_bytes is not None and smem_bytes < 144 * 1024:
+        return 64, 128
     for d, t in sorted(DEFAULT_TILES.items()):
         if head_dim <= d:
             return t
@@ -86,7 +90,8 @@ def build(p: Problem, cfg: KernelConfig, hw=None, block_mask=None) -> Schedule:
     """block_mask: optional bool [T_r, T_c] or [B, H, T_r, T_c] over (block_m × block_n) tiles (block-sparse)."""
     check_head_dim(p, "flash2_bwd")
     if cfg.block_m is None or cfg.block_n is None:
-        dm, dn = default_tiles(p.head_dim) if isinstance(p.head_dim, int) else (64, 128)
+        smem = cfg.sram_bytes if cfg.sram_bytes is not None else getattr(hw, "smem_per_block_bytes", None)
+        dm, dn = default_tiles(p.head_dim, smem) if isinstance(p.head_dim, int) else (64, 128)
         cfg = cfg.with_tiles(cfg.block_m or dm, cfg.block_n or dn)
     bm, bn, d, e = cfg.block_m, cfg.block_n, p.head_dim, p.elem_bytes
     tm, tn = cdiv(p.seq_q, bm), cdiv(p.seq_kv, bn)
