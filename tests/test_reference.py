@@ -146,6 +146,15 @@ def test_flash1_forward_matches_naive(c):
     check_forward(c, "flash1", KernelConfig(block_m=c["bm"], block_n=c["bn"]))
 
 
+@pytest.mark.parametrize("sram_bytes", [2048, 6000, 20000])
+def test_flash1_paper_tiles_from_sram(sram_bytes):
+    # no block sizes: B_c = ⌈M/4d⌉, B_r = min(B_c, d) from M = SRAM elements (FA1 Alg. 1 line 1); the run is
+    # checked against the same SRAM size
+    c = dict(B=1, H=2, Hk=1, Nq=77, Nkv=53, d=16, causal=True, dtype=np.float64, seed=sram_bytes)
+    res = check_forward(c, "flash1", KernelConfig(sram_bytes=sram_bytes))
+    assert res.notes[0].startswith("tiles B_r=")
+
+
 @HYP
 @given(cases(), st.booleans())
 def test_standard_forward_matches_naive(c, one_pass):
@@ -158,7 +167,8 @@ def test_standard_forward_matches_naive(c, one_pass):
 @HYP
 @given(cases(), st.integers(1, 9))
 def test_splitkv_forward_matches_naive(c, splits):
-    res = check_forward(c, "splitkv", KernelConfig(block_m=c["bm"], block_n=c["bn"]), num_splits=splits)
+    order = ("ascending", "descending")[c["seed"] % 2]
+    res = check_forward(c, "splitkv", KernelConfig(block_m=c["bm"], block_n=c["bn"], kv_order=order), num_splits=splits)
     assert len(res.kernels) == (1 if splits == 1 else 2)
 
 
@@ -177,7 +187,9 @@ def test_block_sparse_matches_masked_naive(c, density, per_head):
     shape = (c["B"], c["H"], tm, tn) if per_head else (tm, tn)
     mask = rng.random(shape) < density
     p = problem_for(q, k, causal=c["causal"])
-    sched = get("block_sparse").build(p, KernelConfig(block_m=bm, block_n=bn), None, block_mask=mask)
+    order = ("ascending", "descending")[c["seed"] % 2]
+    cfg = KernelConfig(block_m=bm, block_n=bn, kv_order=order, q_order=order)
+    sched = get("block_sparse").build(p, cfg, None, block_mask=mask)
     res = run(sched, {"Q": q, "K": k, "V": v})
     elem = np.repeat(np.repeat(mask, bm, axis=-2), bn, axis=-1)[..., :c["Nq"], :c["Nkv"]]
     O_ref, lse_ref = naive_forward(q, k, v, visible(c["Nq"], c["Nkv"], c["causal"], elem))
