@@ -129,6 +129,14 @@ def test_bad_input_raises_iosim_error():
                        config=KernelConfig(32, 32))
 
 
+def test_auto_config_falls_back_to_default_in_interpreter():
+    q, k, v = (rand(1, 2, 40, 16, seed=s) for s in (14, 15, 16))
+    o = attn.attention(q, k, v, causal=True, config="auto", decode=False)
+    assert rel(o, naive(q, k, v, True)[0]) < 1e-5
+    with pytest.raises(IosimError, match="auto"):
+        attn.attention(q, k, v, config="fastest")
+
+
 def test_import_iosim_needs_no_torch():
     import subprocess
     import sys

@@ -15,7 +15,8 @@ one 2-D descriptor per (batch, head) so ragged tiles are clipped by the hardware
 
 Block-sparse (``BlockMask``, FlexAttention's layout): for query block i the kernel visits the listed KV blocks
 ``kv_indices[b, h, i, :kv_num_blocks[b, h, i]]`` (in list order; reversed for ``kv_order="descending"``); every
-listed block is attended in full, except where causal masking or Nkv cut it.
+listed block is attended in full, except where causal masking or Nkv cut it, and under causal masking tiles wholly
+above the diagonal are skipped (as ``models/block_sparse.py`` counts them).
 
 Split-KV decode (``_decode_kernel`` + ``_combine_kernel``), for few queries per head: one program per
 (split s, batch b, KV head hk) takes the G·Nq query rows of all query heads that share KV head hk (GQA packing,
@@ -38,6 +39,7 @@ import triton.language as tl
 
 from iosim.errors import IosimError
 from iosim.problem import KernelConfig
+from iosim.triton_kernels.schedule import decode_splits, use_decode
 
 LOG2E = 1.4426950408889634
 
@@ -158,6 +160,8 @@ def _fwd_kernel(Q, K, V, O, LSE,
         idx_base = KV_IDX + b * stride_sib + h * stride_sih + srow * stride_sim
         SUB: tl.constexpr = SPARSE_BN // BLOCK_N
         tn = tl.cdiv(Nkv, BLOCK_N)
+        # last key any row of this block may see (causal): tiles starting past it are skipped
+        diag_lim = tl.minimum((i + 1) * BLOCK_M, Nq) - 1 + Nkv - Nq
         for t in range(0, n_sp):
             if DESCENDING:
                 jb = tl.load(idx_base + (n_sp - 1 - t))
@@ -168,7 +172,10 @@ def _fwd_kernel(Q, K, V, O, LSE,
                     j = jb * SUB + (SUB - 1 - u)
                 else:
                     j = jb * SUB + u
-                if j < tn:
+                visit = j < tn
+                if CAUSAL:
+                    visit = visit & (j * BLOCK_N <= diag_lim)
+                if visit:
                     acc, l_i, m_i = _attn_step(acc, l_i, m_i, q, k_desc, v_desc, k_base, v_base, j * BLOCK_N,
                                                offs_m, Nq, Nkv, stride_kn, stride_vn, qk_scale, BLOCK_N, HEAD_DIM,
                                                True, CAUSAL, USE_TMA)
@@ -359,6 +366,47 @@ DEFAULT_CONFIGS: dict[tuple[int, bool], tuple[int, int, int, int]] = {
 }
 
 
+# config="auto": the candidates timed on first use per shape class (the final sweep's list, benchmarks/
+# gpu_attention.py FINAL): tiles, the pointer path beside TMA, and LPT order (q_order="descending") for causal.
+AUTOTUNE_CANDIDATES: dict[tuple[int, bool], list[tuple[tuple[int, int, int, int], bool | None, str]]] = {
+    (64, False): [((128, 128, 4, 3), None, "ascending"), ((128, 128, 4, 3), False, "ascending"),
+                  ((128, 64, 4, 3), None, "ascending")],
+    (64, True): [((128, 128, 4, 3), None, "ascending"), ((128, 64, 4, 3), None, "ascending"),
+                 ((128, 128, 4, 3), None, "descending"), ((128, 64, 4, 3), None, "descending")],
+    (128, False): [((128, 128, 8, 3), None, "ascending"), ((128, 128, 8, 3), False, "ascending")],
+    (128, True): [((128, 128, 8, 3), None, "ascending"), ((128, 128, 8, 3), False, "ascending"),
+                  ((128, 128, 8, 3), None, "descending"), ((128, 128, 8, 3), False, "descending")],
+}
+_TUNED: dict = {}
+
+
+def _autotuned(q, k, v, causal: bool, scale: float) -> "TritonConfig":
+    """Best candidate for this shape class (head_dim, causal, dtype, group, and powers of two above Nq, Nkv, B·H),
+    timed once with triton.testing.do_bench (median); the default config where nothing can be timed."""
+    B, H, Nq, D = q.shape
+    Hk, Nkv = k.shape[1], k.shape[2]
+    key = (D, bool(causal), q.dtype, H // Hk, triton.next_power_of_2(Nq), triton.next_power_of_2(Nkv),
+           triton.next_power_of_2(B * H))
+    if key in _TUNED:
+        return _TUNED[key]
+    cands = [TritonConfig(KernelConfig(*c, q_order=qo), use_tma=tma)
+             for c, tma, qo in AUTOTUNE_CANDIDATES.get((D, bool(causal)), [])]
+    if _interpreting() or not q.is_cuda or not cands:
+        return TritonConfig(default_config(D, causal))
+    from triton.testing import do_bench
+    timed = []
+    for c in cands:
+        try:
+            t = do_bench(lambda: _forward(q, k, v, causal, None, scale, c.kernel, c), warmup=5, rep=25,
+                         return_mode="median")
+            timed.append((t, c))
+        except Exception:  # a candidate that does not compile or fit is skipped
+            continue
+    best = min(timed, key=lambda x: x[0])[1] if timed else TritonConfig(default_config(D, causal))
+    _TUNED[key] = best
+    return best
+
+
 def default_config(head_dim: int, causal: bool) -> KernelConfig:
     bm, bn, w, s = DEFAULT_CONFIGS.get((head_dim, causal), (64, 64, 4, 2) if head_dim > 128 else (128, 64, 4, 3))
     return KernelConfig(block_m=bm, block_n=bn, num_warps=w, num_stages=s)
@@ -462,21 +510,23 @@ def _check_inputs(q, k, v):
     return B, H, Hk, Nq, Nkv, D
 
 
-def use_decode(nq: int, heads: int, kv_heads: int, nkv: int, block_mask) -> bool:
-    """Split-KV decode for few query rows per KV head and long KV (the main kernel would leave SMs idle)."""
-    return block_mask is None and (heads // kv_heads) * nq <= 64 and nkv >= 256
-
-
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False, block_mask: BlockMask | None = None,
               config=None, sm_scale: float | None = None, return_lse: bool = False, decode: bool | None = None):
     """O = softmax(Q Kᵀ·sm_scale [+ causal mask] [+ block mask]) V.
 
     q: [B, H, Nq, d]; k, v: [B, Hkv, Nkv, d] (Hkv divides H: GQA/MQA); causal is bottom-right aligned.
     block_mask: a ``BlockMask`` (FlexAttention layout) or None. config: ``KernelConfig`` / ``TritonConfig`` / dict
-    (None: ``default_config``). decode: force (True) or forbid (False) the split-KV path (None: ``use_decode``).
+    (None: ``default_config``; "auto": the fastest of ``AUTOTUNE_CANDIDATES``, timed once per shape class). decode: force (True) or forbid (False) the split-KV path (None: ``use_decode``).
     Returns O [B, H, Nq, d] in q's dtype, and the logsumexp [B, H, Nq] (fp32, natural log) if return_lse.
     """
     B, H, Hk, Nq, Nkv, D = _check_inputs(q, k, v)
+    scale = (1.0 / math.sqrt(D)) if sm_scale is None else float(sm_scale)
+    if decode is None:
+        decode = use_decode(Nq, H, Hk, Nkv, block_mask)
+    if isinstance(config, str):
+        if config != "auto":
+            raise IosimError(f"config must be a KernelConfig, TritonConfig, dict, None or 'auto', got {config!r}")
+        config = _autotuned(q, k, v, causal, scale) if (block_mask is None and not decode) else None
     tcfg = _as_kernel_config(config)
     kc = tcfg.kernel
     if kc.block_m is None or kc.block_n is None:
@@ -485,9 +535,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
                      block_m=kc.block_m or d.block_m, block_n=kc.block_n or d.block_n,
                      num_warps=kc.num_warps if tcfg.kernel.block_m else d.num_warps,
                      num_stages=kc.num_stages if tcfg.kernel.block_m else d.num_stages)
-    scale = (1.0 / math.sqrt(D)) if sm_scale is None else float(sm_scale)
-    if decode is None:
-        decode = use_decode(Nq, H, Hk, Nkv, block_mask)
     if decode:
         if block_mask is not None:
             raise IosimError("split-KV decode does not take a block_mask")
@@ -551,12 +598,6 @@ def _forward(q, k, v, causal, block_mask, scale, kc: KernelConfig, tcfg: TritonC
         USE_TMA=bool(use_tma), DESCENDING=kc.kv_order == "descending", Q_DESCENDING=kc.q_order == "descending",
         **axes, num_warps=kc.num_warps, num_stages=kc.num_stages)
     return o, lse
-
-
-def decode_splits(B: int, Hk: int, Nkv: int, bn: int, num_sms: int) -> int:
-    """Splits so that B·Hkv·splits ≈ 2 waves of programs, each split at least one KV block."""
-    tn = triton.cdiv(Nkv, bn)
-    return max(1, min(tn, triton.cdiv(2 * num_sms, B * Hk), 128))
 
 
 def _decode(q, k, v, causal, scale, kc: KernelConfig, tcfg: TritonConfig):
