@@ -15,7 +15,7 @@ enumerating (program, t) points as vectors (memory O(listed blocks), never O(N²
 
 Per head: reads Q = N_q·d once, K + V = 2·d·Σ_listed c_j; writes O = N_q·d and LSE = N_q (fp32). Work per
 visited tile as in flash2. Rows whose blocks are all unlisted get O = 0 and LSE = +∞ (PyTorch's fully-masked
-convention). Without a mask every block is listed (flash2's counts, with lookups).
+convention). Without a mask every block is listed and the loop is flash2's (no tables; closed-form counting).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 
 from iosim.errors import IosimError
 from iosim.models._common import check_fit, check_head_dim, kv_tile, lse_tensor, q_tile, qkvo_tensors, row_tile
-from iosim.models.flash2 import default_tiles, grid_axes
+from iosim.models.flash2 import default_tiles, grid_axes, kv_stop
 from iosim.problem import STAT_BYTES, KernelConfig, Problem
 from iosim.registry import register
 from iosim.schedule import Buffer, Compute, Kernel, Load, Loop, Schedule, Span, Store, Work, cdiv, lookup, table, var
@@ -79,17 +79,24 @@ def build(p: Problem, cfg: KernelConfig, hw=None, block_mask=None) -> Schedule:
         cfg = cfg.with_tiles(cfg.block_m or dm, cfg.block_n or dn)
     bm, bn, d, e = cfg.block_m, cfg.block_n, p.head_dim, p.elem_bytes
     tm, tn = cdiv(p.seq_q, bm), cdiv(p.seq_kv, bn)
-    mask = normalize_mask(p, block_mask, tm, tn)
-    if p.causal:
-        mask = mask & block_visible_causal(p, tm, tn, bm, bn)
-    num, idx = compress(mask)
     grid, vs = grid_axes(p, cfg, tm)
     b, h, pid = vs["b"], vs["h"], vs["m"]
     i = pid if cfg.q_order == "ascending" else tm - 1 - pid
-    t = var("t")
-    KVN, KVI = table("kv_num_blocks"), table("kv_indices")
-    lead = (b, h) if mask.ndim == 4 else ()
-    j = lookup(KVI, *lead, i, t)
+    tables: dict = {}
+    if block_mask is None:
+        # every block listed: flash2's loop (no tables, so counting keeps its closed forms at any N)
+        mask = None
+        t = var("j")
+        j, stop = t, kv_stop(p, i, bm, bn, tn)
+    else:
+        mask = normalize_mask(p, block_mask, tm, tn)
+        if p.causal:
+            mask = mask & block_visible_causal(p, tm, tn, bm, bn)
+        num, idx = compress(mask)
+        tables = {"kv_num_blocks": num, "kv_indices": idx}
+        t = var("t")
+        lead = (b, h) if mask.ndim == 4 else ()
+        j, stop = lookup(table("kv_indices"), *lead, i, t), lookup(table("kv_num_blocks"), *lead, i)
     rows, cols = Span(i, bm, p.seq_q), Span(j, bn, p.seq_kv)
     step = (
         Load("k", kv_tile(p, "K", b, h, cols)),
@@ -102,7 +109,7 @@ def build(p: Problem, cfg: KernelConfig, hw=None, block_mask=None) -> Schedule:
     )
     body = (
         Load("q", q_tile(p, "Q", b, h, rows)),
-        Loop(t, 0, lookup(KVN, *lead, i), step, reverse=cfg.kv_order == "descending"),
+        Loop(t, 0, stop, step, reverse=cfg.kv_order == "descending"),
         Compute("finalize", ("acc", "m", "l", "lse"), exp=(Work(1, (rows,)),), other=(Work(d + 1, (rows,)),)),
         Store("acc", q_tile(p, "O", b, h, rows)),
         Store("lse", row_tile(p, "LSE", b, h, rows)),
@@ -120,10 +127,10 @@ def build(p: Problem, cfg: KernelConfig, hw=None, block_mask=None) -> Schedule:
     kernel = Kernel("block_sparse_fwd", grid, buffers, body, threads_per_cta=32 * cfg.num_warps)
     check_fit(kernel, cfg, hw, f"block_m={bm}, block_n={bn}, head_dim={d}, num_stages={cfg.num_stages}")
     tensors = qkvo_tensors(p) | {"LSE": lse_tensor(p)}
-    density = float(mask.mean()) if mask.size else 0.0
-    notes = (f"block mask {'per (batch, head)' if mask.ndim == 4 else 'shared by all heads'}: "
-             f"{density:.1%} of {tm}×{tn} tiles visited (causal tiles above the diagonal dropped)" if p.causal else
-             f"block mask {'per (batch, head)' if mask.ndim == 4 else 'shared by all heads'}: "
-             f"{density:.1%} of {tm}×{tn} tiles visited",)
-    return Schedule("block_sparse", p, cfg, tensors, (kernel,), notes,
-                    tables={"kv_num_blocks": num, "kv_indices": idx})
+    if mask is None:
+        notes = ("no block mask: every block visited (flash2's loop)",)
+    else:
+        density = float(mask.mean()) if mask.size else 0.0
+        notes = (f"block mask {'per (batch, head)' if mask.ndim == 4 else 'shared by all heads'}: {density:.1%} of "
+                 f"{tm}×{tn} tiles visited" + (" (causal tiles above the diagonal dropped)" if p.causal else ""),)
+    return Schedule("block_sparse", p, cfg, tensors, (kernel,), notes, tables=tables)
