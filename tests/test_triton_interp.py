@@ -1,6 +1,7 @@
 """Triton kernels in the interpreter (TRITON_INTERPRET=1, CPU torch tensors) against float64 naive attention.
 
-Small sizes only: the interpreter runs a program at a time in NumPy. GPU checks (bf16, the real compiler, TMA on
+Small sizes only: the interpreter runs a program at a time in NumPy. fp32/fp16 inputs only: Triton 3.6's
+interpreter mishandles bf16 CPU tensors (garbage outputs; the same kernels pass in bf16 on the H100). GPU checks (bf16, the real compiler, TMA on
 sm90) live in benchmarks/gpu_attention.py and the ``gpu`` tests at the bottom, which skip without CUDA.
 """
 
