@@ -12,10 +12,11 @@ Every byte moved between HBM arrays and buffers is tallied per kernel and per te
 what the tests check). Arithmetic work is tallied from the Compute's ``Work`` terms the same way.
 
 Buffers and placement. A tile of k spans goes into a buffer of rank r ≤ k: its trailing r spans map onto the
-buffer's axes, the leading spans must have extent 1 (batch, head, split), and along each axis the tile lands at
-offset ``start mod buffer_dim`` (0 for a B_r×d tile in a B_r×d buffer; j·B_c for the j-th tile of a one-pass
-B_r×N_kv softmax row block). A tile that does not fit its buffer is refused. Each buffer remembers the global
-index of its first row/column (its ``origin``), so ops know which rows and keys they hold (causal masks).
+buffer's axes and the leading spans must have extent 1 (batch, head, split). Each buffer axis holds a window
+[origin, origin + dim) of the tensor axis; a tile inside the current window lands at offset start − origin (the
+j-th B_r×B_c tile of a one-pass B_r×N_kv softmax row block at column j·B_c), any other tile moves the window to
+its own start (offset 0). A tile larger than its buffer is refused. Ops read the origins to know which query
+rows and keys they hold (causal masks) and set them on the buffers they write.
 Buffers are fresh (zero-filled, "unset") at the start of each program; accumulator ops read a fresh buffer as
 its identity: m = −∞, ℓ = 0, acc = 0 (FA2 Algorithm 1, line 4: the kernel prologue). Pipelined buffers are held
 once (multi-buffering changes timing, not values). A buffer an op or Load/Store names but the kernel does not
@@ -213,6 +214,26 @@ def op_combine_step(ctx, lse_s, o_s, m, l, acc):
         b.set(lse_s.origin, lse_s.ext)
 
 
+def op_flash1_bwd_step(ctx, q, k, v, o, do, dq, l, m, dk, dv):
+    """FA1 backward, Alg. 4 lines 11–20 (arXiv 2205.14135 App. B.4): S = τQ_iK_jᵀ, P = diag(ℓ_i)⁻¹e^{S−m_i},
+    dV_j += Pᵀ dO_i, dP = dO_i V_jᵀ, D_i = rowsum(dO_i ∘ O_i), dS = P ∘ (dP − D_i), dQ_i += τ dS K_j,
+    dK_j += τ dSᵀ Q_i. dK_j, dV_j restart at 0 when the KV block changes (line 8)."""
+    r, c = q.ext[0], k.ext[0]
+    for acc in (dk, dv):
+        if acc.fresh or acc.origin[0] != k.origin[0]:
+            acc.data.fill(0.0)
+            acc.set((k.origin[0], 0), (c, acc.data.shape[1]))
+    x = ctx.masked((q.data[:r] @ k.data[:c].T) * ctx.scale, q.origin[0], k.origin[0])
+    lv, mv = l.data[:r], m.data[:r]
+    nz = lv > 0
+    p = np.where(nz[:, None], np.exp(x - _safe(mv)[:, None]) / np.where(nz, lv, 1.0)[:, None], 0.0)
+    dv.data[:c] += p.T @ do.data[:r]
+    dp = do.data[:r] @ v.data[:c].T
+    ds = p * (dp - np.einsum("rd,rd->r", do.data[:r], o.data[:r])[:, None])
+    dq.data[:r] += ctx.scale * (ds @ k.data[:c])
+    dk.data[:c] += ctx.scale * (ds.T @ q.data[:r])
+
+
 def op_init(ctx, *bufs):
     """FA1 Alg. 1 line 2: O = 0, ℓ = 0, m = −∞ (buffers named o, l, m)."""
     for b in bufs:
@@ -375,7 +396,7 @@ OPS: dict[str, Callable] = {
     "qk": op_qk, "online_softmax": op_online_softmax, "pv": op_pv, "finalize": op_finalize,
     "finalize_split": op_finalize_split, "combine_step": op_combine_step,
     # flash1
-    "init": op_init, "flash1_step": op_flash1_step,
+    "init": op_init, "flash1_step": op_flash1_step, "flash1_bwd_step": op_flash1_bwd_step,
     # standard
     "softmax": op_softmax, "softmax_stats": op_softmax_stats, "softmax_normalize": op_softmax_normalize,
     # flash2_bwd
@@ -475,11 +496,12 @@ def _place(buf: _Buf, starts, exts, what: str):
                          f"(leading axes must have extent 1)")
     ts, te = starts[len(starts) - rank:], exts[len(exts) - rank:]
     sl, origin = [], []
-    for s, e, dim in zip(ts, te, buf.data.shape):
-        off = s % dim if dim else 0
-        if off + e > dim:
-            raise IosimError(f"{what}: tile extents {te} at offsets exceed buffer {buf.name!r} of shape "
-                             f"{buf.data.shape}")
+    for ax, (s, e, dim) in enumerate(zip(ts, te, buf.data.shape)):
+        if e > dim:
+            raise IosimError(f"{what}: tile extents {te} exceed buffer {buf.name!r} of shape {buf.data.shape}")
+        o = buf.origin[ax]
+        # inside the buffer's current window [o, o + dim): place there; otherwise the window moves to the tile
+        off = s - o if not buf.fresh and o <= s and s + e <= o + dim else 0
         sl.append(slice(off, off + e))
         origin.append(s - off)
     return tuple(sl), tuple(te), tuple(origin)
@@ -617,17 +639,19 @@ def _dims(spec) -> tuple[int, ...]:
 
 def run(schedule: Schedule, inputs: Mapping[str, np.ndarray], *, sram_bytes: int | None = None,
         scale: float | None = None) -> Result:
-    """Execute ``schedule`` on ``inputs`` (every tensor of role 'input', by name, float32 or float64).
+    """Execute ``schedule`` on ``inputs`` (every tensor of role 'input', by name, float32 or float64; other
+    tensors may be given too, as initial contents — e.g. O for a backward schedule that lists it as 'output').
+    Tensors not given start as NaN, so a read of memory no kernel wrote shows up in the results.
 
     scale: softmax scale (default 1/√head_dim). sram_bytes: the on-chip memory one CTA may use (default
     ``schedule.config.sram_bytes``; None = unchecked). Returns every global tensor and the per-kernel tallies.
     """
     p = schedule.problem
     need = {n for n, t in schedule.tensors.items() if t.role == "input"}
-    missing, extra = need - set(inputs), set(inputs) - need
+    missing, extra = need - set(inputs), set(inputs) - set(schedule.tensors)
     if missing or extra:
-        raise IosimError(f"{schedule.algorithm}: inputs must be exactly {sorted(need)}; "
-                         f"missing {sorted(missing)}, unexpected {sorted(extra)}")
+        raise IosimError(f"{schedule.algorithm}: inputs must include every input tensor {sorted(need)} and name "
+                         f"only the schedule's tensors; missing {sorted(missing)}, unknown {sorted(extra)}")
     dtypes = {np.asarray(a).dtype for a in inputs.values()}
     if len(dtypes) != 1 or next(iter(dtypes)) not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise IosimError(f"inputs must all be float32 or all float64 arrays, got {sorted(map(str, dtypes))}")

@@ -311,6 +311,22 @@ def test_forward_then_backward_through_the_executor():
     assert names == ["flash2_bwd_preprocess", "flash2_bwd", "flash2_bwd_gqa_reduce", "flash2_bwd_convert_dq"]
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_flash1_backward_algorithm4_runs_on_flash1_forward_statistics(causal):
+    # FA1 Algorithm 4 (iosim.symbolic's schedule, op flash1_bwd_step) fed with O, ℓ, m from the flash1 forward run
+    from iosim.symbolic import flash1_backward_schedule
+    rng = np.random.default_rng(21)
+    q, k, v = (rng.standard_normal(s) for s in ((2, 2, 45, 16), (2, 2, 37, 16), (2, 2, 37, 16)))
+    do = rng.standard_normal(q.shape)
+    cfg = KernelConfig(block_m=16, block_n=24)
+    O, _, fwd = attention(q, k, v, algorithm="flash1", causal=causal, config=cfg)
+    sched = flash1_backward_schedule(problem_for(q, k, causal=causal), cfg)
+    res = run(sched, {"Q": q, "K": k, "V": v, "O": O, "dO": do, "L": fwd.tensors["L"], "M": fwd.tensors["M"]})
+    for name, ref in zip(("dQ", "dK", "dV"), naive_backward(q, k, v, do, visible(45, 37, causal))):
+        assert rel_err(res.tensors[name], ref) <= 1e-12, name
+    assert_counts_equal(res, sched)
+
+
 def test_backward_io_per_head_by_hand():
     # 1 head, N_q = N_kv = 64, d = 16, bf16, 32×32 tiles (T_r = T_c = 2), non-causal:
     # main kernel reads K + V once: 2·64·16·2 = 4096 B; per KV block Q + dO: 2·64·16·2 = 4096 B → ×2 = 8192 B;
