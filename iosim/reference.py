@@ -20,7 +20,13 @@ rows and keys they hold (causal masks) and set them on the buffers they write.
 Buffers are fresh (zero-filled, "unset") at the start of each program; accumulator ops read a fresh buffer as
 its identity: m = −∞, ℓ = 0, acc = 0 (FA2 Algorithm 1, line 4: the kernel prologue). Pipelined buffers are held
 once (multi-buffering changes timing, not values). A buffer an op or Load/Store names but the kernel does not
-declare is created as a register buffer shaped from its tiles, and a note says so.
+declare is created as a register buffer shaped from its tiles, and a note says so. Hidden state: the two-pass
+softmax (standard, ``softmax_stats``) keeps its row max and sum in per-program registers the model does not
+declare; FA1 backward's dK_j, dV_j restart at 0 when the KV block changes (Alg. 4 line 8 has no Compute).
+
+Performance: tiles are NumPy matmuls on one OpenBLAS thread; N = 4096, d = 64 flash2 forward takes ≈ 0.3–0.5 s
+(benchmarks/bench_reference.py). ``attention`` is the one-call entry point; ``count_mismatches`` compares a
+run's tallies with ``iosim.counts``.
 
 SRAM. ``run`` refuses (IosimError) a kernel whose shared-memory buffers — Σ smem buffer bytes, pipelined ones ×
 num_stages, all live for the whole program — exceed ``sram_bytes`` (default: the schedule's
