@@ -423,3 +423,23 @@ def test_num_splits_heuristic_by_hand():
     assert num_splits_heuristic(3, 8, 8, 128) == 8
     # 3 CTAs, 8 SMs, 3 blocks: max splits 3; eff = .375, .75, 1.125/2 = .5625 → best .75, first ≥ .6375 is s = 2
     assert num_splits_heuristic(3, 8, 3, 128) == 2
+
+
+# --- the IR extension: Lookup over schedule tables -----------------------------------------------------------------
+
+def test_lookup_evaluates_exactly_over_vectors_and_refuses_bad_tables():
+    import sympy as sp
+
+    from iosim.expr import evaluate, table_env
+    from iosim.schedule import lookup, table
+    i, t = var("i"), var("t")
+    e = sp.Min(lookup(table("kv_indices"), i, t) * 64 + 64, 100)  # end of tile j = kv_indices[i, t], N = 100
+    env = table_env({"kv_indices": np.array([[0, 1], [1, 0]])})
+    assert evaluate(e, env | {i: 0, t: 1}) == 100 and isinstance(evaluate(e, env | {i: 0, t: 1}), int)
+    assert evaluate(e, env | {i: np.array([0, 1, 1]), t: np.array([0, 0, 1])}).tolist() == [64, 100, 64]
+    with pytest.raises(IosimError, match="no table"):
+        evaluate(e, {i: 0, t: 0})
+    with pytest.raises(IosimError, match="out of range"):
+        evaluate(e, env | {i: 2, t: 0})
+    with pytest.raises(IosimError, match="integers"):
+        table_env({"x": np.array([0.5])})
