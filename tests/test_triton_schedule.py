@@ -88,3 +88,58 @@ def test_decode_dispatch_rules():
     assert not use_decode(1, 32, 8, 8192, block_mask=object())
     assert decode_splits(1, 8, 65536, 64) == 33
     assert decode_splits(64, 8, 100, 64) == 1
+
+
+# --- iosim.validate pieces that need no GPU -------------------------------------------------------------------
+
+def test_visible_pairs_brute_force():
+    from iosim.validate import visible_pairs
+    for nq in (1, 3, 7, 10):
+        for nkv in (1, 4, 7, 12):
+            p = Problem(1, 1, 1, nq, nkv, 16, causal=True)
+            assert visible_pairs(p) == sum(1 for r in range(nq) for c in range(nkv) if c <= r + nkv - nq)
+
+
+def test_parse_ncu_csv_attributes_kernels_between_markers():
+    from iosim.validate import parse_ncu_csv
+    hdr = ('"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size",'
+           '"Device","CC","Section Name","Metric Name","Metric Unit","Metric Value"')
+    rows = [hdr]
+
+    def add(i, name, grid, metric, val):
+        rows.append(f'"{i}","1","p","h","{name}","1","7","(128, 1, 1)","{grid}","0","9.0","s","{metric}","byte","{val}"')
+    add(0, "warmup", "(1, 1, 1)", "dram__bytes_read.sum", "5")
+    add(1, "iosim_mark_begin", "(3, 1, 1)", "dram__bytes_read.sum", "0")
+    add(2, "_fwd_kernel", "(32, 4, 16)", "l1tex__m_xbar2l1tex_read_bytes.sum", "1,234,567")
+    add(3, "_combine_kernel", "(4, 1, 1)", "l1tex__m_xbar2l1tex_read_bytes.sum", "33")
+    add(4, "iosim_mark_end", "(1, 1, 1)", "dram__bytes_read.sum", "0")
+    add(5, "after", "(1, 1, 1)", "dram__bytes_read.sum", "9")
+    got = parse_ncu_csv("==PROF== Connected\n" + "\n".join(rows))
+    assert list(got) == [2]
+    assert got[2]["l1tex__m_xbar2l1tex_read_bytes.sum"] == 1234600
+    assert "_fwd_kernel grid(32, 4, 16)" in got[2]["kernels"] and "_combine_kernel" in got[2]["kernels"]
+
+
+def test_reports_from_results(tmp_path):
+    from iosim.validate import Case, Result, write_reports
+    c1 = Case("iosim-triton", 1, 2, 2, 256, 256, 64, True, (128, 64, 4, 3), use_tma=False, q_order="descending")
+    c2 = Case("flex", 1, 2, 2, 256, 256, 64, True)
+    res = [Result(c1, 0.1, 400.0, 1e-3, 1000, {"l1tex__m_xbar2l1tex_read_bytes.sum": 1000}),
+           Result(c2, 0.12, 350.0, 1e-3, 1000)]
+    csv_path, md_path = write_reports(res, str(tmp_path), "t")
+    md = open(md_path).read()
+    assert "| B1 H2 N256 d64 causal | 400.0 | 350.0 | 1.143 | 128x64x4x3/tma=0/q-desc |" in md
+    assert "| iosim-triton | B1 H2 N256 d64 causal | 128x64x4x3/tma=0/q-desc | 1000 | 1000 | 0.000 |" in md
+    assert open(csv_path).read().count("\n") == 3
+
+
+def test_validate_cli_without_gpu_fails_clearly(capsys):
+    import importlib.util
+    from iosim.cli import main
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is present")
+    assert main(["validate", "--no-ncu", "--seqs", "256"]) == 2
+    assert "needs" in capsys.readouterr().err
+    assert main(["validate", "--impls", "nope"]) == 2
