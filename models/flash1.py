@@ -77,7 +77,9 @@ def build(p: Problem, cfg: KernelConfig, hw=None) -> Schedule:
     b, h, i, j = var("b"), var("h"), var("i"), var("j")
     grid = (GridAxis("b", b, p.batch), GridAxis("h", h, p.heads))
     rows, cols = Span(i, br, p.seq_q), Span(j, bc, p.seq_kv)
-    init = Kernel("flash1_init", grid, (Buffer("zero", (br, d), e, space="reg"),), (
+    init_buffers = (Buffer("o", (br, d), e, space="reg"), Buffer("l", (br,), STAT_BYTES, space="reg"),
+                    Buffer("m", (br,), STAT_BYTES, space="reg"))
+    init = Kernel("flash1_init", grid, init_buffers, (
         Loop(i, 0, tr, (
             Compute("init", ("o", "l", "m")),
             Store("o", q_tile(p, "O", b, h, rows)),

@@ -61,7 +61,9 @@ def build(p: Problem, cfg: KernelConfig, hw=None) -> Schedule:
             Loop(j, 0, tn, (Store("s", score_tile(p, "P", b, h, rows, cols_j)),)),
         )
     else:
-        sm_buffers = (Buffer("s", (bm, bn), e, pipelined=True),)
+        # running row max and sum of the online pass live in registers (fp32)
+        sm_buffers = (Buffer("s", (bm, bn), e, pipelined=True), Buffer("m", (bm,), 4, space="reg"),
+                      Buffer("l", (bm,), 4, space="reg"))
         sm_body = (
             Loop(j, 0, tn, (Load("s", score_tile(p, "S", b, h, rows, cols_j)),
                             Compute("softmax_stats", ("s",), exp=(Work(1, (rows, cols_j)),), other=(Work(4, (rows, cols_j)),)))),
