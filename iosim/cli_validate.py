@@ -22,8 +22,8 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def add_parser(sub) -> None:
     p = sub.add_parser(COMMAND, help="on a GPU: time our Triton kernel, FlexAttention and SDPA; ncu counters vs iosim")
-    p.add_argument("--out", default="reports/validation/h100", help="report folder (default reports/validation/h100)")
-    p.add_argument("--prefix", default="validation", help="file name stem of the CSV/markdown/plot")
+    p.add_argument("--out", default=None, help="report folder (default reports/validation/<gpu>, e.g. .../h100)")
+    p.add_argument("--prefix", default="speed_validate", help="file name stem of the CSV/markdown/plot")
     p.add_argument("--seqs", type=_ints, default=(4096, 8192, 16384, 32768, 65536), help="sequence lengths, e.g. 4096,8192")
     p.add_argument("--head-dims", type=_ints, default=(64, 128))
     p.add_argument("--impls", default="iosim-triton,flex,sdpa-flash,sdpa-cudnn", help="comma-separated implementations")
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace, out: IO[str]) -> int:
         out.write(msg + "\n")
         out.flush()
 
-    v.validate(args.out, args.seqs, args.head_dims, impls, ncu=not args.no_ncu, ncu_seqs=args.ncu_seqs, log=log,
-               prefix=args.prefix)
-    out.write(f"reports written under {args.out}/{args.prefix}.*\n")
+    results = v.validate(args.out, args.seqs, args.head_dims, impls, ncu=not args.no_ncu, ncu_seqs=args.ncu_seqs,
+                         log=log, prefix=args.prefix)
+    out.write(f"{len(results)} cases; reports written as {args.prefix}.csv/.md/_sm_read.png\n")
     return 0

@@ -412,7 +412,7 @@ def run_ncu(cases: list[Case], workdir: str, timeout_s: int = 900, log=print) ->
     if ncu is None:
         return {}, "ncu: missing (times only)"
     os.makedirs(workdir, exist_ok=True)
-    cp = os.path.join(workdir, "ncu_cases.json")
+    cp = os.path.join(workdir, "triton_ncu_cases.json")
     json.dump([asdict(c) for c in cases], open(cp, "w"))
     cmd = [ncu, "--target-processes", "all", "--clock-control", "none", "--cache-control", "all", "--csv",
            "--metrics", ",".join(NCU_METRICS), sys.executable, "-m", "iosim.validate", "--child", cp]
@@ -421,7 +421,7 @@ def run_ncu(cases: list[Case], workdir: str, timeout_s: int = 900, log=print) ->
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return {}, f"ncu: timed out after {timeout_s} s (no CSV: ncu writes it at exit)"
-    raw = os.path.join(workdir, "ncu_raw.csv")
+    raw = os.path.join(workdir, "triton_ncu_raw.csv")
     open(raw, "w").write(p.stdout)
     if p.returncode != 0:
         log(p.stderr[-2000:])
@@ -563,11 +563,13 @@ def plot_sm_read(results: list[Result], path: str) -> str | None:
     return path
 
 
-def validate(out_dir: str, seqs, head_dims, impls=IMPLS, configs=None, ncu: bool = True, ncu_seqs=(4096, 16384),
-             log=print, prefix: str = "validation") -> list[Result]:
-    """The `iosim validate` sweep: speed of every implementation on every shape, then ncu counters on a subset."""
-    import torch
-    _need_gpu()
+def validate(out_dir: str | None, seqs, head_dims, impls=IMPLS, configs=None, ncu: bool = True,
+             ncu_seqs=(4096, 16384), log=print, prefix: str = "speed_validate") -> list[Result]:
+    """The `iosim validate` sweep: speed of every implementation on every shape, then ncu counters on a subset.
+    out_dir None: reports/validation/<gpu> (``gpu_slug``)."""
+    torch = _need_gpu()
+    if out_dir is None:
+        out_dir = os.path.join("reports", "validation", gpu_slug(torch.cuda.get_device_name()))
     configs = configs or {}
     cases = []
     for (b, h, hk, nq, nkv, d, causal) in speed_shapes(seqs, head_dims):
@@ -589,9 +591,18 @@ def validate(out_dir: str, seqs, head_dims, impls=IMPLS, configs=None, ncu: bool
     dev = torch.cuda.get_device_name()
     header = (f"# Forward attention, bf16, on {dev} (torch {torch.__version__}, triton {_triton_version()})\n\n"
               f"TFLOP/s = 4·d·(visible query-key pairs)·B·H / median time (L2 flushed). {status}.")
-    write_reports(results, out_dir, prefix, header)
+    csv_path, md_path = write_reports(results, out_dir, prefix, header)
     plot_sm_read(results, os.path.join(out_dir, f"{prefix}_sm_read.png"))
+    log(f"wrote {csv_path}, {md_path}")
     return results
+
+
+def gpu_slug(name: str) -> str:
+    """Report folder name of a GPU: 'NVIDIA H100 80GB HBM3' → 'h100'; unknown names → lower-case alphanumerics."""
+    for key in ("H200", "H100", "B200", "A100", "V100", "L40S", "GH200"):
+        if key in name.upper():
+            return key.lower()
+    return "".join(ch for ch in name.lower() if ch.isalnum()) or "gpu"
 
 
 def _triton_version() -> str:

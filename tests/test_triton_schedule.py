@@ -143,3 +143,10 @@ def test_validate_cli_without_gpu_fails_clearly(capsys):
     assert main(["validate", "--no-ncu", "--seqs", "256"]) == 2
     assert "needs" in capsys.readouterr().err
     assert main(["validate", "--impls", "nope"]) == 2
+
+
+def test_gpu_slug():
+    from iosim.validate import gpu_slug
+    assert gpu_slug("NVIDIA H100 80GB HBM3") == "h100"
+    assert gpu_slug("NVIDIA H200") == "h200"
+    assert gpu_slug("Some GPU-9") == "somegpu9"
