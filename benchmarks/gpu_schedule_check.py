@@ -130,7 +130,6 @@ def main():
     auto = {"shape": "B4 H16 N16384 d128 causal", "chosen": repr(best), "tune_s": round(tune_s, 1),
             "time_ms": round(ms, 4), "tflops": round(fl / ms / 1e9, 1)}
     print("auto:", auto, flush=True)
-    del q, k, v
     # ncu on the four cases
     ncu = V.find_ncu()
     status = "ncu: missing"

@@ -31,8 +31,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 
 from iosim.errors import IosimError
 from iosim.problem import KernelConfig, Problem
@@ -193,7 +192,6 @@ def _causal_block_mask(nq: int, nkv: int):
 
 def make_fn(case: Case, q, k, v):
     """A zero-argument callable running the case once (inputs bound). None if the backend refuses the shape."""
-    import torch
     import torch.nn.functional as F
     gqa = case.kv_heads != case.heads
     if case.impl == "iosim-triton":
