@@ -720,3 +720,209 @@ def fit_lower(quantity: sp.Expr, f: sp.Expr, g: sp.Expr, shifts) -> Bound | None
     expr = sp.Rational(cf.numerator, cf.denominator) * f + sp.Rational(cg.numerator, cg.denominator) * g
     check = _linear_constraints(lb - expr, shifts)
     return Bound(cf, cg, expr, bool(check) and all(r >= 0 for _, _, r in check))
+
+
+@dataclass(frozen=True)
+class Theorem:
+    """A Θ/Ω statement checked on a schedule's derived IO (elements, one head, N_q = N_kv = N).
+
+    lower.expr ≤ quantity ≤ upper.expr holds for every point of the regime; the certificate is: after bounding each
+    ceiling/floor (⌈x⌉ ∈ [x, x+1), direction from the sign of the derivative), substituting the regime's shifts
+    (e.g. M = d + m, d = 1 + a with m, a ≥ 0) and clearing denominators, every coefficient is ≥ 0.
+    """
+
+    key: str
+    title: str
+    source: str
+    algorithm: str | None
+    quantity: sp.Expr
+    f: sp.Expr
+    g: sp.Expr
+    regime: tuple[str, ...]
+    asymptotic: str
+    lower: Bound | None
+    upper: Bound | None
+    note: str = ""
+
+    @property
+    def certified(self) -> bool:
+        return all(b is not None and b.certified for b in (self.lower, self.upper) if b is not None) and \
+            (self.lower is not None or self.upper is not None)
+
+
+def _nn(name: str) -> sp.Symbol:
+    return sp.Symbol(name, nonnegative=True)
+
+
+_MU = sp.Symbol("mu", positive=True)  # √M
+
+
+def _fa1_quantity() -> sp.Expr:
+    return _square_problem(symbolic_io("flash1").io_elements).xreplace(fa1_paper_tiles())
+
+
+def _fa1_bwd_quantity() -> sp.Expr:
+    return _square_problem(symbolic_flash1_backward().io_elements).xreplace(fa1_paper_tiles())
+
+
+def block_sparse_flash1_elements() -> sp.Expr:
+    """Block-sparse FlashAttention (FA §3.3, Prop. 4) from Algorithm 1's derived IO: only the inner-loop traffic
+    (Q_i, O_i, ℓ_i, m_i per (i, j) step) runs for the fraction s of nonzero blocks; the init kernel and the K_j, V_j
+    loads are kept whole (an upper bound for masks with empty columns). One head, N_q = N_kv = N, paper tiles."""
+    sio = symbolic_io("flash1")
+    q = (sio.elements(kernels=["flash1_init"]) + sio.elements("read", ["K", "V"], ["flash1_fwd"])
+         + SPARSITY * sio.elements(tensors=["Q", "O", "L", "M"], kernels=["flash1_fwd"]))
+    return _square_problem(q).xreplace(fa1_paper_tiles())
+
+
+def _theorem(key, title, source, algorithm, quantity, f, g, regime, asymptotic, shifts, note="", lower=True, upper=True):
+    lo = fit_lower(quantity, f, g, shifts) if lower else None
+    up = fit_upper(quantity, f, g, shifts) if upper else None
+    return Theorem(key, title, source, algorithm, quantity, f, g, regime, asymptotic, lo, up, note)
+
+
+@lru_cache(maxsize=1)
+def theorems() -> tuple[Theorem, ...]:
+    """Every theorem, with constants fitted and certified (about 2 s of sympy)."""
+    n, d, m = N, D, M
+    fa_regime = ("1 <= d <= M <= N*d", "B_c = ceil(M/(4d)), B_r = min(B_c, d)")
+    fa_shifts = [(M, D + _nn("m")), (D, 1 + _nn("a"))]
+    out = [
+        _theorem("fa1_forward", "FlashAttention forward IO is Θ(N²d²/M)",
+                 "Dao et al. 2022 (arXiv 2205.14135) §3.2 Theorem 2; Algorithm 1", "flash1",
+                 _fa1_quantity(), n**2 * d**2 / m, n * d, fa_regime, "Θ(N²d²/M)", fa_shifts),
+        _theorem("standard_forward", "Standard attention IO is Θ(Nd + N²)",
+                 "Dao et al. 2022 §3.2 Theorem 2 (proof in App. C); Algorithm 0", "standard",
+                 _square_problem(symbolic_io("standard").io_elements).xreplace({SRAM_BYTES: 0}),
+                 n * d + n**2, sp.Integer(0), ("B_r >= d, B_c >= d (tiles at least the head dim)",
+                                              "S row block exceeds SRAM (two-pass softmax)"),
+                 "Θ(Nd + N²)", [(BLOCK_M, D + _nn("r")), (BLOCK_N, D + _nn("c")), (D, 1 + _nn("a"))]),
+        _theorem("block_sparse_forward", "Block-sparse FlashAttention IO is Θ(Nd + s·N²d²/M)",
+                 "Dao et al. 2022 §3.3 Proposition 4 (App. D.1)", "flash1",
+                 block_sparse_flash1_elements(), SPARSITY * n**2 * d**2 / m, n * d,
+                 fa_regime + ("0 < s <= 1 (fraction of nonzero blocks)",), "Θ(Nd + s·N²d²/M)",
+                 [(SPARSITY, 1 / (1 + _nn("sigma")))] + fa_shifts),
+        _theorem("fa1_backward", "FlashAttention backward IO is Θ(N²d²/M)",
+                 "Dao et al. 2022 App. B.4 Theorem 5; Algorithm 4", "flash1_bwd",
+                 _fa1_bwd_quantity(), n**2 * d**2 / m, n * d, fa_regime, "Θ(N²d²/M)", fa_shifts),
+        _theorem("backward_large_cache", "Backward IO with a large cache is Θ((N²d² + Nd³)/M): FlashAttention is optimal",
+                 "Li, Liang, Shi, Song, Zhou 2024 (arXiv 2410.09397) main result, large-cache case M = Ω(d²)",
+                 "flash1_bwd", _fa1_bwd_quantity(), (n**2 * d**2 + n * d**3) / m, n * d,
+                 ("d**2 <= M <= N*d", "B_c = ceil(M/(4d)), B_r = min(B_c, d)"), "Θ((N²d² + Nd³)/M)",
+                 [(M, D**2 + _nn("m")), (D, 1 + _nn("a"))]),
+        _theorem("backward_small_cache_gap", "With a small cache (M < d²) FlashAttention's backward exceeds the tight "
+                 "Θ((N²d + Nd²)/√M) bound by a factor Ω(d/√M)",
+                 "Li et al. 2024 (arXiv 2410.09397) main result, small-cache case M = o(d²); FA App. B.4 Algorithm 4",
+                 "flash1_bwd", _fa1_bwd_quantity(), n**2 * d**2 / m, n * d,
+                 ("d <= M <= d**2", "B_c = ceil(M/(4d)), B_r = min(B_c, d)"), "Ω(N²d²/M) ≥ (d/√M)·(N²d/√M)",
+                 [(M, D + _nn("m")), (D, 1 + _nn("a"))], upper=False,
+                 note="the paper's small-cache backward algorithm is not implemented; this shows the gap"),
+        _theorem("square_tiling_small_cache", "SquareTilingAttention IO is Θ(N²d/√M) for M ≤ d²",
+                 "Saha & Ye 2024 (ICML, arXiv 2402.07443) §3.2 Theorem 3.5; Algorithm 1", "square_tiling",
+                 _square_problem(symbolic_io("square_tiling").io_elements).xreplace(square_paper_tile()),
+                 n**2 * d / sp.sqrt(m), n * d, ("16 <= M <= d**2", "B = floor(sqrt(M/4)) >= 2"), "Θ(N²d/√M)",
+                 [(M, _MU**2), (_MU, 4 + _nn("nu")), (D, 4 + _nn("nu") + _nn("delta"))]),
+    ]
+    return tuple(out)
+
+
+def theorem(key: str) -> Theorem:
+    for t in theorems():
+        if t.key == key:
+            return t
+    raise IosimError(f"unknown theorem {key!r}; known: {', '.join(t.key for t in theorems())}")
+
+
+# --- lower bounds for any algorithm (explicit constants, elements) -------------------------------------------
+
+def visible_pairs(seq_q: int, seq_kv: int, causal: bool) -> int:
+    """Query–key pairs whose score is needed: N_q·N_kv, or under the bottom-right causal mask Σ_r min(N_kv, max(0,
+    r + N_kv − N_q + 1))."""
+    if not causal:
+        return seq_q * seq_kv
+    off = seq_kv - seq_q
+    # rows r with r + off + 1 in [1, N_kv): an arithmetic series; rows beyond see all N_kv keys
+    r_lo = max(0, -off)                    # first row that sees a key
+    r_full = max(r_lo, min(seq_q, seq_kv - off - 1))  # rows < r_full see fewer than N_kv keys
+    partial = sum_range(r_lo + off + 1, r_full + off + 1)
+    return partial + (seq_q - r_full) * seq_kv
+
+
+def sum_range(a: int, b: int) -> int:
+    """a + (a+1) + … + (b−1)."""
+    return (a + b - 1) * (b - a) // 2 if b > a else 0
+
+
+@dataclass(frozen=True)
+class LowerBounds:
+    """Lower bounds on the IO (elements) of ANY algorithm computing exact attention with M elements of fast memory.
+
+    trivial: every needed input element read once, every output element written once.
+    saha_ye_large: Saha & Ye §3.1, Lemmas 3.3–3.4 with the constants carried through: a 2M-partition part
+      holds level-1 vertices of at most 4M trees (dominators, minimum set) plus C ≤ (2M)²/d² 'extra' trees
+      (√C·d ≤ |D| ≤ 2M), d products each, so with P·d products in all, Q ≥ M·(parts − 1) ≥
+      P·d²/(4(M + d²)) − M; Ω(N²d²/M) when M ≥ d².
+    matmul_small: Saha & Ye §3.2 Theorem 3.7: writing each QKᵀ entry when first computed turns an attention
+      algorithm into a matmul one with ≤ P more I/Os; the sequential bound of Irony, Toledo & Tiskin (2004),
+      products/(2√2·√M) − M, then gives P·d/(2√2·√M) − M − P; Ω(N²d/√M) when M < d².
+    P = visible query–key pairs per head × heads. Both hold with standard (non-Strassen) QKᵀ (Saha & Ye §2–3).
+    """
+
+    trivial: int
+    saha_ye_large: float
+    matmul_small: float
+
+    @property
+    def best(self) -> float:
+        return max(self.trivial, self.saha_ye_large, self.matmul_small)
+
+    @property
+    def binding(self) -> str:
+        return max(("trivial", self.trivial), ("saha_ye_large", self.saha_ye_large),
+                   ("matmul_small", self.matmul_small), key=lambda kv: kv[1])[0]
+
+
+def lower_bounds(problem: Problem, fast_memory_elements: int) -> LowerBounds:
+    """Explicit lower bounds (elements) for ``problem`` with M = ``fast_memory_elements`` (see :class:`LowerBounds`)."""
+    p, m = problem, fast_memory_elements
+    if m <= 0:
+        raise IosimError(f"fast memory must be a positive number of elements, got {m}")
+    pairs = visible_pairs(p.seq_q, p.seq_kv, p.causal)
+    heads = p.batch * p.heads
+    d = p.head_dim
+    # trivial: Q rows that see a key, K/V rows some query sees, all of O
+    rows_q = p.seq_q if not p.causal else p.seq_q - max(0, p.seq_q - p.seq_kv)
+    rows_kv = p.seq_kv
+    trivial = heads * (rows_q + p.seq_q) * d + p.batch * p.kv_heads * 2 * rows_kv * d
+    total_pairs = heads * pairs
+    sy = total_pairs * d * d / (4 * (m + d * d)) - m
+    mm = total_pairs * d / (2 * math.sqrt(2) * math.sqrt(m)) - m - total_pairs
+    return LowerBounds(trivial, sy, mm)
+
+
+def schedule_fast_memory_elements(schedule: Schedule) -> int:
+    """M of a schedule: the largest Σ over one kernel's buffers (shared memory, pipelined ×num_stages, and
+    registers) in elements — everything a CTA holds on chip."""
+    from iosim.expr import evaluate as ev
+    stages = getattr(schedule.config, "num_stages", 1)
+    best = 0
+    for k in schedule.kernels:
+        tot = 0
+        for b in k.buffers:
+            n = 1
+            for x in b.shape:
+                n *= int(ev(x, {}))
+            tot += n * (stages if b.pipelined else 1)
+        best = max(best, tot)
+    return best
+
+
+def schedule_io_elements(schedule: Schedule, counts=None) -> int:
+    """The engine's IO of a schedule in elements (bytes of each tensor / its element size)."""
+    from iosim.counts import count
+    c = counts or count(schedule)
+    tot = 0
+    for which in ("read", "write"):
+        for t, v in c.tensor_bytes(which).items():
+            tot += v // schedule.tensors[t].elem_bytes
+    return tot
