@@ -44,7 +44,7 @@ def problem_from_args(a: argparse.Namespace) -> tuple[Problem, KernelConfig]:
 
 # Subcommands that live in their own modules: each module defines ``add_parser(subparsers)`` (registering one
 # subcommand whose name is the module's COMMAND) and ``run(args, out) -> int``. Add a module here to add a command.
-COMMAND_MODULES: tuple[str, ...] = ("iosim.cli_tiles", "iosim.cli_hints", "iosim.cli_report", "iosim.calibrate", "iosim.cli_validate")
+COMMAND_MODULES: tuple[str, ...] = ("iosim.cli_tiles", "iosim.cli_hints", "iosim.cli_report", "iosim.calibrate", "iosim.cli_validate", "iosim.cli_bounds")
 
 
 def _command_modules() -> dict:

@@ -460,7 +460,7 @@ def _build(algorithm: str, variant: Variant) -> Schedule:
 def _from_schedule(algorithm: str, variant: Variant, sched: Schedule) -> SymbolicIO:
     subs = {} if variant.gqa else {GROUP: sp.Integer(1)}  # MHA: kv_head(h) = floor(h/g) with g = 1
     return SymbolicIO(algorithm, variant, MappingProxyType(kernel_io_elements(sched, subs)),
-                      MappingProxyType(_elem_bytes_map(sched)), tuple(sched.notes))
+                      MappingProxyType(_elem_bytes_map(sched)))
 
 
 @lru_cache(maxsize=64)

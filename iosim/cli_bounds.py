@@ -1,0 +1,195 @@
+"""``iosim bounds``: an algorithm's symbolic IO, its theorems (regime, asymptotic class, certified constants) and,
+with concrete sizes, the numeric IO against the best lower bound for any algorithm.
+
+    iosim bounds --algorithm flash1 [--json] [--latex]
+    iosim bounds --algorithm flash1 --seq-q 4096 --head-dim 64 --sram-bytes 65536
+
+Sizes use ``iosim predict``'s flag names. M in the theorems is SRAM in elements (FlashAttention §3.1); with
+concrete sizes the lower bound uses the schedule's own fast memory (Σ of its on-chip buffers, in elements).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import IO
+
+import sympy as sp
+
+from iosim.errors import IosimError
+from iosim.problem import DTYPE_BYTES, KernelConfig, Problem
+
+COMMAND = "bounds"
+
+SAHA_YE_SUMMARY = ("any exact algorithm with standard matmul: Θ(min(N²d/√M, N²d²/M)) — Saha & Ye 2024 Thm 3.1 "
+                   "(M ≥ d²: Lemma 3.4, §3.1; M < d²: Thm 3.5 + Thm 3.7, §3.2; crossover M = d²)")
+
+TILE_RULES = {
+    "flash1": "B_c = ceil(M/(4d)), B_r = min(B_c, d)  (FA Algorithm 1, line 1)",
+    "flash1_bwd": "B_c = ceil(M/(4d)), B_r = min(B_c, d)  (FA Algorithm 4, lines 2-4)",
+    "square_tiling": "B_t = floor(sqrt(M/4))  (Saha & Ye Algorithm 1, line 1)",
+}
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(COMMAND, help="symbolic IO, theorems with constants, and lower bounds of an algorithm")
+    p.add_argument("--algorithm", default="flash1", help="algorithm family (see `iosim algorithms`), or flash1_bwd")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--latex", action="store_true", help="print expressions as LaTeX")
+    p.add_argument("--causal", action="store_true", help="the causal variant of the expression")
+    g = p.add_argument_group("concrete sizes (give --seq-q to evaluate)")
+    g.add_argument("--hardware", default="h100", help="profile for the SRAM size when --sram-bytes is not given")
+    g.add_argument("--batch", type=int, default=1)
+    g.add_argument("--heads", type=int, default=1)
+    g.add_argument("--kv-heads", type=int, default=None, help="default = --heads")
+    g.add_argument("--seq-q", type=int, default=None)
+    g.add_argument("--seq-kv", type=int, default=None, help="default = --seq-q")
+    g.add_argument("--head-dim", type=int, default=128)
+    g.add_argument("--dtype", default="bf16", choices=sorted(DTYPE_BYTES))
+    g.add_argument("--block-m", type=int, default=None)
+    g.add_argument("--block-n", type=int, default=None)
+    g.add_argument("--num-stages", type=int, default=2)
+    g.add_argument("--sram-bytes", type=int, default=None, help="on-chip memory per CTA (default: the hardware's)")
+    return p
+
+
+def _fmt(e, latex: bool) -> str:
+    return sp.latex(e) if latex else sp.sstr(e)
+
+
+def _bound_str(b, f, g, latex: bool) -> str | None:
+    if b is None:
+        return None
+    return _fmt(b.expr, latex)
+
+
+def describe(algorithm: str, causal: bool = False, latex: bool = False) -> dict:
+    """Everything ``iosim bounds`` prints without sizes, as a JSON-ready dict."""
+    from iosim import symbolic as S
+    if algorithm == "flash1_bwd":
+        if causal:
+            raise IosimError("flash1_bwd: only the non-causal Algorithm 4 is modelled; drop --causal")
+        sio = S.symbolic_flash1_backward()
+    else:
+        sio = S.symbolic_io(algorithm, causal=causal)
+    ths = [t for t in S.theorems() if t.algorithm == algorithm]
+    if algorithm == "flash1":
+        ths = [t for t in S.theorems() if t.algorithm in ("flash1",)]
+    out = {
+        "algorithm": algorithm,
+        "causal": causal,
+        "units": {"io_bytes": "bytes; e = bytes per element of the problem dtype, statistics fp32 (4 bytes)",
+                  "io_elements": "elements (FlashAttention's HBM accesses)", "M": "SRAM in elements"},
+        "io_bytes": _fmt(sio.io_bytes, latex),
+        "io_elements": _fmt(sio.io_elements, latex),
+        "read_bytes_by_tensor": {t: _fmt(v, latex) for t, v in sio.tensor_bytes("read").items()},
+        "write_bytes_by_tensor": {t: _fmt(v, latex) for t, v in sio.tensor_bytes("write").items()},
+        "tile_rule": TILE_RULES.get(algorithm),
+        "theorems": [{
+            "key": t.key, "title": t.title, "source": t.source, "regime": list(t.regime),
+            "asymptotic": t.asymptotic, "quantity_elements": _fmt(t.quantity, latex),
+            "lower": _bound_str(t.lower, t.f, t.g, latex), "upper": _bound_str(t.upper, t.f, t.g, latex),
+            "constants": {"lower": None if t.lower is None else [str(t.lower.c_f), str(t.lower.c_g)],
+                          "upper": None if t.upper is None else [str(t.upper.c_f), str(t.upper.c_g)]},
+            "f": _fmt(t.f, latex), "g": _fmt(t.g, latex), "certified": t.certified, "note": t.note,
+        } for t in ths],
+        "lower_bounds_any_algorithm": SAHA_YE_SUMMARY,
+        "notes": list(sio.notes),
+    }
+    return out
+
+
+def evaluate_concrete(algorithm: str, problem: Problem, config: KernelConfig, hw) -> dict:
+    """Numeric IO (symbolic expression and engine count, which must agree), fast memory, lower bound, ratio."""
+    from iosim import symbolic as S
+    from iosim.counts import count
+    if algorithm == "flash1_bwd":
+        from iosim.models import flash1
+        br, bc, m = flash1.tiles(problem, config, hw)
+        cfg = config.with_tiles(br, bc)
+        sched = S.flash1_backward_schedule(problem, cfg)
+        sio = S.symbolic_flash1_backward()
+        env = S.bind("flash1", problem, config, hw)
+    else:
+        from iosim.registry import get
+        sched = get(algorithm).build(problem, config, hw)
+        sio = S.symbolic_io(algorithm, causal=bool(problem.causal), gqa=problem.heads != problem.kv_heads)
+        env = S.bind(algorithm, problem, config, hw)
+    c = count(sched)
+    engine_bytes = c.sm_read_bytes + c.sm_write_bytes
+    sym_bytes = S.evaluate_int(sio.io_bytes, env)
+    io_el = S.schedule_io_elements(sched, c)
+    m = S.schedule_fast_memory_elements(sched)
+    lb = S.lower_bounds(problem, m)
+    tm, tn = S.tile_symbols(algorithm if algorithm != "flash1_bwd" else "flash1")
+    return {
+        "problem": {"batch": problem.batch, "heads": problem.heads, "kv_heads": problem.kv_heads,
+                    "seq_q": problem.seq_q, "seq_kv": problem.seq_kv, "head_dim": problem.head_dim,
+                    "dtype": problem.dtype, "causal": problem.causal},
+        "tiles": {"block_m": env[tm], "block_n": env[tn]},
+        "io_bytes": sym_bytes, "engine_io_bytes": engine_bytes, "io_elements": io_el,
+        "fast_memory_elements": m,
+        "lower_bound_elements": {"trivial": lb.trivial, "saha_ye_large": lb.saha_ye_large,
+                                 "matmul_small": lb.matmul_small, "best": lb.best, "binding": lb.binding},
+        "ratio_io_to_lower_bound": io_el / lb.best if lb.best > 0 else None,
+        "regime": "large cache (M >= d^2)" if m >= problem.head_dim ** 2 else "small cache (M < d^2)",
+    }
+
+
+def _problem(args) -> tuple[Problem, KernelConfig]:
+    kv = args.kv_heads if args.kv_heads is not None else args.heads
+    p = Problem(args.batch, args.heads, kv, args.seq_q, args.seq_kv if args.seq_kv is not None else args.seq_q,
+                args.head_dim, args.dtype, args.causal)
+    cfg = KernelConfig(block_m=args.block_m, block_n=args.block_n, num_stages=args.num_stages, sram_bytes=args.sram_bytes)
+    return p, cfg
+
+
+def run(args, out: IO[str]) -> int:
+    info = describe(args.algorithm, args.causal, args.latex)
+    if args.seq_q is not None:
+        hw = None
+        if args.sram_bytes is None:
+            from iosim.hwprofile import load_hardware
+            hw = load_hardware(args.hardware)
+        problem, cfg = _problem(args)
+        info["concrete"] = evaluate_concrete(args.algorithm, problem, cfg, hw)
+        if info["concrete"]["io_bytes"] != info["concrete"]["engine_io_bytes"]:
+            raise IosimError(f"symbolic IO {info['concrete']['io_bytes']} != engine count "
+                             f"{info['concrete']['engine_io_bytes']} (a bug in iosim.symbolic; please report)")
+    if args.json:
+        out.write(json.dumps(info, indent=1, default=str) + "\n")
+        return 0
+    out.write(f"{info['algorithm']}{' (causal)' if info['causal'] else ''}: IO between SRAM and HBM\n")
+    out.write(f"  bytes    = {info['io_bytes']}\n")
+    out.write(f"  elements = {info['io_elements']}\n")
+    out.write("  (B batch, H heads, N_q/N_kv sequence, d head dim, B_r/B_c tiles, e bytes per element; "
+              "statistics fp32; M = SRAM in elements)\n")
+    if info["tile_rule"]:
+        out.write(f"  tile rule: {info['tile_rule']}\n")
+    for t in info["theorems"]:
+        out.write(f"theorem {t['key']}: {t['title']}\n    source: {t['source']}\n")
+        out.write(f"    regime: {'; '.join(t['regime'])}\n    class: {t['asymptotic']}  "
+                  f"({'certified' if t['certified'] else 'NOT certified'})\n")
+        if t["lower"] is not None:
+            out.write(f"    lower: {t['lower']} <= IO_elements\n")
+        if t["upper"] is not None:
+            out.write(f"    upper: IO_elements <= {t['upper']}\n")
+        if t["note"]:
+            out.write(f"    note: {t['note']}\n")
+    out.write(f"lower bounds: {info['lower_bounds_any_algorithm']}\n")
+    for n in info["notes"]:
+        out.write(f"  note: {n}\n")
+    c = info.get("concrete")
+    if c:
+        pr = c["problem"]
+        out.write(f"at B={pr['batch']} H={pr['heads']} Hkv={pr['kv_heads']} Nq={pr['seq_q']} Nkv={pr['seq_kv']} "
+                  f"d={pr['head_dim']} {pr['dtype']}{' causal' if pr['causal'] else ''}, tiles "
+                  f"{c['tiles']['block_m']}x{c['tiles']['block_n']}:\n")
+        out.write(f"  IO = {c['io_bytes']:,} bytes (engine count {c['engine_io_bytes']:,}) = {c['io_elements']:,} elements\n")
+        lb = c["lower_bound_elements"]
+        out.write(f"  fast memory M = {c['fast_memory_elements']:,} elements ({c['regime']})\n")
+        out.write(f"  lower bound = {lb['best']:,.0f} elements ({lb['binding']}; trivial {lb['trivial']:,}, "
+                  f"Saha-Ye large-cache {lb['saha_ye_large']:,.0f}, matmul small-cache {lb['matmul_small']:,.0f})\n")
+        r = c["ratio_io_to_lower_bound"]
+        out.write(f"  ratio IO / lower bound = {r:.3f}\n" if r is not None else "  ratio: -\n")
+    return 0
