@@ -62,6 +62,17 @@ def create_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="count bytes and FLOPs of one attention configuration")
     _add_problem_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--kernel", default=None, choices=["fa2", "triton-tutorial", "iosim-triton"],
+                   help="preset of a real kernel's launch choices (tiles, warps, grid and KV order, registers); "
+                        "overrides --algorithm, tile and order flags")
+    p.add_argument("--no-l2", action="store_true", help="SRAM<->HBM counts only: skip the L2/DRAM model")
+    p.add_argument("--l2-policy", default=None, choices=["lru", "fifo", "mru", "random"],
+                   help="L2 replacement policy (default: the model default, lru)")
+    p.add_argument("--l2-sharing", default=None, choices=["shared", "duplicated"],
+                   help="L2 partitions: one shared cache, or partitions that duplicate lines read from both sides")
+    p.add_argument("--l2-exact", action="store_true", help="simulate every L2 set (no set sampling; slower)")
+    p.add_argument("--cta-jitter", type=float, default=None,
+                   help="spread of per-CTA speeds in the CTA timeline (default: the calibrated 0.25; 0 = lockstep)")
     hw = sub.add_parser("hardware", help="list or show hardware profiles")
     hws = hw.add_subparsers(dest="hw_command", required=True)
     hws.add_parser("list", help="built-in profiles")
@@ -100,7 +111,9 @@ def _print_prediction(pred, out: IO[str]) -> None:
     out.write("writes by tensor: " + ", ".join(f"{t} {_fmt_bytes(v)}" for t, v in d["write_bytes_by_tensor"].items()) + "\n")
     out.write(f"FLOPs: matmul {d['matmul_flops']:.4g}, exp {d['exp_ops']:.4g}, other {d['other_flops']:.4g}\n")
     t = "-" if d["time_s"] is None else f"{d['time_s'] * 1e3:.3f} ms"
-    out.write(f"DRAM read {_fmt_bytes(d['dram_read_bytes'])}, DRAM write {_fmt_bytes(d['dram_write_bytes'])}, time {t}\n")
+    hr = "-" if d.get("l2_hit_rate") is None else f"{100 * d['l2_hit_rate']:.2f}%"
+    out.write(f"DRAM read {_fmt_bytes(d['dram_read_bytes'])}, DRAM write {_fmt_bytes(d['dram_write_bytes'])}, "
+              f"L2 hit rate {hr}, time {t}\n")
 
 
 def run(argv: Sequence[str], out: IO[str]) -> int:
@@ -108,7 +121,14 @@ def run(argv: Sequence[str], out: IO[str]) -> int:
     if args.command == "predict":
         from iosim.predict import predict
         problem, config = problem_from_args(args)
-        pred = predict(load_hardware(args.hardware), problem, config, args.algorithm)
+        hw = load_hardware(args.hardware)
+        geom = None
+        if args.l2_policy or args.l2_sharing:
+            from iosim.l2 import L2Geometry
+            over = {k: v for k, v in (("policy", args.l2_policy), ("sharing", args.l2_sharing)) if v}
+            geom = L2Geometry.from_hardware(hw, **over)
+        pred = predict(hw, problem, config, args.algorithm, kernel=args.kernel, l2=not args.no_l2, l2_geometry=geom,
+                       l2_stride=1 if args.l2_exact else None, cta_jitter=args.cta_jitter)
         if args.json:
             out.write(json.dumps(pred.to_dict(), indent=1) + "\n")
         else:

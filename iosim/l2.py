@@ -7,12 +7,16 @@ Model (parameters from the hardware profile, see ``L2Geometry.from_hardware``):
   nothing from DRAM); a load fetches from DRAM only the requested sectors not already valid in the line.
 * Write-back: a dirty line's dirty sectors go to DRAM when it is evicted; what is still dirty when the trace ends is
   flushed and counted too (the data has to reach DRAM eventually; ncu's dram__bytes_write on FA2 equals O).
-* Replacement per set: ``lru`` (default), ``fifo`` or ``mru``; invalid ways are filled first.
+* Replacement per set: ``lru`` (default), ``fifo``, ``mru`` or ``random`` (a deterministic hash of step, set and
+  way); invalid ways are filled first.
 * Set index: ``modulo`` (line mod sets) or ``rotate`` (line mod sets, rotated by a hash of line // sets in steps of
   ``hash_granule_lines``; a stand-in for the undocumented slice/set hash until issue 9 measures it).
-* Partitions: ``shared`` (one cache, the default) or ``replicated``: each of ``partitions`` partitions is its own
-  cache of sets/partitions sets that sees only the accesses of its SMs (SM s belongs to partition s mod P), the bound
-  where every line read on both sides is duplicated. Misses in both count as DRAM reads (an upper bound).
+* Partitions: ``shared`` (one cache of all the sets) or ``duplicated`` (the H100/A100 organisation, whitepaper "H100
+  L2 cache"; RRZE-HPC/gpu-benches #3, #13): ``partitions`` P caches of sets/P sets each. Every line has a home
+  partition (a hash of its address in granules of ``home_granule_lines``); SM s sits at partition s mod P (assumed).
+  A load looks up its own (near) partition; on a miss for a line homed elsewhere it asks the home partition across
+  the fabric (a hit there costs no DRAM), and both partitions keep a copy. Stores go to the home partition. Data read
+  from both sides thus takes room in both: the effective capacity for it is about half the nominal size.
 
 Algorithm. Sets are independent, so the trace is grouped by set (stable sort, program order kept inside a set) and all
 sets advance in lockstep: step t processes the t-th access of every set that has one, with NumPy over a
@@ -32,9 +36,9 @@ import numpy as np
 
 from iosim.errors import IosimError
 
-POLICIES = ("lru", "fifo", "mru")
+POLICIES = ("lru", "fifo", "mru", "random")
 HASHES = ("modulo", "rotate")
-SHARING = ("shared", "replicated")
+SHARING = ("shared", "duplicated")
 
 
 @dataclass(frozen=True)
@@ -50,10 +54,11 @@ class L2Geometry:
     policy: str = "lru"
     hash: str = "modulo"
     hash_granule_lines: int = 128
+    home_granule_lines: int = 128
     store_allocate: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("size_bytes", "line_bytes", "sector_bytes", "ways", "partitions", "hash_granule_lines"):
+        for name in ("size_bytes", "line_bytes", "sector_bytes", "ways", "partitions", "hash_granule_lines", "home_granule_lines"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise IosimError(f"L2 {name} must be a positive integer, got {v!r}")
@@ -83,14 +88,21 @@ class L2Geometry:
 
     @property
     def sets_per_cache(self) -> int:
-        """Sets of one independent cache: all of them when shared, sets/partitions when replicated."""
-        return self.sets // self.partitions if self.sharing == "replicated" else self.sets
+        """Sets of one cache: all of them when shared, sets/partitions when duplicated."""
+        return self.sets // self.partitions if self.sharing == "duplicated" else self.sets
+
+    @property
+    def num_partitions(self) -> int:
+        """Independent caches simulated (1 when shared)."""
+        return self.partitions if self.sharing == "duplicated" else 1
 
     @classmethod
     def from_hardware(cls, hw, **overrides) -> "L2Geometry":
-        """The profile's L2: size, line, sector, ways (16 if the profile has none: assumed), partitions."""
+        """The profile's L2: size, line, sector, ways (16 if the profile has none: assumed), partitions; a profile
+        with more than one partition gets ``duplicated`` sharing (validated on the H100, reports/validation/h100)."""
+        parts = hw.l2_partitions or 1
         g = cls(size_bytes=hw.l2_size_bytes, line_bytes=hw.l2_line_bytes, sector_bytes=hw.l2_sector_bytes,
-                ways=hw.l2_ways or 16, partitions=hw.l2_partitions or 1)
+                ways=hw.l2_ways or 16, partitions=parts, sharing="duplicated" if parts > 1 else "shared")
         return replace(g, **overrides) if overrides else g
 
     def max_stride(self) -> int:
@@ -99,10 +111,17 @@ class L2Geometry:
         k = n & -n
         if self.hash == "rotate":
             k = min(k, self.hash_granule_lines & -self.hash_granule_lines)
+        if self.sharing == "duplicated":
+            k = min(k, self.home_granule_lines & -self.home_granule_lines)
         return k
 
-    def set_index(self, line: np.ndarray, sm: np.ndarray | None = None) -> np.ndarray:
-        """Global set id of each line (partition-major when replicated)."""
+    def home(self, line: np.ndarray) -> np.ndarray:
+        """Home partition of each line (duplicated sharing)."""
+        g = line // self.home_granule_lines
+        return ((g * 0x9E3779B1) >> 16) % self.partitions
+
+    def set_index(self, line: np.ndarray) -> np.ndarray:
+        """Set of each line within its cache (partition)."""
         n = self.sets_per_cache
         s = line % n
         if self.hash == "rotate":
@@ -112,10 +131,6 @@ class L2Geometry:
                                  f"set count {n}")
             h = ((line // n) * 0x9E3779B1) >> 7
             s = (s + (h % groups) * self.hash_granule_lines) % n
-        if self.sharing == "replicated":
-            if sm is None:
-                raise IosimError("replicated L2 partitions need the SM of each access")
-            s = s + (sm % self.partitions) * n
         return s
 
 
@@ -139,110 +154,201 @@ class L2Result:
         return self.hits / self.accesses if self.accesses else 0.0
 
 
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
-
-
 def _popcount(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.uint32)
-    return _POPCOUNT[x & 255] + _POPCOUNT[(x >> 8) & 255] + _POPCOUNT[(x >> 16) & 255] + _POPCOUNT[x >> 24]
+    return np.bitwise_count(x).astype(np.int64)
+
+
+class _State:
+    """Per-way state of every simulated set: row r holds the ways of all P partitions of set r side by side
+    (columns p·W … p·W+W−1 belong to partition p), so a step works on a contiguous prefix of rows."""
+
+    def __init__(self, rows: int, ways: int, partitions: int, policy: str, tag_dtype, mask_dtype,
+                 store_hits_touch: bool = True):
+        self.policy = policy
+        self.store_hits_touch = store_hits_touch
+        self.W = ways
+        self.P = partitions
+        c = ways * partitions
+        self.BIG = np.iinfo(np.int64).max // 4
+        self.T = np.full((rows, c), -1, dtype=tag_dtype)   # tags (line numbers), -1 = invalid
+        self.S = np.full((rows, c), -1, dtype=np.int64)    # stamps: last use (LRU/MRU) or insertion (FIFO)
+        self.V = np.zeros((rows, c), dtype=mask_dtype)     # valid sector masks
+        self.D = np.zeros((rows, c), dtype=mask_dtype)     # dirty sector masks
+        self.K = np.zeros((rows, c), dtype=np.int32)       # kernel that last dirtied the line
+        self.colpart = (np.arange(c) // ways)[None, :]
+        self.zero = mask_dtype(0)
+
+    def access(self, rows, part, x, s, w, kid, t):
+        """One access per row (``rows``: a prefix slice or distinct row indices) in partition ``part`` (array or
+        None when unpartitioned). Returns (hit, fetched sectors, written-back sectors, their kernel, evicted).
+        Loads fetch the requested sectors not yet valid; stores allocate without fetching."""
+        T = self.T[rows]
+        St = self.S[rows]
+        m = len(x)
+        ar = np.arange(m)
+        r = ar if isinstance(rows, slice) else rows
+        match = T == x[:, None]
+        if part is not None:
+            inp = self.colpart == part[:, None]
+            match &= inp
+        if self.policy == "mru":
+            cand = np.where(T < 0, self.BIG - 1, St)
+        elif self.policy == "random":
+            # invalid ways first, else a deterministic pseudo-random way (hash of step, row and column)
+            rr = r[:, None] if not isinstance(r, slice) else ar[:, None]
+            hsh = ((np.int64(t) * 0x9E3779B1 + rr * 0x85EBCA77 + self.colpart * 0 + np.arange(T.shape[1])[None, :] * 0xC2B2AE3D)
+                   * 0x27D4EB2F) >> 20 & 0xFFFF
+            cand = np.where(T < 0, self.BIG - 1, hsh)
+        else:
+            cand = -St
+        if part is not None:
+            cand = np.where(inp, cand, -self.BIG)
+        way = np.where(match, self.BIG, cand).argmax(axis=1)
+        hit = match[ar, way]
+        old = T[ar, way]
+        ev = ~hit & (old >= 0)
+        z = self.zero
+        v_old = np.where(hit, self.V[r, way], z)
+        d_old = self.D[r, way]
+        k_old = self.K[r, way]
+        fetched = np.where(w, z, s & ~v_old)
+        wb = np.where(ev, d_old, z)
+        self.T[r, way] = x
+        if self.policy == "fifo":
+            self.S[r, way] = np.where(hit, St[ar, way], t)
+        elif self.store_hits_touch:
+            self.S[r, way] = t
+        else:
+            self.S[r, way] = np.where(hit & w, St[ar, way], t)
+        self.V[r, way] = v_old | s
+        self.D[r, way] = np.where(hit, d_old, z) | np.where(w, s, z)
+        self.K[r, way] = np.where(w, kid, np.where(hit, k_old, 0))
+        return hit, fetched, wb, k_old, ev
 
 
 def simulate_lines(sets: np.ndarray, tags: np.ndarray, sectors: np.ndarray, write: np.ndarray, ways: int,
                    policy: str = "lru", kernel: np.ndarray | None = None, num_kernels: int = 1,
-                   store_allocate: bool = True):
+                   near: np.ndarray | None = None, home: np.ndarray | None = None, partitions: int = 1,
+                   pycachesim_stores: bool = False):
     """Exact simulation of an ordered line trace; returns raw (unscaled) counts.
 
-    sets, tags: int arrays (the tag may be the full line number); sectors: requested sector mask per access (uint32);
-    write: bool. Accesses are processed in array order. Returns a dict of totals and per-kernel arrays.
+    sets, tags: int arrays (the tag may be the full line number); sectors: requested sector mask per access;
+    write: bool. Accesses are processed in array order within each set. With ``partitions`` P > 1, ``near`` is the
+    partition of the issuing SM and ``home`` the partition that owns the line: a load looks up its near partition,
+    and on a miss there for a line homed elsewhere, the home partition (a hit there crosses the fabric, a miss reads
+    DRAM); both keep the line (duplication). Stores go to the home partition. Sets are indexed within a partition.
+
+    pycachesim_stores: pycachesim's accounting of stores, for the exactness tests: a store that hits neither counts
+    as a hit nor refreshes the line's LRU position (pycachesim ``Cache__store`` only marks it dirty).
     """
     n = len(sets)
     if policy not in POLICIES:
         raise IosimError(f"unknown replacement policy {policy!r}; known: {', '.join(POLICIES)}")
     kernel = np.zeros(n, dtype=np.int64) if kernel is None else np.asarray(kernel, dtype=np.int64)
-    out = {"accesses": n, "hits": 0, "misses": 0, "evictions": 0, "dirty_evictions": 0,
-           "dram_read_sectors": 0, "dram_write_sectors": 0,
+    out = {"accesses": n, "hits": 0, "misses": 0, "evictions": 0, "dirty_evictions": 0, "flush_lines": 0,
+           "dram_read_sectors": 0, "dram_write_sectors": 0, "fabric_reads": 0,
            "k_read": np.zeros(num_kernels, np.int64), "k_write": np.zeros(num_kernels, np.int64),
            "k_acc": np.bincount(kernel, minlength=num_kernels).astype(np.int64), "k_hit": np.zeros(num_kernels, np.int64)}
     if n == 0:
         return out
+    P = partitions
+    if P > 1 and (near is None or home is None):
+        raise IosimError("a partitioned L2 needs the near and home partition of every access")
+    sectors = np.asarray(sectors)
+    mask_dtype = np.uint8 if int(sectors.max()) < 256 else np.uint32
+    tags = np.asarray(tags, dtype=np.int64)
+    tag_dtype = np.int32 if int(tags.max()) < 2**31 - 1 else np.int64
+    # Per-set sequences as columns of a (steps × sets) matrix; sets ordered by decreasing length, so the sets
+    # active at step t are a prefix of the columns and every step works on contiguous views.
     uniq, set_id = np.unique(sets, return_inverse=True)
     nsets = len(uniq)
-    order = np.argsort(set_id, kind="stable")
     cnt = np.bincount(set_id, minlength=nsets)
-    # Renumber sets by decreasing access count so that the sets active at step t are a prefix.
-    rank = np.argsort(-cnt, kind="stable")
-    cnt_sorted = cnt[rank]
+    rank = np.empty(nsets, dtype=np.int64)
+    rank[np.argsort(-cnt, kind="stable")] = np.arange(nsets)
+    col = rank[set_id]
+    order = np.argsort(set_id, kind="stable")
     first = np.concatenate(([0], np.cumsum(cnt)))[:-1]
-    start = first[rank]
-    tg = np.asarray(tags, dtype=np.int64)[order]
-    sc = np.asarray(sectors, dtype=np.uint32)[order]
-    wr = np.asarray(write, dtype=bool)[order]
-    kid = kernel[order]
+    within = np.empty(n, dtype=np.int64)
+    within[order] = np.arange(n) - first[set_id[order]]
     del order
-    steps = int(cnt_sorted[0])
-    active = _active_counts(cnt_sorted, steps)  # sets with more than t accesses: a prefix
+    steps = int(cnt.max())
+    active = _active_counts(np.sort(cnt)[::-1], steps)
 
-    T = np.full((nsets, ways), -1, dtype=np.int64)        # tags
-    S = np.full((nsets, ways), -1, dtype=np.int64)        # stamps (last use for LRU/MRU, insertion for FIFO)
-    V = np.zeros((nsets, ways), dtype=np.uint32)          # valid sector masks
-    D = np.zeros((nsets, ways), dtype=np.uint32)          # dirty sector masks
-    DK = np.zeros((nsets, ways), dtype=np.int64)          # kernel that last dirtied the line
-    hit_all = np.zeros(len(tg), dtype=bool)
-    fetched = np.zeros(len(tg), dtype=np.uint32)          # sectors read from DRAM by each access
-    wback = np.zeros(len(tg), dtype=np.uint32)            # dirty sectors written back by the eviction it caused
-    wback_k = np.zeros(len(tg), dtype=np.int64)
-    evicted = np.zeros(len(tg), dtype=bool)
-    rows_full = np.arange(nsets)
+    def mat(vals, dtype, fill=0):
+        M = np.full((steps, nsets), fill, dtype=dtype)
+        M[within, col] = vals
+        return M
+
+    X = mat(tags, tag_dtype, -2)
+    SC = mat(sectors, mask_dtype)
+    WR = mat(np.asarray(write, dtype=bool), bool)
+    KI = mat(kernel, np.int32)
+    if P > 1:
+        HM = mat(np.asarray(home, dtype=np.int64), np.int8)
+        NR = mat(np.where(np.asarray(write, dtype=bool), home, near), np.int8)  # stores go to the home partition
+    del within, col
+    st = _State(nsets, ways, P, policy, tag_dtype, mask_dtype, store_hits_touch=not pycachesim_stores)
+    HIT = np.zeros((steps, nsets), dtype=bool)
+    FET = np.zeros((steps, nsets), dtype=mask_dtype)
+    WB = np.zeros((steps, nsets), dtype=mask_dtype)
+    WBK = np.zeros((steps, nsets), dtype=np.int32)
+    EV = np.zeros((steps, nsets), dtype=bool)
+    if P > 1:
+        FAB = np.zeros((steps, nsets), dtype=bool)
+        WB2 = np.zeros((steps, nsets), dtype=mask_dtype)
+        WBK2 = np.zeros((steps, nsets), dtype=np.int32)
+        EV2 = np.zeros((steps, nsets), dtype=bool)
     for t in range(steps):
         m = int(active[t])
-        rows = rows_full[:m]
-        pos = start[:m] + t
-        x = tg[pos]
-        Tm = T[:m]
-        match = Tm == x[:, None]
-        hit = match.any(axis=1)
-        if policy == "mru":
-            # evict the most recently used valid line, after the invalid ways
-            victim = np.where(Tm < 0, np.iinfo(np.int64).max, S[:m]).argmax(axis=1)
-            inv = (Tm < 0).any(axis=1)
-            victim = np.where(inv, (Tm < 0).argmax(axis=1), victim)
-        else:
-            victim = S[:m].argmin(axis=1)
-        way = np.where(hit, match.argmax(axis=1), victim)
-        old_tag = Tm[rows, way]
-        ev = ~hit & (old_tag >= 0)
-        s = sc[pos]
-        w = wr[pos]
-        v_old = np.where(hit, V[rows, way], 0).astype(np.uint32)
-        d_old = D[rows, way]
-        hit_all[pos] = hit
-        fetched[pos] = np.where(w, 0, s & ~v_old)
-        wb = np.where(ev, d_old, 0).astype(np.uint32)
-        wback[pos] = wb
-        wback_k[pos] = DK[rows, way]
-        evicted[pos] = ev
-        T[rows, way] = x
-        if policy == "fifo":
-            S[rows, way] = np.where(hit, S[rows, way], t)
-        else:
-            S[rows, way] = t
-        V[rows, way] = v_old | s
-        D[rows, way] = np.where(hit, d_old, 0).astype(np.uint32) | np.where(w, s, 0).astype(np.uint32)
-        DK[rows, way] = np.where(w, kid[pos], np.where(hit, DK[rows, way], 0))
-    nf = _popcount(fetched)
-    nw = _popcount(wback)
-    flush = _popcount(D.ravel())
-    out["hits"] = int(hit_all.sum())
-    out["misses"] = len(tg) - out["hits"]
-    out["evictions"] = int(evicted.sum())
-    out["dirty_evictions"] = int((evicted & (wback != 0)).sum())
+        x = X[t, :m]
+        s = SC[t, :m]
+        w = WR[t, :m]
+        k = KI[t, :m]
+        q = NR[t, :m] if P > 1 else None
+        h, f, wb, wk, ev = st.access(slice(0, m), q, x, s, w, k, t)
+        if P > 1:
+            hq = HM[t, :m]
+            fwd = ~h & (q != hq)
+            i = np.flatnonzero(fwd)
+            if len(i):
+                h2, f2, wb2, wk2, ev2 = st.access(i, hq[i], x[i], s[i], w[i], k[i], t)
+                # the home copy supplies what it holds; DRAM supplies the rest (requested sectors missing there)
+                f[i] = f2
+                FAB[t, i] = h2
+                WB2[t, i] = wb2
+                WBK2[t, i] = wk2
+                EV2[t, i] = ev2
+        HIT[t, :m] = h
+        FET[t, :m] = f
+        WB[t, :m] = wb
+        WBK[t, :m] = wk
+        EV[t, :m] = ev
+    valid = X != -2
+    nf = _popcount(FET)
+    nw = _popcount(WB)
+    flush = _popcount(st.D.ravel())
+    kv = KI[valid]
+    out["misses"] = int((valid & ~HIT).sum())
+    if pycachesim_stores:
+        HIT &= ~WR
+    out["hits"] = int(HIT.sum())
+    out["evictions"] = int(EV.sum())
+    out["dirty_evictions"] = int((EV & (WB != 0)).sum())
     out["dram_read_sectors"] = int(nf.sum())
     out["dram_write_sectors"] = int(nw.sum() + flush.sum())
-    out["k_read"] = np.bincount(kid, weights=nf, minlength=num_kernels).astype(np.int64)
-    out["k_write"] = (np.bincount(wback_k, weights=nw, minlength=num_kernels)
-                      + np.bincount(DK.ravel(), weights=flush, minlength=num_kernels)).astype(np.int64)
-    out["k_hit"] = np.bincount(kid, weights=hit_all, minlength=num_kernels).astype(np.int64)
-    out["flush_lines"] = int((D.ravel() != 0).sum())
+    out["k_read"] = np.bincount(kv, weights=nf[valid], minlength=num_kernels).astype(np.int64)
+    k_write = np.bincount(WBK.ravel(), weights=nw.ravel(), minlength=num_kernels)
+    if P > 1:
+        nw2 = _popcount(WB2)
+        out["evictions"] += int(EV2.sum())
+        out["dirty_evictions"] += int((EV2 & (WB2 != 0)).sum())
+        out["dram_write_sectors"] += int(nw2.sum())
+        out["fabric_reads"] = int(FAB.sum())
+        k_write = k_write + np.bincount(WBK2.ravel(), weights=nw2.ravel(), minlength=num_kernels)
+    k_write = k_write + np.bincount(st.K.ravel(), weights=flush, minlength=num_kernels)
+    out["k_write"] = k_write.astype(np.int64)
+    out["k_hit"] = np.bincount(kv, weights=HIT[valid], minlength=num_kernels).astype(np.int64)
+    out["flush_lines"] = int((st.D.ravel() != 0).sum())
     return out
 
 
@@ -311,10 +417,14 @@ def simulate(tr: RunTrace, geom: L2Geometry, stride: int | None = None, num_kern
         raise IosimError(f"sampling stride {stride} must be a power of two dividing {geom.max_stride()}")
     nk = int(tr.kernel.max()) + 1 if num_kernels is None and len(tr.kernel) else (num_kernels or 1)
     line, mask, w, sm, kern = expand_lines(tr, geom, stride)
-    sets = geom.set_index(line, sm)
+    sets = geom.set_index(line)
     if not geom.store_allocate:
         raise IosimError("store_allocate=False is not modeled yet")
-    r = simulate_lines(sets, line, mask, w, geom.ways, geom.policy, kern, nk)
+    P = geom.num_partitions
+    near = home = None
+    if P > 1:
+        near, home = sm % P, geom.home(line)
+    r = simulate_lines(sets, line, mask, w, geom.ways, geom.policy, kern, nk, near, home, P)
     k = stride
     per_kernel = tuple((int(r["k_read"][i]) * k, int(r["k_write"][i]) * k, int(r["k_acc"][i]) * k, int(r["k_hit"][i]) * k)
                        for i in range(nk))

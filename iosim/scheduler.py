@@ -77,11 +77,11 @@ def occupancy(kernel: Kernel, hw, smem_per_cta: int, regs_per_thread: int | None
 
 
 def start_times(duration: np.ndarray, slots: int, persistent: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(start tick, slot) of every CTA in linear order; see the module docstring."""
+    """(start time, slot) of every CTA in linear order; see the module docstring. Durations may be floats."""
     P = len(duration)
     if persistent:
         slot = np.arange(P, dtype=np.int64) % slots
-        start = np.zeros(P, dtype=np.int64)
+        start = np.zeros(P, dtype=duration.dtype)
         order = np.argsort(slot, kind="stable")
         d = duration[order]
         cs = np.cumsum(d) - d
@@ -90,15 +90,14 @@ def start_times(duration: np.ndarray, slots: int, persistent: bool = False) -> t
         return start, slot
     if P == 0 or bool(np.all(duration == duration[0])):
         idx = np.arange(P, dtype=np.int64)
-        return (idx // slots) * (int(duration[0]) if P else 0), idx % slots
-    start = np.zeros(P, dtype=np.int64)
+        return (idx // slots) * (duration[0] if P else 0), idx % slots
+    start = np.zeros(P, dtype=duration.dtype)
     slot = np.zeros(P, dtype=np.int64)
     n0 = min(P, slots)
-    start[:n0] = 0
     slot[:n0] = np.arange(n0)
-    heap = [(int(duration[i]), i) for i in range(n0)]
-    heapq.heapify(heap)
     dur = duration.tolist()
+    heap = [(dur[i], i) for i in range(n0)]
+    heapq.heapify(heap)
     for c in range(n0, P):
         t, s = heapq.heappop(heap)
         start[c] = t
@@ -107,9 +106,27 @@ def start_times(duration: np.ndarray, slots: int, persistent: bool = False) -> t
     return start, slot
 
 
-def order_trace(tr: KernelTrace, slots: int, num_sms: int, persistent: bool = False):
-    """Time-order the kernel's accesses: returns (perm, sm, end_tick) where perm sorts the accesses by
-    (global tick, slot, statement order)."""
+def cta_speeds(num_programs: int, jitter: float, seed: int = 0) -> np.ndarray:
+    """Time per tick of every CTA: 1 without jitter, else exp(jitter · z) with z standard normal (fixed seed).
+
+    Real CTAs do not advance in lockstep (clock, memory latency, warp scheduling); a spread of speeds turns the
+    sharp all-or-nothing reuse threshold of an exact lockstep timeline into the gradual one measured on GPUs."""
+    if jitter <= 0:
+        return np.ones(num_programs)
+    z = np.random.default_rng(seed).standard_normal(num_programs)
+    return np.exp(jitter * z)
+
+
+def order_trace(tr: KernelTrace, slots: int, num_sms: int, persistent: bool = False, jitter: float = 0.0):
+    """Time-order the kernel's accesses: returns (perm, sm, end_time) where perm sorts the accesses by
+    (global time, slot, statement order). jitter: spread of per-CTA speeds (``cta_speeds``)."""
+    if jitter > 0:
+        speed = cta_speeds(tr.num_programs, jitter)
+        start, slot = start_times(tr.duration * speed, slots, persistent)
+        t = start[tr.prog] + tr.tick * speed[tr.prog]
+        perm = np.lexsort((tr.order, slot[tr.prog], t))
+        end = float((start + tr.duration * speed).max()) if len(start) else 0.0
+        return perm, (slot[tr.prog] % num_sms)[perm], end
     start, slot = start_times(tr.duration, slots, persistent)
     t = start[tr.prog] + tr.tick
     sl = slot[tr.prog]
