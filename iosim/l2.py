@@ -163,9 +163,11 @@ class _State:
     (columns p·W … p·W+W−1 belong to partition p), so a step works on a contiguous prefix of rows."""
 
     def __init__(self, rows: int, ways: int, partitions: int, policy: str, tag_dtype, mask_dtype,
-                 store_hits_touch: bool = True):
+                 store_hits_touch: bool = True, track_valid: bool = True, track_kernel: bool = True):
         self.policy = policy
         self.store_hits_touch = store_hits_touch
+        self.track_valid = track_valid     # False when every access covers whole lines: valid = all sectors
+        self.track_kernel = track_kernel   # False for one kernel: no attribution needed
         self.W = ways
         self.P = partitions
         c = ways * partitions
@@ -176,7 +178,10 @@ class _State:
         self.D = np.zeros((rows, c), dtype=mask_dtype)     # dirty sector masks
         self.K = np.zeros((rows, c), dtype=np.int32)       # kernel that last dirtied the line
         self.colpart = (np.arange(c) // ways)[None, :]
+        self.cols = np.arange(c)[None, :]
         self.zero = mask_dtype(0)
+        self.ar = np.arange(rows)
+        self.kzero = np.zeros(rows, dtype=np.int32)
 
     def access(self, rows, part, x, s, w, kid, t):
         """One access per row (``rows``: a prefix slice or distinct row indices) in partition ``part`` (array or
@@ -185,7 +190,7 @@ class _State:
         T = self.T[rows]
         St = self.S[rows]
         m = len(x)
-        ar = np.arange(m)
+        ar = self.ar[:m]
         r = ar if isinstance(rows, slice) else rows
         match = T == x[:, None]
         if part is not None:
@@ -195,9 +200,7 @@ class _State:
             cand = np.where(T < 0, self.BIG - 1, St)
         elif self.policy == "random":
             # invalid ways first, else a deterministic pseudo-random way (hash of step, row and column)
-            rr = r[:, None] if not isinstance(r, slice) else ar[:, None]
-            hsh = ((np.int64(t) * 0x9E3779B1 + rr * 0x85EBCA77 + self.colpart * 0 + np.arange(T.shape[1])[None, :] * 0xC2B2AE3D)
-                   * 0x27D4EB2F) >> 20 & 0xFFFF
+            hsh = ((np.int64(t) * 0x9E3779B1 + r[:, None] * 0x85EBCA77 + self.cols * 0xC2B2AE3D) * 0x27D4EB2F) >> 20 & 0xFFFF
             cand = np.where(T < 0, self.BIG - 1, hsh)
         else:
             cand = -St
@@ -205,13 +208,15 @@ class _State:
             cand = np.where(inp, cand, -self.BIG)
         way = np.where(match, self.BIG, cand).argmax(axis=1)
         hit = match[ar, way]
-        old = T[ar, way]
-        ev = ~hit & (old >= 0)
+        ev = ~hit & (T[ar, way] >= 0)
         z = self.zero
-        v_old = np.where(hit, self.V[r, way], z)
         d_old = self.D[r, way]
-        k_old = self.K[r, way]
-        fetched = np.where(w, z, s & ~v_old)
+        if self.track_valid:
+            v_old = np.where(hit, self.V[r, way], z)
+            fetched = np.where(w, z, s & ~v_old)
+            self.V[r, way] = v_old | s
+        else:
+            fetched = np.where(hit | w, z, s)
         wb = np.where(ev, d_old, z)
         self.T[r, way] = x
         if self.policy == "fifo":
@@ -220,9 +225,12 @@ class _State:
             self.S[r, way] = t
         else:
             self.S[r, way] = np.where(hit & w, St[ar, way], t)
-        self.V[r, way] = v_old | s
         self.D[r, way] = np.where(hit, d_old, z) | np.where(w, s, z)
-        self.K[r, way] = np.where(w, kid, np.where(hit, k_old, 0))
+        if self.track_kernel:
+            k_old = self.K[r, way]
+            self.K[r, way] = np.where(w, kid, np.where(hit, k_old, 0))
+        else:
+            k_old = self.kzero[:m]
         return hit, fetched, wb, k_old, ev
 
 
@@ -287,7 +295,9 @@ def simulate_lines(sets: np.ndarray, tags: np.ndarray, sectors: np.ndarray, writ
         HM = mat(np.asarray(home, dtype=np.int64), np.int8)
         NR = mat(np.where(np.asarray(write, dtype=bool), home, near), np.int8)  # stores go to the home partition
     del within, col
-    st = _State(nsets, ways, P, policy, tag_dtype, mask_dtype, store_hits_touch=not pycachesim_stores)
+    full = (1 << int(sectors.max()).bit_length()) - 1
+    st = _State(nsets, ways, P, policy, tag_dtype, mask_dtype, store_hits_touch=not pycachesim_stores,
+                track_valid=not bool(np.all(sectors == full)), track_kernel=num_kernels > 1)
     HIT = np.zeros((steps, nsets), dtype=bool)
     FET = np.zeros((steps, nsets), dtype=mask_dtype)
     WB = np.zeros((steps, nsets), dtype=mask_dtype)
