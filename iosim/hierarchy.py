@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from iosim.counts import sram_bytes
-from iosim.l2 import L2Geometry, L2Result, RunTrace, simulate
+from iosim.l2 import L2Geometry, L2Result, RunTrace, simulate_owned
 from iosim.layout import layout
 from iosim.schedule import Schedule
 from iosim.scheduler import Occupancy, occupancy, order_trace
@@ -64,10 +64,15 @@ def build_trace(schedule: Schedule, hw, regs_per_thread: int | None = None, pers
         tr = expand_kernel(schedule, k, lay)
         occ = occupancy(k, hw, sram_bytes(k, getattr(cfg, "num_stages", 1)), regs_per_thread)
         perm, sm, end = order_trace(tr, occ.slots, hw.sm_count, persistent, jitter)
-        parts.append((tr.addr[perm], tr.nbytes[perm], tr.write[perm], sm, np.full(len(perm), ki, dtype=np.int64)))
+        parts.append((tr.addr[perm], tr.nbytes[perm], tr.write[perm], sm.astype(np.int16),
+                      np.full(len(perm), ki, dtype=np.int8 if len(schedule.kernels) < 128 else np.int64)))
         info.append((k.name, occ, end))
-        del tr, perm
-    cat = [np.concatenate([p[i] for p in parts]) if parts else np.zeros(0, np.int64) for i in range(5)]
+        del tr, perm, sm
+    if len(parts) == 1:
+        cat = list(parts[0])
+    else:
+        cat = [np.concatenate([p[i] for p in parts]) if parts else np.zeros(0, np.int64) for i in range(5)]
+    del parts
     return RunTrace(cat[0], cat[1], cat[2].astype(bool), cat[3], cat[4]), info
 
 
@@ -76,8 +81,10 @@ def simulate_schedule(schedule: Schedule, hw, geometry: L2Geometry | None = None
                       jitter: float = DEFAULT_JITTER) -> HierarchyResult:
     """DRAM traffic of a schedule on ``hw``. stride: set-sampling stride (None = automatic, 1 = every set)."""
     geom = geometry or L2Geometry.from_hardware(hw)
-    trace, info = build_trace(schedule, hw, regs_per_thread, persistent, jitter)
-    res = simulate(trace, geom, stride=stride, num_kernels=len(schedule.kernels), min_sets=min_sets)
+    holder = [build_trace(schedule, hw, regs_per_thread, persistent, jitter)]
+    info = holder[0][1]
+    holder = [holder[0][0]]  # only this list refers to the trace: simulate_owned frees it after expansion
+    res = simulate_owned(holder, geom, stride=stride, num_kernels=len(schedule.kernels), min_sets=min_sets)
     kernels = tuple(KernelL2(name, occ, end, r * geom.sector_bytes, w * geom.sector_bytes, acc, hit)
                     for (name, occ, end), (r, w, acc, hit) in zip(info, res.per_kernel))
     notes = []

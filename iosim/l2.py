@@ -183,32 +183,19 @@ class _State:
         self.ar = np.arange(rows)
         self.kzero = np.zeros(rows, dtype=np.int32)
 
-    def access(self, rows, part, x, s, w, kid, t):
-        """One access per row (``rows``: a prefix slice or distinct row indices) in partition ``part`` (array or
-        None when unpartitioned). Returns (hit, fetched sectors, written-back sectors, their kernel, evicted).
-        Loads fetch the requested sectors not yet valid; stores allocate without fetching."""
-        T = self.T[rows]
-        St = self.S[rows]
-        m = len(x)
-        ar = self.ar[:m]
-        r = ar if isinstance(rows, slice) else rows
-        match = T == x[:, None]
-        if part is not None:
-            inp = self.colpart == part[:, None]
-            match &= inp
+    def _cand(self, T, St, r, t):
+        """Victim preference per way (larger = evicted first), before restricting to a partition."""
         if self.policy == "mru":
-            cand = np.where(T < 0, self.BIG - 1, St)
-        elif self.policy == "random":
+            return np.where(T < 0, self.BIG - 1, St)
+        if self.policy == "random":
             # invalid ways first, else a deterministic pseudo-random way (hash of step, row and column)
             hsh = ((np.int64(t) * 0x9E3779B1 + r[:, None] * 0x85EBCA77 + self.cols * 0xC2B2AE3D) * 0x27D4EB2F) >> 20 & 0xFFFF
-            cand = np.where(T < 0, self.BIG - 1, hsh)
-        else:
-            cand = -St
-        if part is not None:
-            cand = np.where(inp, cand, -self.BIG)
-        way = np.where(match, self.BIG, cand).argmax(axis=1)
-        hit = match[ar, way]
-        ev = ~hit & (T[ar, way] >= 0)
+            return np.where(T < 0, self.BIG - 1, hsh)
+        return -St  # LRU and FIFO: the oldest stamp (invalid ways have −1)
+
+    def _update(self, r, way, hit, old_tag, old_stamp, x, s, w, kid, t):
+        """Install/refresh line x at (r, way); returns (fetched sectors, written-back sectors, their kernel, evicted)."""
+        ev = ~hit & (old_tag >= 0)
         z = self.zero
         d_old = self.D[r, way]
         if self.track_valid:
@@ -220,18 +207,61 @@ class _State:
         wb = np.where(ev, d_old, z)
         self.T[r, way] = x
         if self.policy == "fifo":
-            self.S[r, way] = np.where(hit, St[ar, way], t)
+            self.S[r, way] = np.where(hit, old_stamp, t)
         elif self.store_hits_touch:
             self.S[r, way] = t
         else:
-            self.S[r, way] = np.where(hit & w, St[ar, way], t)
+            self.S[r, way] = np.where(hit & w, old_stamp, t)
         self.D[r, way] = np.where(hit, d_old, z) | np.where(w, s, z)
         if self.track_kernel:
             k_old = self.K[r, way]
             self.K[r, way] = np.where(w, kid, np.where(hit, k_old, 0))
         else:
-            k_old = self.kzero[:m]
-        return hit, fetched, wb, k_old, ev
+            k_old = self.kzero[:len(r)]
+        return fetched, wb, k_old, ev
+
+    def access(self, m, x, s, w, kid, t):
+        """Unpartitioned: one access in each of rows 0…m−1. Returns (hit, fetched, written back, its kernel, evicted)."""
+        T = self.T[:m]
+        St = self.S[:m]
+        ar = self.ar[:m]
+        match = T == x[:, None]
+        way = np.where(match, self.BIG, self._cand(T, St, ar, t)).argmax(axis=1)
+        hit = match[ar, way]
+        f, wb, wk, ev = self._update(ar, way, hit, T[ar, way], St[ar, way], x, s, w, kid, t)
+        return hit, f, wb, wk, ev
+
+    def access2(self, m, q, h, x, s, w, kid, t):
+        """Partitioned: rows 0…m−1 look up partition q; those that miss there for a line homed at h ≠ q then look
+        up partition h (one tag comparison serves both). Returns the near results and (index, home hit, fetched,
+        written back, its kernel, evicted) of the second lookups."""
+        T = self.T[:m]
+        St = self.S[:m]
+        ar = self.ar[:m]
+        eq = T == x[:, None]
+        inq = self.colpart == q[:, None]
+        cand = self._cand(T, St, ar, t)
+        mq = eq & inq
+        wq = np.where(mq, self.BIG, np.where(inq, cand, -self.BIG)).argmax(axis=1)
+        hit = mq[ar, wq]
+        fwd = np.flatnonzero(~hit & (q != h))
+        # the second lookup reads the state before the first update (different columns: no interference)
+        if len(fwd):
+            Tf, Sf, cf, hf = T[fwd], St[fwd], cand[fwd], h[fwd]
+            inh = self.colpart == hf[:, None]
+            mh = (Tf == x[fwd][:, None]) & inh
+            wh = np.where(mh, self.BIG, np.where(inh, cf, -self.BIG)).argmax(axis=1)
+            af = self.ar[:len(fwd)]
+            hit2 = mh[af, wh]
+            old2, st2 = Tf[af, wh], Sf[af, wh]
+        f, wb, wk, ev = self._update(ar, wq, hit, T[ar, wq], St[ar, wq], x, s, w, kid, t)
+        if len(fwd):
+            f2, wb2, wk2, ev2 = self._update(fwd, wh, hit2, old2, st2, x[fwd], s[fwd], w[fwd],
+                                             None if kid is None else kid[fwd], t)
+            second = (fwd, hit2, f2, wb2, wk2, ev2)
+        else:
+            second = None
+        return hit, f, wb, wk, ev, second
 
 
 def simulate_lines(sets: np.ndarray, tags: np.ndarray, sectors: np.ndarray, write: np.ndarray, ways: int,
@@ -252,7 +282,7 @@ def simulate_lines(sets: np.ndarray, tags: np.ndarray, sectors: np.ndarray, writ
     n = len(sets)
     if policy not in POLICIES:
         raise IosimError(f"unknown replacement policy {policy!r}; known: {', '.join(POLICIES)}")
-    kernel = np.zeros(n, dtype=np.int64) if kernel is None else np.asarray(kernel, dtype=np.int64)
+    kernel = np.zeros(n, dtype=np.int8) if kernel is None else np.asarray(kernel, dtype=np.int64)
     out = {"accesses": n, "hits": 0, "misses": 0, "evictions": 0, "dirty_evictions": 0, "flush_lines": 0,
            "dram_read_sectors": 0, "dram_write_sectors": 0, "fabric_reads": 0,
            "k_read": np.zeros(num_kernels, np.int64), "k_write": np.zeros(num_kernels, np.int64),
@@ -268,17 +298,28 @@ def simulate_lines(sets: np.ndarray, tags: np.ndarray, sectors: np.ndarray, writ
     tag_dtype = np.int32 if int(tags.max()) < 2**31 - 1 else np.int64
     # Per-set sequences as columns of a (steps × sets) matrix; sets ordered by decreasing length, so the sets
     # active at step t are a prefix of the columns and every step works on contiguous views.
-    uniq, set_id = np.unique(sets, return_inverse=True)
-    nsets = len(uniq)
+    sets = np.asarray(sets, dtype=np.int64)
+    smax = int(sets.max()) + 1
+    if smax <= 4 * n + 1024:   # dense set ids: remap through a table instead of sorting
+        present = np.bincount(sets, minlength=smax) > 0
+        remap = np.cumsum(present) - 1
+        set_id = remap[sets]
+        nsets = int(present.sum())
+    else:
+        _, set_id = np.unique(sets, return_inverse=True)
+        nsets = int(set_id.max()) + 1
     cnt = np.bincount(set_id, minlength=nsets)
-    rank = np.empty(nsets, dtype=np.int64)
+    rank = np.empty(nsets, dtype=np.int32)
     rank[np.argsort(-cnt, kind="stable")] = np.arange(nsets)
     col = rank[set_id]
-    order = np.argsort(set_id, kind="stable")
+    # position of each access within its set's sequence; a stable sort on small ints is a radix sort
+    key = set_id.astype(np.int16) if nsets < 2**15 else (set_id.astype(np.int32) if nsets < 2**31 else set_id)
+    order = np.argsort(key, kind="stable")
+    del key
     first = np.concatenate(([0], np.cumsum(cnt)))[:-1]
-    within = np.empty(n, dtype=np.int64)
+    within = np.empty(n, dtype=np.int32 if n < 2**31 else np.int64)
     within[order] = np.arange(n) - first[set_id[order]]
-    del order
+    del order, set_id
     steps = int(cnt.max())
     active = _active_counts(np.sort(cnt)[::-1], steps)
 
@@ -287,10 +328,11 @@ def simulate_lines(sets: np.ndarray, tags: np.ndarray, sectors: np.ndarray, writ
         M[within, col] = vals
         return M
 
+    multi = num_kernels > 1
     X = mat(tags, tag_dtype, -2)
     SC = mat(sectors, mask_dtype)
     WR = mat(np.asarray(write, dtype=bool), bool)
-    KI = mat(kernel, np.int32)
+    KI = mat(kernel, np.int32) if num_kernels > 1 else np.zeros((steps, 1), np.int32)
     if P > 1:
         HM = mat(np.asarray(home, dtype=np.int64), np.int8)
         NR = mat(np.where(np.asarray(write, dtype=bool), home, near), np.int8)  # stores go to the home partition
@@ -301,43 +343,43 @@ def simulate_lines(sets: np.ndarray, tags: np.ndarray, sectors: np.ndarray, writ
     HIT = np.zeros((steps, nsets), dtype=bool)
     FET = np.zeros((steps, nsets), dtype=mask_dtype)
     WB = np.zeros((steps, nsets), dtype=mask_dtype)
-    WBK = np.zeros((steps, nsets), dtype=np.int32)
+    WBK = np.zeros((steps, nsets) if num_kernels > 1 else (steps, 1), dtype=np.int32)
     EV = np.zeros((steps, nsets), dtype=bool)
     if P > 1:
         FAB = np.zeros((steps, nsets), dtype=bool)
         WB2 = np.zeros((steps, nsets), dtype=mask_dtype)
-        WBK2 = np.zeros((steps, nsets), dtype=np.int32)
+        WBK2 = np.zeros((steps, nsets) if num_kernels > 1 else (steps, 1), dtype=np.int32)
         EV2 = np.zeros((steps, nsets), dtype=bool)
     for t in range(steps):
         m = int(active[t])
         x = X[t, :m]
         s = SC[t, :m]
         w = WR[t, :m]
-        k = KI[t, :m]
-        q = NR[t, :m] if P > 1 else None
-        h, f, wb, wk, ev = st.access(slice(0, m), q, x, s, w, k, t)
-        if P > 1:
-            hq = HM[t, :m]
-            fwd = ~h & (q != hq)
-            i = np.flatnonzero(fwd)
-            if len(i):
-                h2, f2, wb2, wk2, ev2 = st.access(i, hq[i], x[i], s[i], w[i], k[i], t)
+        k = KI[t, :m] if multi else None
+        if P == 1:
+            h, f, wb, wk, ev = st.access(m, x, s, w, k, t)
+        else:
+            h, f, wb, wk, ev, second = st.access2(m, NR[t, :m], HM[t, :m], x, s, w, k, t)
+            if second is not None:
+                i, h2, f2, wb2, wk2, ev2 = second
                 # the home copy supplies what it holds; DRAM supplies the rest (requested sectors missing there)
                 f[i] = f2
                 FAB[t, i] = h2
                 WB2[t, i] = wb2
-                WBK2[t, i] = wk2
+                if multi:
+                    WBK2[t, i] = wk2
                 EV2[t, i] = ev2
         HIT[t, :m] = h
         FET[t, :m] = f
         WB[t, :m] = wb
-        WBK[t, :m] = wk
+        if multi:
+            WBK[t, :m] = wk
         EV[t, :m] = ev
     valid = X != -2
     nf = _popcount(FET)
     nw = _popcount(WB)
     flush = _popcount(st.D.ravel())
-    kv = KI[valid]
+    kv = KI[valid] if multi else np.zeros(n, np.int32)
     out["misses"] = int((valid & ~HIT).sum())
     if pycachesim_stores:
         HIT &= ~WR
@@ -347,14 +389,15 @@ def simulate_lines(sets: np.ndarray, tags: np.ndarray, sectors: np.ndarray, writ
     out["dram_read_sectors"] = int(nf.sum())
     out["dram_write_sectors"] = int(nw.sum() + flush.sum())
     out["k_read"] = np.bincount(kv, weights=nf[valid], minlength=num_kernels).astype(np.int64)
-    k_write = np.bincount(WBK.ravel(), weights=nw.ravel(), minlength=num_kernels)
+    k_write = np.bincount(WBK.ravel() if multi else np.zeros(nw.size, np.int32), weights=nw.ravel(), minlength=num_kernels)
     if P > 1:
         nw2 = _popcount(WB2)
         out["evictions"] += int(EV2.sum())
         out["dirty_evictions"] += int((EV2 & (WB2 != 0)).sum())
         out["dram_write_sectors"] += int(nw2.sum())
         out["fabric_reads"] = int(FAB.sum())
-        k_write = k_write + np.bincount(WBK2.ravel(), weights=nw2.ravel(), minlength=num_kernels)
+        k_write = k_write + np.bincount(WBK2.ravel() if multi else np.zeros(nw2.size, np.int32), weights=nw2.ravel(),
+                                        minlength=num_kernels)
     k_write = k_write + np.bincount(st.K.ravel(), weights=flush, minlength=num_kernels)
     out["k_write"] = k_write.astype(np.int64)
     out["k_hit"] = np.bincount(kv, weights=HIT[valid], minlength=num_kernels).astype(np.int64)
@@ -385,19 +428,29 @@ def expand_lines(tr: RunTrace, geom: L2Geometry, stride: int = 1, residue: int =
     a = tr.addr
     e = tr.addr + tr.nbytes
     fl = a // lb
-    ll = (e - 1) // lb
     f = fl + ((residue - fl) % stride)
-    cnt = np.where(tr.nbytes > 0, np.maximum((ll - f) // stride + 1, 0), 0)
+    del fl
+    cnt = np.where(tr.nbytes > 0, np.maximum(((e - 1) // lb - f) // stride + 1, 0), 0)
     total = int(cnt.sum())
-    idx = np.repeat(np.arange(len(a)), cnt)
-    off = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(cnt) - cnt, cnt)
-    line = f[idx] + off * stride
-    lo = np.maximum(a[idx], line * lb) - line * lb
-    hi = np.minimum(e[idx], (line + 1) * lb) - line * lb
-    s0 = lo // sb
-    s1 = (hi - 1) // sb
-    mask = ((np.left_shift(np.int64(1), s1 + 1) - 1) ^ (np.left_shift(np.int64(1), s0) - 1)).astype(np.uint32)
-    return line, mask, tr.write[idx], tr.sm[idx], tr.kernel[idx]
+    if bool(np.all(cnt == 1)):
+        idx = None
+        line = f
+    else:
+        idx = np.repeat(np.arange(len(a), dtype=np.int64), cnt)
+        line = np.arange(total, dtype=np.int64)
+        line -= np.repeat(np.cumsum(cnt) - cnt, cnt)
+        line *= stride
+        line += f[idx]
+    del f, cnt
+    g = (lambda v: v) if idx is None else (lambda v: v[idx])
+    base = line * lb
+    s0 = (np.maximum(g(a), base) - base) // sb
+    s1 = (np.minimum(g(e), base + lb) - base - 1) // sb
+    del base
+    mask = ((np.left_shift(np.int64(1), s1 + 1) - 1) ^ (np.left_shift(np.int64(1), s0) - 1)).astype(
+        np.uint8 if geom.sectors_per_line <= 8 else np.uint32)
+    del s0, s1
+    return line, mask, g(tr.write), g(tr.sm), g(tr.kernel)
 
 
 def aligned(tr: RunTrace, geom: L2Geometry, stride: int) -> bool:
@@ -421,24 +474,36 @@ def choose_stride(tr: RunTrace, geom: L2Geometry, min_sets: int = 192) -> int:
 def simulate(tr: RunTrace, geom: L2Geometry, stride: int | None = None, num_kernels: int | None = None,
              min_sets: int = 192) -> L2Result:
     """Run the trace through the L2. stride=None picks one (``choose_stride``); 1 simulates every set exactly."""
+    return simulate_owned([tr], geom, stride, num_kernels, min_sets)
+
+
+def simulate_owned(holder: list, geom: L2Geometry, stride: int | None = None, num_kernels: int | None = None,
+                   min_sets: int = 192) -> L2Result:
+    """``simulate`` for a trace passed as ``[trace]``: the list is emptied once the lines are expanded, so a caller
+    that keeps no other reference lets the byte ranges be freed before the simulation (peak memory)."""
+    tr = holder[0]
     if stride is None:
         stride = choose_stride(tr, geom, min_sets)
     if stride < 1 or stride & (stride - 1) or stride > geom.max_stride():
         raise IosimError(f"sampling stride {stride} must be a power of two dividing {geom.max_stride()}")
-    nk = int(tr.kernel.max()) + 1 if num_kernels is None and len(tr.kernel) else (num_kernels or 1)
-    line, mask, w, sm, kern = expand_lines(tr, geom, stride)
-    sets = geom.set_index(line)
     if not geom.store_allocate:
         raise IosimError("store_allocate=False is not modeled yet")
+    nk = int(tr.kernel.max()) + 1 if num_kernels is None and len(tr.kernel) else (num_kernels or 1)
+    exact = stride == 1 or aligned(tr, geom, stride)
+    line, mask, w, sm, kern = expand_lines(tr, geom, stride)
+    holder.clear()
+    del tr
     P = geom.num_partitions
     near = home = None
     if P > 1:
-        near, home = sm % P, geom.home(line)
-    r = simulate_lines(sets, line, mask, w, geom.ways, geom.policy, kern, nk, near, home, P)
+        near, home = (sm % P).astype(np.int8), geom.home(line).astype(np.int8)
+    del sm
+    sets = geom.set_index(line)
+    r = simulate_lines(sets, line, mask, w, geom.ways, geom.policy, kern if nk > 1 else None, nk, near, home, P)
     k = stride
     per_kernel = tuple((int(r["k_read"][i]) * k, int(r["k_write"][i]) * k, int(r["k_acc"][i]) * k, int(r["k_hit"][i]) * k)
                        for i in range(nk))
     return L2Result(accesses=r["accesses"] * k, hits=r["hits"] * k, misses=r["misses"] * k,
                     evictions=r["evictions"] * k, dirty_evictions=r["dirty_evictions"] * k,
                     dram_read_sectors=r["dram_read_sectors"] * k, dram_write_sectors=r["dram_write_sectors"] * k,
-                    stride=k, exact=(k == 1 or aligned(tr, geom, k)), per_kernel=per_kernel)
+                    stride=k, exact=exact, per_kernel=per_kernel)

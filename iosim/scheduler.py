@@ -128,10 +128,11 @@ def order_trace(tr: KernelTrace, slots: int, num_sms: int, persistent: bool = Fa
         end = float((start + tr.duration * speed).max()) if len(start) else 0.0
         return perm, (slot[tr.prog] % num_sms)[perm], end
     start, slot = start_times(tr.duration, slots, persistent)
-    t = start[tr.prog] + tr.tick
+    t = start[tr.prog] + tr.tick.astype(np.int64)
     sl = slot[tr.prog]
     nord = int(tr.order.max()) + 1 if len(tr.order) else 1
     key = (t * slots + sl) * nord + tr.order
+    del t
     perm = np.argsort(key, kind="stable")
     end = int((start + tr.duration).max()) if len(start) else 0
     return perm, (sl % num_sms)[perm], end

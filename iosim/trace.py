@@ -29,9 +29,9 @@ class KernelTrace:
     name: str
     num_programs: int
     duration: np.ndarray   # ticks per program (linear program id, grid[0] fastest)
-    prog: np.ndarray       # int64
-    tick: np.ndarray       # int64
-    order: np.ndarray      # int64: statement position in program text (orders accesses within one tick)
+    prog: np.ndarray       # int32/int64
+    tick: np.ndarray       # int32/int64
+    order: np.ndarray      # int16: statement position in program text (orders accesses within one tick)
     write: np.ndarray      # bool
     addr: np.ndarray       # int64 byte address
     nbytes: np.ndarray     # int64
@@ -163,12 +163,14 @@ def expand_kernel(schedule: Schedule, kernel: Kernel, lay: Layout) -> KernelTrac
     ex = _Expander(schedule, lay)
     events, cursor = ex.block(kernel.body, env, P)
     if events:
-        prog = np.concatenate([e[0] for e in events])
-        tick = np.concatenate([e[1] for e in events])
-        order = np.concatenate([np.full(len(e[0]), e[2], dtype=np.int64) for e in events])
+        i32 = np.int32 if P < 2**31 and int(cursor.max(initial=0)) < 2**31 else np.int64
+        prog = np.concatenate([e[0].astype(i32) for e in events])
+        tick = np.concatenate([e[1].astype(i32) for e in events])
+        order = np.concatenate([np.full(len(e[0]), e[2], dtype=np.int16) for e in events])
         write = np.concatenate([np.full(len(e[0]), e[3], dtype=bool) for e in events])
         addr = np.concatenate([e[4] for e in events])
         nb = np.concatenate([e[5] for e in events])
+        del events
     else:
         prog = tick = order = addr = nb = np.zeros(0, dtype=np.int64)
         write = np.zeros(0, dtype=bool)
