@@ -77,7 +77,7 @@ def build_trace(schedule: Schedule, hw, regs_per_thread: int | None = None, pers
 
 
 def simulate_schedule(schedule: Schedule, hw, geometry: L2Geometry | None = None, regs_per_thread: int | None = None,
-                      persistent: bool = False, stride: int | None = None, min_sets: int = 192,
+                      persistent: bool = False, stride: int | None = None, min_sets: int = 96,
                       jitter: float = DEFAULT_JITTER) -> HierarchyResult:
     """DRAM traffic of a schedule on ``hw``. stride: set-sampling stride (None = automatic, 1 = every set)."""
     geom = geometry or L2Geometry.from_hardware(hw)

@@ -338,8 +338,12 @@ def simulate_lines(sets: np.ndarray, tags: np.ndarray, sectors: np.ndarray, writ
         NR = mat(np.where(np.asarray(write, dtype=bool), home, near), np.int8)  # stores go to the home partition
     del within, col
     full = (1 << int(sectors.max()).bit_length()) - 1
+    track_valid = not bool(np.all(sectors == full))
+    if P == 1 and policy in ("lru", "fifo") and not track_valid and not multi:
+        return _fast_lockstep(out, X, SC, WR, active, steps, nsets, ways, policy, mask_dtype, tag_dtype,
+                              pycachesim_stores, num_kernels)
     st = _State(nsets, ways, P, policy, tag_dtype, mask_dtype, store_hits_touch=not pycachesim_stores,
-                track_valid=not bool(np.all(sectors == full)), track_kernel=num_kernels > 1)
+                track_valid=track_valid, track_kernel=num_kernels > 1)
     HIT = np.zeros((steps, nsets), dtype=bool)
     FET = np.zeros((steps, nsets), dtype=mask_dtype)
     WB = np.zeros((steps, nsets), dtype=mask_dtype)
@@ -405,6 +409,66 @@ def simulate_lines(sets: np.ndarray, tags: np.ndarray, sectors: np.ndarray, writ
     return out
 
 
+def _fast_lockstep(out, X, SC, WR, active, steps, nsets, ways, policy, mask_dtype, tag_dtype, pycachesim_stores,
+                   num_kernels):
+    """The common case, with fewer NumPy calls per step: one cache (no partitions), LRU or FIFO, every access a
+    whole line, one kernel. Same results as the general loop (tests/test_l2.py compares both with pycachesim)."""
+    C = ways
+    T = np.full(nsets * C, -1, dtype=tag_dtype)      # flat (row-major sets × ways)
+    NS = np.ones(nsets * C, dtype=np.int64)          # minus the stamp; invalid ways +1 (evicted first)
+    D = np.zeros(nsets * C, dtype=mask_dtype)        # dirty sectors
+    HIT = np.zeros((steps, nsets), dtype=bool)
+    OLDV = np.zeros((steps, nsets), dtype=bool)      # the way taken held a valid line
+    DOLD = np.zeros((steps, nsets), dtype=mask_dtype)
+    base = np.arange(nsets, dtype=np.int64) * C
+    BIG = np.iinfo(np.int64).max // 4
+    fifo = policy == "fifo"
+    keep_on_store_hit = pycachesim_stores
+    for t in range(steps):
+        m = int(active[t])
+        x = X[t, :m]
+        Tm = T[:m * C].reshape(m, C)
+        match = Tm == x[:, None]
+        way = np.where(match, BIG, NS[:m * C].reshape(m, C)).argmax(axis=1)
+        idx = base[:m] + way
+        h = match.reshape(-1)[idx]
+        HIT[t, :m] = h
+        OLDV[t, :m] = T[idx] >= 0
+        d_old = D[idx]
+        DOLD[t, :m] = d_old
+        T[idx] = x
+        if fifo:
+            NS[idx] = np.where(h, NS[idx], -t)
+        elif keep_on_store_hit:
+            NS[idx] = np.where(h & WR[t, :m], NS[idx], -t)
+        else:
+            NS[idx] = -t
+        w = WR[t, :m]
+        D[idx] = (d_old * h) | (SC[t, :m] * w)
+    valid = X != -2
+    EV = OLDV & ~HIT & valid
+    WB = np.where(EV, DOLD, 0)
+    fetched = np.where(HIT | WR | ~valid, 0, SC)
+    nf = _popcount(fetched)
+    nw = _popcount(WB)
+    flush = _popcount(D)
+    n = out["accesses"]
+    out["misses"] = int((valid & ~HIT).sum())
+    if pycachesim_stores:
+        HIT &= ~WR
+    out["hits"] = int(HIT.sum())
+    out["evictions"] = int(EV.sum())
+    out["dirty_evictions"] = int((WB != 0).sum())
+    out["dram_read_sectors"] = int(nf.sum())
+    out["dram_write_sectors"] = int(nw.sum() + flush.sum())
+    out["k_read"] = np.array([out["dram_read_sectors"]], dtype=np.int64)
+    out["k_write"] = np.array([out["dram_write_sectors"]], dtype=np.int64)
+    out["k_hit"] = np.array([out["hits"]], dtype=np.int64)
+    out["k_acc"] = np.array([n], dtype=np.int64)
+    out["flush_lines"] = int((D != 0).sum())
+    return out
+
+
 def _active_counts(cnt_sorted: np.ndarray, steps: int) -> np.ndarray:
     """active[t] = #{sets with count > t} for a count array sorted in decreasing order."""
     # cnt_sorted is non-increasing: the sets with count > t form a prefix whose length searchsorted finds.
@@ -461,7 +525,7 @@ def aligned(tr: RunTrace, geom: L2Geometry, stride: int) -> bool:
     return bool(ok.all())
 
 
-def choose_stride(tr: RunTrace, geom: L2Geometry, min_sets: int = 192) -> int:
+def choose_stride(tr: RunTrace, geom: L2Geometry, min_sets: int = 96) -> int:
     """The sampling stride: the largest allowed power of two that still leaves at least ``min_sets`` sets simulated
     (per cache), preferring the largest stride at which the trace is aligned, i.e. sampling stays exact."""
     kmax = geom.max_stride()
@@ -472,13 +536,13 @@ def choose_stride(tr: RunTrace, geom: L2Geometry, min_sets: int = 192) -> int:
 
 
 def simulate(tr: RunTrace, geom: L2Geometry, stride: int | None = None, num_kernels: int | None = None,
-             min_sets: int = 192) -> L2Result:
+             min_sets: int = 96) -> L2Result:
     """Run the trace through the L2. stride=None picks one (``choose_stride``); 1 simulates every set exactly."""
     return simulate_owned([tr], geom, stride, num_kernels, min_sets)
 
 
 def simulate_owned(holder: list, geom: L2Geometry, stride: int | None = None, num_kernels: int | None = None,
-                   min_sets: int = 192) -> L2Result:
+                   min_sets: int = 96) -> L2Result:
     """``simulate`` for a trace passed as ``[trace]``: the list is emptied once the lines are expanded, so a caller
     that keeps no other reference lets the byte ranges be freed before the simulation (peak memory)."""
     tr = holder[0]

@@ -223,3 +223,19 @@ def test_bad_geometry_is_an_iosim_error():
         L2Geometry.from_hardware(HW, policy="plru")
     with pytest.raises(IosimError, match="preset"):
         predict(HW, Problem(1, 1, 1, 128, 128, 64), KernelConfig(), kernel="fa9")
+
+
+@pytest.mark.parametrize("policy", ["lru", "fifo"])
+def test_fast_path_equals_general_loop(policy):
+    # whole-line accesses of one kernel take the fast loop; labelling accesses with two kernels forces the general one
+    rng = np.random.default_rng(7)
+    n = 3000
+    lines = rng.integers(0, 200, n)
+    sets = lines % 8
+    masks = np.full(n, 15, np.uint32)
+    w = rng.random(n) < 0.3
+    fast = simulate_lines(sets, lines, masks, w, 4, policy)
+    general = simulate_lines(sets, lines, masks, w, 4, policy, kernel=np.arange(n) % 2, num_kernels=2)
+    for key in ("hits", "misses", "evictions", "dirty_evictions", "dram_read_sectors", "dram_write_sectors", "flush_lines"):
+        assert fast[key] == general[key], key
+    assert int(general["k_read"].sum()) == fast["dram_read_sectors"]
