@@ -44,8 +44,20 @@ CASES = [
     (18, 4, 16, 16384, 128, 1),
     (19, 1, 8, 16384, 128, 1),
     (20, 1, 64, 4096, 64, 1),
+    # second run (2026-11-25): shapes not used to calibrate the CTA-speed jitter (held out)
+    (21, 1, 16, 24576, 128, 1),
+    (22, 1, 16, 49152, 128, 1),
+    (23, 2, 8, 32768, 128, 1),
+    (24, 1, 24, 16384, 128, 1),
+    (25, 1, 16, 49152, 64, 1),
+    (26, 1, 16, 98304, 64, 1),
+    (27, 1, 16, 49152, 128, 0),
+    (28, 2, 16, 12288, 128, 1),
+    (29, 1, 48, 8192, 128, 1),
+    (30, 1, 12, 40960, 64, 0),
 ]
-GROUPS = [[1, 2, 3, 4, 5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [15, 16, 17, 18, 19, 20]]
+GROUPS = [[1, 2, 3, 4, 5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [15, 16, 17, 18, 19, 20], [21, 22, 23, 24, 25],
+          [26, 27, 28, 29, 30]]
 METRICS = ["dram__bytes_read.sum", "dram__bytes_write.sum", "l1tex__m_xbar2l1tex_read_bytes.sum",
            "lts__t_sectors_srcunit_tex_op_read.sum", "gpu__time_duration.sum"]
 EXTRA_METRICS = ["lts__t_sectors_srcunit_tex_op_read_lookup_hit.sum", "lts__t_sectors_srcunit_ltcfabric.sum"]
