@@ -75,7 +75,10 @@ def min_red_pebbles(g: nx.DiGraph) -> int:
 
 @dataclass(frozen=True)
 class PebbleResult:
-    """Optimal IO (loads + stores) and one optimal move sequence ('load'|'store'|'compute', vertex)."""
+    """Optimal IO (loads + stores) and one optimal move sequence ('load'|'store'|'compute'|'delete', vertex).
+
+    Deletions of pebbles that became dead (every successor computed) are implicit in ``moves``; deletions made to
+    free room are explicit."""
 
     io: int
     loads: int
@@ -138,7 +141,10 @@ def optimal_io(g: nx.DiGraph, sram_elements: int, *, recompute: bool = False,
         return (red, blue, done), nd
 
     def heuristic(red: int, blue: int, nd: int) -> int:
-        return (outputs & ~blue).bit_count() + (((inputs | blue) & ~red & nd).bit_count())
+        h = (outputs & ~blue).bit_count()      # each unsaved output needs its store
+        if not recompute:                       # each needed vertex that is only blue needs a load
+            h += ((inputs | blue) & ~red & nd).bit_count()
+        return h
 
     start, nd0 = canon(0, inputs, 0)
     counter = itertools.count()
@@ -192,11 +198,13 @@ def optimal_io(g: nx.DiGraph, sram_elements: int, *, recompute: bool = False,
             while v:
                 low = v & -v
                 v ^= low
+                victim = nodes[low.bit_length() - 1]
                 if low & ~blue & ~inputs:  # evicting a computed, still-needed vertex: store it first (spill)
-                    push((red & ~low) | bit, nb | low, ndone, step + 1,
-                         move + (("spill", nodes[low.bit_length() - 1]),))
+                    push((red & ~low) | bit, nb | low, ndone, step + 1, move + (("spill", victim),))
+                    if recompute:          # or drop it and compute it again later
+                        push((red & ~low) | bit, nb, ndone, step, move + (("delete", victim),))
                 else:
-                    push((red & ~low) | bit, nb, ndone, step, move)
+                    push((red & ~low) | bit, nb, ndone, step, move + (("delete", victim),))
     raise IosimError("pebble: no complete calculation found (this is a bug: M >= min_red_pebbles should suffice)")
 
 
@@ -212,8 +220,10 @@ def _result(state, cost, parent, nodes, explored, m, recompute) -> PebbleResult:
     moves: list = []
     for move in reversed(steps):
         kind, vertex = move[0], move[1]
-        for extra in move[2:]:
-            moves.append(("store", extra[1]))
+        for extra, victim in move[2:]:
+            if extra == "spill":
+                moves.append(("store", victim))
+            moves.append(("delete", victim))
         moves.append((kind, vertex))
         if kind == "compute" and vertex[0] == "O":
             moves.append(("store", vertex))
