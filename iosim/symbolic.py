@@ -315,9 +315,7 @@ def _sum_term(t: _Term, v: sp.Symbol, lo, hi) -> list[_Term]:
                     u = sp.Dummy(f"{v}_div", integer=True, nonnegative=True)
                     t2 = _Term(t.coeff * den, rest + (Span(u, s.block, s.length),))
                     return _sum_term(t2, u, 0, k)
-    body = t.coeff
-    for s in t.spans:
-        body = body * _extent(s)
+    # general case: an unevaluated Sum over v of the v-dependent factors (spans free of v stay outside)
     const = tuple(s for s in t.spans if v not in _span_free(s))
     body = t.coeff
     for s in t.spans:
@@ -822,6 +820,22 @@ def theorems() -> tuple[Theorem, ...]:
                  _square_problem(symbolic_io("square_tiling").io_elements).xreplace(square_paper_tile()),
                  n**2 * d / sp.sqrt(m), n * d, ("16 <= M <= d**2", "B = floor(sqrt(M/4)) >= 2"), "Θ(N²d/√M)",
                  [(M, _MU**2), (_MU, 4 + _nn("nu")), (D, 4 + _nn("nu") + _nn("delta"))]),
+        _theorem("fa1_optimal_large_cache", "FlashAttention is optimal for large caches: its IO is within a constant "
+                 "factor of the Saha & Ye lower bound for any algorithm",
+                 "Saha & Ye 2024 §3.1 Lemmas 3.3–3.4 (constants: LowerBounds.saha_ye_large); FA Theorem 2", "flash1",
+                 _fa1_quantity(), n**2 * d**2 / (4 * (m + d**2)) - m, sp.Integer(0),
+                 ("d**2 <= M <= N*d/4", "B_c = ceil(M/(4d)), B_r = min(B_c, d)"),
+                 "IO_FA1 = Θ(lower bound) = Θ(N²d²/M)",
+                 [(N, (4 * M + _nn("n")) / D), (M, D**2 + _nn("m")), (D, 1 + _nn("a"))], lower=False),
+        _theorem("square_tiling_optimal_small_cache", "SquareTilingAttention is optimal for small caches: its IO is "
+                 "within a constant factor of the matmul-reduction lower bound for any algorithm",
+                 "Saha & Ye 2024 §3.2 Theorem 3.7 with Irony–Toledo–Tiskin 2004 (1/(2√2) ≥ 35/99); Theorem 3.5",
+                 "square_tiling",
+                 _square_problem(symbolic_io("square_tiling").io_elements).xreplace(square_paper_tile()),
+                 sp.Rational(35, 99) * n**2 * d / sp.sqrt(m) - m - n**2, sp.Integer(0),
+                 ("16 <= M <= d**2/64", "N >= d", "B = floor(sqrt(M/4))"), "IO = Θ(lower bound) = Θ(N²d/√M)",
+                 [(M, _MU**2), (N, D + _nn("nu")), (D, 8 * _MU + _nn("delta")), (_MU, 4 + _nn("eps"))],
+                 lower=False),
     ]
     return tuple(out)
 

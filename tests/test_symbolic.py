@@ -175,6 +175,10 @@ EXPECTED_CONSTANTS = {
     "backward_small_cache_gap": ((4, 7), None),
     # square tiling: 3N²d/B + N²d/B with √M/2 − 1 ≤ B ≤ √M/2, M ≥ 16: 8 below, 18 above.
     "square_tiling_small_cache": ((8, 1), (18, Fraction(9, 2))),
+    # FA1 ≤ 31·N²d²/M when M ≤ Nd/4, and the Saha-Ye bound N²d²/(4(M+d²)) − M ≥ N²d²/(16M) there: 31·16 = 496.
+    "fa1_optimal_large_cache": (None, (496, 0)),
+    # Square tiling vs (35/99)·N²d/√M − M − N² (Irony–Toledo–Tiskin via Thm 3.7) for 16 ≤ M ≤ d²/64, N ≥ d.
+    "square_tiling_optimal_small_cache": (None, (Fraction(169884, 2297), 0)),
 }
 
 
@@ -184,7 +188,10 @@ def test_theorems_certified_with_expected_constants():
     for key, (lo, up) in EXPECTED_CONSTANTS.items():
         t = ths[key]
         assert t.certified, key
-        assert (t.lower.c_f, t.lower.c_g) == tuple(map(Fraction, lo)), key
+        if lo is None:
+            assert t.lower is None
+        else:
+            assert (t.lower.c_f, t.lower.c_g) == tuple(map(Fraction, lo)), key
         if up is None:
             assert t.upper is None
         else:
@@ -341,7 +348,7 @@ def test_cli_bounds_json_latex_and_concrete():
     c = info["concrete"]
     assert c["io_bytes"] == c["engine_io_bytes"] > 0
     assert c["ratio_io_to_lower_bound"] >= 1 and c["regime"].startswith("large")
-    assert {t["key"] for t in info["theorems"]} == {"fa1_forward", "block_sparse_forward"}
+    assert {t["key"] for t in info["theorems"]} == {"fa1_forward", "block_sparse_forward", "fa1_optimal_large_cache"}
     text = _cli("--algorithm", "square_tiling", "--seq-q", "512", "--head-dim", "256", "--sram-bytes", "8192")
     assert "small cache" in text and "ratio IO / lower bound" in text
     bwd = json.loads(_cli("--algorithm", "flash1_bwd", "--json", "--seq-q", "300", "--head-dim", "40",
@@ -355,3 +362,15 @@ def test_cli_bounds_errors():
         _cli("--algorithm", "nope")
     with pytest.raises(IosimError, match="causal"):
         _cli("--algorithm", "square_tiling", "--causal")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 64), st.data())
+def test_fa1_within_496x_of_the_saha_ye_bound_on_engine_counts(d, data):
+    # Theorem fa1_optimal_large_cache at concrete points d² ≤ M ≤ N·d/4, FA1 counted by the engine.
+    n = data.draw(st.integers(4 * d, 6000))
+    m = data.draw(st.integers(d * d, n * d // 4))
+    br, bc = flash1.paper_tiles(m, d)
+    sched = get("flash1").build(Problem(1, 1, 1, n, n, d, "fp32"), KernelConfig(block_m=br, block_n=bc), None)
+    lb = S.lower_bounds(Problem(1, 1, 1, n, n, d, "fp32"), m)
+    assert S.schedule_io_elements(sched) <= 496 * lb.saha_ye_large, (n, d, m)
