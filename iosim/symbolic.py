@@ -545,8 +545,8 @@ def flash1_backward_schedule(p: Problem, cfg: KernelConfig) -> Schedule:
     nest the engine counts too. Tiles B_r = block_m, B_c = block_n (paper: B_c = ⌈M/4d⌉, B_r = min(B_c, d)).
     Line 5: dQ, dK, dV = 0 are written to HBM. Outer loop j (line 6): load K_j, V_j (line 7); inner loop i (line 9):
     load Q_i, O_i, dO_i, dQ_i, ℓ_i, m_i (line 10), write dQ_i (line 21); write dK_j, dV_j (line 24).
-    Per head: writes 3N_q·d… exactly: init 2N_kv·d + N_q·d; reads 2N_kv·d + T_c·(4N_q·d + 2N_q); writes
-    T_c·N_q·d + 2N_kv·d. Non-causal, no dropout.
+    Per head, elements: init writes N_q·d + 2N_kv·d; reads 2N_kv·d + T_c·(4N_q·d + 2N_q); writes T_c·N_q·d + 2N_kv·d
+    (N_q = N_kv = N: 7Nd + T_c·(5Nd + 2N), the count behind Theorem 5). MHA, non-causal, no dropout.
     """
     from iosim.models._common import kv_tile, lse_tensor, q_tile, qkvo_tensors, row_tile
     from iosim.schedule import Buffer, Compute, GridAxis, Kernel, TensorSpec, Work, cdiv
@@ -554,11 +554,14 @@ def flash1_backward_schedule(p: Problem, cfg: KernelConfig) -> Schedule:
     br, bc, d, e = cfg.block_m, cfg.block_n, p.head_dim, p.elem_bytes
     if br is None or bc is None:
         raise IosimError("flash1 backward: give block_m and block_n (paper: B_c = ⌈M/4d⌉, B_r = min(B_c, d))")
+    if p.causal is True or (isinstance(p.heads, int) and p.heads != p.kv_heads):
+        raise IosimError("flash1 backward (Algorithm 4) is modelled for MHA without a causal mask; use kv_heads = "
+                         "heads and drop causal")
     tr, tc = cdiv(p.seq_q, br), cdiv(p.seq_kv, bc)
     b, h, i, j = var("b"), var("h"), var("i"), var("j")
     grid = (GridAxis("b", b, p.batch), GridAxis("h", h, p.heads))
     rows, cols = Span(i, br, p.seq_q), Span(j, bc, p.seq_kv)
-    init = Kernel("flash1_bwd_init", grid, (Buffer("zero", (max(br, bc) if isinstance(br, int) and isinstance(bc, int) else br, d), e, space="reg"),), (
+    init = Kernel("flash1_bwd_init", grid, (Buffer("zero", (br, d), e, space="reg"),), (
         Loop(i, 0, tr, (Store("zero", q_tile(p, "dQ", b, h, rows)),)),
         Loop(j, 0, tc, (Store("zero", kv_tile(p, "dK", b, h, cols)), Store("zero", kv_tile(p, "dV", b, h, cols)))),
     ))
@@ -573,7 +576,8 @@ def flash1_backward_schedule(p: Problem, cfg: KernelConfig) -> Schedule:
     main = Kernel("flash1_bwd", grid, (
         Buffer("k", (bc, d), e), Buffer("v", (bc, d), e), Buffer("dk", (bc, d), e), Buffer("dv", (bc, d), e),
         Buffer("q", (br, d), e), Buffer("o", (br, d), e), Buffer("do", (br, d), e), Buffer("dq", (br, d), e),
-        Buffer("l", (br,), STAT_BYTES), Buffer("m", (br,), STAT_BYTES)), (
+        Buffer("l", (br,), STAT_BYTES), Buffer("m", (br,), STAT_BYTES),
+        Buffer("s", (br, bc), 4, space="reg"), Buffer("dp", (br, bc), 4, space="reg")), (  # S/P and dP/dS tiles
         Loop(j, 0, tc, (
             Load("k", kv_tile(p, "K", b, h, cols)), Load("v", kv_tile(p, "V", b, h, cols)),
             Loop(i, 0, tr, inner),
@@ -654,12 +658,12 @@ def _solve(rows, maximize: bool) -> tuple[Fraction, Fraction] | None:
     # c_f: bound by rows without c_g, and by rows whose c_g coefficient cannot help
     lo_f, hi_f = Fraction(0), None
     for a, b, r in rows:
-        if b == 0 or (maximize and b < 0) or (not maximize and b < 0):
+        if b <= 0:  # c_g cannot help this row: it bounds c_f with c_g = 0
             if a > 0:
                 lo_f = max(lo_f, -r / a)
             elif a < 0:
                 hi_f = -r / a if hi_f is None else min(hi_f, -r / a)
-            elif r < 0 and b == 0:
+            elif r < 0:
                 return None
     cf = hi_f if maximize else lo_f
     if cf is None or (hi_f is not None and cf > hi_f) or cf < lo_f:
