@@ -63,9 +63,24 @@ def _bound_str(b, f, g, latex: bool) -> str | None:
     return _fmt(b.expr, latex)
 
 
-def describe(algorithm: str, causal: bool = False, latex: bool = False) -> dict:
-    """Everything ``iosim bounds`` prints without sizes, as a JSON-ready dict."""
+def describe(algorithm: str, causal: bool = False, latex: bool = False, concrete_only_ok: bool = False) -> dict:
+    """Everything ``iosim bounds`` prints without sizes, as a JSON-ready dict.
+
+    Families whose loops depend on data (block masks) or on concrete sizes (split counts) have no symbolic IO:
+    with ``concrete_only_ok`` they get io_bytes = None (the concrete part still counts them), else IosimError.
+    """
     from iosim import symbolic as S
+    from iosim.registry import get
+    if algorithm != "flash1_bwd":
+        get(algorithm)  # unknown names fail here, with the list of known ones
+        try:
+            S.symbolic_io(algorithm, causal=causal)
+        except IosimError as err:
+            if not concrete_only_ok:
+                raise IosimError(f"{err}; give concrete sizes (--seq-q …) to count it") from None
+            return {"algorithm": algorithm, "causal": causal, "io_bytes": None, "io_elements": None,
+                    "tile_rule": None, "theorems": [], "lower_bounds_any_algorithm": SAHA_YE_SUMMARY,
+                    "notes": [f"no symbolic IO: {err}"]}
     if algorithm == "flash1_bwd":
         if causal:
             raise IosimError("flash1_bwd: only the non-causal Algorithm 4 is modelled; drop --causal")
@@ -103,6 +118,7 @@ def evaluate_concrete(algorithm: str, problem: Problem, config: KernelConfig, hw
     """Numeric IO (symbolic expression and engine count, which must agree), fast memory, lower bound, ratio."""
     from iosim import symbolic as S
     from iosim.counts import count
+    sio = None
     if algorithm == "flash1_bwd":
         from iosim.models import flash1
         br, bc, m = flash1.tiles(problem, config, hw)
@@ -113,20 +129,24 @@ def evaluate_concrete(algorithm: str, problem: Problem, config: KernelConfig, hw
     else:
         from iosim.registry import get
         sched = get(algorithm).build(problem, config, hw)
-        sio = S.symbolic_io(algorithm, causal=bool(problem.causal), gqa=problem.heads != problem.kv_heads)
-        env = S.bind(algorithm, problem, config, hw)
+        try:
+            sio = S.symbolic_io(algorithm, causal=bool(problem.causal), gqa=problem.heads != problem.kv_heads)
+            env = S.bind(algorithm, problem, config, hw)
+        except IosimError:
+            sio, env = None, {}
     c = count(sched)
     engine_bytes = c.sm_read_bytes + c.sm_write_bytes
-    sym_bytes = S.evaluate_int(sio.io_bytes, env)
+    sym_bytes = S.evaluate_int(sio.io_bytes, env) if sio is not None else engine_bytes
     io_el = S.schedule_io_elements(sched, c)
     m = S.schedule_fast_memory_elements(sched)
     lb = S.lower_bounds(problem, m)
     tm, tn = S.tile_symbols(algorithm if algorithm != "flash1_bwd" else "flash1")
+    tiles = {"block_m": env.get(tm, sched.config.block_m), "block_n": env.get(tn, sched.config.block_n)}
     return {
         "problem": {"batch": problem.batch, "heads": problem.heads, "kv_heads": problem.kv_heads,
                     "seq_q": problem.seq_q, "seq_kv": problem.seq_kv, "head_dim": problem.head_dim,
                     "dtype": problem.dtype, "causal": problem.causal},
-        "tiles": {"block_m": env[tm], "block_n": env[tn]},
+        "tiles": tiles, "symbolic": sio is not None,
         "io_bytes": sym_bytes, "engine_io_bytes": engine_bytes, "io_elements": io_el,
         "fast_memory_elements": m,
         "lower_bound_elements": {"trivial": lb.trivial, "saha_ye_large": lb.saha_ye_large,
@@ -145,7 +165,7 @@ def _problem(args) -> tuple[Problem, KernelConfig]:
 
 
 def run(args, out: IO[str]) -> int:
-    info = describe(args.algorithm, args.causal, args.latex)
+    info = describe(args.algorithm, args.causal, args.latex, concrete_only_ok=args.seq_q is not None)
     if args.seq_q is not None:
         hw = None
         if args.sram_bytes is None:
@@ -160,10 +180,11 @@ def run(args, out: IO[str]) -> int:
         out.write(json.dumps(info, indent=1, default=str) + "\n")
         return 0
     out.write(f"{info['algorithm']}{' (causal)' if info['causal'] else ''}: IO between SRAM and HBM\n")
-    out.write(f"  bytes    = {info['io_bytes']}\n")
-    out.write(f"  elements = {info['io_elements']}\n")
-    out.write("  (B batch, H heads, N_q/N_kv sequence, d head dim, B_r/B_c tiles, e bytes per element; "
-              "statistics fp32; M = SRAM in elements)\n")
+    if info["io_bytes"] is not None:
+        out.write(f"  bytes    = {info['io_bytes']}\n")
+        out.write(f"  elements = {info['io_elements']}\n")
+        out.write("  (B batch, H heads, N_q/N_kv sequence, d head dim, B_r/B_c tiles, e bytes per element; "
+                  "statistics fp32; M = SRAM in elements)\n")
     if info["tile_rule"]:
         out.write(f"  tile rule: {info['tile_rule']}\n")
     for t in info["theorems"]:
@@ -185,7 +206,8 @@ def run(args, out: IO[str]) -> int:
         out.write(f"at B={pr['batch']} H={pr['heads']} Hkv={pr['kv_heads']} Nq={pr['seq_q']} Nkv={pr['seq_kv']} "
                   f"d={pr['head_dim']} {pr['dtype']}{' causal' if pr['causal'] else ''}, tiles "
                   f"{c['tiles']['block_m']}x{c['tiles']['block_n']}:\n")
-        out.write(f"  IO = {c['io_bytes']:,} bytes (engine count {c['engine_io_bytes']:,}) = {c['io_elements']:,} elements\n")
+        how = f"engine count {c['engine_io_bytes']:,}" if c["symbolic"] else "engine count; no symbolic form"
+        out.write(f"  IO = {c['io_bytes']:,} bytes ({how}) = {c['io_elements']:,} elements\n")
         lb = c["lower_bound_elements"]
         out.write(f"  fast memory M = {c['fast_memory_elements']:,} elements ({c['regime']})\n")
         out.write(f"  lower bound = {lb['best']:,.0f} elements ({lb['binding']}; trivial {lb['trivial']:,}, "

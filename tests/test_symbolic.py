@@ -374,3 +374,13 @@ def test_fa1_within_496x_of_the_saha_ye_bound_on_engine_counts(d, data):
     sched = get("flash1").build(Problem(1, 1, 1, n, n, d, "fp32"), KernelConfig(block_m=br, block_n=bc), None)
     lb = S.lower_bounds(Problem(1, 1, 1, n, n, d, "fp32"), m)
     assert S.schedule_io_elements(sched) <= 496 * lb.saha_ye_large, (n, d, m)
+
+
+def test_cli_bounds_concrete_only_families():
+    # block_sparse has no symbolic form (its loops read the mask): concrete sizes still count it against the bound.
+    info = json.loads(_cli("--algorithm", "block_sparse", "--json", "--seq-q", "1024", "--head-dim", "64",
+                           "--block-m", "64", "--block-n", "64"))
+    assert info["io_bytes"] is None and info["concrete"]["symbolic"] is False
+    assert info["concrete"]["io_elements"] >= info["concrete"]["lower_bound_elements"]["best"]
+    with pytest.raises(IosimError, match="concrete sizes"):
+        _cli("--algorithm", "block_sparse")
