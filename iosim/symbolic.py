@@ -35,7 +35,7 @@ from unittest import mock
 import sympy as sp
 
 from iosim.errors import IosimError
-from iosim.expr import Lookup, Table, table_env
+from iosim.expr import Lookup, Table
 from iosim.problem import DTYPE_BYTES, STAT_BYTES, KernelConfig, Problem
 from iosim.registry import algorithms, get
 from iosim.schedule import Load, Loop, Schedule, Span, Store, var
