@@ -82,7 +82,7 @@ def tensors(p: Problem) -> dict[str, TensorSpec]:
 
 
 def grouped(p: Problem) -> bool:
-    return not (isinstance(p.heads, int) and p.heads == p.kv_heads)
+    return not (p.heads == p.kv_heads)
 
 
 @register("flash2_bwd", "FlashAttention-2 backward: delta pre-pass; outer loop over K/V blocks, inner over Q blocks; dQ read-modify-written per step")

@@ -38,9 +38,6 @@ def _symbolic_ok(name: str) -> bool:
 SYMBOLIC_ALGS = sorted(a for a in algorithms() if _symbolic_ok(a))
 ALL_ALGS = sorted(algorithms())
 MULT8 = {"flash2", "flash2_bwd", "block_sparse", "splitkv"}  # FA2-family head_dim limits (multiple of 8, <= 256)
-# flash2_bwd decides "grouped" with isinstance(heads, int), so a symbolic MHA problem takes its GQA path: compare
-# it on GQA problems only (see test_flash2_bwd_symbolic_mha_takes_the_gqa_path).
-GQA_ONLY = {"flash2_bwd"}
 
 
 def engine_bytes(schedule) -> int:
@@ -92,9 +89,7 @@ def test_every_registered_algorithm_is_symbolic_or_refuses_clearly():
         S.symbolic_io("no_such_algorithm")
 
 
-@pytest.mark.xfail(strict=True, reason="models/flash2_bwd.grouped() treats symbolic heads == kv_heads as grouped; "
-                   "fix: `return not (p.heads == p.kv_heads)`")
-def test_flash2_bwd_symbolic_mha_takes_the_gqa_path():
+def test_flash2_bwd_symbolic_mha_matches_engine():
     p = Problem(1, 2, 2, 100, 100, 64)
     cfg = KernelConfig(block_m=64, block_n=64)
     assert S.io_bytes_at("flash2_bwd", p, cfg) == engine_bytes(get("flash2_bwd").build(p, cfg, None))
@@ -111,7 +106,7 @@ def test_empty_sum_is_zero_like_range():
 @st.composite
 def problems(draw, algs):
     alg = draw(st.sampled_from(algs))
-    hkv, g = draw(st.integers(1, 3)), draw(st.integers(2 if alg in GQA_ONLY else 1, 3))
+    hkv, g = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     nq = draw(st.integers(1, 700))
     nkv = draw(st.one_of(st.just(nq), st.integers(1, 700)))
     d = draw(st.integers(1, 136))
