@@ -19,8 +19,11 @@ from iosim.trace import expand_kernel
 
 DEFAULT_JITTER = 0.25
 """Spread of per-CTA speeds (``iosim.scheduler.cta_speeds``): calibrated, not measured. Fitted by hand on 8 of the
-20 H100 FA2 runs in reports/validation/h100 (the causal d=128 runs at 4K–32K tokens, one causal d=64 and one
-non-causal run) over {0, 0.03, 0.1, 0.25}; the other 12 runs are out of sample."""
+20 H100 FA2 runs of the first measurement run in reports/validation/h100 (the causal d=128 runs at 4K–32K tokens,
+one causal d=64 and one non-causal run) over {0, 0.03, 0.1, 0.25}; the other 12 runs and the 10 runs of the second
+measurement run are out of sample. Applied only to kernels whose CTAs have unequal trip counts (causal): CTAs with
+identical loops move as a convoy (``iosim.scheduler.order_trace``); the second run showed that drift there is wrong
+(non-causal N=49152, d=128: 19× Q+K+V predicted with drift, 1.95× measured)."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ class HierarchyResult:
 
 
 def build_trace(schedule: Schedule, hw, regs_per_thread: int | None = None, persistent: bool = False,
-                jitter: float = 0.0):
+                jitter: float = 0.0, disorder: float = 0.0):
     """The time-ordered access trace of all kernels, with each kernel's occupancy and timeline length."""
     lay = layout(schedule)
     cfg = schedule.config
@@ -63,7 +66,7 @@ def build_trace(schedule: Schedule, hw, regs_per_thread: int | None = None, pers
     for ki, k in enumerate(schedule.kernels):
         tr = expand_kernel(schedule, k, lay)
         occ = occupancy(k, hw, sram_bytes(k, getattr(cfg, "num_stages", 1)), regs_per_thread)
-        perm, sm, end = order_trace(tr, occ.slots, hw.sm_count, persistent, jitter)
+        perm, sm, end = order_trace(tr, occ.slots, hw.sm_count, persistent, jitter, disorder)
         parts.append((tr.addr[perm], tr.nbytes[perm], tr.write[perm], sm.astype(np.int16),
                       np.full(len(perm), ki, dtype=np.int8 if len(schedule.kernels) < 128 else np.int64)))
         info.append((k.name, occ, end))
@@ -78,10 +81,10 @@ def build_trace(schedule: Schedule, hw, regs_per_thread: int | None = None, pers
 
 def simulate_schedule(schedule: Schedule, hw, geometry: L2Geometry | None = None, regs_per_thread: int | None = None,
                       persistent: bool = False, stride: int | None = None, min_sets: int = 96,
-                      jitter: float = DEFAULT_JITTER) -> HierarchyResult:
+                      jitter: float = DEFAULT_JITTER, disorder: float = 0.0) -> HierarchyResult:
     """DRAM traffic of a schedule on ``hw``. stride: set-sampling stride (None = automatic, 1 = every set)."""
     geom = geometry or L2Geometry.from_hardware(hw)
-    holder = [build_trace(schedule, hw, regs_per_thread, persistent, jitter)]
+    holder = [build_trace(schedule, hw, regs_per_thread, persistent, jitter, disorder)]
     info = holder[0][1]
     holder = [holder[0][0]]  # only this list refers to the trace: simulate_owned frees it after expansion
     res = simulate_owned(holder, geom, stride=stride, num_kernels=len(schedule.kernels), min_sets=min_sets)

@@ -117,9 +117,28 @@ def cta_speeds(num_programs: int, jitter: float, seed: int = 0) -> np.ndarray:
     return np.exp(jitter * z)
 
 
-def order_trace(tr: KernelTrace, slots: int, num_sms: int, persistent: bool = False, jitter: float = 0.0):
+def order_trace(tr: KernelTrace, slots: int, num_sms: int, persistent: bool = False, jitter: float = 0.0,
+                disorder: float = 0.0):
     """Time-order the kernel's accesses: returns (perm, sm, end_time) where perm sorts the accesses by
-    (global time, slot, statement order). jitter: spread of per-CTA speeds (``cta_speeds``)."""
+    (global time, slot, statement order). jitter: spread of per-CTA speeds (``cta_speeds``), a drift that grows
+    along a CTA's loop. disorder: each step of each CTA is displaced by a uniform offset in [0, disorder) ticks
+    (a deterministic hash of program and tick): local disorder that, unlike drift, does not accumulate, as CTAs that
+    share data stay together on a GPU (a CTA that falls behind hits in L2 and catches up)."""
+    if disorder > 0 and jitter <= 0:
+        start, slot = start_times(tr.duration, slots, persistent)
+        p = tr.prog.astype(np.int64)
+        h = (p * 0x9E3779B1 + tr.tick.astype(np.int64) * 0x85EBCA77) * 0xC2B2AE3D
+        u = ((h >> 11) & 0xFFFFF).astype(np.float64) / float(1 << 20)
+        t = (start[tr.prog] + tr.tick) + disorder * u
+        del h, u, p
+        sl = slot[tr.prog]
+        perm = np.lexsort((tr.order, sl, t))
+        end = int((start + tr.duration).max()) if len(start) else 0
+        return perm, (sl % num_sms)[perm], end
+    if jitter > 0 and len(tr.duration) and bool(np.all(tr.duration == tr.duration[0])):
+        # CTAs with identical loops over the same K/V move as a convoy on the GPU (one that falls behind hits in
+        # L2 and catches up): measured non-causal FA2 keeps its L2 reuse, so no drift is applied there.
+        jitter = 0.0
     if jitter > 0:
         speed = cta_speeds(tr.num_programs, jitter)
         start, slot = start_times(tr.duration * speed, slots, persistent)

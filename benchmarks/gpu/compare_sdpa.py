@@ -72,12 +72,12 @@ def main() -> None:
         w.writeheader()
         w.writerows(rows)
 
-    def stats(sel, key):
+    def stats(sel, key, digits=1):
         e = [abs(r[key]) for r in sel]
         if not e:
             return "n/a", "n/a", "-"
         worst = max(sel, key=lambda r: abs(r[key]))
-        return (f"{100 * statistics.median(e):.1f}%", f"{100 * max(e):.1f}%",
+        return (f"{100 * statistics.median(e):.{digits}f}%", f"{100 * max(e):.{digits}f}%",
                 f"case {worst['case']} (B{worst['batch']} H{worst['heads']} N{worst['seq']} d{worst['head_dim']}"
                 f"{' causal' if worst['causal'] else ''})")
 
@@ -90,7 +90,7 @@ def main() -> None:
     for name, sel in groups:
         med, worst, which = stats(sel, "dram_read_err")
         lines.append(f"| {name} | {len(sel)} | {med} | {worst} | {which} |")
-    med, worst, which = stats(rows, "sm_read_err")
+    med, worst, which = stats(rows, "sm_read_err", 3)
     lines.append("")
     lines.append(f"SM read (l1tex__m_xbar2l1tex_read_bytes.sum vs counted SM reads): median abs error {med}, worst {worst} ({which}).")
     med, worst, which = stats(rows, "dram_write_err")
