@@ -4,9 +4,11 @@ Model (parameters from the hardware profile, see ``L2Geometry.from_hardware``):
 
 * ``sets × ways`` lines of ``line_bytes``, each line split into ``sector_bytes`` sectors. A line is allocated on any
   access (loads and stores: the H100 L2 is write-allocate for stores and keeps per-byte masks, so a store fetches
-  nothing from DRAM); a load fetches from DRAM only the requested sectors not already valid in the line.
+  nothing from DRAM; ``store_allocate=False`` sends store misses straight to DRAM instead); a load fetches from DRAM
+  only the requested sectors not already valid in the line.
 * Write-back: a dirty line's dirty sectors go to DRAM when it is evicted; what is still dirty when the trace ends is
-  flushed and counted too (the data has to reach DRAM eventually; ncu's dram__bytes_write on FA2 equals O).
+  flushed and counted too (the data has to reach DRAM eventually). ncu counts only writes during the kernel, so on
+  the H100 the measured FA2 writes are 0.77–1.67× O (reports/validation/h100); writes are not validated.
 * Replacement per set: ``lru`` (default), ``fifo``, ``mru`` or ``random`` (a deterministic hash of step, set and
   way); invalid ways are filled first.
 * Set index: ``modulo`` (line mod sets) or ``rotate`` (line mod sets, rotated by a hash of line // sets in steps of
@@ -18,9 +20,14 @@ Model (parameters from the hardware profile, see ``L2Geometry.from_hardware``):
   the fabric (a hit there costs no DRAM), and both partitions keep a copy. Stores go to the home partition. Data read
   from both sides thus takes room in both: the effective capacity for it is about half the nominal size.
 
-Algorithm. Sets are independent, so the trace is grouped by set (stable sort, program order kept inside a set) and all
-sets advance in lockstep: step t processes the t-th access of every set that has one, with NumPy over a
-(sets × ways) state. Work per step is O(active sets × ways), and the number of steps is the longest per-set sequence.
+Algorithm. Sets are independent, so the trace is grouped by set (a radix sort on the set id, program order kept
+inside a set) into a (steps × sets) matrix, and all sets advance in lockstep: step t processes the t-th access of
+every set that has one, with NumPy over a (sets × ways) state (a contiguous prefix of rows: sets are ordered by
+decreasing sequence length). Work per step is O(active sets × ways); the number of steps is the longest per-set
+sequence, i.e. about line accesses ÷ sets, independent of sampling. With few sampled sets a step is ~20 NumPy calls
+(~40 µs), so the simulated rate is about sets ÷ 40 µs ≈ 600 M line accesses/s on the H100 geometry
+(benchmarks/bench_l2.py: 20–35× pycachesim on the same trace). Exactness against pycachesim's LRU and FIFO is a CI
+test (tests/test_l2.py), including pycachesim's accounting of stores (``pycachesim_stores=True``).
 
 Set sampling (``stride`` k > 1): only sets whose index ≡ 0 (mod k) are simulated (for both index functions the set of
 a line is ≡ line (mod k) when k divides the set count and the hash granule) and every count is multiplied by k. When
@@ -103,7 +110,17 @@ class L2Geometry:
         parts = hw.l2_partitions or 1
         g = cls(size_bytes=hw.l2_size_bytes, line_bytes=hw.l2_line_bytes, sector_bytes=hw.l2_sector_bytes,
                 ways=hw.l2_ways or 16, partitions=parts, sharing="duplicated" if parts > 1 else "shared")
-        return replace(g, **overrides) if overrides else g
+        # Optional profile keys a calibrated profile may carry (issue 9); absent ones keep the defaults above.
+        extra = {}
+        for field_name, key in (("policy", "l2_policy"), ("hash", "l2_hash"), ("sharing", "l2_sharing"),
+                                ("hash_granule_lines", "l2_hash_granule_lines"),
+                                ("home_granule_lines", "l2_home_granule_lines"),
+                                ("store_allocate", "l2_store_allocate")):
+            v = getattr(hw, key, None)
+            if v is not None:
+                extra[field_name] = v
+        extra.update(overrides)
+        return replace(g, **extra) if extra else g
 
     def max_stride(self) -> int:
         """Largest power of two k that may be used for set sampling (k divides the set count, and the hash granule)."""
@@ -163,8 +180,10 @@ class _State:
     (columns p·W … p·W+W−1 belong to partition p), so a step works on a contiguous prefix of rows."""
 
     def __init__(self, rows: int, ways: int, partitions: int, policy: str, tag_dtype, mask_dtype,
-                 store_hits_touch: bool = True, track_valid: bool = True, track_kernel: bool = True):
+                 store_hits_touch: bool = True, track_valid: bool = True, track_kernel: bool = True,
+                 store_allocate: bool = True):
         self.policy = policy
+        self.store_allocate = store_allocate
         self.store_hits_touch = store_hits_touch
         self.track_valid = track_valid     # False when every access covers whole lines: valid = all sectors
         self.track_kernel = track_kernel   # False for one kernel: no attribution needed
@@ -194,7 +213,23 @@ class _State:
         return -St  # LRU and FIFO: the oldest stamp (invalid ways have −1)
 
     def _update(self, r, way, hit, old_tag, old_stamp, x, s, w, kid, t):
-        """Install/refresh line x at (r, way); returns (fetched sectors, written-back sectors, their kernel, evicted)."""
+        """Install/refresh line x at (r, way); returns (fetched sectors, written-back sectors, their kernel, evicted).
+        Without store allocation a store miss leaves the set alone and its sectors go straight to DRAM (reported as
+        written back)."""
+        if not self.store_allocate:
+            bypass = w & ~hit
+            if bypass.any():
+                keep = ~bypass
+                f, wb, wk, ev = self._update(r[keep], way[keep], hit[keep], old_tag[keep], old_stamp[keep], x[keep],
+                                             s[keep], w[keep], None if kid is None else kid[keep], t)
+                n = len(r)
+                F = np.zeros(n, dtype=f.dtype); F[keep] = f
+                WB = np.where(bypass, s, self.zero).astype(wb.dtype); WB[keep] = wb
+                WK = np.zeros(n, dtype=np.int32); WK[keep] = wk
+                if kid is not None:
+                    WK[bypass] = kid[bypass]
+                EV = np.zeros(n, dtype=bool); EV[keep] = ev
+                return F, WB, WK, EV
         ev = ~hit & (old_tag >= 0)
         z = self.zero
         d_old = self.D[r, way]
@@ -267,7 +302,7 @@ class _State:
 def simulate_lines(sets: np.ndarray, tags: np.ndarray, sectors: np.ndarray, write: np.ndarray, ways: int,
                    policy: str = "lru", kernel: np.ndarray | None = None, num_kernels: int = 1,
                    near: np.ndarray | None = None, home: np.ndarray | None = None, partitions: int = 1,
-                   pycachesim_stores: bool = False):
+                   pycachesim_stores: bool = False, store_allocate: bool = True):
     """Exact simulation of an ordered line trace; returns raw (unscaled) counts.
 
     sets, tags: int arrays (the tag may be the full line number); sectors: requested sector mask per access;
@@ -339,11 +374,11 @@ def simulate_lines(sets: np.ndarray, tags: np.ndarray, sectors: np.ndarray, writ
     del within, col
     full = (1 << int(sectors.max()).bit_length()) - 1
     track_valid = not bool(np.all(sectors == full))
-    if P == 1 and policy in ("lru", "fifo") and not track_valid and not multi:
+    if P == 1 and policy in ("lru", "fifo") and not track_valid and not multi and store_allocate:
         return _fast_lockstep(out, X, SC, WR, active, steps, nsets, ways, policy, mask_dtype, tag_dtype,
                               pycachesim_stores, num_kernels)
     st = _State(nsets, ways, P, policy, tag_dtype, mask_dtype, store_hits_touch=not pycachesim_stores,
-                track_valid=track_valid, track_kernel=num_kernels > 1)
+                track_valid=track_valid, track_kernel=num_kernels > 1, store_allocate=store_allocate)
     HIT = np.zeros((steps, nsets), dtype=bool)
     FET = np.zeros((steps, nsets), dtype=mask_dtype)
     WB = np.zeros((steps, nsets), dtype=mask_dtype)
@@ -550,8 +585,6 @@ def simulate_owned(holder: list, geom: L2Geometry, stride: int | None = None, nu
         stride = choose_stride(tr, geom, min_sets)
     if stride < 1 or stride & (stride - 1) or stride > geom.max_stride():
         raise IosimError(f"sampling stride {stride} must be a power of two dividing {geom.max_stride()}")
-    if not geom.store_allocate:
-        raise IosimError("store_allocate=False is not modeled yet")
     nk = int(tr.kernel.max()) + 1 if num_kernels is None and len(tr.kernel) else (num_kernels or 1)
     exact = stride == 1 or aligned(tr, geom, stride)
     line, mask, w, sm, kern = expand_lines(tr, geom, stride)
@@ -563,7 +596,8 @@ def simulate_owned(holder: list, geom: L2Geometry, stride: int | None = None, nu
         near, home = (sm % P).astype(np.int8), geom.home(line).astype(np.int8)
     del sm
     sets = geom.set_index(line)
-    r = simulate_lines(sets, line, mask, w, geom.ways, geom.policy, kern if nk > 1 else None, nk, near, home, P)
+    r = simulate_lines(sets, line, mask, w, geom.ways, geom.policy, kern if nk > 1 else None, nk, near, home, P,
+                       store_allocate=geom.store_allocate)
     k = stride
     per_kernel = tuple((int(r["k_read"][i]) * k, int(r["k_write"][i]) * k, int(r["k_acc"][i]) * k, int(r["k_hit"][i]) * k)
                        for i in range(nk))

@@ -13,6 +13,10 @@ all resident CTAs in lockstep, round robin (at each tick, slot 0's accesses, the
 in linear grid order (grid[0] fastest, as blockIdx.x), each to the slot that frees first (ties: lowest slot);
 slot s sits on SM s mod #SMs, so the first wave fills every SM once before any SM gets a second CTA. Waves and tails
 follow. A persistent kernel instead launches one CTA per slot and gives tile t to slot t mod #slots, in order.
+
+Drift (calibrated, see iosim.hierarchy.DEFAULT_JITTER and reports/validation/h100): CTAs of a kernel whose trip
+counts differ (causal) advance at per-CTA speeds exp(σ·z) (fixed seed), so their relative positions drift along the
+loop; CTAs with identical trip counts (non-causal) stay in lockstep, as the convoy the measured kernels form.
 """
 
 from __future__ import annotations
