@@ -377,6 +377,9 @@ def simulate_lines(sets: np.ndarray, tags: np.ndarray, sectors: np.ndarray, writ
     if P == 1 and policy in ("lru", "fifo") and not track_valid and not multi and store_allocate:
         return _fast_lockstep(out, X, SC, WR, active, steps, nsets, ways, policy, mask_dtype, tag_dtype,
                               pycachesim_stores, num_kernels)
+    if P > 1 and policy in ("lru", "fifo") and not track_valid and not multi and store_allocate and not pycachesim_stores:
+        return _fast_lockstep_partitioned(out, X, SC, WR, NR, HM, active, steps, nsets, ways, P, policy, mask_dtype,
+                                          tag_dtype)
     st = _State(nsets, ways, P, policy, tag_dtype, mask_dtype, store_hits_touch=not pycachesim_stores,
                 track_valid=track_valid, track_kernel=num_kernels > 1, store_allocate=store_allocate)
     HIT = np.zeros((steps, nsets), dtype=bool)
@@ -500,6 +503,77 @@ def _fast_lockstep(out, X, SC, WR, active, steps, nsets, ways, policy, mask_dtyp
     out["k_write"] = np.array([out["dram_write_sectors"]], dtype=np.int64)
     out["k_hit"] = np.array([out["hits"]], dtype=np.int64)
     out["k_acc"] = np.array([n], dtype=np.int64)
+    out["flush_lines"] = int((D != 0).sum())
+    return out
+
+
+def _fast_lockstep_partitioned(out, X, SC, WR, NR, HM, active, steps, nsets, ways, P, policy, mask_dtype, tag_dtype):
+    """``_fast_lockstep`` for duplicated partitions (same results as the general loop: tests/test_l2.py)."""
+    C = ways * P
+    T = np.full(nsets * C, -1, dtype=tag_dtype)
+    NS = np.ones(nsets * C, dtype=np.int64)
+    D = np.zeros(nsets * C, dtype=mask_dtype)
+    shape = (steps, nsets)
+    HIT, OLDV, DOLD = np.zeros(shape, bool), np.zeros(shape, bool), np.zeros(shape, mask_dtype)
+    FWD, HIT2, OLDV2, DOLD2 = np.zeros(shape, bool), np.zeros(shape, bool), np.zeros(shape, bool), np.zeros(shape, mask_dtype)
+    base = np.arange(nsets, dtype=np.int64) * C
+    colpart = (np.arange(C) // ways)[None, :].astype(np.int8)
+    BIG = np.iinfo(np.int64).max // 4
+    fifo = policy == "fifo"
+    for t in range(steps):
+        m = int(active[t])
+        x = X[t, :m]
+        q = NR[t, :m]
+        Tm = T[:m * C].reshape(m, C)
+        NSm = NS[:m * C].reshape(m, C)
+        eq = Tm == x[:, None]
+        inq = colpart == q[:, None]
+        mq = eq & inq
+        way = np.where(mq, BIG, np.where(inq, NSm, -BIG)).argmax(axis=1)
+        idx = base[:m] + way
+        hit = mq.reshape(-1)[idx]
+        fwd = np.flatnonzero(~hit & (q != HM[t, :m]))
+        if len(fwd):
+            inh = colpart == HM[t, :m][fwd][:, None]
+            mh = eq[fwd] & inh
+            wh = np.where(mh, BIG, np.where(inh, NSm[fwd], -BIG)).argmax(axis=1)
+            hit2 = mh[np.arange(len(fwd)), wh]
+            idx2 = base[fwd] + wh
+        HIT[t, :m] = hit
+        OLDV[t, :m] = T[idx] >= 0
+        d_old = D[idx]
+        DOLD[t, :m] = d_old
+        T[idx] = x
+        NS[idx] = np.where(hit, NS[idx], -t) if fifo else -t
+        D[idx] = (d_old * hit) | (SC[t, :m] * WR[t, :m])
+        if len(fwd):
+            FWD[t, fwd] = True
+            HIT2[t, fwd] = hit2
+            OLDV2[t, fwd] = T[idx2] >= 0
+            d2 = D[idx2]
+            DOLD2[t, fwd] = d2
+            T[idx2] = x[fwd]
+            NS[idx2] = np.where(hit2, NS[idx2], -t) if fifo else -t
+            D[idx2] = d2 * hit2  # forwarded accesses are loads
+    valid = X != -2
+    EV = OLDV & ~HIT & valid
+    EV2 = OLDV2 & ~HIT2 & FWD
+    WB = np.where(EV, DOLD, 0)
+    WB2 = np.where(EV2, DOLD2, 0)
+    dram = valid & ~WR & ~HIT & ~(FWD & HIT2)
+    nf = _popcount(np.where(dram, SC, 0))
+    flush = _popcount(D)
+    out["misses"] = int((valid & ~HIT).sum())
+    out["hits"] = int(HIT.sum())
+    out["evictions"] = int(EV.sum() + EV2.sum())
+    out["dirty_evictions"] = int((WB != 0).sum() + (WB2 != 0).sum())
+    out["fabric_reads"] = int((FWD & HIT2).sum())
+    out["dram_read_sectors"] = int(nf.sum())
+    out["dram_write_sectors"] = int(_popcount(WB).sum() + _popcount(WB2).sum() + flush.sum())
+    out["k_read"] = np.array([out["dram_read_sectors"]], dtype=np.int64)
+    out["k_write"] = np.array([out["dram_write_sectors"]], dtype=np.int64)
+    out["k_hit"] = np.array([out["hits"]], dtype=np.int64)
+    out["k_acc"] = np.array([out["accesses"]], dtype=np.int64)
     out["flush_lines"] = int((D != 0).sum())
     return out
 

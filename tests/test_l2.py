@@ -265,3 +265,21 @@ def test_triton_tutorial_preset_orders():
     assert cfg.grid_order == ("m", "h", "b") and cfg.kv_order == "ascending" and (cfg.block_m, cfg.block_n) == (128, 64)
     assert pred.l2.kernels[0].occupancy.regs_source.startswith("estimated")
     assert predict(HW, p, KernelConfig(), kernel="iosim-triton").dram_read_bytes == pred.dram_read_bytes
+
+
+@pytest.mark.parametrize("policy", ["lru", "fifo"])
+def test_partitioned_fast_path_equals_general_loop(policy):
+    rng = np.random.default_rng(11)
+    n = 4000
+    lines = rng.integers(0, 300, n)
+    sets = lines % 8
+    masks = np.full(n, 15, np.uint32)
+    w = rng.random(n) < 0.2
+    near = rng.integers(0, 2, n)
+    home = (lines // 3) % 2
+    fast = simulate_lines(sets, lines, masks, w, 4, policy, near=near, home=home, partitions=2)
+    general = simulate_lines(sets, lines, masks, w, 4, policy, kernel=np.arange(n) % 2, num_kernels=2,
+                             near=near, home=home, partitions=2)
+    for key in ("hits", "misses", "evictions", "dirty_evictions", "dram_read_sectors", "dram_write_sectors",
+                "flush_lines", "fabric_reads"):
+        assert fast[key] == general[key], key
