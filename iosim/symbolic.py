@@ -561,9 +561,10 @@ def flash1_backward_schedule(p: Problem, cfg: KernelConfig) -> Schedule:
     b, h, i, j = var("b"), var("h"), var("i"), var("j")
     grid = (GridAxis("b", b, p.batch), GridAxis("h", h, p.heads))
     rows, cols = Span(i, br, p.seq_q), Span(j, bc, p.seq_kv)
-    init = Kernel("flash1_bwd_init", grid, (Buffer("zero", (br, d), e, space="reg"),), (
-        Loop(i, 0, tr, (Store("zero", q_tile(p, "dQ", b, h, rows)),)),
-        Loop(j, 0, tc, (Store("zero", kv_tile(p, "dK", b, h, cols)), Store("zero", kv_tile(p, "dV", b, h, cols)))),
+    init = Kernel("flash1_bwd_init", grid, (Buffer("zero_q", (br, d), e, space="reg"),
+                                             Buffer("zero_kv", (bc, d), e, space="reg")), (
+        Loop(i, 0, tr, (Store("zero_q", q_tile(p, "dQ", b, h, rows)),)),
+        Loop(j, 0, tc, (Store("zero_kv", kv_tile(p, "dK", b, h, cols)), Store("zero_kv", kv_tile(p, "dV", b, h, cols)))),
     ))
     inner = (
         Load("q", q_tile(p, "Q", b, h, rows)), Load("o", q_tile(p, "O", b, h, rows)),

@@ -311,7 +311,13 @@ def test_forward_then_backward_through_the_executor():
     assert names == ["flash2_bwd_preprocess", "flash2_bwd", "flash2_bwd_gqa_reduce", "flash2_bwd_convert_dq"]
 
 
-@pytest.mark.parametrize("causal", [False, True])
+def test_flash1_backward_refuses_causal():
+    from iosim.symbolic import flash1_backward_schedule
+    with pytest.raises(IosimError, match="without a causal mask"):
+        flash1_backward_schedule(Problem(1, 1, 1, 45, 37, 16, causal=True), KernelConfig(block_m=16, block_n=24))
+
+
+@pytest.mark.parametrize("causal", [False])
 def test_flash1_backward_algorithm4_runs_on_flash1_forward_statistics(causal):
     # FA1 Algorithm 4 (iosim.symbolic's schedule, op flash1_bwd_step) fed with O, ℓ, m from the flash1 forward run
     from iosim.symbolic import flash1_backward_schedule
