@@ -1,4 +1,4 @@
-"""The pipeline: hardware + problem + kernel config → schedule → counts → L2/DRAM (→ cost, as that model lands).
+"""The pipeline: hardware + problem + kernel config → schedule → counts → L2/DRAM → cost (``iosim.cost``).
 
 ``predict`` runs the hierarchy model (``iosim.hierarchy``: layout, CTA scheduler, shared L2) unless ``l2=False``,
 which gives the SRAM ↔ HBM-only model (DRAM fields None). The L2 is simulated exactly on a sample of its sets
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from iosim.cost import TimeEstimate, estimate
 from iosim.counts import Counts, KernelCounts, count
 from iosim.hierarchy import HierarchyResult, simulate_schedule
 from iosim.hwprofile import Hardware
@@ -30,6 +31,7 @@ class Prediction:
     time_s: float | None = None
     l2: HierarchyResult | None = None
     kernel_preset: str | None = None
+    time: TimeEstimate | None = None
 
     @property
     def l2_hit_rate(self) -> float | None:
@@ -40,6 +42,7 @@ class Prediction:
         s = self.schedule
 
         l2k = {k.name: k for k in self.l2.kernels} if self.l2 is not None else {}
+        tk = {k.name: k for k in self.time.kernels} if self.time is not None else {}
 
         def kernel_dict(k: KernelCounts) -> dict:
             h = l2k.get(k.name)
@@ -51,7 +54,8 @@ class Prediction:
                 "dram_read_bytes": h.dram_read_bytes if h else None,
                 "dram_write_bytes": h.dram_write_bytes if h else None,
                 "l2_hit_rate": h.l2_hit_rate if h else None,
-                "time_s": None,
+                "time_s": tk[k.name].time_s if k.name in tk else None,
+                "bound": tk[k.name].bound if k.name in tk else None,
                 "sram_bytes_per_cta": k.sram_bytes,
                 "occupancy": None if h is None else {
                     "ctas_per_sm": h.occupancy.ctas_per_sm, "limiter": h.occupancy.limiter,
@@ -71,6 +75,9 @@ class Prediction:
             "dram_read_bytes": self.dram_read_bytes, "dram_write_bytes": self.dram_write_bytes,
             "l2_hit_rate": self.l2_hit_rate,
             "time_s": self.time_s,
+            "bound": None if self.time is None else self.time.bound,
+            "achieved_flops_per_s": None if self.time is None else self.time.achieved_flops_per_s,
+            "time": None if self.time is None else self.time.to_dict(),
             "kernel_preset": self.kernel_preset,
             "l2": None if self.l2 is None else self._l2_dict(),
             "notes": list(s.notes) + (list(self.l2.notes) if self.l2 is not None else []),
@@ -102,16 +109,21 @@ def predict(hardware: Hardware, problem: Problem, config: KernelConfig, algorith
     (``L2Geometry.from_hardware(hw, policy=..., ...)``); l2_stride: set-sampling stride (None automatic, 1 exact);
     cta_jitter: spread of per-CTA speeds in the CTA timeline (None = ``iosim.hierarchy.DEFAULT_JITTER``, 0 = lockstep).
     """
-    regs, persistent = None, False
+    regs, persistent, path = None, False, None
     if kernel is not None:
         from iosim.presets import apply
         algorithm, config, pre = apply(kernel, problem, hardware, config)
-        regs, persistent = pre.regs_per_thread, pre.persistent
+        regs, persistent, path = pre.regs_per_thread, pre.persistent, pre.instruction_path
     schedule = build_schedule(algorithm, problem, config, hardware)
     counts = count(schedule)
     if not l2:
-        return Prediction(hardware, schedule, counts, kernel_preset=kernel)
+        # time from compulsory DRAM traffic (each tensor a kernel touches read/written once; the estimate says so)
+        t = estimate(schedule, counts, hardware, path=path)
+        return Prediction(hardware, schedule, counts, time_s=t.time_s, kernel_preset=kernel, time=t)
     kw = {} if cta_jitter is None else {"jitter": cta_jitter}
     res = simulate_schedule(schedule, hardware, l2_geometry, regs_per_thread=regs, persistent=persistent,
                             stride=l2_stride, **kw)
-    return Prediction(hardware, schedule, counts, res.dram_read_bytes, res.dram_write_bytes, l2=res, kernel_preset=kernel)
+    t = estimate(schedule, counts, hardware, {k.name: k.dram_read_bytes for k in res.kernels},
+                 {k.name: k.dram_write_bytes for k in res.kernels}, path=path)
+    return Prediction(hardware, schedule, counts, res.dram_read_bytes, res.dram_write_bytes, t.time_s, l2=res,
+                      kernel_preset=kernel, time=t)

@@ -40,6 +40,7 @@ class KernelPreset:
     config: Callable[[Problem, object, KernelConfig], KernelConfig]
     regs_per_thread: int | None = None   # None: estimated (iosim.scheduler.estimate_registers)
     persistent: bool = False
+    instruction_path: str | None = None  # tensor-core path for the cost model (None = the chip's native one)
 
 
 def fa2_tiles(head_dim: int, hw=None) -> tuple[int, int, int]:
@@ -75,7 +76,7 @@ def _triton_tutorial_config(p: Problem, hw, base: KernelConfig) -> KernelConfig:
 
 PRESETS: dict[str, KernelPreset] = {
     "fa2": KernelPreset("fa2", "flash2", "FlashAttention-2 CUDA as in PyTorch SDPA (grid m,b,h; KV descending; 255 regs)",
-                        _fa2_config, regs_per_thread=255),
+                        _fa2_config, regs_per_thread=255, instruction_path="mma.sync"),
     "triton-tutorial": KernelPreset("triton-tutorial", "flash2",
                                     "Triton fused-attention tutorial (grid m, z·h; KV ascending; 128×64, 2 stages)",
                                     _triton_tutorial_config),
