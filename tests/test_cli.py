@@ -82,3 +82,22 @@ def test_single_import_root():
     import iosim.hardware
     import iosim.models
     assert iosim.models.__name__ == "iosim.models" and iosim.hardware.__name__ == "iosim.hardware"
+
+
+def test_predict_fills_time_from_cost_model_with_and_without_l2():
+    from iosim.cost import RESOURCES, estimate
+    from iosim.hwprofile import load_hardware
+    from iosim.predict import predict
+    from iosim.problem import KernelConfig, Problem
+
+    hw = load_hardware("h100")
+    p = Problem(1, 4, 4, 2048, 2048, 64, "bf16", causal=True)
+    with_l2 = predict(hw, p, KernelConfig(128, 64), "flash2")
+    no_l2 = predict(hw, p, KernelConfig(128, 64), "flash2", l2=False)
+    assert no_l2.dram_read_bytes is None and no_l2.time_s > 0
+    # the time is the cost model's, fed with the L2 model's DRAM bytes
+    ref = estimate(with_l2.schedule, with_l2.counts, hw, with_l2.dram_read_bytes, with_l2.dram_write_bytes)
+    assert with_l2.time_s == ref.time_s
+    d = with_l2.to_dict()
+    assert d["bound"] in RESOURCES + ("launch",)
+    assert d["kernels"][0]["time_s"] == d["time_s"]
