@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import time
 import tracemalloc
 
+from iosim.atomic import atomic_write_text
 from iosim.counts import count
 from iosim.hwprofile import load_hardware
 from iosim.predict import build_schedule
@@ -46,10 +45,7 @@ def main() -> None:
         rows.append(dict(algorithm=alg, causal=causal, seq=a.seq, seconds=dt, peak_mb=peak, sm_read_bytes=c.sm_read_bytes))
         print(f"{alg:<10}{causal!s:>8}{dt:>10.3f}{peak:>10.1f}{c.sm_read_bytes:>24,}")
     if a.json:
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(a.json)) or ".")
-        with os.fdopen(fd, "w") as f:
-            json.dump(rows, f, indent=1)
-        os.replace(tmp, a.json)
+        atomic_write_text(a.json, json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

@@ -24,15 +24,13 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import math
-import os
 import subprocess
-import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Mapping
 
+from iosim.atomic import atomic_write_text
 from iosim.errors import IosimError
 from iosim.hwprofile import Hardware, load_hardware, parse_profile
 
@@ -136,14 +134,7 @@ def write_profile(base: Hardware, m: Measurements, path: str | Path) -> Path:
     """Write the calibrated TOML atomically; returns the path."""
     path = Path(path)
     text = profile_toml(base, m)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    m = os.umask(0)
-    os.umask(m)
-    os.chmod(tmp, 0o666 & ~m)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
     return path
 
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import IO
 
 import numpy as np
 
 from iosim.cli_tiles import add_problem_args, problem_from_args
+from iosim.atomic import atomic_write_bytes
 from iosim.errors import IosimError
 from iosim.hwprofile import load_hardware
 
@@ -32,26 +31,6 @@ def add_parser(sub) -> None:
     p.add_argument("--mask", default=None, help="blockmask: boolean block pattern, .npy")
     p.add_argument("--full", default=None, help="blockmask: optional .npy of blocks that need no mask_mod")
     p.add_argument("--out", default=None, help="output file (default: stdout for triton; required for blockmask)")
-
-
-def _umask() -> int:
-    m = os.umask(0)
-    os.umask(m)
-    return m
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _load_bool(path: str, what: str) -> np.ndarray:
@@ -69,7 +48,7 @@ def run(args: argparse.Namespace, out: IO[str]) -> int:
                                  top=args.top, path=args.path)
         text = json.dumps(entries, indent=1) + "\n"
         if args.out:
-            _atomic_write(Path(args.out), text.encode())
+            atomic_write_bytes(Path(args.out), text.encode())
             out.write(f"wrote {len(entries)} configurations to {args.out}\n")
         else:
             out.write(text)
@@ -80,6 +59,6 @@ def run(args: argparse.Namespace, out: IO[str]) -> int:
                                _load_bool(args.full, "--full") if args.full else None)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    _atomic_write(Path(args.out), buf.getvalue())
+    atomic_write_bytes(Path(args.out), buf.getvalue())
     out.write(f"wrote {', '.join(f'{k} {v.shape}' for k, v in arrays.items())} to {args.out}\n")
     return 0

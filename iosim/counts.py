@@ -12,7 +12,7 @@ enumerates 8,192 query blocks, not 8,192 × 16,384 tile pairs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
 

@@ -24,16 +24,15 @@ from __future__ import annotations
 import html
 import io
 import math
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable
 
 import numpy as np
 
+from iosim.atomic import atomic_write_bytes
 from iosim.errors import IosimError
 
 DEFAULT_HARDWARE = ("h100", "a100", "b200")
@@ -100,26 +99,6 @@ class Progress:
         if self.shown:
             self.stream.write("\n")
             self.stream.flush()
-
-
-def _umask() -> int:
-    m = os.umask(0)
-    os.umask(m)
-    return m
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_figure(fig, path: Path) -> None:

@@ -23,11 +23,12 @@ from __future__ import annotations
 import numpy as np
 
 from iosim.errors import IosimError
-from iosim.models._common import check_fit, check_head_dim, kv_tile, lse_tensor, q_tile, qkvo_tensors, row_tile
+from iosim.models._common import check_fit, check_head_dim, lse_tensor, q_tile, qkvo_tensors, row_tile
+from iosim.models import flash2
 from iosim.models.flash2 import default_tiles, grid_axes, kv_stop
-from iosim.problem import STAT_BYTES, KernelConfig, Problem
+from iosim.problem import KernelConfig, Problem
 from iosim.registry import register
-from iosim.schedule import Buffer, Compute, Kernel, Load, Loop, Schedule, Span, Store, Work, cdiv, lookup, table, var
+from iosim.schedule import Kernel, Load, Loop, Schedule, Span, Store, cdiv, lookup, table, var
 
 
 def block_visible_causal(p: Problem, tm: int, tn: int, bm: int, bn: int) -> np.ndarray:
@@ -98,33 +99,14 @@ def build(p: Problem, cfg: KernelConfig, hw=None, block_mask=None) -> Schedule:
         lead = (b, h) if mask.ndim == 4 else ()
         j, stop = lookup(table("kv_indices"), *lead, i, t), lookup(table("kv_num_blocks"), *lead, i)
     rows, cols = Span(i, bm, p.seq_q), Span(j, bn, p.seq_kv)
-    step = (
-        Load("k", kv_tile(p, "K", b, h, cols)),
-        Compute("qk", ("q", "k", "s"), matmul=(Work(2 * d, (rows, cols)),)),
-        Compute("online_softmax", ("s", "m", "l", "acc"),
-                exp=(Work(1, (rows, cols)), Work(1, (rows,))),
-                other=(Work(4, (rows, cols)), Work(d + 4, (rows,)))),
-        Load("v", kv_tile(p, "V", b, h, cols)),
-        Compute("pv", ("s", "v", "acc"), matmul=(Work(2 * d, (rows, cols)),)),
-    )
     body = (
         Load("q", q_tile(p, "Q", b, h, rows)),
-        Loop(t, 0, stop, step, reverse=cfg.kv_order == "descending"),
-        Compute("finalize", ("acc", "m", "l", "lse"), exp=(Work(1, (rows,)),), other=(Work(d + 1, (rows,)),)),
+        Loop(t, 0, stop, flash2.kv_step(p, b, h, rows, cols), reverse=cfg.kv_order == "descending"),
+        flash2.finalize(p, rows),
         Store("acc", q_tile(p, "O", b, h, rows)),
         Store("lse", row_tile(p, "LSE", b, h, rows)),
     )
-    buffers = (
-        Buffer("q", (bm, d), e),
-        Buffer("k", (bn, d), e, pipelined=True),
-        Buffer("v", (bn, d), e, pipelined=True),
-        Buffer("s", (bm, bn), 4, space="reg"),
-        Buffer("acc", (bm, d), 4, space="reg"),
-        Buffer("m", (bm,), STAT_BYTES, space="reg"),
-        Buffer("l", (bm,), STAT_BYTES, space="reg"),
-        Buffer("lse", (bm,), STAT_BYTES, space="reg"),
-    )
-    kernel = Kernel("block_sparse_fwd", grid, buffers, body, threads_per_cta=32 * cfg.num_warps)
+    kernel = Kernel("block_sparse_fwd", grid, flash2.buffers(bm, bn, d, e), body, threads_per_cta=32 * cfg.num_warps)
     check_fit(kernel, cfg, hw, f"block_m={bm}, block_n={bn}, head_dim={d}, num_stages={cfg.num_stages}")
     tensors = qkvo_tensors(p) | {"LSE": lse_tensor(p)}
     if mask is None:

@@ -21,8 +21,6 @@ stage uses (B_r + 2·B_c)·d·2 bytes, kernel_traits.h).
 
 from __future__ import annotations
 
-import sympy as sp
-
 from iosim.models._common import check_fit, check_head_dim, kv_tile, lse_tensor, q_tile, qkvo_tensors, row_tile
 from iosim.problem import STAT_BYTES, KernelConfig, Problem
 from iosim.registry import register
@@ -52,6 +50,39 @@ def grid_axes(p: Problem, cfg: KernelConfig, tm) -> tuple[tuple[GridAxis, ...], 
     return tuple(GridAxis(n, vs[n], ext[n]) for n in cfg.grid_order), vs
 
 
+def kv_step(p: Problem, b, h, rows: Span, cols: Span) -> tuple:
+    """One KV step of FA2's inner loop (Alg. 1 lines 8–10): load K_j, S = QKᵀ, online softmax, load V_j, O += PV."""
+    d = p.head_dim
+    return (
+        Load("k", kv_tile(p, "K", b, h, cols)),
+        Compute("qk", ("q", "k", "s"), matmul=(Work(2 * d, (rows, cols)),)),
+        Compute("online_softmax", ("s", "m", "l", "acc"),
+                exp=(Work(1, (rows, cols)), Work(1, (rows,))),
+                other=(Work(4, (rows, cols)), Work(d + 4, (rows,)))),
+        Load("v", kv_tile(p, "V", b, h, cols)),
+        Compute("pv", ("s", "v", "acc"), matmul=(Work(2 * d, (rows, cols)),)),
+    )
+
+
+def finalize(p: Problem, rows: Span, op: str = "finalize") -> Compute:
+    """O = acc / ℓ and L = m + log ℓ (Alg. 1 lines 12–13)."""
+    return Compute(op, ("acc", "m", "l", "lse"), exp=(Work(1, (rows,)),), other=(Work(p.head_dim + 1, (rows,)),))
+
+
+def buffers(bm: int, bn: int, d: int, elem_bytes: int) -> tuple[Buffer, ...]:
+    """Q tile, pipelined K and V tiles in shared memory; S, the accumulator and the row statistics in registers."""
+    return (
+        Buffer("q", (bm, d), elem_bytes),
+        Buffer("k", (bn, d), elem_bytes, pipelined=True),
+        Buffer("v", (bn, d), elem_bytes, pipelined=True),
+        Buffer("s", (bm, bn), 4, space="reg"),
+        Buffer("acc", (bm, d), 4, space="reg"),
+        Buffer("m", (bm,), STAT_BYTES, space="reg"),
+        Buffer("l", (bm,), STAT_BYTES, space="reg"),
+        Buffer("lse", (bm,), STAT_BYTES, space="reg"),
+    )
+
+
 @register("flash2", "FlashAttention-2 forward: outer loop over Q blocks (one CTA each), inner over K/V; O and LSE written once")
 def build(p: Problem, cfg: KernelConfig, hw=None) -> Schedule:
     check_head_dim(p, "flash2")
@@ -65,33 +96,14 @@ def build(p: Problem, cfg: KernelConfig, hw=None) -> Schedule:
     i = pid if cfg.q_order == "ascending" else tm - 1 - pid
     j = var("j")
     rows, cols = Span(i, bm, p.seq_q), Span(j, bn, p.seq_kv)
-    step = (
-        Load("k", kv_tile(p, "K", b, h, cols)),
-        Compute("qk", ("q", "k", "s"), matmul=(Work(2 * d, (rows, cols)),)),
-        Compute("online_softmax", ("s", "m", "l", "acc"),
-                exp=(Work(1, (rows, cols)), Work(1, (rows,))),
-                other=(Work(4, (rows, cols)), Work(d + 4, (rows,)))),
-        Load("v", kv_tile(p, "V", b, h, cols)),
-        Compute("pv", ("s", "v", "acc"), matmul=(Work(2 * d, (rows, cols)),)),
-    )
     body = (
         Load("q", q_tile(p, "Q", b, h, rows)),
-        Loop(j, 0, kv_stop(p, i, bm, bn, tn), step, reverse=cfg.kv_order == "descending"),
-        Compute("finalize", ("acc", "m", "l", "lse"), exp=(Work(1, (rows,)),), other=(Work(d + 1, (rows,)),)),
+        Loop(j, 0, kv_stop(p, i, bm, bn, tn), kv_step(p, b, h, rows, cols), reverse=cfg.kv_order == "descending"),
+        finalize(p, rows),
         Store("acc", q_tile(p, "O", b, h, rows)),
         Store("lse", row_tile(p, "LSE", b, h, rows)),
     )
-    buffers = (
-        Buffer("q", (bm, d), e),
-        Buffer("k", (bn, d), e, pipelined=True),
-        Buffer("v", (bn, d), e, pipelined=True),
-        Buffer("s", (bm, bn), 4, space="reg"),
-        Buffer("acc", (bm, d), 4, space="reg"),
-        Buffer("m", (bm,), STAT_BYTES, space="reg"),
-        Buffer("l", (bm,), STAT_BYTES, space="reg"),
-        Buffer("lse", (bm,), STAT_BYTES, space="reg"),
-    )
-    kernel = Kernel("flash2_fwd", grid, buffers, body, threads_per_cta=32 * cfg.num_warps)
+    kernel = Kernel("flash2_fwd", grid, buffers(bm, bn, d, e), body, threads_per_cta=32 * cfg.num_warps)
     check_fit(kernel, cfg, hw, f"block_m={bm}, block_n={bn}, head_dim={d}, num_stages={cfg.num_stages}")
     tensors = qkvo_tensors(p) | {"LSE": lse_tensor(p)}
     return Schedule("flash2", p, cfg, tensors, (kernel,))

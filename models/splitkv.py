@@ -26,7 +26,7 @@ import math
 import sympy as sp
 
 from iosim.errors import IosimError
-from iosim.models._common import check_fit, check_head_dim, kv_tile, lse_tensor, q_tile, qkvo_tensors, row_tile
+from iosim.models._common import check_fit, check_head_dim, lse_tensor, q_tile, qkvo_tensors, row_tile
 from iosim.models import flash2
 from iosim.problem import STAT_BYTES, KernelConfig, Problem
 from iosim.registry import register
@@ -93,15 +93,6 @@ def build(p: Problem, cfg: KernelConfig, hw=None, num_splits: int | None = None)
     b, h, pm, s, j = var("b"), var("h"), var("pid_m"), var("split"), var("j")
     i = pm
     rows, cols = Span(i, bm, p.seq_q), Span(j, bn, p.seq_kv)
-    step = (
-        Load("k", kv_tile(p, "K", b, h, cols)),
-        Compute("qk", ("q", "k", "s"), matmul=(Work(2 * d, (rows, cols)),)),
-        Compute("online_softmax", ("s", "m", "l", "acc"),
-                exp=(Work(1, (rows, cols)), Work(1, (rows,))),
-                other=(Work(4, (rows, cols)), Work(d + 4, (rows,)))),
-        Load("v", kv_tile(p, "V", b, h, cols)),
-        Compute("pv", ("s", "v", "acc"), matmul=(Work(2 * d, (rows, cols)),)),
-    )
     stop = flash2.kv_stop(p, i, bm, bn, tn)
     lo = s * n_per
     hi = clamp(sp.Min(lo + n_per, stop), lo, tn)  # empty split when the causal stop is below its start
@@ -109,19 +100,10 @@ def build(p: Problem, cfg: KernelConfig, hw=None, num_splits: int | None = None)
     def part(name, *rest):
         return Tile(name, (point(s, ns), point(b, p.batch), point(h, p.heads), rows) + rest)
     split_k = Kernel("splitkv_fwd", (GridAxis("m", pm, tm), GridAxis("n", s, ns), GridAxis("b", b, p.batch),
-                                     GridAxis("h", h, p.heads)), (
-        Buffer("q", (bm, d), e),
-        Buffer("k", (bn, d), e, pipelined=True),
-        Buffer("v", (bn, d), e, pipelined=True),
-        Buffer("s", (bm, bn), 4, space="reg"),
-        Buffer("acc", (bm, d), 4, space="reg"),
-        Buffer("m", (bm,), STAT_BYTES, space="reg"),
-        Buffer("l", (bm,), STAT_BYTES, space="reg"),
-        Buffer("lse", (bm,), STAT_BYTES, space="reg"),
-    ), (
+                                     GridAxis("h", h, p.heads)), flash2.buffers(bm, bn, d, e), (
         Load("q", q_tile(p, "Q", b, h, rows)),
-        Loop(j, lo, hi, step, reverse=cfg.kv_order == "descending"),
-        Compute("finalize_split", ("acc", "m", "l", "lse"), exp=(Work(1, (rows,)),), other=(Work(d + 1, (rows,)),)),
+        Loop(j, lo, hi, flash2.kv_step(p, b, h, rows, cols), reverse=cfg.kv_order == "descending"),
+        flash2.finalize(p, rows, "finalize_split"),
         Store("acc", part("O_accum", full(d))),
         Store("lse", part("LSE_accum")),
     ), threads_per_cta=32 * cfg.num_warps)
@@ -139,7 +121,7 @@ def build(p: Problem, cfg: KernelConfig, hw=None, num_splits: int | None = None)
             Compute("combine_step", ("lse_s", "o_s", "m", "l", "acc"),
                     exp=(Work(2, (rows,)),), other=(Work(2 * d + 4, (rows,)),)),
         )),
-        Compute("finalize", ("acc", "m", "l", "lse"), exp=(Work(1, (rows,)),), other=(Work(d + 1, (rows,)),)),
+        flash2.finalize(p, rows),
         Store("acc", q_tile(p, "O", b, h, rows)),
         Store("lse", row_tile(p, "LSE", b, h, rows)),
     ), threads_per_cta=128)
