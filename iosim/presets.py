@@ -20,7 +20,14 @@
   the KV loop ascends (off-band blocks [0, start_m·BLOCK_M), then the diagonal band when causal). Its autotuner picks
   BLOCK_M ∈ {64,128}, BLOCK_N ∈ {32,64,128}; the preset uses the configuration the tutorial pins under pytest
   (BLOCK_M 128, BLOCK_N 64, 4 warps, 2 stages). Registers estimated.
-``iosim-triton`` — our own Triton kernel (a later issue); until it lands, the same choices as ``triton-tutorial``.
+``iosim-triton`` — our own Triton kernel (``iosim.triton_kernels``): what ``attention(q, k, v, causal)`` launches
+  with no config, decided by the same code the kernel runs (``iosim.triton_kernels.schedule``: ``default_config``
+  tiles/warps/stages per (head_dim, causal) — 128×128, 4 warps (d=64) or 8 warps (d=128), 3 stages —, grid
+  (⌈Nq/BLOCK_M⌉, B, H) with the query block fastest, KV and query blocks ascending). Its schedule is
+  ``models/flash2.py`` with that config (= ``kernel_schedule``). Split-KV decode shapes (G·Nq ≤ 64, Nkv ≥ 256)
+  and head dims the kernel refuses raise IosimError. Instruction path: the chip's native one, which is what Triton
+  emits for these tiles (wgmma on sm90 with TMA descriptors or pointer loads alike; ``schedule.instruction_path``).
+  Registers estimated (no measured count in reports/validation/h100).
 """
 
 from __future__ import annotations
@@ -74,14 +81,20 @@ def _triton_tutorial_config(p: Problem, hw, base: KernelConfig) -> KernelConfig:
                    kv_order="ascending", q_order="ascending")
 
 
+def _iosim_triton_config(p: Problem, hw, base: KernelConfig) -> KernelConfig:
+    from iosim.triton_kernels.schedule import preset_config
+    return preset_config(p, base.sram_bytes)
+
+
 PRESETS: dict[str, KernelPreset] = {
     "fa2": KernelPreset("fa2", "flash2", "FlashAttention-2 CUDA as in PyTorch SDPA (grid m,b,h; KV descending; 255 regs)",
                         _fa2_config, regs_per_thread=255, instruction_path="mma.sync"),
     "triton-tutorial": KernelPreset("triton-tutorial", "flash2",
                                     "Triton fused-attention tutorial (grid m, z·h; KV ascending; 128×64, 2 stages)",
                                     _triton_tutorial_config),
-    "iosim-triton": KernelPreset("iosim-triton", "flash2", "iosim's Triton kernel (placeholder: triton-tutorial's choices)",
-                                 _triton_tutorial_config),
+    "iosim-triton": KernelPreset("iosim-triton", "flash2",
+                                 "iosim's Triton kernel (default_config tiles; grid m,b,h; KV ascending; wgmma on sm90)",
+                                 _iosim_triton_config),
 }
 
 

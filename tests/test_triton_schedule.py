@@ -150,3 +150,85 @@ def test_gpu_slug():
     assert gpu_slug("NVIDIA H100 80GB HBM3") == "h100"
     assert gpu_slug("NVIDIA H200") == "h200"
     assert gpu_slug("Some GPU-9") == "somegpu9"
+
+
+# --- the iosim-triton preset: the kernel's own launch choices --------------------------------------------------
+
+from dataclasses import replace  # noqa: E402
+
+from iosim.hwprofile import load_hardware  # noqa: E402
+from iosim.predict import predict  # noqa: E402
+from iosim.presets import apply  # noqa: E402
+from iosim.triton_kernels.schedule import (DEFAULT_CONFIGS, default_config, instruction_path,  # noqa: E402
+                                           launch_config, launch_grid)
+
+H100 = load_hardware("h100")
+PRESET_CASES = [(16, False), (32, True), (64, False), (64, True), (128, False), (128, True), (256, False), (256, True)]
+
+
+@pytest.mark.parametrize("d,causal", PRESET_CASES)
+def test_iosim_triton_preset_is_default_config(d, causal):
+    p = Problem(2, 8, 2, 1000, 1537, d, causal=causal)
+    alg, cfg, pre = apply("iosim-triton", p, H100, KernelConfig(64, 32, 2, 1, ("h", "b", "m"), "descending",
+                                                                 "descending", sram_bytes=12345))
+    want = default_config(d, causal)
+    assert alg == "flash2"
+    assert cfg == KernelConfig(want.block_m, want.block_n, want.num_warps, want.num_stages, ("m", "b", "h"),
+                               "ascending", "ascending", sram_bytes=12345)
+    assert cfg == replace(launch_config(d, causal), sram_bytes=12345)
+    if (d, causal) in DEFAULT_CONFIGS:
+        assert (cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages) == DEFAULT_CONFIGS[(d, causal)]
+    # Triton picks wgmma on sm90 for these tiles; the preset leaves the path to the chip's native one (= wgmma)
+    assert pre.instruction_path is None and instruction_path("sm90", cfg.block_m, cfg.num_warps) == "wgmma"
+
+
+@pytest.mark.parametrize("d,causal", [(64, False), (64, True), (128, False), (128, True)])
+def test_iosim_triton_predict_counts_kernel_schedule(d, causal):
+    p = Problem(2, 8, 4, 700, 1300, d, causal=causal)
+    pred = predict(H100, p, KernelConfig(), kernel="iosim-triton", l2=False)
+    want = count(kernel_schedule(p, default_config(d, causal)))
+    got = pred.counts
+    assert (got.sm_read_bytes, got.sm_write_bytes, got.flops, got.exp_ops) == \
+        (want.sm_read_bytes, want.sm_write_bytes, want.flops, want.exp_ops)
+    assert [k.programs for k in got.kernels] == [k.programs for k in want.kernels]
+    assert pred.time.kernels[0].path == "wgmma"
+
+
+def test_iosim_triton_predict_l2_equals_flash2_with_kernel_config():
+    p = Problem(1, 4, 4, 2048, 2048, 128, causal=True)
+    a = predict(H100, p, KernelConfig(), kernel="iosim-triton")
+    b = predict(H100, p, default_config(128, True), "flash2")
+    assert (a.dram_read_bytes, a.dram_write_bytes, a.time_s) == (b.dram_read_bytes, b.dram_write_bytes, b.time_s)
+
+
+def test_iosim_triton_preset_refuses_what_the_kernel_runs_differently():
+    with pytest.raises(IosimError, match="split-KV decode"):
+        predict(H100, Problem(1, 32, 8, 1, 8192, 128), KernelConfig(), kernel="iosim-triton", l2=False)
+    with pytest.raises(IosimError, match="head_dim=96"):
+        predict(H100, Problem(1, 4, 4, 1024, 1024, 96), KernelConfig(), kernel="iosim-triton", l2=False)
+    with pytest.raises(IosimError, match="65535"):
+        predict(H100, Problem(70000, 1, 1, 128, 128, 64), KernelConfig(), kernel="iosim-triton", l2=False)
+
+
+def test_launch_config_fills_like_attention():
+    # block_m given: its warps/stages are kept, block_n from the defaults; block_m missing: defaults for all four
+    assert launch_config(64, False, KernelConfig(block_m=64)) == KernelConfig(64, 128, 4, 2)
+    assert launch_config(128, True, KernelConfig(block_n=32, num_warps=2, kv_order="descending")) == \
+        KernelConfig(128, 32, 8, 3, kv_order="descending")
+    full = KernelConfig(64, 32, 2, 1, ("h", "m", "b"))
+    assert launch_config(64, True, full) is full
+    assert launch_grid(full, 8, 2, 16) == ((16, 8, 2), {"AX_M": 1, "AX_B": 2, "AX_H": 0})
+
+
+def test_instruction_path_rules():
+    assert instruction_path("sm90", 128, 8) == "wgmma"
+    assert instruction_path("sm90", 16, 4) == "mma.sync"  # decode tiles: M % 64 != 0
+    assert instruction_path("sm90", 128, 2) == "mma.sync"
+    assert instruction_path("sm80", 128, 4) == "mma.sync"
+    assert instruction_path("sm100", 128, 8) == "tcgen05"
+
+
+def test_kernels_module_uses_the_schedule_choices():
+    kernels = pytest.importorskip("iosim.triton_kernels.kernels")
+    assert kernels.default_config is default_config and kernels.DEFAULT_CONFIGS is DEFAULT_CONFIGS
+    assert kernels._grid(KernelConfig(128, 64), 4, 2, 3) == launch_grid(KernelConfig(128, 64), 4, 2, 3)

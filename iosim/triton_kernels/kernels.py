@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 import triton
@@ -39,7 +39,8 @@ import triton.language as tl
 
 from iosim.errors import IosimError
 from iosim.problem import KernelConfig
-from iosim.triton_kernels.schedule import decode_splits, use_decode
+from iosim.triton_kernels.schedule import (DEFAULT_CONFIGS, check_head_dim, decode_splits,  # noqa: F401
+                                           default_config, launch_config, launch_grid, use_decode)
 
 LOG2E = 1.4426950408889634
 
@@ -355,17 +356,6 @@ class TritonConfig:
     num_splits: int | None = None
 
 
-# Forward configs per (head_dim, causal) on the H100 (BLOCK_M, BLOCK_N, num_warps, num_stages), from the sweep of
-# benchmarks/gpu_attention.py (reports/validation/h100/speed_tune.md): d=64 wants one warpgroup (4 warps) on a
-# 128×128 tile, d=128 two warpgroups (8 warps).
-DEFAULT_CONFIGS: dict[tuple[int, bool], tuple[int, int, int, int]] = {
-    (64, False): (128, 128, 4, 3),
-    (64, True): (128, 128, 4, 3),
-    (128, False): (128, 128, 8, 3),
-    (128, True): (128, 128, 8, 3),
-}
-
-
 # config="auto": the candidates timed on first use per shape class (the final sweep's list, benchmarks/
 # gpu_attention.py FINAL): tiles, the pointer path beside TMA, and LPT order (q_order="descending") for causal.
 AUTOTUNE_CANDIDATES: dict[tuple[int, bool], list[tuple[tuple[int, int, int, int], bool | None, str]]] = {
@@ -405,11 +395,6 @@ def _autotuned(q, k, v, causal: bool, scale: float) -> "TritonConfig":
     best = min(timed, key=lambda x: x[0])[1] if timed else TritonConfig(default_config(D, causal))
     _TUNED[key] = best
     return best
-
-
-def default_config(head_dim: int, causal: bool) -> KernelConfig:
-    bm, bn, w, s = DEFAULT_CONFIGS.get((head_dim, causal), (64, 64, 4, 2) if head_dim > 128 else (128, 64, 4, 3))
-    return KernelConfig(block_m=bm, block_n=bn, num_warps=w, num_stages=s)
 
 
 _ALLOCATOR_SET = False
@@ -499,8 +484,7 @@ def _check_inputs(q, k, v):
         raise IosimError(f"q {tuple(q.shape)} and k {tuple(k.shape)} disagree on batch or head_dim")
     if H % Hk:
         raise IosimError(f"kv heads {Hk} must divide query heads {H} (GQA)")
-    if D < 16 or D > 256 or D & (D - 1):
-        raise IosimError(f"head_dim={D} is not supported by the Triton kernels: use a power of two in 16..256")
+    check_head_dim(D)
     if Nq == 0 or Nkv == 0:
         raise IosimError(f"empty sequence (Nq={Nq}, Nkv={Nkv})")
     if q.dtype != k.dtype or q.dtype != v.dtype:
@@ -528,13 +512,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
             raise IosimError(f"config must be a KernelConfig, TritonConfig, dict, None or 'auto', got {config!r}")
         config = _autotuned(q, k, v, causal, scale) if (block_mask is None and not decode) else None
     tcfg = _as_kernel_config(config)
-    kc = tcfg.kernel
-    if kc.block_m is None or kc.block_n is None:
-        d = default_config(D, causal)
-        kc = replace(d, grid_order=kc.grid_order, kv_order=kc.kv_order, q_order=kc.q_order,
-                     block_m=kc.block_m or d.block_m, block_n=kc.block_n or d.block_n,
-                     num_warps=kc.num_warps if tcfg.kernel.block_m else d.num_warps,
-                     num_stages=kc.num_stages if tcfg.kernel.block_m else d.num_stages)
+    kc = launch_config(D, causal, tcfg.kernel)
     if decode:
         if block_mask is not None:
             raise IosimError("split-KV decode does not take a block_mask")
@@ -545,12 +523,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
 
 
 def _grid(kc: KernelConfig, tm: int, B: int, H: int):
-    ext = {"m": tm, "b": B, "h": H}
-    grid = tuple(ext[a] for a in kc.grid_order)
-    if grid[1] > 65535 or grid[2] > 65535:
-        raise IosimError(f"grid {grid} (order {kc.grid_order}) exceeds CUDA's 65535 limit on its y/z axes; "
-                         "put the largest axis first in grid_order")
-    return grid, {f"AX_{a.upper()}": kc.grid_order.index(a) for a in ("m", "b", "h")}
+    return launch_grid(kc, tm, B, H)
 
 
 def _forward(q, k, v, causal, block_mask, scale, kc: KernelConfig, tcfg: TritonConfig):

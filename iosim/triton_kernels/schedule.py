@@ -9,11 +9,20 @@
   decode kernel packs the G query heads that share a KV head into one program, so K/V are read once per KV head
   and split, not once per query head.
 
+Launch choices (also here, so ``iosim predict --kernel iosim-triton`` needs no torch or triton; ``kernels.py``
+imports them): ``DEFAULT_CONFIGS`` / ``default_config`` (tiles, warps, stages per head dim), ``launch_config`` (how
+``attention`` fills a partial config), ``launch_grid`` (grid and axis order), ``check_head_dim``, and
+``instruction_path`` (the tensor-core path Triton's compiler picks for our ``tl.dot``s).
+
 TMA note: with tensor descriptors the kernel also fetches its 4 descriptors (128 B each) per program, which the
 schedule does not count (+512 B per program; measured on the H100: reports/validation/h100/triton_notes.md).
+Whether descriptors are used (``kernels._tma_ok``: sm90+, 16-byte aligned strides and bases, or the caller's
+``use_tma``) changes neither the schedule nor the instruction path (see ``instruction_path``).
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import sympy as sp
@@ -22,6 +31,87 @@ from iosim.errors import IosimError
 from iosim.problem import STAT_BYTES, KernelConfig, Problem
 from iosim.schedule import (Buffer, Compute, GridAxis, Kernel, Load, Loop, Schedule, Span, Store, TensorSpec, Tile,
                             Work, cdiv, full, point, var)
+
+
+# Forward configs per (head_dim, causal) on the H100 (BLOCK_M, BLOCK_N, num_warps, num_stages), from the sweep of
+# benchmarks/gpu_attention.py (reports/validation/h100/speed_tune.md): d=64 wants one warpgroup (4 warps) on a
+# 128×128 tile, d=128 two warpgroups (8 warps).
+DEFAULT_CONFIGS: dict[tuple[int, bool], tuple[int, int, int, int]] = {
+    (64, False): (128, 128, 4, 3),
+    (64, True): (128, 128, 4, 3),
+    (128, False): (128, 128, 8, 3),
+    (128, True): (128, 128, 8, 3),
+}
+
+GRID_YZ_LIMIT = 65535
+
+
+def default_config(head_dim: int, causal: bool) -> KernelConfig:
+    """The config ``attention`` uses when given none: ``DEFAULT_CONFIGS``, else (64,64,4,2) above d=128 and
+    (128,64,4,3) otherwise; grid (m, b, h), KV and query blocks ascending."""
+    bm, bn, w, s = DEFAULT_CONFIGS.get((head_dim, causal), (64, 64, 4, 2) if head_dim > 128 else (128, 64, 4, 3))
+    return KernelConfig(block_m=bm, block_n=bn, num_warps=w, num_stages=s)
+
+
+def launch_config(head_dim: int, causal: bool, kc: KernelConfig | None = None) -> KernelConfig:
+    """The KernelConfig ``attention`` launches for a caller's ``kc`` (None = ``KernelConfig()``): tiles missing from
+    kc come from ``default_config``, and so do warps and stages unless the caller gave block_m; orders are kc's."""
+    kc = KernelConfig() if kc is None else kc
+    if kc.block_m is None or kc.block_n is None:
+        d = default_config(head_dim, causal)
+        kc = replace(d, grid_order=kc.grid_order, kv_order=kc.kv_order, q_order=kc.q_order,
+                     block_m=kc.block_m or d.block_m, block_n=kc.block_n or d.block_n,
+                     num_warps=kc.num_warps if kc.block_m else d.num_warps,
+                     num_stages=kc.num_stages if kc.block_m else d.num_stages)
+    return kc
+
+
+def launch_grid(kc: KernelConfig, tm: int, batch: int, heads: int) -> tuple[tuple[int, int, int], dict[str, int]]:
+    """(grid, {"AX_M": axis, "AX_B": axis, "AX_H": axis}) of the dense/sparse forward: the extents of
+    (query blocks, batch, heads) in ``kc.grid_order`` (first = fastest = grid x); y and z are limited to 65535."""
+    ext = {"m": tm, "b": batch, "h": heads}
+    grid = tuple(ext[a] for a in kc.grid_order)
+    if grid[1] > GRID_YZ_LIMIT or grid[2] > GRID_YZ_LIMIT:
+        raise IosimError(f"grid {grid} (order {kc.grid_order}) exceeds CUDA's 65535 limit on its y/z axes; "
+                         "put the largest axis first in grid_order")
+    return grid, {f"AX_{a.upper()}": kc.grid_order.index(a) for a in ("m", "b", "h")}
+
+
+def check_head_dim(head_dim: int) -> None:
+    if head_dim < 16 or head_dim > 256 or head_dim & (head_dim - 1):
+        raise IosimError(f"head_dim={head_dim} is not supported by the Triton kernels: use a power of two in 16..256")
+
+
+def instruction_path(arch: str, block_m: int, num_warps: int) -> str:
+    """The tensor-core path of a ``tl.dot`` with BLOCK_M rows in a program of num_warps warps, as Triton (3.x,
+    ``AccelerateMatmul`` / ``supportMMA``) picks it: sm90 takes MMAv3 (wgmma) when num_warps % 4 == 0 and the
+    rows are a multiple of 64, else MMAv2 (mma.sync); sm100 takes MMAv5 (tcgen05) for 4 or 8 warps and rows a
+    multiple of 64; sm8x mma.sync. The load path (TMA descriptors or pointers) does not enter: both give wgmma on
+    the H100 for our dense tiles (BLOCK_M 64/128, 4/8 warps); the decode kernel's 16–64-row tiles mostly do not."""
+    mma_ok = num_warps % 4 == 0 and block_m % 64 == 0
+    if arch == "sm90":
+        return "wgmma" if mma_ok else "mma.sync"
+    if arch == "sm100":
+        return "tcgen05" if mma_ok and num_warps in (4, 8) else "mma.sync"
+    return "mma.sync"
+
+
+def preset_config(p: Problem, sram_bytes: int | None = None) -> KernelConfig:
+    """The config of ``attention(q, k, v, causal=p.causal)`` (config=None, no block mask) for the ``iosim-triton``
+    preset: ``launch_config`` of an empty config; refuses what the kernel refuses or runs differently (a head dim
+    that is not a power of two in 16..256, a grid over the y/z limit, and split-KV decode shapes, which launch
+    ``decode_schedule``'s two kernels: predict those with ``kernel_schedule(..., decode=True)``)."""
+    concrete = all(isinstance(v, int) for v in (p.batch, p.heads, p.kv_heads, p.seq_q, p.seq_kv, p.head_dim))
+    if not concrete:
+        return replace(launch_config(p.head_dim, p.causal), sram_bytes=sram_bytes)
+    check_head_dim(p.head_dim)
+    if use_decode(p.seq_q, p.heads, p.kv_heads, p.seq_kv):
+        raise IosimError(f"iosim-triton runs split-KV decode for this shape (G·Nq = {(p.heads // p.kv_heads) * p.seq_q}"
+                         f" ≤ 64, Nkv = {p.seq_kv} ≥ 256); the preset models the dense forward only: use "
+                         "iosim.triton_kernels.schedule.kernel_schedule(problem, config, decode=True)")
+    kc = replace(launch_config(p.head_dim, p.causal), sram_bytes=sram_bytes)
+    launch_grid(kc, cdiv(p.seq_q, kc.block_m), p.batch, p.heads)
+    return kc
 
 
 def use_decode(nq: int, heads: int, kv_heads: int, nkv: int, block_mask=None) -> bool:
@@ -74,7 +164,7 @@ def kernel_schedule(p: Problem, config: KernelConfig, block_mask=None, decode: b
                     num_splits: int | None = None, hw=None, num_sms: int = 132) -> Schedule:
     """The schedule of ``attention(q, k, v, causal=p.causal, block_mask=..., config=config, decode=...)``.
 
-    config must carry block_m and block_n (the launcher's defaults come from ``kernels.default_config``)."""
+    config must carry block_m and block_n (the launcher's defaults come from ``launch_config``)."""
     if config.block_m is None or config.block_n is None:
         raise IosimError("kernel_schedule needs config.block_m and config.block_n (the kernel's tiles)")
     if decode is None:
