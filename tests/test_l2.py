@@ -264,7 +264,6 @@ def test_triton_tutorial_preset_orders():
     cfg = pred.schedule.config
     assert cfg.grid_order == ("m", "h", "b") and cfg.kv_order == "ascending" and (cfg.block_m, cfg.block_n) == (128, 64)
     assert pred.l2.kernels[0].occupancy.regs_source.startswith("estimated")
-    assert predict(HW, p, KernelConfig(), kernel="iosim-triton").dram_read_bytes == pred.dram_read_bytes
 
 
 @pytest.mark.parametrize("policy", ["lru", "fifo"])
