@@ -54,6 +54,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from iosim.counts import KernelCounts
 from iosim.counts import sram_bytes as kernel_sram_bytes
 from iosim.errors import IosimError
 from iosim.expr import compile_expr, table_env
@@ -64,18 +65,9 @@ NEG_INF = -np.inf
 
 # --- results ------------------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class KernelTally:
-    """What one kernel launch moved and computed, tallied while executing (same units as counts.KernelCounts)."""
-
-    name: str
-    programs: int
-    read_bytes: Mapping[str, int]
-    write_bytes: Mapping[str, int]
-    matmul_flops: int
-    exp_ops: int
-    other_flops: int
-    sram_bytes: int
+# What one kernel launch moved and computed, tallied while executing: the same value type the counter returns,
+# so tallies and counts compare field by field.
+KernelTally = KernelCounts
 
 
 @dataclass(frozen=True)
