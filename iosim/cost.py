@@ -22,15 +22,18 @@ Overlap rule (stated, not fitted):
 * compute = max(tensor, sfu, fp32) + (1 − COMPUTE_OVERLAP[path]) × (the other two): how much of the softmax hides
   under the MMAs (fitted on the H100 for FA2's mma.sync kernel and iosim's Triton wgmma kernel). Plus the tile-step chain: tile steps × STEP_OVERHEAD_CYCLES /
   (clock × SMs × resident CTAs per SM); tile steps = matmul FLOPs / FLOPs of one full-tile step.
-* memory (smem, L2, DRAM) overlaps compute completely when loads are software-pipelined (num_stages ≥ 2):
-  body = max(compute, smem, l2, dram). With one stage a CTA waits for its own loads, and only the other r − 1
+* memory (smem, L2, DRAM) overlaps compute completely when loads are software-pipelined (num_stages ≥ 2) or
+  prefetched inside the CTA (``prefetch``, set by presets such as ``fa2``: FA2's CUDA kernel has one smem buffer
+  per tensor but issues the cp.async for K tile j+1 before the softmax/PV of tile j and loads V under QKᵀ —
+  ``flash_fwd_kernel.h``, ``compute_attn_1rowblock``): body = max(compute, smem, l2, dram). With one stage a CTA waits for its own loads, and only the other r − 1
   resident CTAs hide them: body = compute + max(smem, l2, dram) / r (r = resident CTAs per SM).
 * SM-local resources (tensor, sfu, fp32, smem) are divided by the tail efficiency (P/S)/⌈P/S⌉ for P CTAs on S SMs
   (the busiest SM runs ⌈P/S⌉ CTAs; equal work per CTA assumed — causal CTAs differ, see ``KernelTime.notes``) and by
   the warp-issue factor min(1, resident warps per SM / 4) (4 tensor cores per SM, one per sub-partition; Triton's
   old matmul model uses the same min(warps, 4)/4). DRAM and L2 are chip-wide and not scaled.
 
-plus a pipeline fill (CTA_FILL_S) per round of resident CTAs on the busiest SM.
+plus, per round of resident CTAs on the busiest SM, the per-CTA prologue/epilogue (``cta_overhead``: pipeline fill
+at one global latency + the prologue's tile bytes, O/LSE store bytes, the last step's exposed softmax; per KV loop).
 
 time = body + fill + launch; bound = the resource with the largest (scaled) time, or "launch" if launch overhead exceeds
 the body. Achieved FLOP/s is matmul FLOPs / time (the FlashAttention papers' convention; masked elements of
@@ -47,7 +50,7 @@ from iosim.counts import Counts, KernelCounts
 from iosim.errors import IosimError
 from iosim.expr import evaluate
 from iosim.hwprofile import Hardware
-from iosim.schedule import Compute, Kernel, Load, Schedule, Store, walk
+from iosim.schedule import Compute, Kernel, Load, Loop, Schedule, Store, walk
 
 # --- modeled constants, each with its source ------------------------------------------------------------------------
 
@@ -122,11 +125,29 @@ LAUNCH_OVERHEAD_S = 3e-6
 """Per kernel launch (host launch + GPU front end), assumed 3 µs (typical CUDA launch latency 2–5 µs); iosim
 calibrate measures an empty launch and records it in the calibrated profile's header."""
 
+GLOBAL_LATENCY_CYCLES = 1000
+"""Round-trip latency of a global load that misses in L1 (L2 or DRAM), in SM cycles: several hundred ns on V100–H100
+(Jia et al. arXiv 1804.06826, DRAM ≈ 400–600 ns; about 1000 cycles at the H100's ~1.8–2 GHz). Paid once per
+pipeline fill: the fill's loads are issued back to back, so they share one latency."""
+
 CTA_FILL_S = 1e-6
-"""Pipeline fill per round of resident CTAs: a CTA's first Q/K/V loads (one global-memory round trip) and its last
-O store are not overlapped with its own compute. Assumed 1 µs (DRAM latency is several hundred ns on V100–H100 per
-microbenchmarks, Jia et al. arXiv 1804.06826; plus TMA/cp.async issue and the epilogue). The busiest SM runs
-⌈⌈P/S⌉ / ctas_per_sm⌉ rounds."""
+"""Kept for compatibility (profiles/tools that quote it): the old single per-round constant. The model now builds the
+per-CTA prologue/epilogue from its parts (``cta_overhead``)."""
+
+
+@dataclass(frozen=True)
+class CtaOverhead:
+    """Per-CTA work that its own KV loop cannot hide, each part derived from the schedule (``cta_overhead``)."""
+
+    fill_s: float      # per KV loop: one GLOBAL_LATENCY_CYCLES + the prologue's bytes (Q + (stages−1) K/V tiles)
+    epilogue_s: float  # O / LSE store bytes leaving the SM after the loop
+    drain_s: float     # the last step's softmax, which no next QKᵀ hides (COMPUTE_OVERLAP × its exp + fp32 time)
+    loops: int         # KV loops per CTA (Triton's causal kernel: unmasked + diagonal-band loop, each refills)
+
+    @property
+    def total_s(self) -> float:
+        return self.fill_s + self.epilogue_s + self.drain_s
+
 
 STEP_OVERHEAD_CYCLES = 128
 """Per tile step (one visit of the inner loop: QKᵀ → softmax → PV) a dependent chain a CTA cannot overlap with its
@@ -333,6 +354,59 @@ def tile_steps(kernel: Kernel, kc: KernelCounts) -> float:
     return kc.matmul_flops / per if per else 0.0
 
 
+def _load_store_bytes(kernel: Kernel, schedule_elem_bytes: Mapping[str, int]) -> tuple[int, int, int, int]:
+    """(bytes loaded outside any loop, bytes loaded per iteration of the KV loop(s), bytes stored outside loops,
+    number of top-level loops that load) — one CTA's view of its buffers."""
+    bufs = {b.name: _int(b.bytes) for b in kernel.buffers}
+    elems = {b.name: _int(b.bytes) // b.elem_bytes for b in kernel.buffers}
+    outer_ld = inner_ld = outer_st = 0
+    loops = 0
+    for st in kernel.body:
+        if isinstance(st, Load):
+            outer_ld += bufs.get(st.buffer, 0)
+        elif isinstance(st, Store):
+            # bytes leaving the SM are in the stored tensor's element size (an fp32 accumulator stored as bf16 O)
+            outer_st += elems.get(st.buffer, 0) * schedule_elem_bytes.get(st.tile.tensor, 0)
+        elif isinstance(st, Loop):
+            per = sum(bufs.get(x.buffer, 0) for x in walk(st.body) if isinstance(x, Load))
+            if per:
+                loops += 1
+                inner_ld = max(inner_ld, per)
+    return outer_ld, inner_ld, outer_st, loops
+
+
+def cta_overhead(schedule: Schedule, kernel: Kernel, kc: KernelCounts, hw: Hardware, num_stages: int,
+                 comp: Sequence[float], overlap: float, resident: int) -> CtaOverhead:
+    """One round of resident CTAs: what each CTA pays outside its steady-state loop (none of it shrinks with N).
+
+    * fill (per KV loop): the first QKᵀ waits for the Q tile and the first K/V tile: one global round trip
+      (GLOBAL_LATENCY_CYCLES) + those bytes at the SM's share of L2 bandwidth (l2_bandwidth / sm_count, the
+      ``resident`` CTAs of the round sharing it). Triton's pipeliner peels num_stages − 1 loads into the prologue,
+      but the consumer waits only on stage 0's barrier (TMA/cp.async requests of one CTA are issued in order), so
+      stages 1 … num_stages − 2 arrive under the first step's compute: the fill does not depend on num_stages
+      (FA2's CUDA kernel likewise loads Q and K tile 0 before its loop). A kernel with two KV loops (Triton's causal
+      kernel: off-band, then the diagonal band) drains and refills its pipeline once more (Q is loaded once).
+    * epilogue: the O tile and LSE row stores (the schedule's stores outside loops) at the same per-SM share.
+    * drain: in steady state the softmax of step j hides under the MMAs of step j ± 1 (COMPUTE_OVERLAP); the last
+      step's softmax + rescale has no following QKᵀ, so COMPUTE_OVERLAP × (its exp + fp32 time) is exposed once per
+      loop. One step's time on one SM = (whole-GPU time) × sm_count / tile steps.
+    Not modeled: in-kernel TMA descriptor creation (a 128-B global write + tensormap fence per descriptor;
+    ``tl.make_tensor_descriptor``) — no schedule field says a kernel does it.
+    """
+    outer_ld, inner_ld, outer_st, loops = _load_store_bytes(
+        kernel, {n: t.elem_bytes for n, t in schedule.tensors.items()})
+    loops = max(1, loops)
+    S = hw.sm_count
+    per_sm_bw = l2_bandwidth(hw) / S / max(1, resident)
+    lat = GLOBAL_LATENCY_CYCLES / hw.boost_clock_hz if (outer_ld or inner_ld) else 0.0
+    fill = loops * lat + (outer_ld + loops * inner_ld) / per_sm_bw
+    epi = outer_st / per_sm_bw
+    steps = tile_steps(kernel, kc)
+    soft = (sum(comp) - max(comp)) if comp else 0.0
+    drain = loops * overlap * soft * S / steps if steps else 0.0
+    return CtaOverhead(fill, epi, drain, loops)
+
+
 def tensor_bytes(schedule: Schedule, name: str) -> int:
     t = schedule.tensors[name]
     return math.prod(_int(d) for d in t.dims) * t.elem_bytes
@@ -364,7 +438,7 @@ class KernelTime:
     launch_s: float
     compute_s: float  # after the compute-overlap rule (+ step_s), before SM scaling
     step_s: float  # tile-step chains: steps × STEP_OVERHEAD_CYCLES / (clock × SMs × resident CTAs)
-    fill_s: float  # pipeline fill: rounds of resident CTAs × CTA_FILL_S (included in body_s)
+    fill_s: float  # per-CTA prologue/epilogue: rounds of resident CTAs × cta_overhead().total_s (in body_s)
     sm_scale: float  # 1 / (tail efficiency × warp-issue factor): multiplies SM-local times
     body_s: float
     time_s: float
@@ -386,6 +460,8 @@ class KernelTime:
     dram_write_bytes: int
     dram_assumed: bool  # True: compulsory traffic, no L2 model
     notes: tuple[str, ...] = ()
+    cta_overhead: CtaOverhead | None = None  # per-round parts of fill_s
+    prefetch: bool = False  # loads overlapped in-CTA although num_stages = 1 (preset)
 
     @property
     def achieved_flops_per_s(self) -> float:
@@ -457,8 +533,10 @@ class TimeEstimate:
 # --- the model -----------------------------------------------------------------------------------------------------
 
 def estimate_kernel(schedule: Schedule, kernel: Kernel, kc: KernelCounts, hw: Hardware, *, path: str | None = None,
-                    dram_read_bytes: int | None = None, dram_write_bytes: int | None = None) -> KernelTime:
-    """Time of one kernel (see the module docstring for every term and its source)."""
+                    dram_read_bytes: int | None = None, dram_write_bytes: int | None = None,
+                    prefetch: bool = False) -> KernelTime:
+    """Time of one kernel (see the module docstring for every term and its source). prefetch: the kernel
+    overlaps its loads with its own compute although num_stages = 1 (``KernelPreset.prefetch``, FA2)."""
     p = schedule.problem
     cfg = schedule.config
     path = path or native_path(hw)
@@ -513,13 +591,16 @@ def estimate_kernel(schedule: Schedule, kernel: Kernel, kc: KernelCounts, hw: Ha
         notes.append("causal: CTAs do unequal work; average work per CTA assumed in the tail model")
 
     mem = max(smem_s * scale, l2_s, dram_s)
-    if num_stages >= 2:
+    if num_stages >= 2 or prefetch:
         body = max(compute_s * scale, mem)
+        if num_stages < 2:
+            notes.append("one stage, but the kernel prefetches the next K/V tile in-CTA: loads overlap compute")
     else:
         body = compute_s * scale + mem / max(1, resident)
         notes.append(f"one stage: loads not pipelined, only the {resident} resident CTA(s) per SM overlap them")
     rounds = math.ceil(math.ceil(per_sm) / occ.ctas_per_sm) if P else 0
-    fill = rounds * CTA_FILL_S
+    ovh = cta_overhead(schedule, kernel, kc, hw, num_stages, comp, ov, resident)
+    fill = rounds * ovh.total_s
     body += fill
     launch = LAUNCH_OVERHEAD_S
     times = {"tensor": tensor_s * scale, "sfu": sfu_s * scale, "fp32": fp32_s * scale,
@@ -534,7 +615,8 @@ def estimate_kernel(schedule: Schedule, kernel: Kernel, kc: KernelCounts, hw: Ha
         registers_per_thread=occ.registers_per_thread, smem_per_cta=occ.smem_per_cta,
         waves=P / (S * occ.ctas_per_sm), tail_efficiency=tail, tensor_efficiency=eff.value, spills=occ.spills,
         matmul_flops=kc.matmul_flops, flops=kc.flops, sm_bytes=sm_bytes, smem_bytes=smem,
-        dram_read_bytes=dr, dram_write_bytes=dw, dram_assumed=assumed, notes=tuple(notes))
+        dram_read_bytes=dr, dram_write_bytes=dw, dram_assumed=assumed, notes=tuple(notes),
+        cta_overhead=ovh, prefetch=prefetch)
 
 
 def _split(total, kernels: Sequence[KernelCounts], weights: Sequence[int], what: str) -> list:
@@ -563,7 +645,7 @@ def _split(total, kernels: Sequence[KernelCounts], weights: Sequence[int], what:
 
 
 def estimate(schedule: Schedule, counts: Counts, hw: Hardware, dram_read_bytes=None, dram_write_bytes=None, *,
-             path: str | None = None) -> TimeEstimate:
+             path: str | None = None, prefetch: bool = False) -> TimeEstimate:
     """Predicted time of ``schedule`` (its kernels in launch order) on ``hw``.
 
     Args:
@@ -573,6 +655,8 @@ def estimate(schedule: Schedule, counts: Counts, hw: Hardware, dram_read_bytes=N
             None: compulsory traffic (each tensor a kernel touches read/written once).
         path: tensor-core instruction path ('mma.sync', 'wgmma', 'tcgen05', 'cube'); default the chip's native one.
             FA2's CUDA kernel runs 'mma.sync' on Hopper; Triton emits 'wgmma' there.
+        prefetch: loads are prefetched inside the CTA (overlap compute) even with num_stages = 1
+            (``KernelPreset.prefetch``; FA2's CUDA kernel).
     Raises:
         IosimError: counts that do not belong to the schedule, unknown path, a CTA that fits on no SM.
     """
@@ -585,7 +669,8 @@ def estimate(schedule: Schedule, counts: Counts, hw: Hardware, dram_read_bytes=N
     for kernel, kc, r, w in zip(schedule.kernels, counts.kernels, reads, writes):
         if kernel.name != kc.name:
             raise IosimError(f"counts kernel {kc.name!r} does not match schedule kernel {kernel.name!r}")
-        kts.append(estimate_kernel(schedule, kernel, kc, hw, path=path, dram_read_bytes=r, dram_write_bytes=w))
+        kts.append(estimate_kernel(schedule, kernel, kc, hw, path=path, dram_read_bytes=r, dram_write_bytes=w,
+                                   prefetch=prefetch))
     kts = tuple(kts)
     total = sum(k.time_s for k in kts)
     slowest = max(kts, key=lambda k: k.time_s)

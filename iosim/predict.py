@@ -109,21 +109,21 @@ def predict(hardware: Hardware, problem: Problem, config: KernelConfig, algorith
     (``L2Geometry.from_hardware(hw, policy=..., ...)``); l2_stride: set-sampling stride (None automatic, 1 exact);
     cta_jitter: spread of per-CTA speeds in the CTA timeline (None = ``iosim.hierarchy.DEFAULT_JITTER``, 0 = lockstep).
     """
-    regs, persistent, path = None, False, None
+    regs, persistent, path, prefetch = None, False, None, False
     if kernel is not None:
         from iosim.presets import apply
         algorithm, config, pre = apply(kernel, problem, hardware, config)
-        regs, persistent, path = pre.regs_per_thread, pre.persistent, pre.instruction_path
+        regs, persistent, path, prefetch = pre.regs_per_thread, pre.persistent, pre.instruction_path, pre.prefetch
     schedule = build_schedule(algorithm, problem, config, hardware)
     counts = count(schedule)
     if not l2:
         # time from compulsory DRAM traffic (each tensor a kernel touches read/written once; the estimate says so)
-        t = estimate(schedule, counts, hardware, path=path)
+        t = estimate(schedule, counts, hardware, path=path, prefetch=prefetch)
         return Prediction(hardware, schedule, counts, time_s=t.time_s, kernel_preset=kernel, time=t)
     kw = {} if cta_jitter is None else {"jitter": cta_jitter}
     res = simulate_schedule(schedule, hardware, l2_geometry, regs_per_thread=regs, persistent=persistent,
                             stride=l2_stride, **kw)
     t = estimate(schedule, counts, hardware, {k.name: k.dram_read_bytes for k in res.kernels},
-                 {k.name: k.dram_write_bytes for k in res.kernels}, path=path)
+                 {k.name: k.dram_write_bytes for k in res.kernels}, path=path, prefetch=prefetch)
     return Prediction(hardware, schedule, counts, res.dram_read_bytes, res.dram_write_bytes, t.time_s, l2=res,
                       kernel_preset=kernel, time=t)

@@ -13,6 +13,9 @@
     params.b, params.h)); not persistent.
   * the KV loop walks n_block from n_block_max − 1 down to n_block_min (``flash_fwd_kernel.h``,
     ``compute_attn_1rowblock``): descending.
+  * in-CTA prefetch (``prefetch=True``): with its single buffer per tensor the kernel still issues the cp.async of
+    K tile j+1 before the softmax/PV of tile j and the V load under QKᵀ (``flash_fwd_kernel.h``,
+    ``compute_attn_1rowblock``), so the cost model overlaps its loads with compute as for a ≥ 2-stage pipeline.
   * 255 registers per thread, 128 threads (ncu on the validation H100, ../shared/devices.md) → 2 CTAs per SM.
   Not modeled: the split-KV path PyTorch takes for few query blocks (decode), dropout.
 ``triton-tutorial`` — Triton's fused-attention tutorial (triton-lang/triton ``python/tutorials/06-fused-attention.py``,
@@ -48,6 +51,7 @@ class KernelPreset:
     regs_per_thread: int | None = None   # None: estimated (iosim.scheduler.estimate_registers)
     persistent: bool = False
     instruction_path: str | None = None  # tensor-core path for the cost model (None = the chip's native one)
+    prefetch: bool = False  # loads overlap compute inside the CTA although num_stages = 1 (cost.estimate's prefetch)
 
 
 def fa2_tiles(head_dim: int, hw=None) -> tuple[int, int, int]:
@@ -88,7 +92,7 @@ def _iosim_triton_config(p: Problem, hw, base: KernelConfig) -> KernelConfig:
 
 PRESETS: dict[str, KernelPreset] = {
     "fa2": KernelPreset("fa2", "flash2", "FlashAttention-2 CUDA as in PyTorch SDPA (grid m,b,h; KV descending; 255 regs)",
-                        _fa2_config, regs_per_thread=255, instruction_path="mma.sync"),
+                        _fa2_config, regs_per_thread=255, instruction_path="mma.sync", prefetch=True),
     "triton-tutorial": KernelPreset("triton-tutorial", "flash2",
                                     "Triton fused-attention tutorial (grid m, z·h; KV ascending; 128×64, 2 stages)",
                                     _triton_tutorial_config),

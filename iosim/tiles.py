@@ -35,6 +35,15 @@ BLOCK_CHOICES = (16, 32, 64, 128, 256)
 WARP_CHOICES = (2, 4, 8)
 STAGE_CHOICES = (1, 2, 3, 4)
 
+STAGE_TIE_BREAK = "deeper"
+"""Once loads are pipelined (≥ 2 stages) the cost model gives 2, 3 and 4 stages the same time (memory fully
+overlapped; the fill waits only on stage 0, ``cost.cta_overhead``). What it leaves out — variable L2/DRAM latency
+under load — a deeper pipeline absorbs: with s stages a tile may arrive up to s − 1 steps late without stalling the
+MMAs (the reason Triton's tutorials and FA3 use 2–4 stages; measured on the H100 at 128×128×8, d=128: 3 stages 2.6–6.9%
+faster than 2, reports/validation/h100/tiles_vs_exhaustive.md). So among configurations that tie, the chooser takes
+the deepest pipeline whose shared memory still fits without costing a resident CTA per SM (ties first prefer more
+resident CTAs), and one stage last (Triton pipelines loads only with ≥ 2 stages)."""
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -193,8 +202,8 @@ def explain(best: Candidate, c: Candidate) -> str:
         parts.append((0, "same time, more total resource use"))
     if not parts and c.num_stages != best.num_stages:
         parts.append((0, f"same predicted time with {c.num_stages} stage(s) ({tc['smem_per_cta']:,} B smem); "
-                         "ties prefer 2 stages"))
-    why = "; ".join(p[1] for p in parts[:3]) or "same predicted resources (tie broken by larger tiles, fewer warps, fewer stages)"
+                         "ties prefer the deepest pipeline that keeps occupancy"))
+    why = "; ".join(p[1] for p in parts[:3]) or "same predicted resources (tie broken by larger tiles, fewer warps, more CTAs/SM, more stages)"
     return f"{ratio:.3f}× time, {bound}-bound: {why}"
 
 
@@ -220,17 +229,19 @@ class TileChoice:
 
 
 def choose(hw: Hardware, problem: Problem, algorithm: str = "flash2", *, path: str | None = None, **kw) -> TileChoice:
-    """Rank the legal configurations by predicted time (ties: larger tiles, fewer warps, fewer stages first)."""
+    """Rank the legal configurations by predicted time (ties: larger tiles, fewer warps, more resident CTAs, deeper
+    pipelines first; ``STAGE_TIE_BREAK``)."""
     path = path or native_path(hw)
     cands = candidates(hw, problem, algorithm, path=path, **kw)
     legal = [c for c in cands if c.legal]
     if not legal:
         reasons = sorted({c.reason for c in cands})[:5]
         raise IosimError(f"no legal tile configuration for {algorithm} on {hw.name}: " + " | ".join(reasons))
-    # ties (same bound resource): less total resource time first (less traffic = more headroom), then bigger tiles
-    # (ties: 2 stages before 3, 4, then 1 — Triton pipelines loads only with ≥ 2 stages)
+    # ties (same bound resource): less total resource time first (less traffic = more headroom), then bigger tiles,
+    # fewer warps, more resident CTAs, then the deeper pipeline (STAGE_TIE_BREAK)
     legal.sort(key=lambda c: (round(c.time_s, 12), sum(c.totals()["resources"].values()),
-                              -c.block_m * c.block_n, c.num_warps, (c.num_stages < 2, c.num_stages)))
+                              -c.block_m * c.block_n, c.num_warps, -c.totals()["ctas_per_sm"],
+                              (c.num_stages < 2, -c.num_stages)))
     best = legal[0]
     ranked = tuple(dataclasses.replace(c, reason=explain(best, c)) for c in legal)
     illegal = tuple(c for c in cands if not c.legal)

@@ -41,8 +41,8 @@ def test_compute_bound_time_is_flops_over_peak_times_efficiency():
     assert k.tensor_s == flops / (989.4e12 * 0.66)
     assert k.tail_efficiency == 1.0 and k.sm_scale == 1.0
     assert k.bound == "tensor"
-    # one round of resident CTAs (2 per SM fit) → one pipeline fill
-    assert k.fill_s == cost.CTA_FILL_S
+    # one round of resident CTAs (2 per SM fit); no loads, stores or softmax → an empty prologue/epilogue
+    assert k.cta_overhead.total_s == 0.0 and k.fill_s == 0.0
     # one tile step per CTA (the compute is outside any loop), chains of 2 resident CTAs overlap
     assert k.step_s == 2 * H100.sm_count * cost.STEP_OVERHEAD_CYCLES / (H100.boost_clock_hz * H100.sm_count * 2)
     assert e.time_s == ((k.tensor_s + k.step_s) + k.fill_s) + LAUNCH_OVERHEAD_S
@@ -156,3 +156,47 @@ def test_every_algorithm_has_a_finite_time(hw):
         e = estimate_problem(h, Problem(1, 4, 4, 2048, 2048, 64, "fp16"), KernelConfig(), name)
         assert math.isfinite(e.time_s) and e.time_s > 0, name
         assert e.bound in cost.RESOURCES + ("launch",)
+
+
+def test_prefetch_overlaps_one_stage_loads_like_a_pipeline():
+    """FA2's CUDA kernel (num_stages = 1) prefetches K/V tile j+1 in-CTA: with prefetch the body is
+    max(compute, memory), as for ≥ 2 stages; without it memory is added (÷ resident CTAs)."""
+    p = Problem(4, 16, 16, 4096, 4096, 128, "bf16")
+    s = build_schedule("flash2", p, KernelConfig(128, 64, 4, 1), H100)
+    c = count(s)
+    plain = estimate(s, c, H100, path="mma.sync").kernels[0]
+    pre = estimate(s, c, H100, path="mma.sync", prefetch=True).kernels[0]
+    mem = max(pre.smem_s * pre.sm_scale, pre.l2_s, pre.dram_s)
+    assert pre.prefetch and not plain.prefetch
+    assert pre.body_s == pytest.approx(max(pre.compute_s * pre.sm_scale, mem) + pre.fill_s)
+    assert plain.body_s == pytest.approx(plain.compute_s * plain.sm_scale + mem / min(plain.ctas_per_sm, 64) + plain.fill_s)
+    assert pre.time_s < plain.time_s
+    # the fa2 preset carries the flag through predict
+    from iosim.predict import predict
+    from iosim.presets import PRESETS
+    assert PRESETS["fa2"].prefetch and not PRESETS["iosim-triton"].prefetch
+    t = predict(H100, p, KernelConfig(), kernel="fa2", l2=False).time.kernels[0]
+    assert t.prefetch and t.body_s == pytest.approx(max(t.compute_s * t.sm_scale, max(t.smem_s * t.sm_scale, t.l2_s, t.dram_s)) + t.fill_s)
+
+
+def test_cta_overhead_parts_follow_their_formulas():
+    p = Problem(16, 16, 16, 1024, 1024, 128, "bf16")
+    for stages in (2, 3):
+        s = build_schedule("flash2", p, KernelConfig(128, 128, 8, stages), H100)
+        c = count(s)
+        k = estimate(s, c, H100, path="wgmma").kernels[0]
+        o = k.cta_overhead
+        bw = H100.l2_bandwidth_bytes_per_s / H100.sm_count / 1  # 1 resident CTA (d=128, 8 warps, 128×128)
+        assert k.ctas_per_sm == 1
+        q = kv = 128 * 128 * 2
+        # fill: one global latency + Q + the first K and V tile (independent of num_stages)
+        assert o.fill_s == pytest.approx(cost.GLOBAL_LATENCY_CYCLES / H100.boost_clock_hz + (q + 2 * kv) / bw)
+        # epilogue: O tile (bf16) + LSE row (fp32)
+        assert o.epilogue_s == pytest.approx((128 * 128 * 2 + 128 * 4) / bw, rel=0.05)
+        steps = cost.tile_steps(s.kernels[0], c.kernels[0])
+        comp = [k.tensor_s, k.sfu_s, k.fp32_s]
+        assert o.drain_s == pytest.approx(cost.COMPUTE_OVERLAP["wgmma"] * (sum(comp) - max(comp)) * H100.sm_count / steps)
+        rounds = math.ceil(math.ceil(k.programs / H100.sm_count) / k.ctas_per_sm)
+        assert k.fill_s == pytest.approx(rounds * o.total_s)
+        # small, a few µs per round on the H100
+        assert 1e-6 < o.total_s < 10e-6

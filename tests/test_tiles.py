@@ -74,3 +74,19 @@ def test_cli_tiles_text_and_json():
 def test_no_legal_configuration_is_a_clear_error():
     with pytest.raises(IosimError, match="no legal tile configuration"):
         choose(load_hardware("h100"), P, block_m=(512,), block_n=(512,), num_warps=(4,), num_stages=(4,))
+
+
+def test_stage_ties_prefer_the_deeper_pipeline_that_keeps_occupancy():
+    """2, 3 and 4 stages are predicted equal once loads are pipelined; the chooser takes the deepest (measured
+    faster on the H100 at d=128) unless it costs a resident CTA per SM."""
+    from iosim.tiles import choose
+    hw = load_hardware("h100")
+    ch = choose(hw, Problem(4, 16, 16, 8192, 8192, 128, "bf16"))
+    by = {c.key: c for c in ch.ranked}
+    for (bm, bn, w) in {(c.block_m, c.block_n, c.num_warps) for c in ch.ranked}:
+        tied = [by[(bm, bn, w, s)] for s in (2, 3, 4) if (bm, bn, w, s) in by]
+        tied = [c for c in tied if round(c.time_s, 12) == round(tied[0].time_s, 12)
+                and c.totals()["ctas_per_sm"] == tied[0].totals()["ctas_per_sm"]]
+        if len(tied) > 1:
+            pos = [ch.ranked.index(c) for c in tied]
+            assert pos == sorted(pos, reverse=True), (bm, bn, w, [c.num_stages for c in tied])

@@ -45,17 +45,34 @@ TARGET_ERR = 15.0
 TARGET_GAP = 5.0
 
 
+FIRST_RAW = os.path.join(ROOT, "reports", "validation", "h100", "cost_validation_raw")
+DEFAULT_IN_SAMPLE = (TUNE_CSV, os.path.join(FIRST_RAW, "sweep.csv"), os.path.join(FIRST_RAW, "tiles.csv"))
+"""Shapes the committed model has seen: speed_tune.csv (the efficiency/overlap fit) and the first held-out H100 run
+(cost_validation_raw), against which the one-stage prefetch rule, the per-CTA overhead and the stage tie-break were
+written. A fresh run's shapes outside these are held out."""
+
+
 def shape_keys(path):
+    """(impl, B, H, N, d, causal) of a speed_tune.csv-style (seq_q/seq_kv) or validate_cost sweep.csv (seq) file;
+    for a validate_cost tiles.csv: ("tiles", B, H, N, d, causal)."""
     keys = set()
     if not os.path.exists(path):
         return keys
     with open(path) as f:
         for r in csv.DictReader(f):
-            if r["seq_q"] != r["seq_kv"] or r["heads"] != r["kv_heads"]:
-                continue
-            keys.add((r["impl"], int(r["batch"]), int(r["heads"]), int(r["seq_q"]), int(r["head_dim"]),
-                      int(r["causal"])))
+            if "seq_q" in r:
+                if r["seq_q"] != r["seq_kv"] or r["heads"] != r["kv_heads"]:
+                    continue
+                n = r["seq_q"]
+            else:
+                n = r["seq"]
+            impl = r.get("impl") or ("tiles" if "block_m" in r else "")
+            keys.add((impl, int(r["batch"]), int(r["heads"]), int(n), int(r["head_dim"]), int(r["causal"])))
     return keys
+
+
+IN_SAMPLE: set = set()
+APPEND_NOTES = True  # the committed analysis notes belong to the first run only
 
 
 def pct(pred, meas):
@@ -78,7 +95,7 @@ def fmt_sum(s):
 
 
 def sweep(raw, hw, log):
-    tune, speed = shape_keys(TUNE_CSV), shape_keys(SPEED_CSV)
+    tune, speed = IN_SAMPLE, shape_keys(SPEED_CSV)
     rows = []
     with open(os.path.join(raw, "sweep.csv")) as f:
         meas = list(csv.DictReader(f))
@@ -145,16 +162,21 @@ def sweep_md(rows, env):
             f"{env.get('triton')}, measured {env.get('started')} UTC by `benchmarks/gpu/validate_cost.py` (one device "
             "call); predictions by `benchmarks/gpu/compare_cost.py` with the committed cost model (no refit). "
             "Timing: CUDA events, 256 MiB L2 flush before every call, median of ≥ 5 calls after 2 warm-ups "
-            "(`iosim.validate.time_fn`). bf16, H = 16, Nq = Nkv = N; B = 65536/N (the fit's token budget) and "
-            "B = 16384/N for N ≤ 16K (a smaller budget the fit never saw). err = (predicted − measured)/measured.", ""]
+            "(`iosim.validate.time_fn`). bf16, Nq = Nkv = N, "
+            + (f"H = {env['heads']}, B = budget // N for token budgets {[t for t, _ in env['sweep_tokens']]}"
+               if "heads" in env else "H = 16; B = 65536/N (the fit's token budget) and B = 16384/N for N ≤ 16K (a "
+               "smaller budget the fit never saw)")
+            + ". err = (predicted − measured)/measured.", ""]
     out += ["* **SDPA flash** = `F.scaled_dot_product_attention` under `sdpa_kernel(SDPBackend.FLASH_ATTENTION)`, "
             "predicted with the `fa2` preset (FA2's CUDA kernel: 128×128 tiles for d=64, 128×64 for d=128, 4 warps, "
             "1 stage, mma.sync path, 255 registers) and the L2 model.",
             "* **iosim Triton** = `iosim.triton_kernels.attention(q, k, v, causal)` with `config=None` (its default "
             "`KernelConfig`, TMA on sm90), predicted with algorithm flash2, that exact KernelConfig and the wgmma path "
             "(every compiled kernel's PTX held `wgmma.mma_async`).",
-            "* **in-sample** = the shape (impl, B, H, N, d, causal) is in `speed_tune.csv`, on which the tensor "
-            "efficiency and softmax overlap were fitted; **held-out** = every other shape.", ""]
+            "* **in-sample** = the shape (impl, B, H, N, d, causal) is in `speed_tune.csv` (the efficiency/overlap fit) "
+            "or in the first held-out run `cost_validation_raw/` (seen when the one-stage prefetch rule, the per-CTA "
+            "overhead and the stage tie-break were written), or in another `--in-sample` file; **held-out** = every "
+            "other shape.", ""]
     out += ["## Summary (|err| of the L2-model prediction)", "",
             "| kernel | split | n | median abs err | worst abs err | mean signed | within 15% |", "|---|---|---:|---:|---:|---:|---:|"]
     summ = {}
@@ -199,7 +221,7 @@ def sweep_md(rows, env):
             out.append(f"| sdpa-flash | {split} | {statistics.median(abs(x) for x in e):.1f}% | "
                        f"{max(abs(x) for x in e):.1f}% | {statistics.fmean(e):+.1f}% |")
     notes = os.path.join(ROOT, "reports", "validation", "h100", "cost_validation_notes.md")
-    if os.path.exists(notes):
+    if APPEND_NOTES and os.path.exists(notes):
         with open(notes) as f:
             out += ["", f.read().rstrip()]
     out += ["", "## Every shape", "",
@@ -247,7 +269,8 @@ def tiles(raw, hw, log):
         from iosim.triton_kernels import kernels as K  # torch/triton import: CPU build is enough
         dc = K.default_config(d, bool(c))
         dkey = (dc.block_m, dc.block_n, dc.num_warps, dc.num_stages)
-        row = {"batch": b, "heads": h, "seq": n, "head_dim": d, "causal": c, "legal": len(ch.ranked),
+        row = {"batch": b, "heads": h, "seq": n, "head_dim": d, "causal": c,
+               "split": "in-sample" if ("tiles", b, h, n, d, c) in IN_SAMPLE else "held-out", "legal": len(ch.ranked),
                "timed": len(t), "iosim_pick": "x".join(map(str, pick)),
                "pick_predicted_ms": f"{pred[pick] * 1e3:.4f}",
                "pick_measured_ms": f"{t[pick]:.4f}" if pick in t else "",
@@ -299,7 +322,7 @@ def tiles_md(summary, detail, env):
     out = ["# Tile chooser vs exhaustive timing on the H100 (issue 6)", ""]
     out += [f"Device: {env.get('device')}, torch {env.get('torch')}, triton {env.get('triton')}, measured "
             f"{env.get('started')} UTC by `benchmarks/gpu/validate_cost.py` (same device call as the cost sweep). "
-            "For each shape (bf16, H = 16, B·N = 32768) every configuration `iosim.tiles` enumerates as legal on the "
+            f"For each shape (bf16, H = {env.get('tile_heads', 16)}, B = {env.get('tile_tokens', 32768)} // N) every configuration `iosim.tiles` enumerates as legal on the "
             "H100 (block_m, block_n ∈ {16…256}, num_warps ∈ {2, 4, 8}, num_stages ∈ {1…4}; wgmma shape rule, "
             "shared-memory, register and occupancy limits) was compiled "
             f"({env.get('compiled_ok')}/{env.get('compile_tasks')} compiled and ran correctly, "
@@ -308,6 +331,12 @@ def tiles_md(summary, detail, env):
             "against float64 attention (rel. error < 1e-2). The pick is `iosim tiles`' first choice "
             "(`iosim.tiles.choose`, compulsory DRAM traffic, wgmma path). gap = measured(pick)/measured(best) − 1.",
             ""]
+    for split in ("in-sample", "held-out"):
+        g = [float(r["gap_pct"]) for r in summary if r["split"] == split]
+        if g:
+            out += [f"* {split}: {len(g)} shapes, {sum(x <= TARGET_GAP for x in g)} within {TARGET_GAP:.0f}%, median gap "
+                    f"{statistics.median(g):.1f}%, worst {max(g):.1f}%"]
+    out += [""]
     gaps = [float(r["gap_pct"]) for r in summary]
     ok = sum(g <= TARGET_GAP for g in gaps)
     out += [f"**Summary:** {ok}/{len(gaps)} shapes within {TARGET_GAP:.0f}%; median gap "
@@ -319,7 +348,7 @@ def tiles_md(summary, detail, env):
             "best of top-3 gap | default (gap) | Spearman pred~meas |",
             "|---|---:|---|---:|---|---:|---:|---:|---|---:|"]
     for r in summary:
-        shape = f"B{r['batch']} N{r['seq']} d{r['head_dim']}{' causal' if r['causal'] else ''}"
+        shape = f"B{r['batch']} H{r['heads']} N{r['seq']} d{r['head_dim']}{' causal' if r['causal'] else ''} ({r['split']})"
         out.append(f"| {shape} | {r['legal']} / {r['timed']} | {r['iosim_pick']} | {float(r['pick_measured_ms']):.3f} "
                    f"({r['pick_measured_rank']}) | {r['best_config']} | {float(r['best_measured_ms']):.3f} | "
                    f"{float(r['gap_pct']):.1f}% | {float(r['top3_best_gap_pct']):.1f}% | {r['default_config']} "
@@ -327,7 +356,7 @@ def tiles_md(summary, detail, env):
     out += ["", "Config = block_m x block_n x num_warps x num_stages. Rank = position among the timed configs, 1 = "
             "fastest. Per-config numbers (measured and predicted time and rank): `tiles_vs_exhaustive.csv`.", ""]
     notes = os.path.join(ROOT, "reports", "validation", "h100", "tiles_vs_exhaustive_notes.md")
-    if os.path.exists(notes):
+    if APPEND_NOTES and os.path.exists(notes):
         with open(notes) as f:
             out += [f.read().rstrip(), ""]
     out += ["## Fastest 5 measured and iosim's top 5, per shape", ""]
@@ -356,7 +385,15 @@ def main():
     ap.add_argument("--raw", default=os.path.join(ROOT, "reports", "validation", "h100", "cost_validation_raw"))
     ap.add_argument("--out", default=os.path.join(ROOT, "reports", "validation", "h100"))
     ap.add_argument("--parts", default="sweep,tiles")
+    ap.add_argument("--in-sample", default=",".join(DEFAULT_IN_SAMPLE),
+                    help="comma-separated CSVs (speed_tune.csv, validate_cost sweep.csv / tiles.csv) whose shapes count "
+                         "as in-sample; every other shape of --raw is held out")
     a = ap.parse_args()
+    for path in (x for x in a.in_sample.split(",") if x):
+        IN_SAMPLE.update(shape_keys(path))
+    os.makedirs(a.out, exist_ok=True)
+    global APPEND_NOTES
+    APPEND_NOTES = os.path.realpath(a.raw) == os.path.realpath(FIRST_RAW)
     hw = load_hardware("h100")
     with open(os.path.join(a.raw, "env.json")) as f:
         env = json.load(f)

@@ -73,6 +73,10 @@ TILE_SHAPES = (
     (128, False, 8192), (128, False, 16384), (128, True, 4096), (128, True, 32768),
 )
 TILE_TOKENS = 32768
+TILE_HEADS = HEADS
+HEAD_DIMS = (64, 128)
+CAUSAL = (False, True)
+IMPLS = ("sdpa-flash", "iosim-triton")
 COMPILE_N = 2048  # the small input each compile worker launches on (same Triton specialization: all sizes % 16 == 0)
 
 T0 = time.time()
@@ -85,11 +89,11 @@ def log(msg):
 def sweep_cases():
     out = []
     for tokens, ns in SWEEP_TOKENS:
-        for d in (64, 128):
-            for causal in (False, True):
+        for d in HEAD_DIMS:
+            for causal in CAUSAL:
                 for n in ns:
                     b = max(1, tokens // n)
-                    for impl in ("sdpa-flash", "iosim-triton"):
+                    for impl in IMPLS:
                         out.append((impl, b, HEADS, n, d, causal))
     return out
 
@@ -99,8 +103,46 @@ def tile_configs(d, causal, n):
     from iosim.hwprofile import load_hardware
     from iosim.tiles import candidates
     hw = load_hardware("h100")
-    p = Problem(max(1, TILE_TOKENS // n), HEADS, HEADS, n, n, d, "bf16", causal)
+    p = Problem(max(1, TILE_TOKENS // n), TILE_HEADS, TILE_HEADS, n, n, d, "bf16", causal)
     return [c.key for c in candidates(hw, p) if c.legal]
+
+
+def _ints(text):
+    return tuple(int(x) for x in text.replace(" ", "").split(",") if x)
+
+
+def _causal(text):
+    m = {"0": False, "no": False, "false": False, "1": True, "yes": True, "true": True}
+    return tuple(m[x.lower()] for x in text.replace(" ", "").split(",") if x)
+
+
+def _tile_shapes(text):
+    """'d:causal:N,...' e.g. '64:0:3072,128:1:24576' → ((64, False, 3072), (128, True, 24576))."""
+    out = []
+    for item in text.replace(" ", "").split(","):
+        if not item:
+            continue
+        d, c, n = item.split(":")
+        out.append((int(d), _causal(c)[0], int(n)))
+    return tuple(out)
+
+
+def configure(a):
+    """Apply the shape options to the module-level case lists (defaults = the first H100 run's cases)."""
+    global HEADS, SWEEP_TOKENS, HEAD_DIMS, CAUSAL, IMPLS, TILE_SHAPES, TILE_TOKENS, TILE_HEADS
+    HEADS = a.heads
+    HEAD_DIMS = _ints(a.head_dims)
+    CAUSAL = _causal(a.causal)
+    IMPLS = tuple(x for x in a.impls.split(",") if x)
+    if a.seqs or a.tokens:
+        tokens = _ints(a.tokens) if a.tokens else (SWEEP_TOKENS[0][0],)
+        ns = _ints(a.seqs) if a.seqs else SWEEP_NS
+        SWEEP_TOKENS = tuple((t, tuple(n for n in ns if n <= t)) for t in tokens)
+    TILE_HEADS = a.tile_heads if a.tile_heads else HEADS
+    if a.tile_tokens:
+        TILE_TOKENS = a.tile_tokens
+    if a.tile_shapes:
+        TILE_SHAPES = _tile_shapes(a.tile_shapes)
 
 
 def default_cfg(d, causal):
@@ -301,6 +343,7 @@ def run_tiles(out_dir, compiled, deadline, budget_s):
     cap = install_capture()
     w = RowWriter(os.path.join(out_dir, "tiles.csv"), TILE_FIELDS)
     rows_q = 512
+    HEADS = TILE_HEADS  # noqa: N806 (the tile shapes' head count)
     for d, causal, n in TILE_SHAPES:
         b = max(1, TILE_TOKENS // n)
         cfgs = tile_configs(d, causal, n)
@@ -364,7 +407,19 @@ def main():
     ap.add_argument("--deadline", type=float, default=540.0, help="s after start: no new case starts")
     ap.add_argument("--sweep-budget", type=float, default=0.25, help="s of timed reps per sweep case")
     ap.add_argument("--tile-budget", type=float, default=0.08, help="s of timed reps per tile config")
+    ap.add_argument("--heads", type=int, default=HEADS, help="H of the sweep (and of the tile shapes by default)")
+    ap.add_argument("--seqs", default="", help="sweep N values, comma-separated (default 1K…64K)")
+    ap.add_argument("--tokens", default="", help="sweep token budgets B·N, comma-separated; B = budget // N, N ≤ budget "
+                    "(default 65536 and 16384 as in the first run; with --seqs alone: 65536)")
+    ap.add_argument("--head-dims", default="64,128")
+    ap.add_argument("--causal", default="0,1", help="causal values of the sweep: 0,1 | 0 | 1")
+    ap.add_argument("--impls", default="sdpa-flash,iosim-triton")
+    ap.add_argument("--tile-shapes", default="", help="tile-chooser shapes 'd:causal:N,...' (e.g. 64:0:3072,128:1:24576); "
+                    "default the first run's 8")
+    ap.add_argument("--tile-tokens", type=int, default=0, help="B·N of the tile shapes (default 32768)")
+    ap.add_argument("--tile-heads", type=int, default=0, help="H of the tile shapes (default --heads)")
     a = ap.parse_args()
+    configure(a)
     parts = set(a.parts.split(","))
 
     tasks = []
@@ -384,7 +439,7 @@ def main():
             print("  ", *c, cfg)
         for d, causal, n in TILE_SHAPES:
             cfgs = tile_configs(d, causal, n)
-            print(f"tiles B{TILE_TOKENS // n} N{n} d{d} causal={int(causal)}: {len(cfgs)} configs: "
+            print(f"tiles B{max(1, TILE_TOKENS // n)} H{TILE_HEADS} N{n} d{d} causal={int(causal)}: {len(cfgs)} configs: "
                   + " ".join("x".join(map(str, c)) for c in cfgs))
         print(f"compile tasks (unique d, causal, config): {len(tasks)}; first {tasks[:3]}")
         return 0
@@ -394,6 +449,9 @@ def main():
     import torch
     import triton
     env = {"torch": torch.__version__, "triton": triton.__version__, "workers": a.workers,
+           "heads": HEADS, "sweep_tokens": [[t, list(ns)] for t, ns in SWEEP_TOKENS], "head_dims": list(HEAD_DIMS),
+           "causal": [int(c) for c in CAUSAL], "impls": list(IMPLS), "tile_shapes": [list(x) for x in TILE_SHAPES],
+           "tile_tokens": TILE_TOKENS, "tile_heads": TILE_HEADS,
            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     try:
         env |= {"device": torch.cuda.get_device_name(),
