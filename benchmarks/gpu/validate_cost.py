@@ -3,6 +3,10 @@
     python3 benchmarks/gpu/validate_cost.py --out "$OUT"          # on the H100
     python benchmarks/gpu/validate_cost.py --dry-run               # here: list the cases and configs, no GPU
 
+Shape options (defaults = the first H100 run): --heads H, --seqs N1,N2,… with --tokens BUDGET[,…] (B = budget // N,
+N ≤ budget), --head-dims, --causal 0,1, --impls, --tile-shapes d:causal:N,… with --tile-tokens and --tile-heads.
+They are recorded in env.json, and compare_cost.py --raw <out> --out <dir> splits in-sample/held-out by shape.
+
 Part 1, ``sweep.csv``: bf16, H = 16, N ∈ {1K … 64K}, d ∈ {64, 128}, causal and not, two token budgets
 (B·N = 65536, the budget of the fit in reports/validation/h100/speed_tune.csv, and B·N = 16384 for N ≤ 16K), for
 (a) PyTorch SDPA pinned to the flash backend (FlashAttention-2) and (b) iosim's Triton kernel at its default config
