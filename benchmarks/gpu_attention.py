@@ -29,16 +29,8 @@ CANDIDATES = {
 }
 
 # The final sweep: the best of run 1's sweep (CANDIDATES) per (head_dim, causal), the pointer path beside TMA,
-# and LPT order (q_order="descending": the longest causal query blocks start first). (config, use_tma, q_order)
-FINAL = {
-    (64, False): [((128, 128, 4, 3), None, "ascending"), ((128, 128, 4, 3), False, "ascending"),
-                  ((128, 64, 4, 3), None, "ascending")],
-    (64, True): [((128, 128, 4, 3), None, "ascending"), ((128, 64, 4, 3), None, "ascending"),
-                 ((128, 128, 4, 3), None, "descending"), ((128, 64, 4, 3), None, "descending")],
-    (128, False): [((128, 128, 8, 3), None, "ascending"), ((128, 128, 8, 3), False, "ascending")],
-    (128, True): [((128, 128, 8, 3), None, "ascending"), ((128, 128, 8, 3), False, "ascending"),
-                  ((128, 128, 8, 3), None, "descending"), ((128, 128, 8, 3), False, "descending")],
-}
+# and LPT order (q_order="descending"): the kernel's own config="auto" candidates, (config, use_tma, q_order).
+FINAL = K.AUTOTUNE_CANDIDATES
 
 T0 = time.time()
 

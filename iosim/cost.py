@@ -130,11 +130,6 @@ GLOBAL_LATENCY_CYCLES = 1000
 (Jia et al. arXiv 1804.06826, DRAM ≈ 400–600 ns; about 1000 cycles at the H100's ~1.8–2 GHz). Paid once per
 pipeline fill: the fill's loads are issued back to back, so they share one latency."""
 
-CTA_FILL_S = 1e-6
-"""Kept for compatibility (profiles/tools that quote it): the old single per-round constant. The model now builds the
-per-CTA prologue/epilogue from its parts (``cta_overhead``)."""
-
-
 @dataclass(frozen=True)
 class CtaOverhead:
     """Per-CTA work that its own KV loop cannot hide, each part derived from the schedule (``cta_overhead``)."""

@@ -398,26 +398,23 @@ class SymbolicIO:
     elem_bytes: Mapping[str, sp.Expr]
     notes: tuple[str, ...] = field(default=())
 
-    def elements(self, which: str | None = None, tensors=None, kernels=None) -> sp.Expr:
-        """Σ elements over kernels/tensors (which = 'read', 'write' or None for both)."""
+    def _total(self, which, tensors, kernels, weight) -> sp.Expr:
         tot = sp.Integer(0)
         for kname, d in self.kernels.items():
             if kernels is not None and kname not in kernels:
                 continue
             for (kind, t), v in d.items():
                 if (which is None or kind == which) and (tensors is None or t in tensors):
-                    tot = tot + v
+                    tot = tot + v * weight(t)
         return tot
 
+    def elements(self, which: str | None = None, tensors=None, kernels=None) -> sp.Expr:
+        """Σ elements over kernels/tensors (which = 'read', 'write' or None for both)."""
+        return self._total(which, tensors, kernels, lambda t: 1)
+
     def bytes(self, which: str | None = None, tensors=None, kernels=None) -> sp.Expr:
-        tot = sp.Integer(0)
-        for kname, d in self.kernels.items():
-            if kernels is not None and kname not in kernels:
-                continue
-            for (kind, t), v in d.items():
-                if (which is None or kind == which) and (tensors is None or t in tensors):
-                    tot = tot + v * self.elem_bytes[t]
-        return tot
+        """Σ bytes: elements × each tensor's element size."""
+        return self._total(which, tensors, kernels, lambda t: self.elem_bytes[t])
 
     @property
     def io_bytes(self) -> sp.Expr:
