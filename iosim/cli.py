@@ -62,7 +62,7 @@ def create_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="count bytes and FLOPs of one attention configuration")
     _add_problem_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--kernel", default=None, choices=["fa2", "triton-tutorial", "iosim-triton"],
+    p.add_argument("--kernel", default=None, choices=["fa2", "triton-tutorial", "iosim-triton", "flex"],
                    help="preset of a real kernel's launch choices (tiles, warps, grid and KV order, registers); "
                         "overrides --algorithm, tile and order flags")
     p.add_argument("--no-l2", action="store_true", help="SRAM<->HBM counts only: skip the L2/DRAM model")

@@ -101,20 +101,27 @@ def build_schedule(algorithm: str, problem: Problem, config: KernelConfig, hardw
 
 def predict(hardware: Hardware, problem: Problem, config: KernelConfig, algorithm: str = "flash2", *,
             kernel: str | None = None, l2: bool = True, l2_geometry: L2Geometry | None = None,
-            l2_stride: int | None = None, cta_jitter: float | None = None) -> Prediction:
+            l2_stride: int | None = None, cta_jitter: float | None = None, block_mask=None) -> Prediction:
     """Counts, and (unless ``l2`` is False) DRAM traffic through the shared L2.
 
-    kernel: a preset name (``iosim.presets``: fa2, triton-tutorial, iosim-triton) that pins the algorithm, tiles,
+    kernel: a preset name (``iosim.presets``: fa2, triton-tutorial, iosim-triton, flex) that pins the algorithm, tiles,
     warps, stages, grid and loop orders and the register count; l2_geometry: override the profile's L2
     (``L2Geometry.from_hardware(hw, policy=..., ...)``); l2_stride: set-sampling stride (None automatic, 1 exact);
-    cta_jitter: spread of per-CTA speeds in the CTA timeline (None = ``iosim.hierarchy.DEFAULT_JITTER``, 0 = lockstep).
+    cta_jitter: spread of per-CTA speeds in the CTA timeline (None = ``iosim.hierarchy.DEFAULT_JITTER``, 0 = lockstep);
+    block_mask: a block mask for the ``flex`` preset (``iosim.presets.flex_schedule``) or the ``block_sparse``
+    algorithm (its ``block_mask`` argument).
     """
-    regs, persistent, path, prefetch = None, False, None, False
+    regs, persistent, path, prefetch, pre = None, False, None, False, None
     if kernel is not None:
         from iosim.presets import apply
         algorithm, config, pre = apply(kernel, problem, hardware, config)
         regs, persistent, path, prefetch = pre.regs_per_thread, pre.persistent, pre.instruction_path, pre.prefetch
-    schedule = build_schedule(algorithm, problem, config, hardware)
+    if pre is not None and pre.schedule is not None:
+        schedule = pre.schedule(problem, config, hardware, block_mask)
+    elif block_mask is not None:
+        schedule = get(algorithm).build(problem, config, hardware, block_mask=block_mask)
+    else:
+        schedule = build_schedule(algorithm, problem, config, hardware)
     counts = count(schedule)
     if not l2:
         # time from compulsory DRAM traffic (each tensor a kernel touches read/written once; the estimate says so)

@@ -31,12 +31,47 @@
   and head dims the kernel refuses raise IosimError. Instruction path: the chip's native one, which is what Triton
   emits for these tiles (wgmma on sm90 with TMA descriptors or pointer loads alike; ``schedule.instruction_path``).
   Registers estimated (no measured count in reports/validation/h100).
+``flex`` — PyTorch FlexAttention's compiled Triton forward kernel, torch 2.11 (checked against the installed torch
+  2.13 source, same in the stored pytorch/pytorch versions of these files):
+  * grid (⌈Nq/BLOCK_M⌉, B, Hq), program_id(0) = query block, (1) = batch, (2) = query head
+    (``torch/_inductor/kernel/flex/flex_attention.py``, ``flex_attention_grid``; template
+    ``torch/_inductor/kernel/flex/templates/flex_attention.py.jinja``: q_start = program_id(0), off_zq = program_id(1),
+    off_hq = program_id(2)); not persistent; Q block loaded once, O stored once; under ``torch.no_grad()`` no
+    logsumexp is written (OUTPUT_LOGSUMEXP false), so the schedule stores O only.
+  * GQA: query head h reads KV head h // GQA_SHARED_HEADS (``off_hkv = off_hq // GQA_SHARED_HEADS``, same template).
+  * KV order: first the *partial* blocks of the BlockMask (``KV_NUM_BLKS``/``KV_IDX``, mask_mod applied), then the
+    *full* blocks (``FULL_KV_NUM_BLKS``/``FULL_KV_IDX``, no mask_mod), each list in its stored order — two
+    ``forward_inner`` calls in the template; ``create_block_mask`` stores each row's blocks ascending, so a causal
+    query block visits its diagonal block first, then KV blocks 0, 1, 2, … upwards.
+  * Sparse block (SPARSE_KV_BLOCK_SIZE, 128 by default, ``_DEFAULT_SPARSE_BLOCK_SIZE`` in
+    ``torch/nn/attention/flex_attention.py``) vs BLOCK_N: each listed sparse block is walked in
+    SPARSE_KV_BLOCK_SIZE / BLOCK_N consecutive BLOCK_N steps (``forward_inner`` in ``templates/common.py.jinja`` and
+    ``get_offset_for_next_block`` in ``templates/utilities.py.jinja``); a list of n blocks runs
+    min(n · SPARSE_KV_MULTIPLE, max(⌈Nkv/BLOCK_N⌉, 1)) steps (``block_n_end``). Query block q_start uses sparse row
+    q_start // (SPARSE_Q_BLOCK_SIZE / BLOCK_M). Without a block mask FlexAttention uses one partial block of 2³⁰
+    (``_create_empty_block_mask``), i.e. every KV block ascending.
+  * default tiles (BLOCK_M, BLOCK_N, num_stages, num_warps) on sm90 (``torch/_inductor/template_heuristics/triton.py``,
+    ``CUDAConfigHeuristic.h100_default_flex_config`` via ``get_flex_attn_fwd_configs``, keyed on (dtype, head_dim)
+    exactly): bf16/fp16 d=64 (128, 128, 3, 4), d=128 (128, 64, 3, 8), d=256 (64, 32, 3, 4); fp32 d=64 (128, 32, 3, 4),
+    d=128 (32, 64, 3, 4), d=256 (32, 32, 3, 4); any other head_dim ≤ 256 (64, 64, 3, 4). sm80 (a100 profile):
+    ``a100_default_flex_config`` (bf16 d=64 (128, 64, 3, 4), d=128 (128, 64, 3, 8)). The validation harness pins these
+    values through ``kernel_options`` (BLOCK_M, BLOCK_N, num_warps, num_stages), so the preset is what ran. An explicit
+    block_m/block_n in the KernelConfig overrides the tiles (as kernel_options would).
+  * the schedule is ``flex_schedule`` below: the block-sparse FA2 loop nest of ``models/block_sparse.py`` / ``flash2``
+    with a per-(batch, head, query block) visit table at BLOCK_N granularity (partial list, then full list).
+    Block masks (``predict(..., block_mask=...)``): a boolean [T_q, T_kv] / [B, H, T_q, T_kv] mask at the sparse
+    block size (``iosim.masks``), or the dict of BlockMask tables ``iosim.masks.flex_block_tables`` returns. Causal
+    without a mask = ``create_block_mask`` of the causal mask_mod (diagonal blocks partial, the rest full).
+  Not modeled: the reads of the BlockMask index tables themselves (a few MB at most), registers (estimated), TMA
+  (USE_TMA is off by default on CUDA in this template).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from typing import Callable
+
+import numpy as np
 
 from iosim.errors import IosimError
 from iosim.problem import KernelConfig, Problem
@@ -52,6 +87,7 @@ class KernelPreset:
     persistent: bool = False
     instruction_path: str | None = None  # tensor-core path for the cost model (None = the chip's native one)
     prefetch: bool = False  # loads overlap compute inside the CTA although num_stages = 1 (cost.estimate's prefetch)
+    schedule: Callable | None = None  # (problem, config, hw, block_mask) -> Schedule; None = the algorithm's builder
 
 
 def fa2_tiles(head_dim: int, hw=None) -> tuple[int, int, int]:
@@ -90,6 +126,123 @@ def _iosim_triton_config(p: Problem, hw, base: KernelConfig) -> KernelConfig:
     return preset_config(p, base.sram_bytes)
 
 
+FLEX_SM90 = {("bf16", 64): (128, 128, 3, 4), ("bf16", 128): (128, 64, 3, 8), ("bf16", 256): (64, 32, 3, 4),
+             ("fp16", 64): (128, 128, 3, 4), ("fp16", 128): (128, 64, 3, 8), ("fp16", 256): (64, 32, 3, 4),
+             ("fp32", 64): (128, 32, 3, 4), ("fp32", 128): (32, 64, 3, 4), ("fp32", 256): (32, 32, 3, 4)}
+"""FlexAttention forward (BLOCK_M, BLOCK_N, num_stages, num_warps) on sm90: ``h100_default_flex_config``."""
+FLEX_SM80 = {("bf16", 64): (128, 64, 3, 4), ("bf16", 128): (128, 64, 3, 8), ("bf16", 192): (128, 32, 2, 8),
+             ("bf16", 256): (32, 64, 3, 4), ("fp16", 64): (128, 64, 3, 4), ("fp16", 128): (128, 64, 3, 8),
+             ("fp16", 192): (128, 32, 2, 8), ("fp16", 256): (32, 64, 3, 4),
+             ("fp32", 64): (128, 32, 3, 4), ("fp32", 128): (128, 32, 3, 4), ("fp32", 256): (64, 16, 3, 4)}
+"""The same on sm80 (``a100_default_flex_config``)."""
+
+
+def flex_tiles(dtype: str, head_dim: int, hw=None) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_stages, num_warps) FlexAttention's forward uses by default (``get_flex_attn_fwd_configs``)."""
+    if head_dim > 256:
+        return (32, 16, 3, 4) if dtype == "fp32" else (64, 32, 3, 4)
+    table = FLEX_SM80 if hw is not None and getattr(hw, "name", "") == "a100" else FLEX_SM90
+    return table.get((dtype, head_dim), (64, 64, 3, 4))
+
+
+def _flex_config(p: Problem, hw, base: KernelConfig) -> KernelConfig:
+    bm, bn, stages, warps = flex_tiles(p.dtype, p.head_dim, hw)
+    return replace(base, block_m=base.block_m or bm, block_n=base.block_n or bn, num_warps=warps, num_stages=stages,
+                   grid_order=("m", "b", "h"), kv_order="ascending", q_order="ascending")
+
+
+def _expand_list(num, idx, mult: int, cap: int):
+    """Sub-block (BLOCK_N) visits of one BlockMask list: counts min(num·mult, cap), entries idx[t // mult]·mult + t % mult."""
+    num = np.asarray(num, dtype=np.int64)
+    idx = np.asarray(idx, dtype=np.int64)
+    cnt = np.minimum(num * mult, cap)
+    width = max(1, int(cnt.max()) if cnt.size else 1)
+    t = np.arange(width)
+    col = np.minimum(t // mult, idx.shape[-1] - 1)
+    sub = idx[..., col] * mult + t % mult
+    return cnt, sub
+
+
+def flex_visits(tables: dict, p: Problem, block_m: int, block_n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(count [B', H', T_m], visit [B', H', T_m, W]): the BLOCK_N-sized KV blocks each BLOCK_M query block of
+    FlexAttention's forward visits, in order (partial list, then full list), from BlockMask tables at sparse block
+    size S (``iosim.masks.flex_block_tables``). B', H' are 1 where the tables broadcast."""
+    S = int(tables.get("block_size", 128))
+    if S % block_m or S % block_n:
+        raise IosimError(f"flex: sparse block size {S} must be a multiple of BLOCK_M={block_m} and BLOCK_N={block_n}")
+    mq, mk = S // block_m, S // block_n
+    cap = max(-(-p.seq_kv // block_n), 1)
+    c1, v1 = _expand_list(tables["kv_num_blocks"], tables["kv_indices"], mk, cap)
+    if tables.get("full_kv_num_blocks") is not None:
+        c2, v2 = _expand_list(tables["full_kv_num_blocks"], tables["full_kv_indices"], mk, cap)
+    else:
+        c2, v2 = np.zeros_like(c1), np.zeros(c1.shape + (1,), dtype=np.int64)
+    width = max(1, int((c1 + c2).max()) if c1.size else 1)
+    out = np.zeros(c1.shape + (width + 1,), dtype=np.int64)
+    for cnt, vis, off in ((c1, v1, 0), (c2, v2, c1)):
+        t = np.arange(vis.shape[-1])
+        pos = np.asarray(off)[..., None] + t
+        pos = np.where(t < cnt[..., None], pos, width)  # invalid entries go to the spill column
+        np.put_along_axis(out, np.broadcast_to(pos, vis.shape), vis, axis=-1)
+    count, visit = c1 + c2, out[..., :width]
+    # sparse rows -> BLOCK_M query blocks: query block i reads sparse row i // (S / BLOCK_M)
+    tm = -(-p.seq_q // block_m)
+    rows = np.minimum(np.arange(tm) // mq, count.shape[-1] - 1)
+    return count[..., rows], visit[..., rows, :]
+
+
+def flex_schedule(p: Problem, cfg: KernelConfig, hw=None, block_mask=None):
+    """FlexAttention's forward schedule for ``p`` with tiles/warps/stages of ``cfg`` (``_flex_config``).
+
+    block_mask: None (dense; causal → create_block_mask's causal tables), a bool block mask at the sparse block size
+    ([T_q, T_kv] or [B, H, T_q, T_kv]; causal drops blocks above the diagonal and splits partial/full), or the dict
+    of BlockMask tables from ``iosim.masks.flex_block_tables`` (visited exactly as listed)."""
+    from iosim.masks import SPARSE_BLOCK, flex_block_tables
+    from iosim.models import flash2
+    from iosim.models._common import check_fit, check_head_dim, q_tile, qkvo_tensors
+    from iosim.schedule import Kernel, Load, Loop, Schedule, Span, Store, cdiv, lookup, table, var
+
+    check_head_dim(p, "flex")
+    for name in ("batch", "heads", "seq_q", "seq_kv"):
+        if not isinstance(getattr(p, name), int):
+            raise IosimError("flex: needs concrete sizes (its loops follow the block mask)")
+    bm, bn, d, e = cfg.block_m, cfg.block_n, p.head_dim, p.elem_bytes
+    tm, tn = cdiv(p.seq_q, bm), cdiv(p.seq_kv, bn)
+    grid, vs = flash2.grid_axes(p, cfg, tm)
+    b, h, i = vs["b"], vs["h"], vs["m"]
+    tables: dict = {}
+    if block_mask is None and not p.causal:
+        t = var("j")  # FlexAttention's empty block mask: one partial block of 2^30 -> every KV block ascending
+        j, stop = t, tn
+        note = "no block mask: every KV block, ascending (FlexAttention's empty block mask)"
+    else:
+        if isinstance(block_mask, dict):
+            tabs = block_mask
+        else:
+            tabs = flex_block_tables(block_mask, p.seq_q, p.seq_kv, p.causal, SPARSE_BLOCK)
+        count, visit = flex_visits(tabs, p, bm, bn)
+        if count.shape[0] not in (1, p.batch) or count.shape[1] not in (1, p.heads):
+            raise IosimError(f"flex: block mask tables of shape {count.shape[:2]} do not broadcast to "
+                             f"(B={p.batch}, H={p.heads})")
+        tables = {"flex_kv_count": count, "flex_kv_visit": visit}
+        t = var("t")
+        lead = (b if count.shape[0] > 1 else 0, h if count.shape[1] > 1 else 0)
+        j, stop = lookup(table("flex_kv_visit"), *lead, i, t), lookup(table("flex_kv_count"), *lead, i)
+        visited = int(np.broadcast_to(count, (p.batch, p.heads, count.shape[-1])).sum())
+        note = (f"FlexAttention block mask: {visited:,} of {p.batch * p.heads * tm * tn:,} BLOCK_N steps visited "
+                "(partial blocks first, then full blocks, each ascending)")
+    rows, cols = Span(i, bm, p.seq_q), Span(j, bn, p.seq_kv)
+    body = (
+        Load("q", q_tile(p, "Q", b, h, rows)),
+        Loop(t, 0, stop, flash2.kv_step(p, b, h, rows, cols)),
+        flash2.finalize(p, rows),
+        Store("acc", q_tile(p, "O", b, h, rows)),
+    )
+    kernel = Kernel("flex_attention_fwd", grid, flash2.buffers(bm, bn, d, e), body, threads_per_cta=32 * cfg.num_warps)
+    check_fit(kernel, cfg, hw, f"BLOCK_M={bm}, BLOCK_N={bn}, head_dim={d}, num_stages={cfg.num_stages}")
+    return Schedule("flex", p, cfg, qkvo_tensors(p), (kernel,), (note,), tables=tables)
+
+
 PRESETS: dict[str, KernelPreset] = {
     "fa2": KernelPreset("fa2", "flash2", "FlashAttention-2 CUDA as in PyTorch SDPA (grid m,b,h; KV descending; 255 regs)",
                         _fa2_config, regs_per_thread=255, instruction_path="mma.sync", prefetch=True),
@@ -99,6 +252,9 @@ PRESETS: dict[str, KernelPreset] = {
     "iosim-triton": KernelPreset("iosim-triton", "flash2",
                                  "iosim's Triton kernel (default_config tiles; grid m,b,h; KV ascending; wgmma on sm90)",
                                  _iosim_triton_config),
+    "flex": KernelPreset("flex", "flex", "PyTorch FlexAttention Triton forward (grid m,b,h; partial then full blocks, "
+                         "ascending; h100_default_flex_config tiles)", _flex_config,
+                         schedule=lambda p, cfg, hw, block_mask=None: flex_schedule(p, cfg, hw, block_mask)),
 }
 
 
