@@ -43,8 +43,8 @@ import numpy as np
 
 from iosim.errors import IosimError
 
-POLICIES = ("lru", "fifo", "mru", "random")
-HASHES = ("modulo", "rotate")
+POLICIES = ("lru", "fifo", "mru", "random", "plru", "srrip", "brrip", "lip")
+HASHES = ("modulo", "rotate", "xor")
 SHARING = ("shared", "duplicated")
 
 
@@ -80,6 +80,8 @@ class L2Geometry:
             raise IosimError(f"L2 partitions ({self.partitions}) must divide the number of sets ({self.sets})")
         if self.policy not in POLICIES:
             raise IosimError(f"unknown L2 replacement policy {self.policy!r}; known: {', '.join(POLICIES)}")
+        if self.policy == "plru" and self.ways & (self.ways - 1):
+            raise IosimError(f"L2 policy plru (tree pseudo-LRU) needs a power-of-two number of ways, got {self.ways}")
         if self.hash not in HASHES:
             raise IosimError(f"unknown L2 set-index hash {self.hash!r}; known: {', '.join(HASHES)}")
         if self.sharing not in SHARING:
@@ -123,10 +125,13 @@ class L2Geometry:
         return replace(g, **extra) if extra else g
 
     def max_stride(self) -> int:
-        """Largest power of two k that may be used for set sampling (k divides the set count, and the hash granule)."""
+        """Largest power of two k that may be used for set sampling: k divides the set count and, for ``rotate`` and
+        ``xor``, the hash granule (both hashes leave ``line mod granule`` alone, so set ≡ line (mod k) and an aligned
+        group of k lines lands on k consecutive sets); for duplicated partitions also the home granule (a group has
+        one home)."""
         n = self.sets_per_cache
         k = n & -n
-        if self.hash == "rotate":
+        if self.hash in ("rotate", "xor"):
             k = min(k, self.hash_granule_lines & -self.hash_granule_lines)
         if self.sharing == "duplicated":
             k = min(k, self.home_granule_lines & -self.home_granule_lines)
@@ -138,8 +143,28 @@ class L2Geometry:
         return ((g * 0x9E3779B1) >> 16) % self.partitions
 
     def set_index(self, line: np.ndarray) -> np.ndarray:
-        """Set of each line within its cache (partition)."""
+        """Set of each line within its cache (partition), n = ``sets_per_cache``:
+
+        * ``modulo``: line mod n.
+        * ``rotate``: (line mod n + G·(h(line div n) mod n/G)) mod n, G = ``hash_granule_lines``.
+        * ``xor``: (line ⊕ ((line ≫ b) ⊕ (line ≫ 2b) ⊕ …) ∧ ¬(G−1)) mod n, b = bit length of n−1 (2^b ≥ n), i.e.
+          the b-bit chunks of the line number folded onto it by XOR (full width, so the mod stays uniform when n is
+          not a power of two), except for the low log2(G) bits (G = ``hash_granule_lines``, a power of two): those
+          stay as they are so set sampling remains possible (``max_stride``). G = 1 is the plain XOR fold.
+        """
         n = self.sets_per_cache
+        line = np.asarray(line, dtype=np.int64)
+        if self.hash == "xor":
+            G = self.hash_granule_lines
+            if G & (G - 1):
+                raise IosimError(f"xor hash needs a power-of-two hash_granule_lines, got {G}")
+            b = max((n - 1).bit_length(), 1)
+            v = line >> b
+            fold = np.zeros_like(line)
+            while v.any():
+                fold ^= v
+                v = v >> b
+            return (line ^ (fold & ~np.int64(G - 1))) % n
         s = line % n
         if self.hash == "rotate":
             groups = n // self.hash_granule_lines if n % self.hash_granule_lines == 0 else None
@@ -175,6 +200,40 @@ def _popcount(x: np.ndarray) -> np.ndarray:
     return np.bitwise_count(x).astype(np.int64)
 
 
+def _plru_tables(ways: int):
+    """Tree pseudo-LRU over ``ways`` (a power of two) leaves: ways−1 bits in heap order (node 0 the root, node i's
+    children 2i+1 (left) and 2i+2 (right), way w the leaf ways−1+w); a bit 0 sends the victim search left, 1 right.
+    Returns (PM, PV, victim): accessing way w sets the bits of the nodes on its path (mask PM[w]) to PV[w], each
+    pointing away from w; victim(bits) follows the bits from the root."""
+    L = ways.bit_length() - 1
+    PM = np.zeros(ways, np.int64)
+    PV = np.zeros(ways, np.int64)
+    for w in range(ways):
+        for lev in range(L):
+            node = (1 << lev) - 1 + (w >> (L - lev))
+            right = (w >> (L - 1 - lev)) & 1
+            PM[w] |= 1 << node
+            PV[w] |= (1 - right) << node
+
+    def follow(bits):
+        node = np.zeros(np.shape(bits), np.int64)
+        for _ in range(L):
+            node = 2 * node + 1 + ((bits >> node) & 1)
+        return node - (ways - 1)
+
+    if L <= 4:   # up to 16 ways: a table of all 2^(ways−1) bit patterns
+        table = follow(np.arange(1 << (ways - 1), dtype=np.int64))
+        return PM, PV, lambda bits: table[bits]
+    return PM, PV, follow
+
+
+def _brrip_long(fills: np.ndarray) -> np.ndarray:
+    """BRRIP's infrequent long re-reference insertion (RRPV 2 instead of 3), with probability ≈ 1/32: a hash of the
+    set's fill count, so it is deterministic and the same in sets that see isomorphic sequences (set sampling)."""
+    return ((((fills + 1) * 0x9E3779B1) & 0xFFFFFFFF) >> 27) == 0
+
+
+
 class _State:
     """Per-way state of every simulated set: row r holds the ways of all P partitions of set r side by side
     (columns p·W … p·W+W−1 belong to partition p), so a step works on a contiguous prefix of rows."""
@@ -196,6 +255,10 @@ class _State:
         self.V = np.zeros((rows, c), dtype=mask_dtype)     # valid sector masks
         self.D = np.zeros((rows, c), dtype=mask_dtype)     # dirty sector masks
         self.K = np.zeros((rows, c), dtype=np.int32)       # kernel that last dirtied the line
+        # per set and partition: plru tree bits, brrip fill count (srrip/brrip keep the RRPV in S)
+        self.B = np.zeros((rows, partitions), dtype=np.int64)
+        if policy == "plru":
+            self.PM, self.PV, self.victim = _plru_tables(ways)
         self.colpart = (np.arange(c) // ways)[None, :]
         self.cols = np.arange(c)[None, :]
         self.zero = mask_dtype(0)
@@ -210,6 +273,13 @@ class _State:
             # invalid ways first, else a deterministic pseudo-random way (hash of step, row and column)
             hsh = ((np.int64(t) * 0x9E3779B1 + r[:, None] * 0x85EBCA77 + self.cols * 0xC2B2AE3D) * 0x27D4EB2F) >> 20 & 0xFFFF
             return np.where(T < 0, self.BIG - 1, hsh)
+        if self.policy in ("srrip", "brrip"):
+            return np.where(T < 0, self.BIG - 1, St)  # the first way with the largest RRPV (3 after ageing)
+        if self.policy == "lip":
+            return np.where(T < 0, self.BIG - 1, -St)  # fills carry stamps −(t+2): below every hit (t ≥ 0)
+        if self.policy == "plru":
+            v = self.victim(self.B[r])[:, self.colpart[0]]   # the tree's victim of each column's partition
+            return np.where(T < 0, self.BIG - 1, (self.cols % self.W == v).astype(np.int64))
         return -St  # LRU and FIFO: the oldest stamp (invalid ways have −1)
 
     def _update(self, r, way, hit, old_tag, old_stamp, x, s, w, kid, t):
@@ -241,12 +311,35 @@ class _State:
             fetched = np.where(hit | w, z, s)
         wb = np.where(ev, d_old, z)
         self.T[r, way] = x
-        if self.policy == "fifo":
+        pol = self.policy
+        if pol == "fifo":
             self.S[r, way] = np.where(hit, old_stamp, t)
-        elif self.store_hits_touch:
-            self.S[r, way] = t
+        elif pol in ("lru", "mru", "random"):
+            self.S[r, way] = t if self.store_hits_touch else np.where(hit & w, old_stamp, t)
         else:
-            self.S[r, way] = np.where(hit & w, old_stamp, t)
+            keep = None if self.store_hits_touch else hit & w   # pycachesim: store hits leave the state alone
+            if pol == "lip":
+                new = np.where(hit, t, -(t + 2))
+            elif pol == "plru":
+                p, wl = way // self.W, way % self.W
+                b_old = self.B[r, p]
+                nb = (b_old & ~self.PM[wl]) | self.PV[wl]
+                self.B[r, p] = nb if keep is None else np.where(keep, b_old, nb)
+                new = np.full(len(r), t)
+            else:  # srrip / brrip
+                if ev.any():   # no RRPV 3 and no invalid way: age the partition's ways until the victim has 3
+                    i = np.flatnonzero(ev)
+                    cols = (way[i] // self.W * self.W)[:, None] + np.arange(self.W)[None, :]
+                    self.S[r[i][:, None], cols] += (3 - old_stamp[i])[:, None]
+                if pol == "srrip":
+                    ins = 2
+                else:
+                    p = way // self.W
+                    fills = self.B[r, p]
+                    ins = np.where(_brrip_long(fills), 2, 3)
+                    self.B[r, p] = fills + ~hit
+                new = np.where(hit, 0, ins)
+            self.S[r, way] = new if keep is None else np.where(keep, old_stamp, new)
         self.D[r, way] = np.where(hit, d_old, z) | np.where(w, s, z)
         if self.track_kernel:
             k_old = self.K[r, way]
@@ -317,6 +410,8 @@ def simulate_lines(sets: np.ndarray, tags: np.ndarray, sectors: np.ndarray, writ
     n = len(sets)
     if policy not in POLICIES:
         raise IosimError(f"unknown replacement policy {policy!r}; known: {', '.join(POLICIES)}")
+    if policy == "plru" and ways & (ways - 1):
+        raise IosimError(f"plru (tree pseudo-LRU) needs a power-of-two number of ways, got {ways}")
     kernel = np.zeros(n, dtype=np.int8) if kernel is None else np.asarray(kernel, dtype=np.int64)
     out = {"accesses": n, "hits": 0, "misses": 0, "evictions": 0, "dirty_evictions": 0, "flush_lines": 0,
            "dram_read_sectors": 0, "dram_write_sectors": 0, "fabric_reads": 0,
@@ -374,10 +469,10 @@ def simulate_lines(sets: np.ndarray, tags: np.ndarray, sectors: np.ndarray, writ
     del within, col
     full = (1 << int(sectors.max()).bit_length()) - 1
     track_valid = not bool(np.all(sectors == full))
-    if P == 1 and policy in ("lru", "fifo") and not track_valid and not multi and store_allocate:
+    if P == 1 and policy != "random" and not track_valid and not multi and store_allocate:
         return _fast_lockstep(out, X, SC, WR, active, steps, nsets, ways, policy, mask_dtype, tag_dtype,
                               pycachesim_stores, num_kernels)
-    if P > 1 and policy in ("lru", "fifo") and not track_valid and not multi and store_allocate and not pycachesim_stores:
+    if P > 1 and policy != "random" and not track_valid and not multi and store_allocate and not pycachesim_stores:
         return _fast_lockstep_partitioned(out, X, SC, WR, NR, HM, active, steps, nsets, ways, P, policy, mask_dtype,
                                           tag_dtype)
     st = _State(nsets, ways, P, policy, tag_dtype, mask_dtype, store_hits_touch=not pycachesim_stores,
@@ -447,27 +542,92 @@ def simulate_lines(sets: np.ndarray, tags: np.ndarray, sectors: np.ndarray, writ
     return out
 
 
+class _FastPolicy:
+    """Replacement state of the fast loops: NS (flat, per way) is the victim preference, larger = evicted first
+    (invalid ways INV, above everything, so they are filled first, lowest index first); per set and partition (state
+    index row·P + partition) srrip/brrip keep an RRPV offset (RRPV = NS + OFF, so ageing a set is one addition) and a
+    fill count, plru its tree bits and its number of valid ways (lines are never invalidated here, so ways fill in
+    index order and the first invalid way is that count)."""
+
+    def __init__(self, policy: str, ways: int, nstate: int, NS: np.ndarray):
+        self.policy, self.W, self.NS = policy, ways, NS
+        if policy in ("srrip", "brrip"):
+            self.OFF = np.zeros(nstate, np.int64)
+            self.FC = np.zeros(nstate, np.int64)
+        if policy == "plru":
+            self.CNT = np.zeros(nstate, np.int64)
+            self.BITS = np.zeros(nstate, np.int64)
+            self.PM, self.PV, self.victim = _plru_tables(ways)
+
+    def plru_victim(self, sp):
+        """Way (within its partition) a plru miss takes: the first invalid one, else the tree's victim."""
+        c = self.CNT[sp]
+        return np.where(c < self.W, c, self.victim(self.BITS[sp]))
+
+    def update(self, t, idx, sp, h, keep):
+        """Way idx (state sp) was accessed at step t, a hit where h; keep: store hits that leave the state alone
+        (pycachesim accounting) or None."""
+        NS, pol = self.NS, self.policy
+        if pol == "fifo":
+            NS[idx] = np.where(h, NS[idx], -t)
+            return
+        if pol == "plru":
+            wl = idx % self.W
+            b = self.BITS[sp]
+            nb = (b & ~self.PM[wl]) | self.PV[wl]
+            self.BITS[sp] = nb if keep is None else np.where(keep, b, nb)
+            c = self.CNT[sp]
+            self.CNT[sp] = c + (~h & (c < self.W))
+            return
+        if pol == "lru":
+            new = -t
+        elif pol == "mru":
+            new = t
+        elif pol == "lip":
+            new = np.where(h, -t, t + 2)
+        else:  # srrip / brrip
+            old = NS[idx]
+            off = self.OFF[sp]
+            off = off + np.where(~h & (old != _INV), 3 - (old + off), 0)  # age so the victim's RRPV is 3
+            self.OFF[sp] = off
+            if pol == "srrip":
+                ins = 2
+            else:
+                fc = self.FC[sp]
+                ins = np.where(_brrip_long(fc), 2, 3)
+                self.FC[sp] = fc + ~h
+            new = np.where(h, 0, ins) - off
+        NS[idx] = new if keep is None else np.where(keep, NS[idx], new)
+
+
+_INV = np.iinfo(np.int64).max // 8
+
+
 def _fast_lockstep(out, X, SC, WR, active, steps, nsets, ways, policy, mask_dtype, tag_dtype, pycachesim_stores,
                    num_kernels):
-    """The common case, with fewer NumPy calls per step: one cache (no partitions), LRU or FIFO, every access a
-    whole line, one kernel. Same results as the general loop (tests/test_l2.py compares both with pycachesim)."""
+    """The common case, with fewer NumPy calls per step: one cache (no partitions), any policy but random, every
+    access a whole line, one kernel. Same results as the general loop (tests/test_l2.py compares both with pycachesim)."""
     C = ways
     T = np.full(nsets * C, -1, dtype=tag_dtype)      # flat (row-major sets × ways)
-    NS = np.ones(nsets * C, dtype=np.int64)          # minus the stamp; invalid ways +1 (evicted first)
+    NS = np.full(nsets * C, _INV, dtype=np.int64)   # victim preference (_FastPolicy), e.g. minus the LRU stamp
     D = np.zeros(nsets * C, dtype=mask_dtype)        # dirty sectors
     HIT = np.zeros((steps, nsets), dtype=bool)
     OLDV = np.zeros((steps, nsets), dtype=bool)      # the way taken held a valid line
     DOLD = np.zeros((steps, nsets), dtype=mask_dtype)
     base = np.arange(nsets, dtype=np.int64) * C
     BIG = np.iinfo(np.int64).max // 4
-    fifo = policy == "fifo"
-    keep_on_store_hit = pycachesim_stores
+    pol = _FastPolicy(policy, ways, nsets, NS)
+    plru = policy == "plru"
     for t in range(steps):
         m = int(active[t])
         x = X[t, :m]
         Tm = T[:m * C].reshape(m, C)
         match = Tm == x[:, None]
-        way = np.where(match, BIG, NS[:m * C].reshape(m, C)).argmax(axis=1)
+        if plru:
+            hany = match.any(axis=1)
+            way = np.where(hany, match.argmax(axis=1), pol.plru_victim(slice(0, m)))
+        else:
+            way = np.where(match, BIG, NS[:m * C].reshape(m, C)).argmax(axis=1)
         idx = base[:m] + way
         h = match.reshape(-1)[idx]
         HIT[t, :m] = h
@@ -475,12 +635,7 @@ def _fast_lockstep(out, X, SC, WR, active, steps, nsets, ways, policy, mask_dtyp
         d_old = D[idx]
         DOLD[t, :m] = d_old
         T[idx] = x
-        if fifo:
-            NS[idx] = np.where(h, NS[idx], -t)
-        elif keep_on_store_hit:
-            NS[idx] = np.where(h & WR[t, :m], NS[idx], -t)
-        else:
-            NS[idx] = -t
+        pol.update(t, idx, slice(0, m), h, (h & WR[t, :m]) if pycachesim_stores else None)
         w = WR[t, :m]
         D[idx] = (d_old * h) | (SC[t, :m] * w)
     valid = X != -2
@@ -511,7 +666,7 @@ def _fast_lockstep_partitioned(out, X, SC, WR, NR, HM, active, steps, nsets, way
     """``_fast_lockstep`` for duplicated partitions (same results as the general loop: tests/test_l2.py)."""
     C = ways * P
     T = np.full(nsets * C, -1, dtype=tag_dtype)
-    NS = np.ones(nsets * C, dtype=np.int64)
+    NS = np.full(nsets * C, _INV, dtype=np.int64)
     D = np.zeros(nsets * C, dtype=mask_dtype)
     shape = (steps, nsets)
     HIT, OLDV, DOLD = np.zeros(shape, bool), np.zeros(shape, bool), np.zeros(shape, mask_dtype)
@@ -519,7 +674,9 @@ def _fast_lockstep_partitioned(out, X, SC, WR, NR, HM, active, steps, nsets, way
     base = np.arange(nsets, dtype=np.int64) * C
     colpart = (np.arange(C) // ways)[None, :].astype(np.int8)
     BIG = np.iinfo(np.int64).max // 4
-    fifo = policy == "fifo"
+    pol = _FastPolicy(policy, ways, nsets * P, NS)
+    plru = policy == "plru"
+    sbase = np.arange(nsets, dtype=np.int64) * P   # state index of (row, partition): row·P + partition
     for t in range(steps):
         m = int(active[t])
         x = X[t, :m]
@@ -529,14 +686,23 @@ def _fast_lockstep_partitioned(out, X, SC, WR, NR, HM, active, steps, nsets, way
         eq = Tm == x[:, None]
         inq = colpart == q[:, None]
         mq = eq & inq
-        way = np.where(mq, BIG, np.where(inq, NSm, -BIG)).argmax(axis=1)
+        sp = sbase[:m] + q
+        if plru:
+            way = np.where(mq.any(axis=1), mq.argmax(axis=1), q * ways + pol.plru_victim(sp))
+        else:
+            way = np.where(mq, BIG, np.where(inq, NSm, -BIG)).argmax(axis=1)
         idx = base[:m] + way
         hit = mq.reshape(-1)[idx]
         fwd = np.flatnonzero(~hit & (q != HM[t, :m]))
         if len(fwd):
-            inh = colpart == HM[t, :m][fwd][:, None]
+            hf = HM[t, :m][fwd]
+            inh = colpart == hf[:, None]
             mh = eq[fwd] & inh
-            wh = np.where(mh, BIG, np.where(inh, NSm[fwd], -BIG)).argmax(axis=1)
+            sp2 = sbase[fwd] + hf
+            if plru:
+                wh = np.where(mh.any(axis=1), mh.argmax(axis=1), hf * ways + pol.plru_victim(sp2))
+            else:
+                wh = np.where(mh, BIG, np.where(inh, NSm[fwd], -BIG)).argmax(axis=1)
             hit2 = mh[np.arange(len(fwd)), wh]
             idx2 = base[fwd] + wh
         HIT[t, :m] = hit
@@ -544,7 +710,7 @@ def _fast_lockstep_partitioned(out, X, SC, WR, NR, HM, active, steps, nsets, way
         d_old = D[idx]
         DOLD[t, :m] = d_old
         T[idx] = x
-        NS[idx] = np.where(hit, NS[idx], -t) if fifo else -t
+        pol.update(t, idx, sp, hit, None)
         D[idx] = (d_old * hit) | (SC[t, :m] * WR[t, :m])
         if len(fwd):
             FWD[t, fwd] = True
@@ -553,7 +719,7 @@ def _fast_lockstep_partitioned(out, X, SC, WR, NR, HM, active, steps, nsets, way
             d2 = D[idx2]
             DOLD2[t, fwd] = d2
             T[idx2] = x[fwd]
-            NS[idx2] = np.where(hit2, NS[idx2], -t) if fifo else -t
+            pol.update(t, idx2, sp2, hit2, None)
             D[idx2] = d2 * hit2  # forwarded accesses are loads
     valid = X != -2
     EV = OLDV & ~HIT & valid

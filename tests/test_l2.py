@@ -220,7 +220,7 @@ def test_bad_geometry_is_an_iosim_error():
     with pytest.raises(IosimError, match="ways"):
         L2Geometry(size_bytes=1000, line_bytes=128, sector_bytes=32, ways=16)
     with pytest.raises(IosimError, match="policy"):
-        L2Geometry.from_hardware(HW, policy="plru")
+        L2Geometry.from_hardware(HW, policy="bogus")
     with pytest.raises(IosimError, match="preset"):
         predict(HW, Problem(1, 1, 1, 128, 128, 64), KernelConfig(), kernel="fa9")
 
