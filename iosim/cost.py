@@ -19,8 +19,12 @@ launch      LAUNCH_OVERHEAD_S per kernel
 
 Overlap rule (stated, not fitted):
 
-* compute = max(tensor, sfu, fp32) + (1 − COMPUTE_OVERLAP[path]) × (the other two): how much of the softmax hides
-  under the MMAs (fitted on the H100 for FA2's mma.sync kernel and iosim's Triton wgmma kernel). Plus the tile-step chain: tile steps × STEP_OVERHEAD_CYCLES /
+* compute = max(tensor, sfu, fp32) + (1 − COMPUTE_OVERLAP[path]) × (the other two) × min(r, 2)^−½: how much of
+  the softmax hides under the MMAs. COMPUTE_OVERLAP is one CTA's own overlap (FA3 arXiv 2407.08608 §3.2; fitted on
+  the H100 for FA2's mma.sync kernel and iosim's Triton wgmma kernel); r = resident CTAs per SM, the independent
+  streams: a second CTA's MMAs run under this one's exp (FA3 §3.1 pingpong, inter-warpgroup), while the warpgroups
+  of one CTA share its barriers and stay in phase (``independent_streams``, ``overlapped_compute``,
+  STREAM_CAP, STREAM_EXPONENT). Plus the tile-step chain: tile steps × STEP_OVERHEAD_CYCLES /
   (clock × SMs × resident CTAs per SM); tile steps = matmul FLOPs / FLOPs of one full-tile step.
 * memory (smem, L2, DRAM) overlaps compute completely when loads are software-pipelined (num_stages ≥ 2) or
   prefetched inside the CTA (``prefetch``, set by presets such as ``fa2``: FA2's CUDA kernel has one smem buffer
@@ -76,11 +80,13 @@ _FIT_SOURCE = ("least-squares fit of time = matmul/(peak·eff) + (1 − overlap)
                "median |error| ")
 
 PATH_EFFICIENCY: dict[tuple[str, str], Efficiency] = {
-    ("sm90", "wgmma"): Efficiency(0.66, "calibrated",
-        _FIT_SOURCE + "3.8% (max 7.4%) for iosim's Triton kernel (wgmma, no warp specialization; overlap 0.46). A cuBLAS "
+    ("sm90", "wgmma"): Efficiency(0.708, "calibrated",
+        _FIT_SOURCE + "3.9% (max 11.4%) for iosim's Triton kernel (wgmma, no warp specialization; overlap 0.23 per "
+        "CTA, residency rule of overlapped_compute; before that rule 0.66 / 0.46). A cuBLAS "
         "bf16 8192³ GEMM reaches 0.807 of peak (798 TFLOP/s, /work/shared/devices.md)"),
-    ("sm90", "mma.sync"): Efficiency(0.40, "calibrated",
-        _FIT_SOURCE + "5.2% (max 9.9%) for PyTorch SDPA's FlashAttention-2 (sm80 mma.sync code on Hopper; overlap 0.52); FA3 "
+    ("sm90", "mma.sync"): Efficiency(0.406, "calibrated",
+        _FIT_SOURCE + "4.3% (max 11.5%) for PyTorch SDPA's FlashAttention-2 (sm80 mma.sync code on Hopper, 2 CTAs/SM; "
+        "overlap 0.35 per CTA under the residency rule; before it 0.40 / 0.52); FA3 "
         "(arXiv 2407.08608) abstract: FA2 reaches only 35% of H100 peak"),
     ("sm80", "mma.sync"): Efficiency(0.85, "paper",
         "FlashAttention-2 (arXiv 2307.08691) §1: optimized GEMM reaches 80-90% of the A100 theoretical maximum"),
@@ -105,11 +111,26 @@ GEMM_FRACTION = {
 """Fraction of the datasheet peak a large GEMM reaches (what ``iosim calibrate``'s matmul measures). A calibrated
 tensor rate is divided back out: path efficiency = PATH_EFFICIENCY / GEMM_FRACTION (capped at 1)."""
 
-COMPUTE_OVERLAP = {"mma.sync": 0.52, "wgmma": 0.46, "tcgen05": 0.46, "cube": 1.0}
-"""Fraction of the non-dominant compute (tensor vs exp vs fp32) hidden. mma.sync 0.52 and wgmma 0.46: fitted with
-PATH_EFFICIENCY on the H100 sweep (see _FIT_SOURCE; Triton's kernel has no FA3-style pingpong, so exp and MMA
-overlap only partly). tcgen05: assumed like wgmma (FA4's warp-specialized kernels would hide more). Ascend Cube and
-Vector units are separate cores: 1.0 (assumed)."""
+COMPUTE_OVERLAP = {"mma.sync": 0.35, "wgmma": 0.23, "tcgen05": 0.23, "cube": 1.0}
+"""Fraction of the non-dominant compute (tensor vs exp vs fp32) one CTA hides under its own MMAs (one stream; a
+second resident CTA hides more, ``overlapped_compute``). mma.sync 0.35 and wgmma 0.23: refitted with
+PATH_EFFICIENCY on the H100 sweep under the residency rule (see _FIT_SOURCE; before it, 0.52 / 0.46 with
+efficiencies 0.40 / 0.66 and no residency term). tcgen05: assumed like wgmma (FA4's warp-specialized kernels would
+hide more). Ascend Cube and Vector units are separate cores: 1.0 (assumed)."""
+
+STREAM_CAP = 2
+"""Independent streams beyond which more resident CTAs hide no more softmax: two streams already alternate on the
+tensor cores (FA3 §3.1 pingpong uses exactly two warpgroups: while one does softmax, the other's GEMMs run; a third
+finds no idle tensor-core time left to fill). Also keeps small, high-occupancy tiles from being credited for
+overlap the step overhead already undercounts (tiles_vs_exhaustive_notes.md: block_n ≤ 32 predicted too fast)."""
+
+STREAM_EXPONENT = 0.5
+"""Exposed softmax with 2 independent streams = 1/√2 of one stream's. The two CTAs are not synchronised as in FA3's
+pingpong (which would hide all of it, exponent → ∞), nor is the hiding proportional to the streams (exponent 1:
+refitting efficiency/overlap on speed_tune.csv with it leaves a median error of 8.0% for the Triton kernel vs 3.9%
+with 0.5). Chosen once between these two candidates on the fit's 12 shapes (not per shape); measured on the H100 at
+d=128, 128×64×4 tiles: 2 stages (2 CTAs/SM) 4.40 ms vs 3 stages (1 CTA/SM) 5.01 ms, the same tile and warps
+(cost_validation_raw/tiles.csv, B4 H16 N8192), exposed softmax about 0.6× — close to 1/√2."""
 
 DRAM_EFFICIENCY = Efficiency(0.896, "measured",
     "device-to-device copy about 3.0 TB/s on the validation H100 vs 3.35 datasheet (4.3 vs 4.8 on the H200: 0.896); "
@@ -217,6 +238,27 @@ def dram_bandwidth(hw: Hardware) -> float:
 
 def _int(e) -> int:
     return int(evaluate(e, {}))
+
+
+def independent_streams(kernel: Kernel, resident: int) -> int:
+    """Independent MMA/softmax instruction streams per SM = the CTAs resident together (``resident``), whatever
+    their warps: the warpgroups of one CTA of iosim's Triton kernel (and of FA2's CUDA kernel) run the same loop
+    and meet at the pipeline's per-step barriers, so they are in the same phase (FA3, arXiv 2407.08608, §3.1 needs
+    explicit named barriers to put two warpgroups half a step apart); CTAs share no barrier and drift apart. So
+    num_warps = 8 in one CTA adds no overlap, while two 4-warp CTAs do (``overlapped_compute``)."""
+    return max(1, resident)
+
+
+def overlapped_compute(comp: Sequence[float], overlap: float, streams: int) -> float:
+    """compute = max(comp) + (1 − overlap) × (the other two) × min(streams, STREAM_CAP) ** −STREAM_EXPONENT.
+
+    ``overlap`` (COMPUTE_OVERLAP) is what one stream hides of its own softmax under its own MMAs (FA3 §3.2,
+    intra-warpgroup pipelining). With a second independent stream on the SM, one CTA's exp/FMA work runs while the
+    other's wgmma/mma keeps the tensor cores busy (FA3 §3.1 "pingpong scheduling", there enforced for two
+    warpgroups): the exposed softmax shrinks. See STREAM_CAP and STREAM_EXPONENT."""
+    m = max(comp)
+    rest = sum(comp) - m
+    return m + (1.0 - overlap) * rest * min(max(1, streams), STREAM_CAP) ** -STREAM_EXPONENT
 
 
 def register_bytes(kernel: Kernel) -> int:
@@ -574,7 +616,8 @@ def estimate_kernel(schedule: Schedule, kernel: Kernel, kc: KernelCounts, hw: Ha
     resident = min(occ.ctas_per_sm, math.ceil(per_sm)) if P else 1
     steps = tile_steps(kernel, kc)
     step_s = steps * STEP_OVERHEAD_CYCLES / (hw.boost_clock_hz * S * max(1, resident))
-    compute_s = max(comp) + (1.0 - ov) * (sum(comp) - max(comp)) + step_s
+    streams = independent_streams(kernel, resident)
+    compute_s = overlapped_compute(comp, ov, streams) + step_s
     warps = resident * max(1, kernel.threads_per_cta // 32)
     issue = min(1.0, warps / 4) if hw.vendor == "nvidia" else 1.0
     scale = 1.0 / (tail * issue)

@@ -47,7 +47,8 @@ def test_each_loser_says_why():
     for c in ch.ranked[1:]:
         assert "× time" in c.reason and "-bound" in c.reason
     # a small block_m re-reads K/V more: its reason names SM↔L2 bytes
-    small = [c for c in ch.ranked if c.block_m == 32]
+    # (pipelined ones: a one-stage 32×256×2 at 1 CTA/SM has bigger reasons first — its 2 warps issue at half rate)
+    small = [c for c in ch.ranked if c.block_m == 32 and c.num_stages >= 2]
     assert small and all("SM↔L2" in c.reason or "shared-memory" in c.reason for c in small)
 
 
