@@ -3,6 +3,11 @@
     python benchmarks/gpu/compare_cost.py [--raw reports/validation/h100/cost_validation_raw] \
         [--out reports/validation/h100]
 
+Held-out run 3 (device command in validate_cost.py's docstring; copy its $OUT to cost_validation_run3_raw/):
+
+    python benchmarks/gpu/compare_cost.py --raw reports/validation/h100/cost_validation_run3_raw \
+        --out reports/validation/h100/cost_validation_run3
+
 Writes ``cost_validation.csv`` / ``cost_validation.md`` (predicted vs measured time of PyTorch SDPA's flash backend
 under the ``fa2`` preset and of iosim's Triton kernel at its default config) and ``tiles_vs_exhaustive.csv`` /
 ``tiles_vs_exhaustive.md`` (``iosim tiles``' first choice against the fastest of every legal configuration timed).
@@ -46,10 +51,13 @@ TARGET_GAP = 5.0
 
 
 FIRST_RAW = os.path.join(ROOT, "reports", "validation", "h100", "cost_validation_raw")
-DEFAULT_IN_SAMPLE = (TUNE_CSV, os.path.join(FIRST_RAW, "sweep.csv"), os.path.join(FIRST_RAW, "tiles.csv"))
+SECOND_RAW = os.path.join(ROOT, "reports", "validation", "h100", "cost_validation_run2_raw")
+DEFAULT_IN_SAMPLE = (TUNE_CSV, os.path.join(FIRST_RAW, "sweep.csv"), os.path.join(FIRST_RAW, "tiles.csv"),
+                     os.path.join(SECOND_RAW, "sweep.csv"), os.path.join(SECOND_RAW, "tiles.csv"))
 """Shapes the committed model has seen: speed_tune.csv (the efficiency/overlap fit) and the first held-out H100 run
 (cost_validation_raw), against which the one-stage prefetch rule, the per-CTA overhead and the stage tie-break were
-written. A fresh run's shapes outside these are held out."""
+written, and the second run (cost_validation_run2_raw), seen when the residency overlap rule was written. A fresh
+run's shapes outside these are held out (run 3: H = 24, all held out)."""
 
 
 def shape_keys(path):

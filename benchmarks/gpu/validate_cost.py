@@ -3,6 +3,21 @@
     python3 benchmarks/gpu/validate_cost.py --out "$OUT"          # on the H100
     python benchmarks/gpu/validate_cost.py --dry-run               # here: list the cases and configs, no GPU
 
+Held-out run 3 (after the residency overlap rule in iosim.cost.overlapped_compute; shapes in neither run 1 (H16)
+nor run 2 (H32): H = 24, B·N = 40960, d 64/128, causal and not; smallest kernel ≈ 1 ms):
+
+    python3 benchmarks/gpu/validate_cost.py --out "$OUT" --heads 24 --seqs 2560,5120,10240,20480 --tokens 40960 \
+        --tile-tokens 40960 --deadline 420 \
+        --tile-shapes 64:0:5120,64:0:20480,64:1:2560,64:1:10240,128:0:2560,128:0:10240,128:1:5120,128:1:20480
+
+--dry-run with the same options: 32 sweep cases, 8 tile shapes (78 configs at d=64, 56 at d=128; 536 timings),
+268 unique compile tasks — the same counts as run 2, whose device call took 119 s (compile 46 s on 14 workers,
+sweep 9 s, tiles 64 s at ≤ N 24576 and B·N·H = 1.05 M; run 3 has ≤ N 20480 and 0.98 M). Expected ≈ 2–3 min;
+--deadline 420 stops new cases at 7 min, so the call ends within 8. Then, here:
+
+    python benchmarks/gpu/compare_cost.py --raw reports/validation/h100/cost_validation_run3_raw \
+        --out reports/validation/h100/cost_validation_run3
+
 Shape options (defaults = the first H100 run): --heads H, --seqs N1,N2,… with --tokens BUDGET[,…] (B = budget // N,
 N ≤ budget), --head-dims, --causal 0,1, --impls, --tile-shapes d:causal:N,… with --tile-tokens and --tile-heads.
 They are recorded in env.json, and compare_cost.py --raw <out> --out <dir> splits in-sample/held-out by shape.
