@@ -9,10 +9,21 @@ Model (parameters from the hardware profile, see ``L2Geometry.from_hardware``):
 * Write-back: a dirty line's dirty sectors go to DRAM when it is evicted; what is still dirty when the trace ends is
   flushed and counted too (the data has to reach DRAM eventually). ncu counts only writes during the kernel, so on
   the H100 the measured FA2 writes are 0.77–1.67× O (reports/validation/h100); writes are not validated.
-* Replacement per set: ``lru`` (default), ``fifo``, ``mru`` or ``random`` (a deterministic hash of step, set and
-  way); invalid ways are filled first.
-* Set index: ``modulo`` (line mod sets) or ``rotate`` (line mod sets, rotated by a hash of line // sets in steps of
-  ``hash_granule_lines``; a stand-in for the undocumented slice/set hash until issue 9 measures it).
+* Replacement per set (candidates until issue 9's microbenchmarks pick one); invalid ways are always filled first,
+  lowest index first:
+  ``lru`` (default); ``fifo``; ``mru``; ``random`` (a deterministic hash of step, simulated row and way);
+  ``plru``, tree pseudo-LRU (ways a power of two; ways−1 bits per set, an access points the bits on its path away
+  from it, the victim follows them: Al-Zoubi, Milenkovic & Milenkovic, ACM-SE 2004; Handy, "The Cache Memory Book");
+  ``srrip``, SRRIP-HP with 2-bit RRPVs (insert at 2, hit → 0, victim the first way at 3 after ageing the set by
+  3 − max: Jaleel et al., "High Performance Cache Replacement Using Re-Reference Interval Prediction", ISCA 2010);
+  ``brrip``, the same paper's bimodal RRIP (insert at 3, at 2 for ≈ 1 fill in 32, chosen by a hash of the set's fill
+  count instead of a random number, so results are deterministic and sampling stays exact);
+  ``lip``, LRU insertion (a fill goes to the LRU position, a hit to MRU: Qureshi et al., "Adaptive Insertion Policies
+  for High Performance Caching", ISCA 2007).
+* Set index (``L2Geometry.set_index``): ``modulo`` (line mod sets), ``rotate`` (line mod sets, rotated by a hash of
+  line // sets in steps of ``hash_granule_lines``) or ``xor`` (the line's b-bit chunks XOR-folded onto it above the
+  low log2(``hash_granule_lines``) bits, then mod sets; 2^b ≥ sets; granule 1 = the plain fold): stand-ins for the
+  undocumented slice/set hash until issue 9 measures it.
 * Partitions: ``shared`` (one cache of all the sets) or ``duplicated`` (the H100/A100 organisation, whitepaper "H100
   L2 cache"; RRZE-HPC/gpu-benches #3, #13): ``partitions`` P caches of sets/P sets each. Every line has a home
   partition (a hash of its address in granules of ``home_granule_lines``); SM s sits at partition s mod P (assumed).
@@ -27,12 +38,15 @@ decreasing sequence length). Work per step is O(active sets × ways); the number
 sequence, i.e. about line accesses ÷ sets, independent of sampling. With few sampled sets a step is ~20 NumPy calls
 (~40 µs), so the simulated rate is about sets ÷ 40 µs ≈ 600 M line accesses/s on the H100 geometry
 (benchmarks/bench_l2.py: 20–35× pycachesim on the same trace). Exactness against pycachesim's LRU and FIFO is a CI
-test (tests/test_l2.py), including pycachesim's accounting of stores (``pycachesim_stores=True``).
+test (tests/test_l2.py), including pycachesim's accounting of stores (``pycachesim_stores=True``); every policy is
+checked against an independent per-set reference model and hand-worked traces (tests/test_l2_policies.py). Whole-line
+single-kernel traces take a leaner loop (``_fast_lockstep*``) for every policy but ``random``.
 
-Set sampling (``stride`` k > 1): only sets whose index ≡ 0 (mod k) are simulated (for both index functions the set of
-a line is ≡ line (mod k) when k divides the set count and the hash granule) and every count is multiplied by k. When
-every access covers whole aligned groups of k lines, all sets of a group see isomorphic sequences, so the sampled
-result is *exact*; otherwise it is a set-sampling estimate (Kessler, Hill & Wood, IEEE TC 1994) and ``exact`` is False.
+Set sampling (``stride`` k > 1): only sets whose index ≡ 0 (mod k) are simulated (for every index function the set of
+a line is ≡ line (mod k) when k divides the set count and the hash granule, ``L2Geometry.max_stride``) and every count
+is multiplied by k. When every access covers whole aligned groups of k lines, all sets of a group see isomorphic
+sequences, so the sampled result is *exact* (for every policy but ``random``, whose hash sees the simulated row);
+otherwise it is a set-sampling estimate (Kessler, Hill & Wood, IEEE TC 1994) and ``exact`` is False.
 """
 
 from __future__ import annotations

@@ -299,8 +299,8 @@ def test_matches_reference(policy, tr, general):
 # ---------------------------------------------------------------------------------------------------------------
 # (c) pycachesim where it has the policy: LRU and FIFO (tests/test_l2.py checks them on schedule traces too). RR is
 # random. Its MRU is not an MRU: Cache__inject reports placement[0] (the MRU) as the victim but writes the new line
-# over placement[ways−1] (its reorder loop `for(i=0; i>ways-1; i++)` never runs; pycachesim backend.c; the installed 0.3.1 disagrees), so MRU
-# is checked against the reference above only.
+# over placement[ways−1] (its reorder loop `for(i=0; i>ways-1; i++)` never runs; pycachesim backend.c), and the
+# installed 0.3.1 disagrees with a true MRU; so MRU is checked against the reference above only.
 # ---------------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("policy", ["lru", "fifo"])
