@@ -307,9 +307,16 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default=None, help="output .toml (default calibrated/<base>-calibrated.toml)")
     p.add_argument("--dtypes", nargs="+", default=["bf16", "fp16", "fp8"], choices=sorted(_TORCH_DTYPES))
     p.add_argument("--quick", action="store_true", help="smaller buffers and matrices (about 10 s)")
+    p.add_argument("--l2", action="store_true",
+                   help="L2 microbenchmarks under ncu (iosim.l2bench, ~3 min) + model fit (iosim.l2fit); writes raw "
+                        "CSVs, plots and <base>_l2_calibrated.toml under --l2-dir")
+    p.add_argument("--l2-dir", default=None, help="folder for --l2 (default reports/calibration/<base>)")
+    p.add_argument("--fit-only", action="store_true", help="with --l2: refit existing measurements in --l2-dir")
 
 
 def run(args: argparse.Namespace, out: IO[str]) -> int:
+    if args.l2:
+        return run_l2(args, out)
     base = load_hardware(args.base or detect_base())
     m = calibrate(base, tuple(args.dtypes), args.quick)
     path = write_profile(base, m, args.out or f"calibrated/{base.name}-calibrated.toml")
@@ -317,4 +324,22 @@ def run(args: argparse.Namespace, out: IO[str]) -> int:
               + ", ".join(f"{k} {v / 1e12:.0f} TFLOP/s" for k, v in m.tensor_flops_per_s.items())
               + (f", exp {m.sfu_ops_per_clock_per_sm:.1f}/clk/SM" if m.sfu_ops_per_clock_per_sm else "")
               + (f", launch {m.launch_s * 1e6:.2f} us" if m.launch_s else "") + f"\nwrote {path}\n")
+    return 0
+
+
+def run_l2(args: argparse.Namespace, out: IO[str]) -> int:
+    """``iosim calibrate --l2``: measure (unless --fit-only) and fit the L2 model parameters."""
+    from iosim import l2fit
+
+    base = args.base or (None if args.fit_only else detect_base())
+    d = args.l2_dir or f"reports/calibration/{base or 'h100'}"
+    if not args.fit_only:
+        from iosim import l2bench
+
+        l2bench.run(d, quick=args.quick, log=lambda s: out.write(s + "\n"))
+    elif not Path(d, "l2bench_raw.csv").exists():
+        raise IosimError(f"--fit-only: no l2bench_raw.csv in {d}; run `iosim calibrate --l2` on a GPU first")
+    s = l2fit.calibrate_dir(d, base, log=lambda s: out.write(s + "\n"))
+    out.write(f"wrote {s['profile']} and {', '.join(s['plots'])}; RMS miss-ratio error "
+              + ", ".join(f"{k} {v:.3f}" for k, v in s["rms"].items()) + "\n")
     return 0

@@ -73,6 +73,15 @@ class Hardware:
     l2_bandwidth_bytes_per_s: float | None = None
     smem_bandwidth_bytes_per_clock_per_sm: int | None = None
     max_registers_per_thread: int | None = None
+    # Optional L2 organisation (iosim.l2.L2Geometry.from_hardware; measured by `iosim calibrate --l2`, issue 9).
+    l2_sharing: str | None = None
+    l2_policy: str | None = None
+    l2_hash: str | None = None
+    l2_hash_granule_lines: int | None = None
+    l2_home_granule_lines: int | None = None
+    l2_store_allocate: bool | None = None
+    l2_store_near: bool | None = None
+    l2_dram_fetch_bytes: int | None = None
     sources: Mapping[str, Source] = field(default_factory=dict, compare=False, repr=False)
     path: str = field(default="", compare=False)
 
@@ -89,9 +98,20 @@ _REQUIRED_INT = ("sm_count", "hbm_capacity_bytes", "l2_size_bytes", "l2_line_byt
                  "smem_per_sm_bytes", "smem_per_block_bytes", "registers_per_sm", "max_ctas_per_sm",
                  "max_threads_per_sm", "sfu_ops_per_clock_per_sm")
 _REQUIRED_FLOAT = ("boost_clock_hz", "hbm_bandwidth_bytes_per_s", "fp32_flops_per_s")
-_OPTIONAL_INT = ("l2_partitions", "l2_ways", "smem_bandwidth_bytes_per_clock_per_sm", "max_registers_per_thread")
+_OPTIONAL_INT = ("l2_partitions", "l2_ways", "smem_bandwidth_bytes_per_clock_per_sm", "max_registers_per_thread",
+                 "l2_hash_granule_lines", "l2_home_granule_lines", "l2_dram_fetch_bytes")
+_OPTIONAL_BOOL = ("l2_store_allocate", "l2_store_near")
+
+
+def _l2_choices() -> dict[str, tuple[str, ...]]:
+    from iosim.l2 import HASHES, POLICIES, SHARING
+    return {"l2_sharing": SHARING, "l2_policy": POLICIES, "l2_hash": HASHES}
+
+
+_OPTIONAL_STR = ("l2_sharing", "l2_policy", "l2_hash")
 _OPTIONAL_FLOAT = ("l2_bandwidth_bytes_per_s",)
-_VALUE_KEYS = set(_REQUIRED_INT + _REQUIRED_FLOAT + _OPTIONAL_INT + _OPTIONAL_FLOAT + ("tensor_flops_per_s",))
+_VALUE_KEYS = set(_REQUIRED_INT + _REQUIRED_FLOAT + _OPTIONAL_INT + _OPTIONAL_FLOAT + _OPTIONAL_BOOL + _OPTIONAL_STR
+                  + ("tensor_flops_per_s",))
 
 
 def _fail(path: str, key: str, msg: str) -> IosimError:
@@ -129,6 +149,20 @@ def _entry(path: str, key: str, raw: object, integral: bool) -> tuple[int | floa
     return value, Source(kind, source.strip())
 
 
+def _choice_entry(path: str, key: str, raw: object, choices: tuple | None) -> tuple[object, Source]:
+    """A {value, kind, source} entry whose value is one of ``choices`` (strings) or a bool (choices None)."""
+    if not isinstance(raw, dict) or "value" not in raw:
+        raise _fail(path, key, "expected an inline table { value = ..., kind = ..., source = \"...\" }")
+    v = raw["value"]
+    if choices is None:
+        if not isinstance(v, bool):
+            raise _fail(path, key, f"value must be true or false, got {v!r}")
+    elif v not in choices:
+        raise _fail(path, key, f"value must be one of {', '.join(choices)}, got {v!r}")
+    _, src = _entry(path, key, {**raw, "value": 1}, True)
+    return v, src
+
+
 def parse_profile(doc: dict, path: str) -> Hardware:
     """Validate a parsed TOML document and build a Hardware; errors name the file and key."""
     version = doc.get("schema_version")
@@ -163,6 +197,10 @@ def parse_profile(doc: dict, path: str) -> Hardware:
             continue
         res = _entry(path, f"values.{key}", values[key], key in _REQUIRED_INT or key in _OPTIONAL_INT)
         out[key], sources[key] = res
+    choices = _l2_choices()
+    for key in _OPTIONAL_STR + _OPTIONAL_BOOL:
+        if key in values:
+            out[key], sources[key] = _choice_entry(path, f"values.{key}", values[key], choices.get(key))
     tf = values.get("tensor_flops_per_s")
     if not isinstance(tf, dict) or not tf:
         raise _fail(path, "values.tensor_flops_per_s", f"expected a table of dtype = {{...}} entries ({', '.join(DTYPES)})")

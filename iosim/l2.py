@@ -28,7 +28,9 @@ Model (parameters from the hardware profile, see ``L2Geometry.from_hardware``):
   L2 cache"; RRZE-HPC/gpu-benches #3, #13): ``partitions`` P caches of sets/P sets each. Every line has a home
   partition (a hash of its address in granules of ``home_granule_lines``); SM s sits at partition s mod P (assumed).
   A load looks up its own (near) partition; on a miss for a line homed elsewhere it asks the home partition across
-  the fabric (a hit there costs no DRAM), and both partitions keep a copy. Stores go to the home partition. Data read
+  the fabric (a hit there costs no DRAM), and both partitions keep a copy. Stores go to the home partition, or with
+  ``store_near`` (measured on the H100: write streams evict read data as fast as read streams do) like loads — near
+  first, then home — leaving a clean copy near and the dirty one at home. Data read
   from both sides thus takes room in both: the effective capacity for it is about half the nominal size.
 
 Algorithm. Sets are independent, so the trace is grouped by set (a radix sort on the set id, program order kept
@@ -77,6 +79,8 @@ class L2Geometry:
     hash_granule_lines: int = 128
     home_granule_lines: int = 128
     store_allocate: bool = True
+    store_near: bool = False
+    dram_fetch_bytes: int = 0   # DRAM read granularity; 0 = one sector (a load fetches only the sectors it asks for)
 
     def __post_init__(self) -> None:
         for name in ("size_bytes", "line_bytes", "sector_bytes", "ways", "partitions", "hash_granule_lines", "home_granule_lines"):
@@ -92,6 +96,10 @@ class L2Geometry:
                              f"{self.line_bytes} B lines")
         if self.sets % self.partitions:
             raise IosimError(f"L2 partitions ({self.partitions}) must divide the number of sets ({self.sets})")
+        f = self.dram_fetch_bytes
+        if f and (f & (f - 1) or f < self.sector_bytes or f > self.line_bytes):
+            raise IosimError(f"L2 dram_fetch_bytes {f} must be a power of two between the sector "
+                             f"({self.sector_bytes} B) and the line ({self.line_bytes} B)")
         if self.policy not in POLICIES:
             raise IosimError(f"unknown L2 replacement policy {self.policy!r}; known: {', '.join(POLICIES)}")
         if self.policy == "plru" and self.ways & (self.ways - 1):
@@ -131,7 +139,8 @@ class L2Geometry:
         for field_name, key in (("policy", "l2_policy"), ("hash", "l2_hash"), ("sharing", "l2_sharing"),
                                 ("hash_granule_lines", "l2_hash_granule_lines"),
                                 ("home_granule_lines", "l2_home_granule_lines"),
-                                ("store_allocate", "l2_store_allocate")):
+                                ("store_allocate", "l2_store_allocate"), ("store_near", "l2_store_near"),
+                                ("dram_fetch_bytes", "l2_dram_fetch_bytes")):
             v = getattr(hw, key, None)
             if v is not None:
                 extra[field_name] = v
@@ -397,6 +406,9 @@ class _State:
             hit2 = mh[af, wh]
             old2, st2 = Tf[af, wh], Sf[af, wh]
         f, wb, wk, ev = self._update(ar, wq, hit, T[ar, wq], St[ar, wq], x, s, w, kid, t)
+        far_store = w & (q != h)
+        if far_store.any():  # a store issued near (store_near) leaves a clean copy there; the home copy is dirty
+            self.D[ar[far_store], wq[far_store]] = self.zero
         if len(fwd):
             f2, wb2, wk2, ev2 = self._update(fwd, wh, hit2, old2, st2, x[fwd], s[fwd], w[fwd],
                                              None if kid is None else kid[fwd], t)
@@ -409,7 +421,7 @@ class _State:
 def simulate_lines(sets: np.ndarray, tags: np.ndarray, sectors: np.ndarray, write: np.ndarray, ways: int,
                    policy: str = "lru", kernel: np.ndarray | None = None, num_kernels: int = 1,
                    near: np.ndarray | None = None, home: np.ndarray | None = None, partitions: int = 1,
-                   pycachesim_stores: bool = False, store_allocate: bool = True):
+                   pycachesim_stores: bool = False, store_allocate: bool = True, store_near: bool = False):
     """Exact simulation of an ordered line trace; returns raw (unscaled) counts.
 
     sets, tags: int arrays (the tag may be the full line number); sectors: requested sector mask per access;
@@ -479,7 +491,8 @@ def simulate_lines(sets: np.ndarray, tags: np.ndarray, sectors: np.ndarray, writ
     KI = mat(kernel, np.int32) if num_kernels > 1 else np.zeros((steps, 1), np.int32)
     if P > 1:
         HM = mat(np.asarray(home, dtype=np.int64), np.int8)
-        NR = mat(np.where(np.asarray(write, dtype=bool), home, near), np.int8)  # stores go to the home partition
+        # stores go to the home partition, or (store_near) like loads: near first, then home, both keep the line
+        NR = mat(near if store_near else np.where(np.asarray(write, dtype=bool), home, near), np.int8)
     del within, col
     full = (1 << int(sectors.max()).bit_length()) - 1
     track_valid = not bool(np.all(sectors == full))
@@ -725,7 +738,7 @@ def _fast_lockstep_partitioned(out, X, SC, WR, NR, HM, active, steps, nsets, way
         DOLD[t, :m] = d_old
         T[idx] = x
         pol.update(t, idx, sp, hit, None)
-        D[idx] = (d_old * hit) | (SC[t, :m] * WR[t, :m])
+        D[idx] = (d_old * hit) | (SC[t, :m] * (WR[t, :m] & (q == HM[t, :m])))  # only the home copy is dirty
         if len(fwd):
             FWD[t, fwd] = True
             HIT2[t, fwd] = hit2
@@ -734,7 +747,7 @@ def _fast_lockstep_partitioned(out, X, SC, WR, NR, HM, active, steps, nsets, way
             DOLD2[t, fwd] = d2
             T[idx2] = x[fwd]
             pol.update(t, idx2, sp2, hit2, None)
-            D[idx2] = d2 * hit2  # forwarded accesses are loads
+            D[idx2] = (d2 * hit2) | (SC[t, :m][fwd] * WR[t, :m][fwd])  # a forwarded store dirties the home copy
     valid = X != -2
     EV = OLDV & ~HIT & valid
     EV2 = OLDV2 & ~HIT2 & FWD
@@ -830,6 +843,21 @@ def simulate(tr: RunTrace, geom: L2Geometry, stride: int | None = None, num_kern
     return simulate_owned([tr], geom, stride, num_kernels, min_sets)
 
 
+def widen_loads(mask: np.ndarray, write: np.ndarray, geom: L2Geometry) -> np.ndarray:
+    """Loads fetch whole aligned groups of ``dram_fetch_bytes`` (measured 64 B on the H100: one 32-B sector per
+    128-B line reads 64 B from DRAM, reports/calibration/h100); stores keep their exact sector masks."""
+    g = geom.dram_fetch_bytes // geom.sector_bytes if geom.dram_fetch_bytes else 1
+    if g <= 1:
+        return mask
+    full = (1 << g) - 1
+    out = mask.copy()
+    for k in range(0, geom.sectors_per_line, g):
+        grp = (full << k)
+        hit = (mask & grp) != 0
+        out = np.where(hit & ~write, out | grp, out)
+    return out.astype(mask.dtype)
+
+
 def simulate_owned(holder: list, geom: L2Geometry, stride: int | None = None, num_kernels: int | None = None,
                    min_sets: int = 96) -> L2Result:
     """``simulate`` for a trace passed as ``[trace]``: the list is emptied once the lines are expanded, so a caller
@@ -843,6 +871,7 @@ def simulate_owned(holder: list, geom: L2Geometry, stride: int | None = None, nu
     # 'random' hashes the simulated row, so isomorphic sets need not evict alike: sampling it is never exact
     exact = stride == 1 or (geom.policy != "random" and aligned(tr, geom, stride))
     line, mask, w, sm, kern = expand_lines(tr, geom, stride)
+    mask = widen_loads(mask, w, geom)
     holder.clear()
     del tr
     P = geom.num_partitions
@@ -852,7 +881,7 @@ def simulate_owned(holder: list, geom: L2Geometry, stride: int | None = None, nu
     del sm
     sets = geom.set_index(line)
     r = simulate_lines(sets, line, mask, w, geom.ways, geom.policy, kern if nk > 1 else None, nk, near, home, P,
-                       store_allocate=geom.store_allocate)
+                       store_allocate=geom.store_allocate, store_near=geom.store_near)
     k = stride
     per_kernel = tuple((int(r["k_read"][i]) * k, int(r["k_write"][i]) * k, int(r["k_acc"][i]) * k, int(r["k_hit"][i]) * k)
                        for i in range(nk))

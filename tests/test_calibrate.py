@@ -44,7 +44,7 @@ def test_written_profile_loads_with_calibrated_values(tmp_path):
     assert hw.sources["sm_count"] == base.sources["sm_count"]
     assert "launch overhead" in path.read_text() and "2.40 us" in path.read_text()
     # the cost model treats calibrated rates as achieved ones
-    assert cost.path_efficiency(hw, "wgmma", "bf16").value == pytest.approx(0.66 / 0.807)
+    assert cost.path_efficiency(hw, "wgmma", "bf16").value == pytest.approx(cost.PATH_EFFICIENCY[("sm90", "wgmma")].value / 0.807)
     assert cost.dram_bandwidth(hw) == 3.0e12
     e = cost.estimate_problem(hw, Problem(1, 16, 16, 4096, 4096, 128), KernelConfig())
     assert e.time_s > 0

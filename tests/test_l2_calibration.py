@@ -1,0 +1,119 @@
+"""Issue 9: the L2 options the calibration sets (store_near, dram_fetch_bytes, profile keys) and the analysis of the
+committed H100 microbenchmark measurements (reports/calibration/h100)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from iosim.errors import IosimError
+from iosim.hwprofile import load_hardware, load_profile_file
+from iosim.l2 import L2Geometry, simulate_lines, widen_loads
+from iosim import l2fit
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+H100_DIR = os.path.join(ROOT, "reports", "calibration", "h100")
+
+
+def _run(store_near: bool, partial: bool):
+    """Two partitions × 1 set × 2 ways. SM at partition 0 stores line 10 (homed at 1), then loads lines 20, 30
+    (homed at 0): with store_near the store left a clean copy at partition 0 that these loads evict (no write-back
+    there); the dirty copy at home is flushed at the end. Sectors: whole lines, or one sector (general path)."""
+    full = 0b1 if partial else 0b1111
+    lines = np.array([10, 20, 30, 10])
+    near = np.array([0, 0, 0, 0])
+    home = np.array([1, 0, 0, 1])
+    write = np.array([True, False, False, False])
+    sectors = np.array([full, full, full, full], dtype=np.uint8)
+    if partial:
+        sectors[1] = 0b11  # partial masks force the general (tracked-valid) path
+    return simulate_lines(np.zeros(4, np.int64), lines, sectors, write, 2, "lru", near=near, home=home, partitions=2,
+                          store_near=store_near)
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_store_near_takes_room_near_and_writes_back_once(partial):
+    a = _run(False, partial)
+    b = _run(True, partial)
+    # home only: the store installs 10 at partition 1 alone; 20 and 30 fill partition 0; the final load of 10
+    # misses near, hits at home (fabric) and its near copy evicts 20 → 1 eviction.
+    # store near: the store also leaves a clean copy of 10 at partition 0, which 30 evicts; the final load evicts 20
+    # → 2 evictions, neither dirty. Both: DRAM reads are 20 and 30 (8 sectors; 2 + 1 with partial masks, the home
+    # copy of 10 holding the stored sector), and the stored sectors are written back once, from home.
+    for r in (a, b):
+        assert r["dram_read_sectors"] == (3 if partial else 8)
+        assert r["dram_write_sectors"] == (1 if partial else 4)
+        assert r["dirty_evictions"] == 0 and r["hits"] == 0
+    assert a["evictions"] == 1
+    assert b["evictions"] == 2
+
+
+def test_widen_loads_fetches_aligned_pairs_for_loads_only():
+    g = L2Geometry(size_bytes=2**20, line_bytes=128, sector_bytes=32, ways=16, dram_fetch_bytes=64)
+    m = np.array([0b0001, 0b0010, 0b0100, 0b1000, 0b0101, 0b0001], dtype=np.uint8)
+    w = np.array([0, 0, 0, 0, 0, 1], bool)
+    assert widen_loads(m, w, g).tolist() == [0b0011, 0b0011, 0b1100, 0b1100, 0b1111, 0b0001]
+    assert widen_loads(m, w, replace(g, dram_fetch_bytes=0)).tolist() == m.tolist()
+    with pytest.raises(IosimError, match="dram_fetch_bytes"):
+        replace(g, dram_fetch_bytes=48)
+
+
+def test_profile_l2_keys_load_and_reach_the_geometry(tmp_path):
+    base = load_hardware("h100")
+    entries = {"l2_policy": ("plru", "calibrated", "test fit"), "l2_store_near": (True, "measured", "test run"),
+               "l2_home_granule_lines": (32, "measured", "latency probe"), "l2_ways": (32, "calibrated", "test fit")}
+    p = tmp_path / "cal.toml"
+    p.write_text(l2fit.profile_text(base.path, "h100-test", entries))
+    hw = load_profile_file(p)
+    assert hw.name == "h100-test" and hw.l2_policy == "plru" and hw.l2_store_near is True
+    assert hw.sources["l2_store_near"].kind == "measured"
+    g = L2Geometry.from_hardware(hw)
+    assert (g.policy, g.store_near, g.home_granule_lines, g.ways) == ("plru", True, 32, 32)
+    # everything else is the base profile's
+    assert hw.hbm_bandwidth_bytes_per_s == base.hbm_bandwidth_bytes_per_s
+    bad = tmp_path / "bad.toml"
+    bad.write_text(l2fit.profile_text(base.path, "h100-bad", {"l2_policy": ("lfu", "assumed", "nowhere special")}))
+    with pytest.raises(IosimError, match=r"bad\.toml.*l2_policy.*one of lru"):
+        load_profile_file(bad)
+    bad.write_text(l2fit.profile_text(base.path, "h100-bad", {"l2_store_near": ("yes", "assumed", "nowhere special")}))
+    with pytest.raises(IosimError, match="true or false"):
+        load_profile_file(bad)
+
+
+@pytest.fixture(scope="module")
+def h100():
+    return l2fit.load(H100_DIR)
+
+
+def test_h100_readings(h100):
+    rows, meta = h100
+    part = l2fit.partition_reading(rows, meta)
+    assert part["sms_with_sm0"] == 66 and part["sms_across"] == 66
+    assert part["hit_frac_same"] == pytest.approx(1.0, abs=0.01)   # near copies: every lookup hits
+    assert part["hit_frac_other"] == pytest.approx(0.5, abs=0.01)  # lines homed at SM 0's side miss near
+    assert part["dram_per_region_other"] == pytest.approx(1.0, abs=0.02)  # ... but come across the fabric, not DRAM
+    home = l2fit.home_map_reading(H100_DIR, meta)
+    assert home["granule_lines"] == 32 and home["far_hit_cycles"] > 1.3 * home["near_hit_cycles"]
+    lf = l2fit.line_and_fetch_reading(rows, meta)
+    assert lf["line_bytes"] == 128 and lf["dram_fetch_bytes"] == 64
+    assert l2fit.conflict_reading(rows)["max_lines_remissed_per_pass"] < 1.5
+
+
+def test_h100_one_sm_sweep_reproduced_by_duplicated_partitions(h100):
+    """One SM reading W bytes 3 times: half the lines miss from 0.55× to 1.0× nominal L2 (its partition holds near
+    copies of everything, the far partition the far-homed half), all miss past 1.1× — the duplicated model gives
+    the same plateau; a shared (unpartitioned) L2 would hit everything up to 1.0×."""
+    rows, meta = h100
+    part = set(meta["part_sms"])
+    g = L2Geometry.from_hardware(load_hardware("h100"))
+    sel = [r for r in l2fit.compared_rows(rows) if r["bench"] == "sweep" and r["mode"] == "one_sm"
+           and r["layout"] == "dense" and 0.65 <= float(r["bytes_per_pass"]) / meta["l2_bytes"] <= 0.9]
+    assert len(sel) >= 4
+    for r in sel:
+        m = l2fit.measured_value(r)
+        assert m == pytest.approx(0.5, abs=0.02)
+        assert l2fit.simulate_bench(r, g, part, stride=32).value == pytest.approx(m, abs=0.03)
+        assert l2fit.simulate_bench(r, replace(g, partitions=1, sharing="shared"), part, stride=32).value < 0.05
