@@ -266,6 +266,9 @@ def tiles(raw, hw, log):
             else:
                 notes.append(f"{'x'.join(map(str, k))}: {m['note']}")
         order = sorted(t, key=t.get)
+        if not order:  # the run's deadline stopped before this shape was timed
+            log(f"  B{b} N{n} d{d} c{c}: no timed configuration ({len(notes)} notes) — skipped")
+            continue
         rank_meas = {k: i for i, k in enumerate(order, 1)}
         pick = ch.best.key
         best = order[0]
@@ -357,10 +360,11 @@ def tiles_md(summary, detail, env):
             "|---|---:|---|---:|---|---:|---:|---:|---|---:|"]
     for r in summary:
         shape = f"B{r['batch']} H{r['heads']} N{r['seq']} d{r['head_dim']}{' causal' if r['causal'] else ''} ({r['split']})"
+        dgap = f"({float(r['default_gap_pct']):.1f}%)" if r['default_gap_pct'] else "(not timed)"
         out.append(f"| {shape} | {r['legal']} / {r['timed']} | {r['iosim_pick']} | {float(r['pick_measured_ms']):.3f} "
                    f"({r['pick_measured_rank']}) | {r['best_config']} | {float(r['best_measured_ms']):.3f} | "
                    f"{float(r['gap_pct']):.1f}% | {float(r['top3_best_gap_pct']):.1f}% | {r['default_config']} "
-                   f"({float(r['default_gap_pct']):.1f}%) | {r['spearman_pred_vs_meas']} |")
+                   f"{dgap} | {r['spearman_pred_vs_meas']} |")
     out += ["", "Config = block_m x block_n x num_warps x num_stages. Rank = position among the timed configs, 1 = "
             "fastest. Per-config numbers (measured and predicted time and rank): `tiles_vs_exhaustive.csv`.", ""]
     notes = os.path.join(ROOT, "reports", "validation", "h100", "tiles_vs_exhaustive_notes.md")
