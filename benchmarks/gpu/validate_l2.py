@@ -80,6 +80,24 @@ CASES = [
     (25, "flex", 1, 16, 16, 16384, 64, 0, 0.3, 3),      # random block-sparse
     (26, "flex", 2, 8, 8, 32768, 128, 1, 0.5, 4),       # random block-sparse, causal
     (27, "flex", 1, 16, 4, 65536, 128, 0, 0.3, 5),      # random block-sparse, GQA 4:1
+    # Set 2 (ids > 100): held out — shapes chosen after the L2 model choices were made on set 1 (cases 1–27)
+    (101, "sdpa", 1, 12, 12, 49152, 128, 1, 0.0, 0),
+    (102, "sdpa", 1, 8, 8, 98304, 64, 1, 0.0, 0),
+    (103, "sdpa", 1, 24, 24, 40960, 64, 0, 0.0, 0),
+    (104, "sdpa", 1, 8, 8, 98304, 128, 0, 0.0, 0),
+    (105, "sdpa", 1, 32, 4, 49152, 64, 1, 0.0, 0),      # GQA 8:1
+    (106, "sdpa", 1, 24, 8, 24576, 128, 0, 0.0, 0),     # GQA 3:1
+    (107, "sdpa", 1, 16, 16, 20480, 128, 1, 0.0, 0),
+    (108, "sdpa", 1, 4, 4, 131072, 128, 1, 0.0, 0),
+    (109, "flex", 1, 12, 12, 49152, 128, 1, 0.0, 0),
+    (110, "flex", 1, 8, 8, 98304, 64, 0, 0.0, 0),
+    (111, "flex", 1, 24, 6, 40960, 128, 1, 0.0, 0),     # GQA 4:1
+    (112, "flex", 1, 16, 4, 98304, 64, 1, 0.0, 0),      # GQA 4:1
+    (113, "flex", 1, 16, 16, 49152, 128, 0, 0.4, 11),   # random block-sparse
+    (114, "flex", 1, 8, 8, 98304, 64, 1, 0.6, 12),      # random block-sparse, causal
+    (115, "flex", 1, 32, 8, 32768, 128, 1, 0.25, 13),   # random block-sparse, causal, GQA 4:1
+    (116, "flex", 1, 32, 32, 12288, 128, 1, 0.0, 0),
+    (117, "flex", 4, 8, 8, 16384, 64, 1, 0.0, 0),
 ]
 COLS = ["id", "impl", "B", "Hq", "Hkv", "N", "d", "causal", "density", "seed"]
 METRICS = ["dram__bytes_read.sum", "dram__bytes_write.sum", "l1tex__m_xbar2l1tex_read_bytes.sum",
@@ -383,7 +401,9 @@ def dry_run(cases: list[dict]) -> int:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    ap.add_argument("--cases", default=None, help="comma-separated case ids (default: all)")
+    ap.add_argument("--cases", default=None, help="comma-separated case ids (default: the --set)")
+    ap.add_argument("--set", default="1", choices=["1", "2", "all"],
+                    help="1: cases 1–27 (model choices were made on these), 2: the held-out cases 101+, all")
     ap.add_argument("--group-size", type=int, default=5, help="cases per profiled worker process")
     ap.add_argument("--timeout-per-group", type=int, default=150, help="seconds before a worker group is killed")
     ap.add_argument("--dry-run", action="store_true", help="list and check the cases and build their schedules (CPU)")
@@ -392,7 +412,8 @@ def main(argv=None) -> int:
     if a.worker:
         worker([int(x) for x in a.worker.split(",")])
         return 0
-    ids = [int(x) for x in a.cases.split(",")] if a.cases else [c[0] for c in CASES]
+    in_set = {"1": lambda i: i < 100, "2": lambda i: i > 100, "all": lambda i: True}[a.set]
+    ids = [int(x) for x in a.cases.split(",")] if a.cases else [c[0] for c in CASES if in_set(c[0])]
     known = {c[0] for c in CASES}
     bad = [i for i in ids if i not in known]
     if bad:
