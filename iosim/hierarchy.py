@@ -26,6 +26,10 @@ identical loops move as a convoy (``iosim.scheduler.order_trace``); the second r
 (non-causal N=49152, d=128: 19× Q+K+V predicted with drift, 1.95× measured)."""
 
 
+DEFAULT_CONVOY_JITTER = 0.0
+"""Spread of per-CTA speeds for kernels whose CTAs all have the same trip count (non-causal): 0 = convoy."""
+
+
 @dataclass(frozen=True)
 class KernelL2:
     name: str
@@ -58,7 +62,7 @@ class HierarchyResult:
 
 
 def build_trace(schedule: Schedule, hw, regs_per_thread: int | None = None, persistent: bool = False,
-                jitter: float = 0.0, disorder: float = 0.0):
+                jitter: float = 0.0, disorder: float = 0.0, convoy_jitter: float | None = None):
     """The time-ordered access trace of all kernels, with each kernel's occupancy and timeline length."""
     lay = layout(schedule)
     cfg = schedule.config
@@ -66,7 +70,8 @@ def build_trace(schedule: Schedule, hw, regs_per_thread: int | None = None, pers
     for ki, k in enumerate(schedule.kernels):
         tr = expand_kernel(schedule, k, lay)
         occ = occupancy(k, hw, sram_bytes(k, getattr(cfg, "num_stages", 1)), regs_per_thread)
-        perm, sm, end = order_trace(tr, occ.slots, hw.sm_count, persistent, jitter, disorder)
+        cj = DEFAULT_CONVOY_JITTER if convoy_jitter is None else convoy_jitter
+        perm, sm, end = order_trace(tr, occ.slots, hw.sm_count, persistent, jitter, disorder, cj if jitter > 0 else 0.0)
         parts.append((tr.addr[perm], tr.nbytes[perm], tr.write[perm], sm.astype(np.int16),
                       np.full(len(perm), ki, dtype=np.int8 if len(schedule.kernels) < 128 else np.int64)))
         info.append((k.name, occ, end))

@@ -1,6 +1,13 @@
 """The shared L2: a set-associative, sectored, write-back cache simulated exactly over an ordered line trace.
 
-Model (parameters from the hardware profile, see ``L2Geometry.from_hardware``):
+Model (parameters from the hardware profile, see ``L2Geometry.from_hardware``). Which values are measured: on the
+H100 (``iosim calibrate --l2``, reports/calibration/h100/l2_calibration.md) the partitions (2, duplicated: pair test),
+the home-partition granule (4 KiB: latency probe), the 128-B line and 64-B DRAM fetch (sector-stride sweeps), store
+allocation and ``store_near`` (write-read and hot+write-stream runs) are measured; the replacement policy (``srrip``)
+and 16 ways are the model options that best reproduce the measured capacity and random-line sweeps; the set-index
+hash is only known to be hashed (no power-of-two stride conflicts, a 256-B stride keeps the full capacity), so
+``xor`` is assumed. The H200 profile assumes the H100's values (same die; no H200 was lent); the other profiles say
+what they assume.
 
 * ``sets × ways`` lines of ``line_bytes``, each line split into ``sector_bytes`` sectors. A line is allocated on any
   access (loads and stores: the H100 L2 is write-allocate for stores and keeps per-byte masks, so a store fetches
@@ -9,7 +16,7 @@ Model (parameters from the hardware profile, see ``L2Geometry.from_hardware``):
 * Write-back: a dirty line's dirty sectors go to DRAM when it is evicted; what is still dirty when the trace ends is
   flushed and counted too (the data has to reach DRAM eventually). ncu counts only writes during the kernel, so on
   the H100 the measured FA2 writes are 0.77–1.67× O (reports/validation/h100); writes are not validated.
-* Replacement per set (candidates until issue 9's microbenchmarks pick one); invalid ways are always filled first,
+* Replacement per set (the calibration picks one per GPU); invalid ways are always filled first,
   lowest index first:
   ``lru`` (default); ``fifo``; ``mru``; ``random`` (a deterministic hash of step, simulated row and way);
   ``plru``, tree pseudo-LRU (ways a power of two; ways−1 bits per set, an access points the bits on its path away
@@ -23,7 +30,9 @@ Model (parameters from the hardware profile, see ``L2Geometry.from_hardware``):
 * Set index (``L2Geometry.set_index``): ``modulo`` (line mod sets), ``rotate`` (line mod sets, rotated by a hash of
   line // sets in steps of ``hash_granule_lines``) or ``xor`` (the line's b-bit chunks XOR-folded onto it above the
   low log2(``hash_granule_lines``) bits, then mod sets; 2^b ≥ sets; granule 1 = the plain fold): stand-ins for the
-  undocumented slice/set hash until issue 9 measures it.
+  undocumented slice/set hash.
+* DRAM fetch: a load fetches aligned groups of ``dram_fetch_bytes`` around each requested sector (``widen_loads``;
+  0 = only the requested sectors).
 * Partitions: ``shared`` (one cache of all the sets) or ``duplicated`` (the H100/A100 organisation, whitepaper "H100
   L2 cache"; RRZE-HPC/gpu-benches #3, #13): ``partitions`` P caches of sets/P sets each. Every line has a home
   partition (a hash of its address in granules of ``home_granule_lines``); SM s sits at partition s mod P (assumed).

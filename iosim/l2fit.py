@@ -182,7 +182,11 @@ def simulate_bench(r: dict, geom: L2Geometry, part: set[int], stride: int | None
     dr = res.dram_read_sectors * geom.sector_bytes
     b = r["bench"]
     if b == "sweep":
-        v = (dr - info["per_pass"]) / ((info["passes"] - 1) * info["per_pass"])
+        per = info["per_pass"]
+        if r["layout"].startswith("sector") and geom.dram_fetch_bytes:
+            # the model, like the GPU, fetches aligned groups of dram_fetch_bytes around each requested sector
+            per *= min(geom.dram_fetch_bytes, int(r["layout"][len("sector"):])) / 32
+        v = (dr - per) / ((info["passes"] - 1) * per)
     elif b == "hotstream":
         v = (dr - info["hot"] - info["stream"]) / ((info["passes"] - 1) * info["hot"])
     else:
