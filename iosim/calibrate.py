@@ -312,6 +312,8 @@ def add_parser(sub) -> None:
                         "CSVs, plots and <base>_l2_calibrated.toml under --l2-dir")
     p.add_argument("--l2-dir", default=None, help="folder for --l2 (default reports/calibration/<base>)")
     p.add_argument("--fit-only", action="store_true", help="with --l2: refit existing measurements in --l2-dir")
+    p.add_argument("--l2-reference", default=None,
+                   help="with --l2: profile whose L2 is plotted as 'uncalibrated' (default: --base)")
 
 
 def run(args: argparse.Namespace, out: IO[str]) -> int:
@@ -339,7 +341,7 @@ def run_l2(args: argparse.Namespace, out: IO[str]) -> int:
         l2bench.run(d, quick=args.quick, log=lambda s: out.write(s + "\n"))
     elif not Path(d, "l2bench_raw.csv").exists():
         raise IosimError(f"--fit-only: no l2bench_raw.csv in {d}; run `iosim calibrate --l2` on a GPU first")
-    s = l2fit.calibrate_dir(d, base, log=lambda s: out.write(s + "\n"))
+    s = l2fit.calibrate_dir(d, base, log=lambda s: out.write(s + "\n"), reference=args.l2_reference)
     out.write(f"wrote {s['profile']} and {', '.join(s['plots'])}; RMS miss-ratio error "
               + ", ".join(f"{k} {v:.3f}" for k, v in s["rms"].items()) + "\n")
     return 0

@@ -404,7 +404,10 @@ class _State:
         mq = eq & inq
         wq = np.where(mq, self.BIG, np.where(inq, cand, -self.BIG)).argmax(axis=1)
         hit = mq[ar, wq]
-        fwd = np.flatnonzero(~hit & (q != h))
+        # the home partition is asked when the near copy misses, lacks requested sectors (a load), or for a store
+        # issued near (store_near: the dirty copy lives at home)
+        partial = hit & ~w & ((s & ~self.V[ar, wq]) != 0) if self.track_valid else False
+        fwd = np.flatnonzero((~hit | partial | w) & (q != h))
         # the second lookup reads the state before the first update (different columns: no interference)
         if len(fwd):
             Tf, Sf, cf, hf = T[fwd], St[fwd], cand[fwd], h[fwd]
@@ -729,7 +732,7 @@ def _fast_lockstep_partitioned(out, X, SC, WR, NR, HM, active, steps, nsets, way
             way = np.where(mq, BIG, np.where(inq, NSm, -BIG)).argmax(axis=1)
         idx = base[:m] + way
         hit = mq.reshape(-1)[idx]
-        fwd = np.flatnonzero(~hit & (q != HM[t, :m]))
+        fwd = np.flatnonzero((~hit | WR[t, :m]) & (q != HM[t, :m]))  # stores issued near go through to home
         if len(fwd):
             hf = HM[t, :m][fwd]
             inh = colpart == hf[:, None]

@@ -557,7 +557,8 @@ def _csv_text(rows: list[dict]) -> str:
     return s.getvalue()
 
 
-def calibrate_dir(dirpath: str, base: str | None = None, stride: int = 32, log=print) -> dict:
+def calibrate_dir(dirpath: str, base: str | None = None, stride: int = 32, log=print,
+                  reference: str | None = None) -> dict:
     """Readings + fit for one measurement folder; writes <base>_l2_calibrated.toml, l2_curves.csv, the plots and
     l2_calibration.md next to the raw files. Returns the summary dict."""
     from iosim.atomic import atomic_write_text
@@ -567,7 +568,7 @@ def calibrate_dir(dirpath: str, base: str | None = None, stride: int = 32, log=p
     if base is None:
         base = "h200" if "H200" in meta["gpu"].upper() else "h100"
     hw = load_hardware(base)
-    uncal = L2Geometry.from_hardware(hw)
+    uncal = L2Geometry.from_hardware(load_hardware(reference) if reference else hw)  # the curves' baseline
     part = partition_reading(rows, meta)
     home = home_map_reading(dirpath, meta)
     lf = line_and_fetch_reading(rows, meta)
@@ -603,8 +604,11 @@ def calibrate_dir(dirpath: str, base: str | None = None, stride: int = 32, log=p
         "l2_hash": ("xor", "assumed",
                     f"{m_on}: one SM cycling 20 times over {min(conf['lines'])}–{max(conf['lines'])} lines at every power-of-two stride "
                     f"{min(conf['strides'])} B – {max(conf['strides']) // 2**20} MiB re-misses at most {conf['max_lines_remissed_per_pass']:.2f} "
-                    "lines per pass: no conflict set; the set index is hashed but the hash is not identified "
-                    "(a modulo over the non-power-of-two set count passes this test too), so the xor fold is assumed"),
+                    "lines per pass (no conflict set), and one sector every 256 B (every other line) keeps the full "
+                    "capacity: the set index is hashed, low line bits included. The hash itself is not identified; "
+                    "the model's xor fold keeps the low 5 line bits (exact set sampling needs them), so it halves the "
+                    "capacity for line strides of 2–16 lines (l2_curves.csv, sector256) — tiled attention reads whole "
+                    "aligned tiles and is not affected"),
         "l2_hash_granule_lines": (32, "assumed", "xor fold keeps the low 5 line bits (a 4 KiB granule, the measured home-partition granule)"),
         "l2_policy": (chosen.policy, "calibrated",
                       f"{m_on}: best of the model's policies on the capacity sweeps and hot+read-stream runs "

@@ -117,3 +117,35 @@ def test_h100_one_sm_sweep_reproduced_by_duplicated_partitions(h100):
         assert m == pytest.approx(0.5, abs=0.02)
         assert l2fit.simulate_bench(r, g, part, stride=32).value == pytest.approx(m, abs=0.03)
         assert l2fit.simulate_bench(r, replace(g, partitions=1, sharing="shared"), part, stride=32).value < 0.05
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_store_near_that_hits_near_still_dirties_home(partial):
+    """Load 10 from partition 0 (home 1: copies at 0 and 1), store 10 from partition 0 (a near hit on the clean
+    copy), then two loads homed at 1 from partition 1 evict 10 at home: its dirty sectors go to DRAM once."""
+    full = 0b1 if partial else 0b1111
+    lines = np.array([10, 10, 20, 30])
+    near = np.array([0, 0, 1, 1])
+    home = np.array([1, 1, 1, 1])
+    write = np.array([False, True, False, False])
+    sectors = np.full(4, full, dtype=np.uint8)
+    if partial:
+        sectors[2] = 0b11
+    r = simulate_lines(np.zeros(4, np.int64), lines, sectors, write, 2, "lru", near=near, home=home, partitions=2,
+                       store_near=True)
+    n = 1 if partial else 4
+    assert r["dirty_evictions"] == 1
+    assert r["dram_write_sectors"] == n
+
+
+def test_partial_near_copy_asks_home_before_dram():
+    """SM at partition 1 loads sectors 0–1 of line 10 (home 0): both partitions hold them. SM at partition 0 reads
+    sector 2 (home: fetched from DRAM, 1 sector). SM at partition 1 then reads sectors 0–3: its near copy lacks 2–3;
+    home has 0–2, so DRAM supplies only sector 3."""
+    lines = np.array([10, 10, 10])
+    near = np.array([1, 0, 1])
+    home = np.array([0, 0, 0])
+    sectors = np.array([0b0011, 0b0100, 0b1111], dtype=np.uint8)
+    r = simulate_lines(np.zeros(3, np.int64), lines, sectors, np.zeros(3, bool), 4, "lru", near=near, home=home,
+                       partitions=2)
+    assert r["dram_read_sectors"] == 2 + 1 + 1

@@ -147,7 +147,13 @@ def reference(sets, tags, sectors, writes, ways, policy, near=None, home=None, p
         hit, v_old = c.access(tag, sec, wr, t, row[s_], out)
         if hit:
             out["hits"] += 1
-            if not wr:
+            if not wr and (sec & ~v_old) and q != hm:
+                # a near copy lacking requested sectors asks the home partition, which supplies what it holds
+                c2 = caches.setdefault((hm, s_), RefSet(ways, policy, hm))
+                hit2, v2 = c2.access(tag, sec, False, t, row[s_], out)
+                out["fabric_reads"] += hit2
+                out["dram_read_sectors"] += bin(sec & ~v2).count("1") if hit2 else bin(sec).count("1")
+            elif not wr:
                 out["dram_read_sectors"] += bin(sec & ~v_old).count("1")
             continue
         out["misses"] += 1
