@@ -62,12 +62,17 @@ def run_pycachesim(tr, geom):
     return dt, st["HIT_count"], st["MISS_count"]
 
 
-def big_run(policy: str = "lru", hash_: str = "modulo") -> dict:
+def _over(policy: str, hash_: str) -> dict:
+    """Geometry overrides: 'profile' keeps the H100 profile's (calibrated) value."""
+    return {k: v for k, v in (("policy", policy), ("hash", hash_)) if v != "profile"}
+
+
+def big_run(policy: str = "profile", hash_: str = "profile") -> dict:
     """FA2 causal B=1 H=16 N=65536 d=128 through the default L2 model, in a fresh process (peak RSS)."""
     code = ("import time,resource,json;t=time.perf_counter();"
             "from iosim.predict import predict;from iosim.hwprofile import load_hardware;"
             "from iosim.problem import Problem,KernelConfig;from iosim.l2 import L2Geometry;hw=load_hardware('h100');"
-            f"g=L2Geometry.from_hardware(hw,policy={policy!r},hash={hash_!r});"
+            f"g=L2Geometry.from_hardware(hw,**{_over(policy, hash_)!r});"
             "p=predict(hw,Problem(1,16,16,65536,65536,128,'bf16',True),KernelConfig(),kernel='fa2',l2_geometry=g);"
             "print(json.dumps({'seconds':time.perf_counter()-t,'cpu_seconds':time.process_time(),"
             "'peak_rss_bytes':resource.getrusage(resource.RUSAGE_SELF).ru_maxrss*1024,"
@@ -81,14 +86,16 @@ def main() -> None:
     ap.add_argument("--json", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_l2.json"))
     ap.add_argument("--seq", type=int, default=8192)
     ap.add_argument("--skip-big", action="store_true")
-    ap.add_argument("--policy", default="lru", choices=POLICIES + ("all",),
-                    help="replacement policy of the sampled rows and the big run; all: the default row for each")
-    ap.add_argument("--hash", default="modulo", choices=HASHES)
+    ap.add_argument("--policy", default="profile", choices=POLICIES + ("all", "profile"),
+                    help="replacement policy of the sampled rows and the big run (profile: the H100 profile's, "
+                         "calibrated); all: the default row for each")
+    ap.add_argument("--hash", default="profile", choices=HASHES + ("profile",))
     a = ap.parse_args()
     hw = load_hardware("h100")
     if a.policy == "all":
         return policy_table(hw, a)
-    shared = L2Geometry.from_hardware(hw, sharing="shared")
+    # the exactness check against pycachesim: plain LRU, modulo index, sector fetches (what pycachesim models)
+    shared = L2Geometry.from_hardware(hw, sharing="shared", policy="lru", hash="modulo", dram_fetch_bytes=0)
     res = {"trace": f"FA2 (fa2 preset) causal B=1 H=16 N={a.seq} d=128 bf16, H100 geometry",
            "policy": a.policy, "hash": a.hash}
     tr, t_trace = fa2_trace(hw, 1, 16, a.seq, 128, True)
@@ -106,9 +113,9 @@ def main() -> None:
     t_py, hit_py, miss_py = run_pycachesim(tr, shared)
 
     t = time.perf_counter()
-    shared_sampled = simulate(tr, L2Geometry.from_hardware(hw, sharing="shared", policy=a.policy, hash=a.hash))
+    shared_sampled = simulate(tr, L2Geometry.from_hardware(hw, sharing="shared", **_over(a.policy, a.hash)))
     t_shared_sampled = time.perf_counter() - t
-    dup = L2Geometry.from_hardware(hw, policy=a.policy, hash=a.hash)
+    dup = L2Geometry.from_hardware(hw, **_over(a.policy, a.hash))
     t = time.perf_counter()
     dup_sampled = simulate(tr, dup)
     t_dup = time.perf_counter() - t
@@ -153,7 +160,7 @@ def policy_table(hw, a) -> None:
           + ("" if a.skip_big else f"{'64K s':>8}{'64K GiB':>9}"))
     base = None
     for pol in POLICIES:
-        g = L2Geometry.from_hardware(hw, policy=pol, hash=a.hash)
+        g = L2Geometry.from_hardware(hw, **_over(pol, a.hash))
         t = time.perf_counter()
         r = simulate(tr, g)
         dt = time.perf_counter() - t

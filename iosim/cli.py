@@ -142,7 +142,9 @@ def run(argv: Sequence[str], out: IO[str]) -> int:
             hw = load_hardware(args.name)
             out.write(f"{hw.name}: {hw.full_name} ({hw.vendor} {hw.arch})  [{hw.path}]\n")
             for key, val, kind, src in profile_table(hw):
-                out.write(f"  {key:<40}{val:>16.6g}  {kind:<13}{src}\n")
+                num = isinstance(val, (int, float)) and not isinstance(val, bool)
+                shown = f"{val:>16.6g}" if num else f"{str(val).lower() if isinstance(val, bool) else val:>16}"
+                out.write(f"  {key:<40}{shown}  {kind:<13}{src}\n")
     elif args.command == "algorithms":
         for name, alg in algorithms().items():
             out.write(f"{name:<12}{alg.summary}\n")

@@ -65,7 +65,11 @@ def test_profile_loads_and_is_consistent(name):
         if value is None:
             assert key not in hw.sources
             continue
-        assert value > 0, key
+        if isinstance(value, str):   # L2 organisation choices (l2_policy, l2_hash, l2_sharing)
+            from iosim.l2 import HASHES, POLICIES, SHARING
+            assert value in POLICIES + HASHES + SHARING, (key, value)
+        elif not isinstance(value, bool):
+            assert value > 0, key
         src = hw.sources[key]
         assert src.kind in KINDS, key
         assert len(src.text) >= 10, (key, src.text)
