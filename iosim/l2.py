@@ -159,15 +159,18 @@ class L2Geometry:
     def max_stride(self) -> int:
         """Largest power of two k that may be used for set sampling: k divides the set count and, for ``rotate`` and
         ``xor``, the hash granule (both hashes leave ``line mod granule`` alone, so set ≡ line (mod k) and an aligned
-        group of k lines lands on k consecutive sets); for duplicated partitions also the home granule (a group has
-        one home)."""
+        group of k lines lands on k consecutive sets). The home granule does not limit k: a group spanning several
+        home granules is still sampled correctly on average, but no longer exactly (``exact_stride``)."""
         n = self.sets_per_cache
         k = n & -n
         if self.hash in ("rotate", "xor"):
             k = min(k, self.hash_granule_lines & -self.hash_granule_lines)
-        if self.sharing == "duplicated":
-            k = min(k, self.home_granule_lines & -self.home_granule_lines)
         return k
+
+    def exact_stride(self, stride: int) -> bool:
+        """Whether sampling with ``stride`` can be exact (given an aligned trace): with duplicated partitions an
+        aligned group of lines must have one home, i.e. stride ≤ the home granule."""
+        return self.sharing != "duplicated" or stride <= (self.home_granule_lines & -self.home_granule_lines)
 
     def home(self, line: np.ndarray) -> np.ndarray:
         """Home partition of each line (duplicated sharing)."""
@@ -881,7 +884,7 @@ def simulate_owned(holder: list, geom: L2Geometry, stride: int | None = None, nu
         raise IosimError(f"sampling stride {stride} must be a power of two dividing {geom.max_stride()}")
     nk = int(tr.kernel.max()) + 1 if num_kernels is None and len(tr.kernel) else (num_kernels or 1)
     # 'random' hashes the simulated row, so isomorphic sets need not evict alike: sampling it is never exact
-    exact = stride == 1 or (geom.policy != "random" and aligned(tr, geom, stride))
+    exact = stride == 1 or (geom.policy != "random" and geom.exact_stride(stride) and aligned(tr, geom, stride))
     line, mask, w, sm, kern = expand_lines(tr, geom, stride)
     mask = widen_loads(mask, w, geom)
     holder.clear()

@@ -149,3 +149,32 @@ def test_partial_near_copy_asks_home_before_dram():
     r = simulate_lines(np.zeros(3, np.int64), lines, sectors, np.zeros(3, bool), 4, "lru", near=near, home=home,
                        partitions=2)
     assert r["dram_read_sectors"] == 2 + 1 + 1
+
+
+def test_sampling_past_the_home_granule_is_allowed_but_not_exact():
+    from iosim.l2 import RunTrace, simulate
+    g = L2Geometry(size_bytes=64 * 4 * 128, line_bytes=128, sector_bytes=32, ways=4, partitions=2,
+                   sharing="duplicated", hash="xor", hash_granule_lines=4, home_granule_lines=2)
+    assert g.max_stride() == 4 and not g.exact_stride(4) and g.exact_stride(2)
+    tr = RunTrace(np.arange(0, 64 * 512, 512, dtype=np.int64), np.full(64, 512, np.int64), np.zeros(64, bool),
+                  np.arange(64, dtype=np.int64) % 4, np.zeros(64, np.int64))
+    assert simulate(tr, g, stride=2).exact
+    assert not simulate(tr, g, stride=4).exact
+
+
+def test_l2bench_plan_and_partition_split():
+    from iosim import l2bench
+    cases = l2bench.plan(52428800, 132)
+    kinds = {c.bench for c in cases}
+    assert kinds == {"pair", "sweep", "conflict", "hotstream", "writeread"}
+    assert [c.id for c in cases] == list(range(len(cases)))
+    assert sum(c.bench == "pair" for c in cases) == 131
+    # the capacity sweep brackets both knees the duplicated organisation predicts (C/2 and C) and goes past 2C
+    ws = sorted({c.ws_bytes for c in cases if c.bench == "sweep" and c.mode == "all" and c.layout == "dense"})
+    assert ws[0] < 0.1 * 52428800 and ws[-1] > 2 * 52428800
+    assert any(0.45 <= w / 52428800 <= 0.55 for w in ws) and any(0.95 <= w / 52428800 <= 1.05 for w in ws)
+    rows = [{"sm_b": b, "lts__t_sectors_srcunit_ltcfabric.sum": 80000 if b % 2 == 0 else 115000} for b in range(1, 9)]
+    same, note = l2bench.partition_of(rows)
+    assert same == [0, 2, 4, 6, 8] and "split" in note
+    flat = [{"sm_b": b, "lts__t_sectors_srcunit_ltcfabric.sum": 80000 + b} for b in range(1, 9)]
+    assert l2bench.partition_of(flat)[0] == []
