@@ -359,37 +359,25 @@ def fit(rows: list[dict], meta: dict, base: L2Geometry, stride: int = 32, log=pr
         return float(np.sqrt(np.mean(np.square(e))))
 
     from iosim.l2 import POLICIES
-    best = None
-    for pol in [p for p in POLICIES if p != "mru"]:
-        g = replace(base, policy=pol)
-        s = rms(cap, g)
-        table[f"A policy={pol}"] = s
-        log(f"  A policy={pol}: rms {s:.4f}")
-        if best is None or s < best[0]:
-            best = (s, g)
-    g0 = best[1]
-    best = None
-    for w in (8, 16, 32):
-        try:
-            g = replace(g0, ways=w)
-        except Exception as e:  # e.g. the size is not a whole number of sets
-            log(f"  B ways={w}: {e}")
-            continue
-        s = rms(gat, g)
-        table[f"B ways={w}"] = s
-        log(f"  B ways={w}: rms {s:.4f}")
-        if best is None or s < best[0]:
-            best = (s, g)
-    g0 = best[1]
-    best = None
-    for sn in (False, True):
-        g = replace(g0, store_near=sn)
-        s = rms(wst, g)
-        table[f"C store_near={sn}"] = s
-        log(f"  C store_near={sn}: rms {s:.4f}")
-        if best is None or s < best[0]:
-            best = (s, g)
-    return best[1], table
+    stages = (("A", "policy", [p for p in POLICIES if p != "mru"], cap),
+              ("B", "ways", [8, 16, 32], gat),
+              ("C", "store_near", [False, True], wst))
+    g0 = base
+    for stage, field_name, values, rs in stages:
+        best = None
+        for v in values:
+            try:
+                g = replace(g0, **{field_name: v})
+            except Exception as e:  # e.g. the size is not a whole number of sets of that many ways
+                log(f"  {stage} {field_name}={v}: {e}")
+                continue
+            s = rms(rs, g)
+            table[f"{stage} {field_name}={v}"] = s
+            log(f"  {stage} {field_name}={v}: rms {s:.4f}")
+            if best is None or s < best[0]:
+                best = (s, g)
+        g0 = best[1]
+    return g0, table
 
 
 # ----------------------------------------------------------------------------------------------------------------
