@@ -584,7 +584,7 @@ def calibrate_dir(dirpath: str, base: str | None = None, stride: int = 32, log=p
                        f"{m_on}: a line read across the fabric is kept in the reader's partition too (pair test); one SM "
                        "or one partition's SMs reach half-miss at 0.5× nominal L2 (their partition fills with near copies "
                        "and the lines it homes), full miss past 1.0×; lines read from both sides thrash from ~0.55–0.75×"),
-        "l2_home_granule_lines": (home.get("granule_lines") or uncal.home_granule_lines, "measured",
+        "l2_home_granule_lines": (home.get("granule_lines"), "measured",
                                   f"{m_on}: latency probe — after an SM across loads 4096 lines, SM 0 sees each aligned "
                                   f"{(home.get('granule_lines') or 0) * LINE} B block either all near ({home.get('near_hit_cycles', float('nan')):.0f} cycles) or all far "
                                   f"({home.get('far_hit_cycles', float('nan')):.0f} cycles); the block → partition map is not a linear (XOR) function of "
@@ -618,6 +618,9 @@ def calibrate_dir(dirpath: str, base: str | None = None, stride: int = 32, log=p
                                 f"{m_on}: one 32-B sector per 64/256 B reads {lf.get('cold_bytes_per_requested', float('nan')):.2f}× "
                                 "the requested bytes from DRAM on the first pass"),
     }
+    if not home.get("granule_lines"):
+        entries["l2_home_granule_lines"] = (hw.l2_home_granule_lines or uncal.home_granule_lines, "assumed",
+                                            "no latency probe in this measurement folder: the base profile's value")
     cal_hw_name = f"{base}-l2-calibrated"
     toml = profile_text(hw.path, cal_hw_name, entries)
     out_toml = os.path.join(dirpath, f"{base}_l2_calibrated.toml")
