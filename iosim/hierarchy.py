@@ -23,7 +23,10 @@ DEFAULT_JITTER = 0.25
 one causal d=64 and one non-causal run) over {0, 0.03, 0.1, 0.25}; the other 12 runs and the 10 runs of the second
 measurement run are out of sample. Applied only to kernels whose CTAs have unequal trip counts (causal): CTAs with
 identical loops move as a convoy (``iosim.scheduler.order_trace``); the second run showed that drift there is wrong
-(non-causal N=49152, d=128: 19× Q+K+V predicted with drift, 1.95× measured)."""
+(non-causal N=49152, d=128: 19× Q+K+V predicted with drift, 1.95× measured). Re-checked (not refitted) with the
+calibrated L2 of issue 9 on the same 8 runs: 0.25 median 8.0%, 0.35 11.2%, 0.5 33.2%. Known limits
+(reports/validation/h100/README.md, issue 9): it over-spreads causal kernels walking K/V upward from block 0
+(FlexAttention, +27–41%), and the convoy under-spreads long non-causal and GQA runs (−16 to −42%)."""
 
 
 DEFAULT_CONVOY_JITTER = 0.0
