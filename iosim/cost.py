@@ -17,14 +17,13 @@ dram        DRAM bytes / (hbm_bandwidth_bytes_per_s × DRAM_EFFICIENCY); DRAM by
 launch      LAUNCH_OVERHEAD_S per kernel
 ==========  ==========================================================================================================
 
-Overlap rule (stated, not fitted):
+Overlap rule (each constant's source is in its docstring below):
 
 * compute = max(tensor, sfu, fp32) + (1 − COMPUTE_OVERLAP[path]) × (the other two) × min(r, 2)^−½: how much of
   the softmax hides under the MMAs. COMPUTE_OVERLAP is one CTA's own overlap (FA3 arXiv 2407.08608 §3.2; fitted on
   the H100 for FA2's mma.sync kernel and iosim's Triton wgmma kernel); r = resident CTAs per SM, the independent
   streams: a second CTA's MMAs run under this one's exp (FA3 §3.1 pingpong, inter-warpgroup), while the warpgroups
-  of one CTA share its barriers and stay in phase (``independent_streams``, ``overlapped_compute``,
-  STREAM_CAP, STREAM_EXPONENT). Plus the tile-step chain: tile steps × STEP_OVERHEAD_CYCLES /
+  of one CTA share its barriers and stay in phase (``overlapped_compute``, STREAM_CAP, STREAM_EXPONENT). Plus the tile-step chain: tile steps × STEP_OVERHEAD_CYCLES /
   (clock × SMs × resident CTAs per SM); tile steps = matmul FLOPs / FLOPs of one full-tile step.
 * memory (smem, L2, DRAM) overlaps compute completely when loads are software-pipelined (num_stages ≥ 2) or
   prefetched inside the CTA (``prefetch``, set by presets such as ``fa2``: FA2's CUDA kernel has one smem buffer
@@ -240,22 +239,18 @@ def _int(e) -> int:
     return int(evaluate(e, {}))
 
 
-def independent_streams(kernel: Kernel, resident: int) -> int:
-    """Independent MMA/softmax instruction streams per SM = the CTAs resident together (``resident``), whatever
-    their warps: the warpgroups of one CTA of iosim's Triton kernel (and of FA2's CUDA kernel) run the same loop
-    and meet at the pipeline's per-step barriers, so they are in the same phase (FA3, arXiv 2407.08608, §3.1 needs
-    explicit named barriers to put two warpgroups half a step apart); CTAs share no barrier and drift apart. So
-    num_warps = 8 in one CTA adds no overlap, while two 4-warp CTAs do (``overlapped_compute``)."""
-    return max(1, resident)
-
-
 def overlapped_compute(comp: Sequence[float], overlap: float, streams: int) -> float:
     """compute = max(comp) + (1 − overlap) × (the other two) × min(streams, STREAM_CAP) ** −STREAM_EXPONENT.
 
     ``overlap`` (COMPUTE_OVERLAP) is what one stream hides of its own softmax under its own MMAs (FA3 §3.2,
     intra-warpgroup pipelining). With a second independent stream on the SM, one CTA's exp/FMA work runs while the
     other's wgmma/mma keeps the tensor cores busy (FA3 §3.1 "pingpong scheduling", there enforced for two
-    warpgroups): the exposed softmax shrinks. See STREAM_CAP and STREAM_EXPONENT."""
+    warpgroups): the exposed softmax shrinks. See STREAM_CAP and STREAM_EXPONENT.
+
+    ``streams`` = CTAs resident together on an SM, whatever their warps: the warpgroups of one CTA (iosim's Triton
+    kernel, FA2's CUDA kernel) run the same loop and meet at the per-step barriers, so they stay in phase (FA3 §3.1
+    needs explicit named barriers to put two warpgroups half a step apart); CTAs share no barrier and drift apart.
+    So 8 warps in one CTA add no overlap, two 4-warp CTAs do."""
     m = max(comp)
     rest = sum(comp) - m
     return m + (1.0 - overlap) * rest * min(max(1, streams), STREAM_CAP) ** -STREAM_EXPONENT
@@ -616,8 +611,7 @@ def estimate_kernel(schedule: Schedule, kernel: Kernel, kc: KernelCounts, hw: Ha
     resident = min(occ.ctas_per_sm, math.ceil(per_sm)) if P else 1
     steps = tile_steps(kernel, kc)
     step_s = steps * STEP_OVERHEAD_CYCLES / (hw.boost_clock_hz * S * max(1, resident))
-    streams = independent_streams(kernel, resident)
-    compute_s = overlapped_compute(comp, ov, streams) + step_s
+    compute_s = overlapped_compute(comp, ov, max(1, resident)) + step_s
     warps = resident * max(1, kernel.threads_per_cta // 32)
     issue = min(1.0, warps / 4) if hw.vendor == "nvidia" else 1.0
     scale = 1.0 / (tail * issue)

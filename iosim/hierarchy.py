@@ -26,13 +26,9 @@ identical loops move as a convoy (``iosim.scheduler.order_trace``); the second r
 (non-causal N=49152, d=128: 19× Q+K+V predicted with drift, 1.95× measured). Re-checked (not refitted) with the
 calibrated L2 of issue 9 on the same 8 runs: 0.25 median 8.0%, 0.35 11.2%, 0.5 33.2%. Known limits
 (reports/validation/h100/README.md, issue 9): it over-spreads causal kernels walking K/V upward from block 0
-(FlexAttention, +27–41%), and the convoy under-spreads long non-causal and GQA runs (−16 to −42%)."""
-
-
-DEFAULT_CONVOY_JITTER = 0.0
-"""Spread of per-CTA speeds for kernels whose CTAs all have the same trip count (non-causal): 0 = convoy. Checked on
-the 8 non-causal FA2 runs of session 1 (reports/validation/h100/sdpa_flash_fa2.csv) with the calibrated L2: 0 gives
-median 9.1% / worst −19.3% on the L2-bound ones, 0.03 gives 15.8% / −30.4%, 0.06 gives +96.6% worst."""
+(FlexAttention, +27–41%), and the convoy under-spreads long non-causal and GQA runs (−16 to −42%). A spread for
+the convoy too was checked on the 8 non-causal FA2 runs of session 1 (sdpa_flash_fa2.csv) with the calibrated L2:
+0 gives median 9.1% / worst −19.3% on the L2-bound ones, 0.03 gives 15.8% / −30.4%, 0.06 +96.6% worst."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +63,7 @@ class HierarchyResult:
 
 
 def build_trace(schedule: Schedule, hw, regs_per_thread: int | None = None, persistent: bool = False,
-                jitter: float = 0.0, disorder: float = 0.0, convoy_jitter: float | None = None):
+                jitter: float = 0.0, disorder: float = 0.0):
     """The time-ordered access trace of all kernels, with each kernel's occupancy and timeline length."""
     lay = layout(schedule)
     cfg = schedule.config
@@ -75,8 +71,7 @@ def build_trace(schedule: Schedule, hw, regs_per_thread: int | None = None, pers
     for ki, k in enumerate(schedule.kernels):
         tr = expand_kernel(schedule, k, lay)
         occ = occupancy(k, hw, sram_bytes(k, getattr(cfg, "num_stages", 1)), regs_per_thread)
-        cj = DEFAULT_CONVOY_JITTER if convoy_jitter is None else convoy_jitter
-        perm, sm, end = order_trace(tr, occ.slots, hw.sm_count, persistent, jitter, disorder, cj if jitter > 0 else 0.0)
+        perm, sm, end = order_trace(tr, occ.slots, hw.sm_count, persistent, jitter, disorder)
         parts.append((tr.addr[perm], tr.nbytes[perm], tr.write[perm], sm.astype(np.int16),
                       np.full(len(perm), ki, dtype=np.int8 if len(schedule.kernels) < 128 else np.int64)))
         info.append((k.name, occ, end))

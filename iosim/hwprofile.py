@@ -118,16 +118,27 @@ def _fail(path: str, key: str, msg: str) -> IosimError:
     return IosimError(f"{path}: key {key!r}: {msg}")
 
 
-def _entry(path: str, key: str, raw: object, integral: bool) -> tuple[int | float, Source]:
+def _source(path: str, key: str, raw: object) -> Source:
+    """Check an entry's shape ({value, kind, source[, note]}) and return its kind and source."""
     if not isinstance(raw, dict):
         raise _fail(path, key, f"expected an inline table {{ value = ..., kind = ..., source = \"...\" }}, got {raw!r}")
     missing = [k for k in ("value", "kind", "source") if k not in raw]
     if missing:
-        raise _fail(path, key, f"missing {', '.join(missing)} (every number needs value, kind and source)")
+        raise _fail(path, key, f"missing {', '.join(missing)} (every value needs value, kind and source)")
     extra = set(raw) - {"value", "kind", "source", "note"}
     if extra:
         raise _fail(path, key, f"unknown field(s) {sorted(extra)}; allowed: value, kind, source, note")
-    value, kind, source = raw["value"], raw["kind"], raw["source"]
+    kind, source = raw["kind"], raw["source"]
+    if kind not in KINDS:
+        raise _fail(path, key, f"kind {kind!r} is not one of {', '.join(KINDS)}")
+    if not isinstance(source, str) or len(source.strip()) < 4:
+        raise _fail(path, key, "source must say where the number comes from (datasheet, paper section, measurement)")
+    return Source(kind, source.strip())
+
+
+def _entry(path: str, key: str, raw: object, integral: bool) -> tuple[int | float, Source]:
+    src = _source(path, key, raw)
+    value = raw["value"]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _fail(path, key, f"value must be a number, got {value!r}")
     try:
@@ -142,24 +153,18 @@ def _entry(path: str, key: str, raw: object, integral: bool) -> tuple[int | floa
         value = int(value)
     else:
         value = float(value)
-    if kind not in KINDS:
-        raise _fail(path, key, f"kind {kind!r} is not one of {', '.join(KINDS)}")
-    if not isinstance(source, str) or len(source.strip()) < 4:
-        raise _fail(path, key, "source must say where the number comes from (datasheet, paper section, measurement)")
-    return value, Source(kind, source.strip())
+    return value, src
 
 
 def _choice_entry(path: str, key: str, raw: object, choices: tuple | None) -> tuple[object, Source]:
     """A {value, kind, source} entry whose value is one of ``choices`` (strings) or a bool (choices None)."""
-    if not isinstance(raw, dict) or "value" not in raw:
-        raise _fail(path, key, "expected an inline table { value = ..., kind = ..., source = \"...\" }")
+    src = _source(path, key, raw)
     v = raw["value"]
     if choices is None:
         if not isinstance(v, bool):
             raise _fail(path, key, f"value must be true or false, got {v!r}")
     elif v not in choices:
         raise _fail(path, key, f"value must be one of {', '.join(choices)}, got {v!r}")
-    _, src = _entry(path, key, {**raw, "value": 1}, True)
     return v, src
 
 

@@ -68,7 +68,7 @@ class Case:
 
     id: int
     bench: str                 # pair | sweep | conflict | hotstream | writeread
-    mode: str = "all"          # one_sm | part | other | all | pair
+    mode: str = "all"          # one_sm | part | all | pair
     layout: str = "dense"      # dense | gather | sector64 | sector128 | sector256 ...
     ws_bytes: int = 0          # working set (sweep), hot set (hotstream), written set (writeread), region (pair)
     stream_bytes: int = 0      # hotstream: fresh bytes per pass
@@ -80,10 +80,6 @@ class Case:
     sm_b: int = 0
 
 
-def _mb(x: float) -> int:
-    return int(round(x * 2**20))
-
-
 def sweep_sizes(l2_bytes: int) -> list[int]:
     """Working sets for the capacity sweeps: 1/16 … 3× the nominal L2, dense around C/2 and C."""
     c = l2_bytes
@@ -92,7 +88,13 @@ def sweep_sizes(l2_bytes: int) -> list[int]:
     return [int(f * c) for f in fr]
 
 
-def plan(l2_bytes: int, num_sms: int, part_sms: list[int] | None = None, quick: bool = False) -> list[Case]:
+def chunk_step(workers: int) -> int:
+    """Pass-to-pass rotation of the chunk a worker reads (``sweep``): in pass p worker r reads chunk
+    (r + p·step) mod T, so a line's reader changes every pass (and, with T > 2, its side of the L2 too)."""
+    return workers // 2 + 1 if workers > 2 else 1
+
+
+def plan(l2_bytes: int, num_sms: int, quick: bool = False) -> list[Case]:
     """The case list (ids in order). ``pair`` cases come first: the ``part`` mode needs their result, so the
     runner measures them in a first ncu process and the rest in a second one."""
     cases: list[Case] = []
@@ -147,6 +149,16 @@ def _kernels():
                 rank = tl.atomic_add(ctr, 1)
                 tl.store(info + rank, sm)
         return rank
+
+    @triton.jit
+    def _wait_flag(flag, SPIN: tl.constexpr):
+        """Spin until another program sets ``flag`` (at most SPIN polls, so a missing partner cannot hang)."""
+        f = tl.atomic_add(flag, 0)
+        n = 0
+        while (f == 0) & (n < SPIN):
+            f = tl.atomic_add(flag, 0)
+            n += 1
+        return f
 
     @triton.jit
     def l2b_read(buf, idx, sel, claim, ctr, info, sink, T, rows_per_chunk, row_stride, passes, step,
@@ -220,11 +232,7 @@ def _kernels():
                 tl.atomic_xchg(flag, 1 + (tl.sum(acc) > 1e30).to(tl.int32))
         if sm == sm_b:
             if tl.atomic_xchg(claim + 1, 1) == 0:
-                f = tl.atomic_add(flag, 0)
-                n = 0
-                while (f == 0) & (n < SPIN):
-                    f = tl.atomic_add(flag, 0)
-                    n += 1
+                f = _wait_flag(flag, SPIN)
                 acc = tl.zeros([ROWS, 32], dtype=tl.float32) + f.to(tl.float32) * 0.0
                 for i in range(0, rows, ROWS):
                     offs = (i + r_ar)[:, None] * 32 + c_ar[None, :]
@@ -251,11 +259,7 @@ def _kernels():
                 tl.atomic_xchg(flag, 1 + (s > 1000000).to(tl.int32))
         if sm == sm_b:
             if tl.atomic_xchg(claim + 1, 1) == 0:
-                f = tl.atomic_add(flag, 0)
-                n = 0
-                while (f == 0) & (n < SPIN):
-                    f = tl.atomic_add(flag, 0)
-                    n += 1
+                f = _wait_flag(flag, SPIN)
                 dep = f - f
                 for i in range(nlines):
                     t0 = _clock(dep)
@@ -274,7 +278,6 @@ class _Bufs:
     torch: object
     big: object       # 4 GiB float32: gather span, conflict strides, streams
     idx: object       # int64 line indices for gather
-    sel: object
     claim: object
     ctr: object
     info: object
@@ -321,7 +324,7 @@ def _launch(case: Case, k, B: _Bufs, part_sms: list[int]) -> dict:
         if gather:
             assert T * rpc <= B.idx.numel(), "gather index table too small"
         l2b_read[grid](B.big, B.idx, sel, B.claim, B.ctr, B.info, B.sink, T, rpc, row_stride, case.passes,
-                       max(1, T // 2 + 1) if T > 2 else 1, ROWS=ROWS, COLS=COLS, GATHER=gather, num_warps=4)
+                       chunk_step(T), ROWS=ROWS, COLS=COLS, GATHER=gather, num_warps=4)
         facts["bytes_per_pass"] = T * rpc * (LINE_BYTES if COLS == 32 else 32)
         facts["span_bytes"] = T * rpc * (row_stride * 4 if not gather else LINE_BYTES)
         facts["rows_per_chunk"] = rpc
@@ -351,7 +354,7 @@ def _launch(case: Case, k, B: _Bufs, part_sms: list[int]) -> dict:
 
 
 def child(plan_path: str, facts_path: str) -> int:
-    """Run inside ncu: every case once, after a begin marker (grid = id + 1), then an end marker."""
+    """Run inside ncu: every case once, after a begin marker (grid = id + 1); the next marker ends it."""
     import torch
 
     from iosim.validate import _marker_kernels
@@ -366,7 +369,7 @@ def child(plan_path: str, facts_path: str) -> int:
     big = torch.zeros(GATHER_SPAN_BYTES // 4, dtype=torch.float32, device="cuda")
     max_rows = max((c.ws_bytes // LINE_BYTES for c in cases if c.layout == "gather"), default=64) + 64 * n
     idx = torch.randperm(GATHER_SPAN_BYTES // LINE_BYTES, generator=g)[:max_rows].to("cuda")
-    B = _Bufs(torch, big, idx, None, torch.zeros(n, dtype=torch.int32, device="cuda"),
+    B = _Bufs(torch, big, idx, torch.zeros(n, dtype=torch.int32, device="cuda"),
               torch.zeros(1, dtype=torch.int32, device="cuda"), torch.full((n,), -1, dtype=torch.int32, device="cuda"),
               torch.zeros(4 * n, dtype=torch.float32, device="cuda"), n)
     k = _kernels()
@@ -414,25 +417,24 @@ def latency_probes(candidates: list[int], nlines: int = PROBE_LINES) -> list[dic
     return rows
 
 
-def _write_csv(path: str, rows: list[dict]) -> None:
-    from iosim.atomic import atomic_write_text
-
-    if not rows:
-        atomic_write_text(path, "")
-        return
-    keys = list(rows[0].keys())
-    for r in rows[1:]:
-        for kk in r:
-            if kk not in keys:
-                keys.append(kk)
+def csv_text(rows: list[dict]) -> str:
+    """CSV of dict rows (columns in first-seen order; missing values empty)."""
     import io
 
+    if not rows:
+        return ""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
     s = io.StringIO()
     w = csv.DictWriter(s, fieldnames=keys, lineterminator="\n")
     w.writeheader()
-    for r in rows:
-        w.writerow(r)
-    atomic_write_text(path, s.getvalue())
+    w.writerows(rows)
+    return s.getvalue()
+
+
+def _write_csv(path: str, rows: list[dict]) -> None:
+    from iosim.atomic import atomic_write_text
+
+    atomic_write_text(path, csv_text(rows))
 
 
 def _ncu_run(cases: list[Case], part_sms: list[int], workdir: str, out_dir: str, tag: str, timeout_s: int,

@@ -21,11 +21,12 @@ import csv
 import json
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
 from iosim.l2 import L2Geometry, RunTrace, simulate
+from iosim.l2bench import PROBE_LINES, chunk_step, csv_text
 
 LINE = 128
 
@@ -41,24 +42,32 @@ def _f(r: dict, k: str) -> float:
     return float(v) if v not in ("", None) else float("nan")
 
 
-def _cold_factor(layout: str) -> float:
-    """Cold DRAM read ÷ bytes requested per pass, as measured on the H100/H200 (64-B DRAM fetch; the gather index
-    table adds 8 B per 128-B line)."""
+INDEX_BYTES_PER_LINE = 8
+"""The gather benchmark's index table: one int64 per gathered 128-B line, read with it (``iosim.l2bench``)."""
+
+
+def cold_factor(layout: str, fetch_bytes: int) -> float:
+    """Bytes a first pass reads from DRAM per byte it requests: 1 for whole lines; the gather layout adds its index
+    table; one 32-B sector every s bytes fetches min(fetch_bytes, s) (the DRAM fetch granularity, measured by
+    ``line_and_fetch_reading``, 64 B on the H100)."""
     if layout == "dense":
         return 1.0
     if layout == "gather":
-        return 1.0 + 1.0 / 16
-    return 2.0
+        return 1.0 + INDEX_BYTES_PER_LINE / LINE
+    return max(1.0, min(fetch_bytes, int(layout[len("sector"):])) / 32)
 
 
-def measured_value(r: dict) -> float | None:
-    """The benchmark's measured quantity (see module docstring), or None for benches not compared."""
+def measured_value(r: dict, fetch_bytes: int | None = None) -> float | None:
+    """The benchmark's measured quantity (see module docstring), or None for benches not compared or not measured.
+    ``fetch_bytes`` (the measured DRAM fetch granularity) is needed for the one-sector layouts only."""
     dr = _f(r, "dram__bytes_read.sum")
     if math.isnan(dr):
         return None
     b = r["bench"]
     if b == "sweep":
-        per = _f(r, "bytes_per_pass") * _cold_factor(r["layout"])
+        if r["layout"].startswith("sector") and fetch_bytes is None:
+            raise ValueError("measured_value: one-sector layouts need the measured fetch_bytes")
+        per = _f(r, "bytes_per_pass") * cold_factor(r["layout"], fetch_bytes or 32)
         return (dr - per) / ((int(r["passes"]) - 1) * per)
     if b == "hotstream":
         hot, st = _f(r, "hot_bytes"), _f(r, "stream_bytes_per_pass")
@@ -77,13 +86,6 @@ def _partition_of_workers(r: dict, part: set[int]) -> np.ndarray:
     return np.array([0 if s in part else 1 for s in w], dtype=np.int64)
 
 
-@dataclass(frozen=True)
-class Sim:
-    value: float
-    exact: bool
-    stride: int
-
-
 def bench_trace(r: dict, part: set[int], seed: int = 0) -> tuple[RunTrace, dict] | None:
     """The line trace of one benchmark row (None for benches not simulated) and what the value formula needs."""
     b = r["bench"]
@@ -92,7 +94,7 @@ def bench_trace(r: dict, part: set[int], seed: int = 0) -> tuple[RunTrace, dict]
     if b == "sweep":
         P = int(r["passes"])
         rpc = int(float(r["rows_per_chunk"]))
-        step = max(1, T // 2 + 1) if T > 2 else 1
+        step = chunk_step(T)
         lay = r["layout"]
         p = np.arange(P)[:, None, None]
         i = np.arange(rpc)[None, :, None]
@@ -100,43 +102,26 @@ def bench_trace(r: dict, part: set[int], seed: int = 0) -> tuple[RunTrace, dict]
         chunk = (rk + p * step) % T
         row = chunk * rpc + i                               # (P, rpc, T)
         sm = np.broadcast_to(wp[None, None, :], row.shape)
-        if lay == "dense":
-            addr, nb = row * LINE, LINE
-        elif lay == "gather":
-            rng = np.random.default_rng(seed)
-            span_lines = 4 * 2**30 // LINE
-            lines = rng.choice(span_lines, size=T * rpc, replace=False)
-            addr = lines[row] * LINE + 8 * 2**30          # the gathered buffer, away from the index table
-            nb = LINE
-            # the index table: 8 B per row; a 64-row block reads 4 lines, issued with the block's first row
-            first = (i % 64 == 0)
-            idx_addr = (row // 64) * 512
-            extra = [(idx_addr[:, :, :] + 128 * q) for q in range(4)]
-        else:
-            s = int(lay[len("sector"):])
-            addr, nb = row * s, 32
         if lay == "gather":
-            # interleave: for each (p, i, rk) the data line, and at block starts the 4 index lines before it
-            A = [addr]
-            M = [np.ones(addr.shape, bool)]
-            for e in extra:
-                A.insert(0, e)
-                M.insert(0, np.broadcast_to(first, addr.shape))
-            stackA = np.stack(A, axis=-1)
-            stackM = np.stack(M, axis=-1)
-            stackS = np.broadcast_to(sm[..., None], stackA.shape)
-            addr_f = stackA[stackM]
-            sm_f = stackS[stackM]
+            # random whole lines in a 4 GiB span; each 64-row block first reads its 4 index lines (8 B per row)
+            lines = np.random.default_rng(seed).choice(4 * 2**30 // LINE, size=T * rpc, replace=False)
+            data = lines[row] * LINE + 8 * 2**30          # the gathered buffer, away from the index table
+            idx = (row // 64) * 512
+            stack = np.stack([idx + 128 * q for q in range(4)] + [data], axis=-1)   # (P, rpc, T, 5)
+            first = np.broadcast_to(i % 64 == 0, row.shape)
+            keep = np.stack([first] * 4 + [np.ones(row.shape, bool)], axis=-1)
+            addr_f = stack[keep]
+            sm_f = np.broadcast_to(sm[..., None], stack.shape)[keep]
             nb_f = np.full(addr_f.shape, LINE, dtype=np.int64)
         else:
-            addr_f = addr.reshape(-1)
+            s_ = LINE if lay == "dense" else int(lay[len("sector"):])
+            addr_f = (row * s_).reshape(-1)
             sm_f = sm.reshape(-1)
-            nb_f = np.full(addr_f.shape, nb, dtype=np.int64)
+            nb_f = np.full(addr_f.shape, LINE if lay == "dense" else 32, dtype=np.int64)
         tr = RunTrace(addr_f.astype(np.int64), nb_f, np.zeros(addr_f.shape, bool), sm_f.astype(np.int64),
                       np.zeros(addr_f.shape, np.int64))
         per = int(T * rpc * (LINE if lay in ("dense", "gather") else 32))
-        cold = per * (1 + 1 / 16) if lay == "gather" else per
-        return tr, {"per_pass": cold, "passes": P}
+        return tr, {"per_pass": per, "passes": P}
     if b == "hotstream":
         P = int(r["passes"])
         hot_rows = int(_f(r, "hot_bytes")) // LINE // T
@@ -173,41 +158,26 @@ def bench_trace(r: dict, part: set[int], seed: int = 0) -> tuple[RunTrace, dict]
     return None
 
 
-def simulate_bench(r: dict, geom: L2Geometry, part: set[int], stride: int | None = None) -> Sim | None:
+def simulate_bench(r: dict, geom: L2Geometry, part: set[int], stride: int | None = None) -> float | None:
+    """The model's value of the quantity ``measured_value`` gives for this benchmark row."""
     built = bench_trace(r, part)
     if built is None:
         return None
     tr, info = built
-    res = simulate(tr, geom, stride=stride)
-    dr = res.dram_read_sectors * geom.sector_bytes
+    dr = simulate(tr, geom, stride=stride).dram_read_sectors * geom.sector_bytes
     b = r["bench"]
     if b == "sweep":
-        per = info["per_pass"]
-        if r["layout"].startswith("sector") and geom.dram_fetch_bytes:
-            # the model, like the GPU, fetches aligned groups of dram_fetch_bytes around each requested sector
-            per *= min(geom.dram_fetch_bytes, int(r["layout"][len("sector"):])) / 32
-        v = (dr - per) / ((info["passes"] - 1) * per)
-    elif b == "hotstream":
-        v = (dr - info["hot"] - info["stream"]) / ((info["passes"] - 1) * info["hot"])
-    else:
-        v = dr / info["bytes"]
-    return Sim(float(v), res.exact, res.stride)
+        per = info["per_pass"] * cold_factor(r["layout"], geom.dram_fetch_bytes or geom.sector_bytes)
+        return (dr - per) / ((info["passes"] - 1) * per)
+    if b == "hotstream":
+        return (dr - info["hot"] - info["stream"]) / ((info["passes"] - 1) * info["hot"])
+    return dr / info["bytes"]
 
 
 def compared_rows(rows: list[dict]) -> list[dict]:
-    return [r for r in rows if r["bench"] in ("sweep", "hotstream", "writeread") and measured_value(r) is not None]
-
-
-def score(rows: list[dict], geom: L2Geometry, part: set[int], stride: int | None = None) -> tuple[float, list]:
-    """RMS of (simulated − measured) over the compared rows; returns (rms, [(row, measured, simulated)])."""
-    out = []
-    for r in compared_rows(rows):
-        s = simulate_bench(r, geom, part, stride)
-        if s is None:
-            continue
-        out.append((r, measured_value(r), s.value))
-    err = np.array([b - a for _, a, b in out])
-    return float(np.sqrt(np.mean(err ** 2))) if len(err) else float("nan"), out
+    """The rows with a model-comparable quantity that ncu measured."""
+    return [r for r in rows if r["bench"] in ("sweep", "hotstream", "writeread")
+            and not math.isnan(_f(r, "dram__bytes_read.sum"))]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -256,28 +226,34 @@ def home_map_reading(dirpath: str, meta: dict) -> dict:
     thr = 1.25 * near_lat
     slow = lat > thr
     offs = np.array([int(r["addr_offset"]) for r in rows])
+    maps = []   # per loader across: slow (far-homed) flag of each line, in address order
     runs = []
-    granule = None
-    for g in (128, 64, 32, 16, 8, 4, 2, 1):
-        ok = True
-        for a in np.unique(loader[across]):
-            sel = loader == a
-            s = slow[sel][np.argsort(offs[sel])]
-            s = s[: len(s) // g * g].reshape(-1, g)
-            if not np.all(s.all(axis=1) | (~s).all(axis=1)):
-                ok = False
-                break
-        if ok:
-            granule = g
-            break
     for a in np.unique(loader[across]):
         sel = loader == a
-        s = slow[sel][np.argsort(offs[sel])]
-        ch = np.flatnonzero(np.diff(s.astype(int))) + 1
-        runs += np.diff(np.concatenate([[0], ch, [len(s)]])).tolist()
+        m = slow[sel][np.argsort(offs[sel])]
+        maps.append(m)
+        ch = np.flatnonzero(np.diff(m.astype(int))) + 1
+        runs += np.diff(np.concatenate([[0], ch, [len(m)]])).tolist()
+    granule = None
+    for g in (128, 64, 32, 16, 8, 4, 2, 1):   # the largest aligned block that is always all near or all far
+        if all(bool(np.all((b := m[: len(m) // g * g].reshape(-1, g)).all(axis=1) | (~b).all(axis=1))) for m in maps):
+            granule = g
+            break
     return {"granule_lines": granule, "near_hit_cycles": float(near_lat),
             "far_hit_cycles": float(np.median(lat[across & slow])) if (across & slow).any() else float("nan"),
             "far_fraction": float(slow[across].mean()), "min_run_lines": int(min(runs)) if runs else None}
+
+
+def crossing_bytes(rows: list[dict], mode: str, layout: str, fetch_bytes: int, level: float = 0.5) -> float:
+    """Working set (span, for one-sector layouts) at which a sweep's steady-state miss ratio first reaches ``level``
+    (linear interpolation between the measured sizes); NaN if it never does."""
+    pts = sorted((_f(r, "span_bytes") if layout.startswith("sector") else _f(r, "bytes_per_pass"),
+                  measured_value(r, fetch_bytes))
+                 for r in rows if r["bench"] == "sweep" and r["mode"] == mode and r["layout"] == layout)
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if y0 < level <= y1:
+            return x0 + (level - y0) * (x1 - x0) / (y1 - y0)
+    return float("nan")
 
 
 def line_and_fetch_reading(rows: list[dict], meta: dict) -> dict:
@@ -295,24 +271,13 @@ def line_and_fetch_reading(rows: list[dict], meta: dict) -> dict:
         out["cold_bytes_per_requested"] = float(np.median(cold))
         out["dram_fetch_bytes"] = int(round(32 * out["cold_bytes_per_requested"]))
 
-    def half_span(layout, factor):
-        pts = sorted((_f(r, "span_bytes") if layout != "dense" else _f(r, "bytes_per_pass"),
-                      (_f(r, "dram__bytes_read.sum") - _f(r, "bytes_per_pass") * factor)
-                      / ((int(r["passes"]) - 1) * _f(r, "bytes_per_pass") * factor))
-                     for r in rows if r["bench"] == "sweep" and r["mode"] == "all" and r["layout"] == layout)
-        for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
-            if y0 < 0.5 <= y1:
-                return x0 + (0.5 - y0) * (x1 - x0) / (y1 - y0)
-        return float("nan")
-
-    d, s = half_span("dense", 1.0), half_span("sector256", 2.0)
+    fetch = out.get("dram_fetch_bytes", 32)
+    d, s = crossing_bytes(rows, "all", "dense", fetch), crossing_bytes(rows, "all", "sector256", fetch)
     out["half_miss_span_dense_bytes"] = d
     out["half_miss_span_sector256_bytes"] = s
     out["span_ratio"] = s / d
-    out["line_bytes"] = int(round(2 * LINE / out["span_ratio"] * 1)) if d == d and s == s else None
-    # span ratio 2 → 128-B lines (256-B stride touches every other line); ratio 1 → 256-B lines; 4 → 64-B lines
-    if out["line_bytes"]:
-        out["line_bytes"] = int(2 ** round(math.log2(256 / out["span_ratio"])))
+    # a 256-B stride touches one line in 256 / line: the span ratio is 256 / line (2 → 128-B lines, 4 → 64-B)
+    out["line_bytes"] = int(2 ** round(math.log2(256 / out["span_ratio"]))) if math.isfinite(out["span_ratio"]) else None
     return out
 
 
@@ -355,7 +320,7 @@ def fit(rows: list[dict], meta: dict, base: L2Geometry, stride: int = 32, log=pr
     table = {}
 
     def rms(rs, g):
-        e = [simulate_bench(r, g, part, stride).value - measured_value(r) for r in rs]
+        e = [simulate_bench(r, g, part, stride) - measured_value(r) for r in rs]
         return float(np.sqrt(np.mean(np.square(e))))
 
     from iosim.l2 import POLICIES
@@ -426,7 +391,8 @@ def profile_text(base_path: str, name: str, entries: dict[str, tuple[object, str
     return "\n".join(out[:at] + add + out[at:]) + "\n"
 
 
-def curves(rows: list[dict], meta: dict, geoms: dict[str, L2Geometry], stride: int = 32) -> list[dict]:
+def curves(rows: list[dict], meta: dict, geoms: dict[str, L2Geometry], fetch_bytes: int,
+           stride: int = 32) -> list[dict]:
     """One row per compared benchmark: measured value and each geometry's simulated value."""
     part = set(meta["part_sms"])
     out = []
@@ -438,9 +404,9 @@ def curves(rows: list[dict], meta: dict, geoms: dict[str, L2Geometry], stride: i
                                    _f(r, "stream_bytes_per_pass") if r["bench"] == "hotstream" else
                                    _f(r, "bytes_per_pass") if r["bench"] == "sweep" else _f(r, "bytes"))
                                   / meta["l2_bytes"], 4),
-               "measured": round(measured_value(r), 4)}
+               "measured": round(measured_value(r, fetch_bytes), 4)}
         for n, g in geoms.items():
-            row[n] = round(simulate_bench(r, g, part, st).value, 4)
+            row[n] = round(simulate_bench(r, g, part, st), 4)
         out.append(row)
     return out
 
@@ -534,23 +500,12 @@ def plot(curve_rows: list[dict], rows: list[dict], meta: dict, dirpath: str, geo
     return written
 
 
-def _csv_text(rows: list[dict]) -> str:
-    import io
-
-    s = io.StringIO()
-    if rows:
-        w = csv.DictWriter(s, fieldnames=list(rows[0].keys()), lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-    return s.getvalue()
-
-
 def calibrate_dir(dirpath: str, base: str | None = None, stride: int = 32, log=print,
                   reference: str | None = None) -> dict:
     """Readings + fit for one measurement folder; writes <base>_l2_calibrated.toml, l2_curves.csv, the plots and
     l2_calibration.md next to the raw files. Returns the summary dict."""
     from iosim.atomic import atomic_write_text
-    from iosim.hwprofile import load_hardware
+    from iosim.hwprofile import load_hardware, load_profile_file
 
     rows, meta = load(dirpath)
     if base is None:
@@ -562,7 +517,11 @@ def calibrate_dir(dirpath: str, base: str | None = None, stride: int = 32, log=p
     lf = line_and_fetch_reading(rows, meta)
     conf = conflict_reading(rows)
     log(f"partitions: {part}\nhome map: {home}\nline/fetch: {lf}\nconflicts: {conf}")
-    measured_geom = replace(uncal, partitions=2, sharing="duplicated",
+    # the pair test sees two sides when SMs across from SM 0 miss near on lines SM 0 just read; the near copies are
+    # kept (duplication) when the SMs on SM 0's side then hit on every lookup
+    split = part["sms_across"] > 0 and part["hit_frac_other"] < 0.9 * part["hit_frac_same"]
+    parts, sharing = (2, "duplicated") if split and part["hit_frac_same"] > 0.95 else (1, "shared")
+    measured_geom = replace(uncal, partitions=parts, sharing=sharing,
                             home_granule_lines=home.get("granule_lines") or uncal.home_granule_lines,
                             hash="xor", hash_granule_lines=128,
                             dram_fetch_bytes=lf.get("dram_fetch_bytes", 0) or 0, store_allocate=True)
@@ -570,25 +529,32 @@ def calibrate_dir(dirpath: str, base: str | None = None, stride: int = 32, log=p
     when = meta.get("date", "")
     tool = f"iosim.l2bench (Triton {meta.get('triton', '?')}, torch {meta.get('torch', '?')}, ncu --cache-control all)"
     m_on = f"measured on {meta['gpu']} with {tool} on {when}"
+    C = meta["l2_bytes"]
     wr = [r for r in rows if r["bench"] == "writeread"]
     wr_ratio = max((measured_value(r) for r in wr), default=float("nan"))
     entries = {
         "l2_line_bytes": (lf.get("line_bytes") or hw.l2_line_bytes, "measured",
                           f"{m_on}: one 32-B sector every 256 B reaches half-miss at {lf.get('span_ratio', float('nan')):.2f}× the "
                           "span of dense reads (2 = 128-B tags: the sparse layout touches every other line)"),
-        "l2_partitions": (2, "measured",
-                          f"{m_on}: pair test — SM b re-reading 2 MiB SM 0 just read hits on every lookup for "
-                          f"{part['sms_with_sm0']} SMs (hit fraction {part['hit_frac_same']:.3f}) and misses near for half the lines "
-                          f"on the other {part['sms_across']} (hit fraction {part['hit_frac_other']:.3f}, no DRAM: served across the fabric)"),
-        "l2_sharing": ("duplicated", "measured",
-                       f"{m_on}: a line read across the fabric is kept in the reader's partition too (pair test); one SM "
-                       "or one partition's SMs reach half-miss at 0.5× nominal L2 (their partition fills with near copies "
-                       "and the lines it homes), full miss past 1.0×; lines read from both sides thrash from ~0.55–0.75×"),
+        "l2_partitions": (parts, "measured",
+                          f"{m_on}: pair test — SM b re-reading 2 MiB SM 0 just read: {part['sms_with_sm0']} SMs hit on "
+                          f"{part['hit_frac_same']:.3f} of the region's sectors, the other {part['sms_across']} on "
+                          f"{part['hit_frac_other']:.3f}, with {part['dram_per_region_other']:.3f}× the region read from DRAM "
+                          "(the rest served across the fabric)"),
+        "l2_sharing": (sharing, "measured",
+                       f"{m_on}: near copies kept (pair test above); working set (÷ nominal L2) where steady-state "
+                       "misses start (5%) and where nearly everything misses (95%): "
+                       + "; ".join(f"{label} {crossing_bytes(rows, mode, 'dense', 32, 0.05) / C:.2f}–"
+                                   f"{crossing_bytes(rows, mode, 'dense', 32, 0.95) / C:.2f}"
+                                   for label, mode in (("one SM", "one_sm"), ("one partition's SMs", "part"),
+                                                       ("all SMs", "all")))
+                       + " (duplicated partitions: one side's readers fill their partition with near copies from "
+                       "0.5×; the far-homed half still hits across the fabric up to 1×)"),
         "l2_home_granule_lines": (home.get("granule_lines"), "measured",
-                                  f"{m_on}: latency probe — after an SM across loads 4096 lines, SM 0 sees each aligned "
+                                  f"{m_on}: latency probe — after an SM across loads {PROBE_LINES} lines, SM 0 sees each aligned "
                                   f"{(home.get('granule_lines') or 0) * LINE} B block either all near ({home.get('near_hit_cycles', float('nan')):.0f} cycles) or all far "
-                                  f"({home.get('far_hit_cycles', float('nan')):.0f} cycles); the block → partition map is not a linear (XOR) function of "
-                                  "address bits 12–20, so the model keeps its multiplicative hash over these granules"),
+                                  f"({home.get('far_hit_cycles', float('nan')):.0f} cycles); which block goes where is not "
+                                  "modelled: the model hashes these granules to partitions"),
         "l2_hash": ("xor", "assumed",
                     f"{m_on}: one SM cycling 20 times over {min(conf['lines'])}–{max(conf['lines'])} lines at every power-of-two stride "
                     f"{min(conf['strides'])} B – {max(conf['strides']) // 2**20} MiB re-misses at most {conf['max_lines_remissed_per_pass']:.2f} "
@@ -625,12 +591,10 @@ def calibrate_dir(dirpath: str, base: str | None = None, stride: int = 32, log=p
     toml = profile_text(hw.path, cal_hw_name, entries)
     out_toml = os.path.join(dirpath, f"{base}_l2_calibrated.toml")
     atomic_write_text(out_toml, toml)
-    from iosim.hwprofile import load_profile_file
-
-    cal_geom = L2Geometry.from_hardware(load_profile_file(out_toml))
+    cal_geom = L2Geometry.from_hardware(load_profile_file(out_toml))  # what a user of the written profile gets
     geoms = {"calibrated": cal_geom, "uncalibrated": uncal}
-    cr = curves(rows, meta, geoms, stride)
-    atomic_write_text(os.path.join(dirpath, "l2_curves.csv"), _csv_text(cr))
+    cr = curves(rows, meta, geoms, lf.get("dram_fetch_bytes", 32), stride)
+    atomic_write_text(os.path.join(dirpath, "l2_curves.csv"), csv_text(cr))
     pngs = plot(cr, rows, meta, dirpath, list(geoms))
     err = {n: float(np.sqrt(np.mean([(c[n] - c["measured"]) ** 2 for c in cr]))) for n in geoms}
     summary = {"gpu": meta["gpu"], "partition": part, "home_map": home, "line_fetch": lf, "conflicts": conf,

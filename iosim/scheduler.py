@@ -122,7 +122,7 @@ def cta_speeds(num_programs: int, jitter: float, seed: int = 0) -> np.ndarray:
 
 
 def order_trace(tr: KernelTrace, slots: int, num_sms: int, persistent: bool = False, jitter: float = 0.0,
-                disorder: float = 0.0, convoy_jitter: float = 0.0):
+                disorder: float = 0.0):
     """Time-order the kernel's accesses: returns (perm, sm, end_time) where perm sorts the accesses by
     (global time, slot, statement order). jitter: spread of per-CTA speeds (``cta_speeds``), a drift that grows
     along a CTA's loop. disorder: each step of each CTA is displaced by a uniform offset in [0, disorder) ticks
@@ -141,9 +141,9 @@ def order_trace(tr: KernelTrace, slots: int, num_sms: int, persistent: bool = Fa
         return perm, (sl % num_sms)[perm], end
     if jitter > 0 and len(tr.duration) and bool(np.all(tr.duration == tr.duration[0])):
         # CTAs with identical loops over the same K/V move as a convoy on the GPU (one that falls behind hits in
-        # L2 and catches up): measured non-causal FA2 keeps most of its L2 reuse, so at most the (smaller)
-        # convoy_jitter applies there.
-        jitter = convoy_jitter
+        # L2 and catches up): measured non-causal FA2 keeps its L2 reuse, so no drift is applied there
+        # (``iosim.hierarchy.DEFAULT_JITTER``: a small spread there was checked and made things worse).
+        jitter = 0.0
     if jitter > 0:
         speed = cta_speeds(tr.num_programs, jitter)
         start, slot = start_times(tr.duration * speed, slots, persistent)

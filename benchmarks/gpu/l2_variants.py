@@ -44,8 +44,6 @@ def run_case(args):
     for name, kw in variants:
         kw = dict(kw)
         jit = kw.pop("jitter", None)
-        import iosim.hierarchy as H
-        H.DEFAULT_CONVOY_JITTER = kw.pop("convoy", 0.0)
         geom = replace(L2Geometry.from_hardware(hw), **kw)
         pr = predict(hw, p, KernelConfig(), kernel=kernel, block_mask=mask, l2_geometry=geom, cta_jitter=jit)
         out[name] = pr.dram_read_bytes

@@ -11,9 +11,9 @@ nor run 2 (H32): H = 24, B·N = 40960, d 64/128, causal and not; smallest kernel
         --tile-shapes 64:0:5120,64:0:20480,64:1:2560,64:1:10240,128:0:2560,128:0:10240,128:1:5120,128:1:20480
 
 --dry-run with the same options: 32 sweep cases, 8 tile shapes (78 configs at d=64, 56 at d=128; 536 timings),
-268 unique compile tasks — the same counts as run 2, whose device call took 119 s (compile 46 s on 14 workers,
-sweep 9 s, tiles 64 s at ≤ N 24576 and B·N·H = 1.05 M; run 3 has ≤ N 20480 and 0.98 M). Expected ≈ 2–3 min;
---deadline 420 stops new cases at 7 min, so the call ends within 8. Then, here:
+268 unique compile tasks — the same counts as run 2. Measured on the H100 (2026-11-25): the call took 431 s, not
+the 2–3 min run 2 suggested (the small-N tile shapes time slowly: B16 N2560 d64 causal alone 104 s); --deadline 420
+stopped it before the last tile shape (d128 causal N20480), so 7 of the 8 shapes were timed. Then, here:
 
     python benchmarks/gpu/compare_cost.py --raw reports/validation/h100/cost_validation_run3_raw \
         --out reports/validation/h100/cost_validation_run3

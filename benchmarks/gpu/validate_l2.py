@@ -164,24 +164,6 @@ def build_block_mask(c: dict, device: str):
                                     seq_lengths=(c["N"], c["N"]))
 
 
-_FLEX: dict = {}
-
-
-def _flex_fn():
-    if "fn" not in _FLEX:
-        import torch
-        from torch.nn.attention.flex_attention import flex_attention
-        for name in ("recompile_limit", "cache_size_limit"):
-            if hasattr(torch._dynamo.config, name):
-                setattr(torch._dynamo.config, name, 4096)
-        if hasattr(torch._dynamo.config, "accumulated_recompile_limit"):
-            torch._dynamo.config.accumulated_recompile_limit = 65536
-        if hasattr(torch._dynamo.config, "accumulated_cache_size_limit"):
-            torch._dynamo.config.accumulated_cache_size_limit = 65536
-        _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
-    return _FLEX["fn"]
-
-
 def make_call(c: dict):
     import torch
     import torch.nn.functional as F
@@ -201,6 +183,8 @@ def make_call(c: dict):
                     return F.scaled_dot_product_attention(q, k, v, is_causal=bool(c["causal"]), enable_gqa=True)
                 return F.scaled_dot_product_attention(q, k, v, is_causal=bool(c["causal"]))
         return call
+    from iosim.validate import _flex_fn  # torch.compile(flex_attention), recompile limits raised
+
     fn = _flex_fn()
     bmask = build_block_mask(c, "cuda")
     opts = flex_options(c)
