@@ -100,6 +100,15 @@ def test_h100_readings(h100):
     lf = l2fit.line_and_fetch_reading(rows, meta)
     assert lf["line_bytes"] == 128 and lf["dram_fetch_bytes"] == 64
     assert l2fit.conflict_reading(rows)["max_lines_remissed_per_pass"] < 1.5
+    # duplicated partitions: one SM's reads start missing at half the nominal L2, all misses only past it; lines read
+    # from both sides start missing later than C/2 (home copies survive) but all miss before C
+    C = meta["l2_bytes"]
+    assert l2fit.crossing_bytes(rows, "one_sm", "dense", 32, 0.05) / C == pytest.approx(0.5, abs=0.03)
+    assert 1.0 < l2fit.crossing_bytes(rows, "one_sm", "dense", 32, 0.95) / C < 1.15
+    assert 0.55 < l2fit.crossing_bytes(rows, "all", "dense", 32, 0.05) / C < 0.65
+    assert 0.8 < l2fit.crossing_bytes(rows, "all", "dense", 32, 0.95) / C < 1.0
+    with pytest.raises(ValueError, match="fetch_bytes"):
+        l2fit.measured_value(next(r for r in rows if r["layout"] == "sector256"))
 
 
 def test_h100_one_sm_sweep_reproduced_by_duplicated_partitions(h100):
