@@ -30,8 +30,9 @@ Overlap rule (each constant's source is in its docstring below):
   per tensor but issues the cp.async for K tile j+1 before the softmax/PV of tile j and loads V under QKᵀ —
   ``flash_fwd_kernel.h``, ``compute_attn_1rowblock``): body = max(compute, smem, l2, dram). With one stage a CTA waits for its own loads, and only the other r − 1
   resident CTAs hide them: body = compute + max(smem, l2, dram) / r (r = resident CTAs per SM).
-* SM-local resources (tensor, sfu, fp32, smem) are divided by the tail efficiency (P/S)/⌈P/S⌉ for P CTAs on S SMs
-  (the busiest SM runs ⌈P/S⌉ CTAs; equal work per CTA assumed — causal CTAs differ, see ``KernelTime.notes``) and by
+* SM-local resources (tensor, sfu, fp32, smem) are divided by the tail efficiency (``tail_efficiency``): mean work
+  per SM / the busiest SM's work, CTAs handed in launch order to the least-loaded SM; with equal work per CTA this
+  is (P/S)/⌈P/S⌉ for P CTAs on S SMs; causal CTAs get work ∝ their KV steps (``program_steps``) and by
   the warp-issue factor min(1, resident warps per SM / 4) (4 tensor cores per SM, one per sub-partition; Triton's
   old matmul model uses the same min(warps, 4)/4). DRAM and L2 are chip-wide and not scaled.
 
@@ -185,6 +186,12 @@ SMEM_RESERVED_PER_CTA = 1024
 """Shared memory reserved by the system per CTA on cc ≥ 8.0 (CUDA guide: 1 KB per block); NVIDIA only. Applied as
 min(1024, smem_per_sm − smem_per_block) so profiles whose per-block opt-in equals the SM (V100: 96 KB) reserve 0."""
 
+PIPELINE_SMEM_BYTES = 1024
+"""Shared memory a software-pipelined CTA (num_stages ≥ 2) holds beyond its tiles: the pipeline's mbarriers and the
+alignment of its TMA buffers. Measured on the H100: Triton reports the schedule's tile bytes + 1024 B for 14 of 16
+pipelined configurations of iosim's kernel (+32 B for the other 2; cost_validation_run3_raw/tiles.csv, column
+shared), which decides residency at the limit (64×64×4 warps, 3 stages at d=64: 58,368 B → 3 CTAs/SM, not 4)."""
+
 RESOURCES = ("tensor", "sfu", "fp32", "smem", "l2", "dram")
 
 
@@ -256,15 +263,22 @@ def overlapped_compute(comp: Sequence[float], overlap: float, streams: int) -> f
     return m + (1.0 - overlap) * rest * min(max(1, streams), STREAM_CAP) ** -STREAM_EXPONENT
 
 
-def register_bytes(kernel: Kernel) -> int:
-    """Bytes of the kernel's register-resident buffers (space='reg')."""
-    return sum(_int(b.bytes) for b in kernel.buffers if b.space == "reg")
+def register_bytes(kernel: Kernel, transient: bool = True) -> int:
+    """Bytes of the kernel's register-resident buffers (space='reg'); transient=False leaves out the transient ones."""
+    return sum(_int(b.bytes) for b in kernel.buffers if b.space == "reg" and (transient or not b.transient))
 
 
-def registers_per_thread(kernel: Kernel) -> int:
+def registers_per_thread(kernel: Kernel, transient: bool = True) -> int:
     """Estimated registers per thread: register tiles spread over the CTA's threads + REGISTER_OVERHEAD_PER_THREAD,
-    rounded up to REGISTER_ALLOC_UNIT. May exceed the hardware limit (then the configuration would spill)."""
-    regs = math.ceil(register_bytes(kernel) / 4 / kernel.threads_per_cta) + REGISTER_OVERHEAD_PER_THREAD
+    rounded up to REGISTER_ALLOC_UNIT. May exceed the hardware limit.
+
+    With the transient P tile (``Buffer.transient``) this is the occupancy estimate: on the H100, Triton's compiled
+    registers for iosim's kernel at d=64 (reports/validation/h100/cost_validation*_raw/tiles.csv, non-causal) are
+    106 / 107 / 154 / 187 for 64×64×4 / 128×64×8 / 64×128×4 / 128×64×4 warps, estimated 120 / 120 / 168 / 200 with P
+    (104 / 104 / 136 / 168 without: 128×64×4 then got 3 CTAs/SM instead of the measured 2). Without it
+    (transient=False) it is the spill test: 128×128×4 at d=64 compiles to 249 registers without spills although S,
+    P and O add up to 288."""
+    regs = math.ceil(register_bytes(kernel, transient) / 4 / kernel.threads_per_cta) + REGISTER_OVERHEAD_PER_THREAD
     return -(-regs // REGISTER_ALLOC_UNIT) * REGISTER_ALLOC_UNIT
 
 
@@ -277,9 +291,10 @@ class Occupancy:
     spills: bool = False  # the register estimate exceeds max_registers_per_thread (the compiler would spill)
 
 
-def occupancy(kernel: Kernel, hw: Hardware, smem_per_cta: int) -> Occupancy:
+def occupancy(kernel: Kernel, hw: Hardware, smem_per_cta: int, pipelined: bool = False) -> Occupancy:
     """Resident CTAs per SM under the shared-memory, register, thread and CTA limits (CUDA occupancy rules).
-    Non-NVIDIA profiles map one block per core (max_ctas_per_sm) and have no SIMT register/thread limits."""
+    Non-NVIDIA profiles map one block per core (max_ctas_per_sm) and have no SIMT register/thread limits.
+    pipelined: the CTA also holds PIPELINE_SMEM_BYTES of barriers (NVIDIA, per-SM limit only)."""
     regs = registers_per_thread(kernel)
     spills = False
     limits: dict[str, float] = {"ctas": hw.max_ctas_per_sm}
@@ -289,11 +304,12 @@ def occupancy(kernel: Kernel, hw: Hardware, smem_per_cta: int) -> Occupancy:
         raise IosimError(f"{kernel.name}: {smem_per_cta:,} B of shared memory per CTA exceeds {hw.name}'s "
                          f"{hw.smem_per_block_bytes:,} B per block; use smaller tiles or fewer stages")
     if smem_per_cta > 0:
-        limits["smem"] = hw.smem_per_sm_bytes // (smem_per_cta + reserved)
+        extra = PIPELINE_SMEM_BYTES if (pipelined and nvidia) else 0
+        limits["smem"] = hw.smem_per_sm_bytes // (smem_per_cta + extra + reserved)
     if nvidia:
         limits["threads"] = hw.max_threads_per_sm // kernel.threads_per_cta
         if hw.max_registers_per_thread and regs > hw.max_registers_per_thread:
-            spills = True
+            spills = registers_per_thread(kernel, transient=False) > hw.max_registers_per_thread
             regs = hw.max_registers_per_thread
         limits["registers"] = hw.registers_per_sm // (regs * kernel.threads_per_cta)
     limiter = min(limits, key=lambda k: (limits[k], k))
@@ -439,6 +455,59 @@ def cta_overhead(schedule: Schedule, kernel: Kernel, kc: KernelCounts, hw: Hardw
     return CtaOverhead(fill, epi, drain, loops)
 
 
+TAIL_EXACT_CTAS = 8
+"""``tail_efficiency`` list-schedules only the last TAIL_EXACT_CTAS × S CTAs one by one; the earlier ones are
+spread evenly over the SMs (their imbalance is absorbed by the later CTAs, which go to the least-loaded SM)."""
+
+
+def program_steps(kernel: Kernel) -> list[int] | None:
+    """KV steps of every program (linear id, grid[0] fastest): the trips of its top-level loops, evaluated over the
+    grid. None if every program has the same trips (or there is no loop), so callers keep the closed form."""
+    import numpy as np
+
+    loops = [st for st in kernel.body if isinstance(st, Loop)]
+    if not loops:
+        return None
+    extents = [_int(ax.extent) for ax in kernel.grid]
+    P = math.prod(extents)
+    r = np.arange(P, dtype=np.int64)
+    env: dict = {}
+    for ax, e in zip(kernel.grid, extents):
+        env[ax.var] = r % e
+        r = r // e
+    trips = np.zeros(P, dtype=np.int64)
+    for lp in loops:
+        try:
+            t = np.asarray(evaluate(lp.stop, env)) - np.asarray(evaluate(lp.start, env))
+        except Exception:  # table lookups or symbols the grid does not bind: no per-program work
+            return None
+        trips = trips + np.maximum(np.broadcast_to(t, (P,)), 0)
+    if P == 0 or int(trips.min()) == int(trips.max()):
+        return None
+    return trips.tolist()
+
+
+def tail_efficiency(work: Sequence[float] | None, programs: int, sms: int) -> float:
+    """Mean work per SM / the busiest SM's work when CTAs go, in launch order, to the SM with the least work
+    assigned (greedy list scheduling, Graham 1969; resident CTAs share their SM, so an SM's time ∝ its total work).
+    work None: equal CTAs, (P/S)/⌈P/S⌉."""
+    import heapq
+
+    if programs <= 0:
+        return 1.0
+    if work is None:
+        per = programs / sms
+        return per / math.ceil(per)
+    k = min(len(work), TAIL_EXACT_CTAS * sms)
+    head = sum(work[:len(work) - k])
+    loads = [head / sms] * sms
+    heapq.heapify(loads)
+    for w in work[len(work) - k:]:
+        heapq.heappush(loads, heapq.heappop(loads) + w)
+    total = head + sum(work[len(work) - k:])
+    return (total / sms) / max(loads) if total > 0 else 1.0
+
+
 def tensor_bytes(schedule: Schedule, name: str) -> int:
     t = schedule.tensors[name]
     return math.prod(_int(d) for d in t.dims) * t.elem_bytes
@@ -576,9 +645,9 @@ def estimate_kernel(schedule: Schedule, kernel: Kernel, kc: KernelCounts, hw: Ha
     eff = path_efficiency(hw, path, p.dtype)
     notes: list[str] = []
     num_stages = getattr(cfg, "num_stages", 1)
-    occ = occupancy(kernel, hw, kc.sram_bytes)
+    occ = occupancy(kernel, hw, kc.sram_bytes, pipelined=num_stages >= 2)
     if occ.spills:
-        notes.append(f"register tiles need about {registers_per_thread(kernel)} registers per thread, above "
+        notes.append(f"register tiles need about {registers_per_thread(kernel, transient=False)} registers per thread, above "
                      f"{hw.max_registers_per_thread}: the compiler would spill (time not penalised; tiles treats it as illegal)")
 
     tensor_s = kc.matmul_flops / (hw.tensor_flops(dtype) * eff.value) if kc.matmul_flops else 0.0
@@ -607,7 +676,10 @@ def estimate_kernel(schedule: Schedule, kernel: Kernel, kc: KernelCounts, hw: Ha
     ov = COMPUTE_OVERLAP[path]
     P, S = kc.programs, hw.sm_count
     per_sm = P / S
-    tail = per_sm / math.ceil(per_sm) if P else 1.0
+    steps_p = program_steps(kernel) if getattr(p, "causal", False) else None
+    if steps_p is not None:  # a CTA's work: its steps + the fixed part (fill, epilogue ≈ one step)
+        steps_p = [t + 1 for t in steps_p]
+    tail = tail_efficiency(steps_p, P, S)
     resident = min(occ.ctas_per_sm, math.ceil(per_sm)) if P else 1
     steps = tile_steps(kernel, kc)
     step_s = steps * STEP_OVERHEAD_CYCLES / (hw.boost_clock_hz * S * max(1, resident))
@@ -616,11 +688,10 @@ def estimate_kernel(schedule: Schedule, kernel: Kernel, kc: KernelCounts, hw: Ha
     issue = min(1.0, warps / 4) if hw.vendor == "nvidia" else 1.0
     scale = 1.0 / (tail * issue)
     if tail < 0.999:
-        notes.append(f"tail: {P} CTAs on {S} SMs, busiest SM runs {math.ceil(per_sm)} ({tail:.0%} efficiency)")
+        notes.append(f"tail: {P} CTAs on {S} SMs" + (f", busiest SM runs {math.ceil(per_sm)}" if steps_p is None
+                     else ", unequal work per CTA (list-scheduled)") + f" ({tail:.0%} efficiency)")
     if issue < 1.0:
         notes.append(f"only {warps} warps resident per SM: tensor/SFU issue at {issue:.0%}")
-    if getattr(p, "causal", False):
-        notes.append("causal: CTAs do unequal work; average work per CTA assumed in the tail model")
 
     mem = max(smem_s * scale, l2_s, dram_s)
     if num_stages >= 2 or prefetch:

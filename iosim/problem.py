@@ -73,6 +73,9 @@ class KernelConfig:
     kv_order: direction of the KV loop (FA2's CUDA kernel walks it descending; Triton's tutorial ascending).
     sram_bytes: on-chip memory the algorithm may use (None = the hardware's shared memory per block); FA1's
     tile rule is derived from it.
+    band_loop: under causal masking the kernel visits the KV blocks that cross the diagonal in a second loop of
+    its own, the only one that applies the mask (Triton's fused-attention tutorial STAGE 1/2, iosim's Triton
+    kernel, FlexAttention's full/partial blocks); False = one loop that masks where needed (FA2's CUDA kernel).
     """
 
     block_m: int | None = None
@@ -83,6 +86,7 @@ class KernelConfig:
     kv_order: str = "ascending"
     q_order: str = "ascending"
     sram_bytes: int | None = None
+    band_loop: bool = False
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n", "sram_bytes"):

@@ -97,6 +97,9 @@ class Buffer:
     """An on-chip buffer of one tile. space: 'smem' (counts toward shared memory) or 'reg' (registers).
 
     pipelined buffers are multi-buffered num_stages times (software pipelining of loads, as Triton and FA3 do).
+    transient register buffers live only between two computes (P = exp(S − m) in the input dtype, the A operand of
+    the PV MMA): they take registers (occupancy), but the compiler can form them piecewise from a dying buffer, so
+    they do not make a kernel spill (``iosim.cost.registers_per_thread``).
     """
 
     name: str
@@ -104,6 +107,7 @@ class Buffer:
     elem_bytes: int
     space: str = "smem"
     pipelined: bool = False
+    transient: bool = False
 
     @property
     def bytes(self) -> Expr:

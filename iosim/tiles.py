@@ -126,7 +126,7 @@ def candidates(hw: Hardware, problem: Problem, algorithm: str = "flash2", *, pat
     compulsory traffic.
     """
     path = path or native_path(hw)
-    base = base or KernelConfig()
+    base = base or KernelConfig(band_loop=True)
     if not isinstance(problem.seq_q, int):
         raise IosimError("the tile chooser needs concrete sizes (seq_q, seq_kv, head_dim as integers)")
     cap_m, cap_n = max(16, _pow2_ceil(problem.seq_q)), max(16, _pow2_ceil(problem.seq_kv))

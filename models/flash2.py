@@ -21,6 +21,8 @@ stage uses (B_r + 2·B_c)·d·2 bytes, kernel_traits.h).
 
 from __future__ import annotations
 
+import sympy as sp
+
 from iosim.models._common import check_fit, check_head_dim, kv_tile, lse_tensor, q_tile, qkvo_tensors, row_tile
 from iosim.problem import STAT_BYTES, KernelConfig, Problem
 from iosim.registry import register
@@ -44,21 +46,52 @@ def kv_stop(p: Problem, i, bm: int, bn: int, tn):
     return clamp(cdiv((i + 1) * bm + p.seq_kv - p.seq_q, bn), 0, tn)
 
 
+def band_start(p: Problem, i, bm: int, bn: int, tn):
+    """First KV block of query block i that some of its rows may not see (causal): blocks below it are visible to
+    every row, [band_start, kv_stop) cross the diagonal. = min(⌊max(i·B_r + N_kv − N_q + 1, 0)/B_c⌋, kv_stop,
+    ⌊N_kv/B_c⌋) (the last partial block of a ragged N_kv is masked too), as iosim's Triton kernel computes n_full."""
+    def fdiv(a, d):
+        return a // d if isinstance(a, int) else sp.floor(sp.sympify(a) / d)
+    first = fdiv(clamp(i * bm + p.seq_kv - p.seq_q + 1, 0, p.seq_kv), bn)
+    return clamp(first, 0, clamp(kv_stop(p, i, bm, bn, tn), 0, fdiv(p.seq_kv, bn)))
+
+
+def kv_loops(p: Problem, cfg: KernelConfig, b, h, i, rows: Span, j, bm: int, bn: int, tn) -> tuple:
+    """The KV loop(s) of one CTA: one loop over [0, kv_stop), or under causal masking with ``cfg.band_loop`` the
+    unmasked blocks [0, band_start) and the masked band [band_start, kv_stop) as two loops (descending: band first)."""
+    cols = Span(j, bn, p.seq_kv)
+    rev = cfg.kv_order == "descending"
+    stop = kv_stop(p, i, bm, bn, tn)
+    if not (p.causal and cfg.band_loop):
+        return (Loop(j, 0, stop, kv_step(p, b, h, rows, cols), reverse=rev),)
+    mid = band_start(p, i, bm, bn, tn)
+    loops = (Loop(j, 0, mid, kv_step(p, b, h, rows, cols), reverse=rev),
+             Loop(j, mid, stop, kv_step(p, b, h, rows, cols, masked=True), reverse=rev))
+    return loops[::-1] if rev else loops
+
+
 def grid_axes(p: Problem, cfg: KernelConfig, tm) -> tuple[tuple[GridAxis, ...], dict]:
     vs = {"m": var("pid_m"), "b": var("b"), "h": var("h")}
     ext = {"m": tm, "b": p.batch, "h": p.heads}
     return tuple(GridAxis(n, vs[n], ext[n]) for n in cfg.grid_order), vs
 
 
-def kv_step(p: Problem, b, h, rows: Span, cols: Span) -> tuple:
-    """One KV step of FA2's inner loop (Alg. 1 lines 8–10): load K_j, S = QKᵀ, online softmax, load V_j, O += PV."""
+MASK_FLOPS = 2
+"""Per element of a tile in the diagonal band loop (``band_loop``): the causal compare and the select of −∞
+(Triton tutorial STAGE 2: ``mask = offs_m[:, None] >= start_n + offs_n[None, :]``, ``tl.where``)."""
+
+
+def kv_step(p: Problem, b, h, rows: Span, cols: Span, masked: bool = False) -> tuple:
+    """One KV step of FA2's inner loop (Alg. 1 lines 8–10): load K_j, S = QKᵀ, online softmax, load V_j, O += PV.
+    masked: the step applies the causal mask (MASK_FLOPS more per element)."""
     d = p.head_dim
+    per_elem = 4 + (MASK_FLOPS if masked else 0)
     return (
         Load("k", kv_tile(p, "K", b, h, cols)),
         Compute("qk", ("q", "k", "s"), matmul=(Work(2 * d, (rows, cols)),)),
         Compute("online_softmax", ("s", "m", "l", "acc"),
                 exp=(Work(1, (rows, cols)), Work(1, (rows,))),
-                other=(Work(4, (rows, cols)), Work(d + 4, (rows,)))),
+                other=(Work(per_elem, (rows, cols)), Work(d + 4, (rows,)))),
         Load("v", kv_tile(p, "V", b, h, cols)),
         Compute("pv", ("s", "v", "acc"), matmul=(Work(2 * d, (rows, cols)),)),
     )
@@ -70,12 +103,14 @@ def finalize(p: Problem, rows: Span, op: str = "finalize") -> Compute:
 
 
 def buffers(bm: int, bn: int, d: int, elem_bytes: int) -> tuple[Buffer, ...]:
-    """Q tile, pipelined K and V tiles in shared memory; S, the accumulator and the row statistics in registers."""
+    """Q tile, pipelined K and V tiles in shared memory; S, P (S in the input dtype for the PV MMA, transient), the
+    accumulator and the row statistics in registers."""
     return (
         Buffer("q", (bm, d), elem_bytes),
         Buffer("k", (bn, d), elem_bytes, pipelined=True),
         Buffer("v", (bn, d), elem_bytes, pipelined=True),
         Buffer("s", (bm, bn), 4, space="reg"),
+        Buffer("p", (bm, bn), elem_bytes, space="reg", transient=True),
         Buffer("acc", (bm, d), 4, space="reg"),
         Buffer("m", (bm,), STAT_BYTES, space="reg"),
         Buffer("l", (bm,), STAT_BYTES, space="reg"),
@@ -95,10 +130,10 @@ def build(p: Problem, cfg: KernelConfig, hw=None) -> Schedule:
     b, h, pid = vs["b"], vs["h"], vs["m"]
     i = pid if cfg.q_order == "ascending" else tm - 1 - pid
     j = var("j")
-    rows, cols = Span(i, bm, p.seq_q), Span(j, bn, p.seq_kv)
+    rows = Span(i, bm, p.seq_q)
     body = (
         Load("q", q_tile(p, "Q", b, h, rows)),
-        Loop(j, 0, kv_stop(p, i, bm, bn, tn), kv_step(p, b, h, rows, cols), reverse=cfg.kv_order == "descending"),
+        *kv_loops(p, cfg, b, h, i, rows, j, bm, bn, tn),
         finalize(p, rows),
         Store("acc", q_tile(p, "O", b, h, rows)),
         Store("lse", row_tile(p, "LSE", b, h, rows)),

@@ -137,7 +137,7 @@ def test_flash2_forward_matches_naive(c):
     order = ("ascending", "descending")[c["seed"] % 2]
     grid = (("m", "b", "h"), ("h", "m", "b"), ("b", "h", "m"))[c["seed"] % 3]
     check_forward(c, "flash2", KernelConfig(block_m=c["bm"], block_n=c["bn"], kv_order=order, q_order=order,
-                                            grid_order=grid))
+                                            grid_order=grid, band_loop=bool((c["seed"] >> 2) % 2)))
 
 
 @HYP

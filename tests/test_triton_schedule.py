@@ -174,7 +174,7 @@ def test_iosim_triton_preset_is_default_config(d, causal):
     want = default_config(d, causal)
     assert alg == "flash2"
     assert cfg == KernelConfig(want.block_m, want.block_n, want.num_warps, want.num_stages, ("m", "b", "h"),
-                               "ascending", "ascending", sram_bytes=12345)
+                               "ascending", "ascending", sram_bytes=12345, band_loop=True)
     assert cfg == replace(launch_config(d, causal), sram_bytes=12345)
     if (d, causal) in DEFAULT_CONFIGS:
         assert (cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages) == DEFAULT_CONFIGS[(d, causal)]
@@ -212,11 +212,12 @@ def test_iosim_triton_preset_refuses_what_the_kernel_runs_differently():
 
 def test_launch_config_fills_like_attention():
     # block_m given: its warps/stages are kept, block_n from the defaults; block_m missing: defaults for all four
-    assert launch_config(64, False, KernelConfig(block_m=64)) == KernelConfig(64, 128, 4, 2)
+    # band_loop: the kernel always visits the causal diagonal band in a loop of its own
+    assert launch_config(64, False, KernelConfig(block_m=64)) == KernelConfig(64, 128, 4, 2, band_loop=True)
     assert launch_config(128, True, KernelConfig(block_n=32, num_warps=2, kv_order="descending")) == \
-        KernelConfig(128, 32, 8, 3, kv_order="descending")
+        KernelConfig(128, 32, 8, 3, kv_order="descending", band_loop=True)
     full = KernelConfig(64, 32, 2, 1, ("h", "m", "b"))
-    assert launch_config(64, True, full) is full
+    assert launch_config(64, True, full) == replace(full, band_loop=True)
     assert launch_grid(full, 8, 2, 16) == ((16, 8, 2), {"AX_M": 1, "AX_B": 2, "AX_H": 0})
 
 

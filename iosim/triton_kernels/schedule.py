@@ -50,7 +50,7 @@ def default_config(head_dim: int, causal: bool) -> KernelConfig:
     """The config ``attention`` uses when given none: ``DEFAULT_CONFIGS``, else (64,64,4,2) above d=128 and
     (128,64,4,3) otherwise; grid (m, b, h), KV and query blocks ascending."""
     bm, bn, w, s = DEFAULT_CONFIGS.get((head_dim, causal), (64, 64, 4, 2) if head_dim > 128 else (128, 64, 4, 3))
-    return KernelConfig(block_m=bm, block_n=bn, num_warps=w, num_stages=s)
+    return KernelConfig(block_m=bm, block_n=bn, num_warps=w, num_stages=s, band_loop=True)
 
 
 def launch_config(head_dim: int, causal: bool, kc: KernelConfig | None = None) -> KernelConfig:
@@ -63,7 +63,7 @@ def launch_config(head_dim: int, causal: bool, kc: KernelConfig | None = None) -
                      block_m=kc.block_m or d.block_m, block_n=kc.block_n or d.block_n,
                      num_warps=kc.num_warps if kc.block_m else d.num_warps,
                      num_stages=kc.num_stages if kc.block_m else d.num_stages)
-    return kc
+    return replace(kc, band_loop=True)  # _fwd_kernel: off-band blocks, then the masked diagonal band
 
 
 def launch_grid(kc: KernelConfig, tm: int, batch: int, heads: int) -> tuple[tuple[int, int, int], dict[str, int]]:
