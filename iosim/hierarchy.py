@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from iosim.counts import sram_bytes
+from iosim.coupled import Coupling, simulate_coupled
 from iosim.l2 import L2Geometry, L2Result, RunTrace, simulate_owned
 from iosim.layout import layout
 from iosim.schedule import Schedule
@@ -28,7 +29,10 @@ calibrated L2 of issue 9 on the same 8 runs: 0.25 median 8.0%, 0.35 11.2%, 0.5 3
 (reports/validation/h100/README.md, issue 9): it over-spreads causal kernels walking K/V upward from block 0
 (FlexAttention, +27–41%), and the convoy under-spreads long non-causal and GQA runs (−16 to −42%). A spread for
 the convoy too was checked on the 8 non-causal FA2 runs of session 1 (sdpa_flash_fa2.csv) with the calibrated L2:
-0 gives median 9.1% / worst −19.3% on the L2-bound ones, 0.03 gives 15.8% / −30.4%, 0.06 +96.6% worst."""
+0 gives median 9.1% / worst −19.3% on the L2-bound ones, 0.03 gives 15.8% / −30.4%, 0.06 +96.6% worst.
+The coupled timeline (``iosim.coupled``: CTA speed from its own L2 hits, plus per-step noise) was fitted on set 1
+of issue 9 and does not beat this one (L2-bound median / worst: 13.2% / −41.6% here, best coupled point 12.9% /
+−44.1%; reports/validation/h100/coupled_timeline/README.md); it is available through ``coupling=``."""
 
 
 @dataclass(frozen=True)
@@ -86,9 +90,21 @@ def build_trace(schedule: Schedule, hw, regs_per_thread: int | None = None, pers
 
 def simulate_schedule(schedule: Schedule, hw, geometry: L2Geometry | None = None, regs_per_thread: int | None = None,
                       persistent: bool = False, stride: int | None = None, min_sets: int = 96,
-                      jitter: float = DEFAULT_JITTER, disorder: float = 0.0) -> HierarchyResult:
-    """DRAM traffic of a schedule on ``hw``. stride: set-sampling stride (None = automatic, 1 = every set)."""
+                      jitter: float = DEFAULT_JITTER, disorder: float = 0.0,
+                      coupling: Coupling | None = None) -> HierarchyResult:
+    """DRAM traffic of a schedule on ``hw``. stride: set-sampling stride (None = automatic, 1 = every set).
+    coupling: use the coupled timeline (``iosim.coupled``: CTA speed from its own L2 hits) instead of
+    convoy/drift; jitter and disorder are then ignored."""
     geom = geometry or L2Geometry.from_hardware(hw)
+    if coupling is not None:
+        res, info = simulate_coupled(schedule, hw, geom, coupling, regs_per_thread, persistent, stride, min_sets)
+        kernels = tuple(KernelL2(name, occ, end, r * geom.sector_bytes, w * geom.sector_bytes, acc, hit)
+                        for (name, occ, end), (r, w, acc, hit) in zip(info, res.per_kernel))
+        notes = []
+        if res.stride > 1:
+            notes.append(f"L2 simulated on 1 in {res.stride} sets (coupled timeline; "
+                         f"{'exact' if res.exact else 'set-sampling estimate'})")
+        return HierarchyResult(geom, res, kernels, tuple(notes))
     holder = [build_trace(schedule, hw, regs_per_thread, persistent, jitter, disorder)]
     info = holder[0][1]
     holder = [holder[0][0]]  # only this list refers to the trace: simulate_owned frees it after expansion

@@ -17,6 +17,8 @@ follow. A persistent kernel instead launches one CTA per slot and gives tile t t
 Drift (calibrated, see iosim.hierarchy.DEFAULT_JITTER and reports/validation/h100): CTAs of a kernel whose trip
 counts differ (causal) advance at per-CTA speeds exp(σ·z) (fixed seed), so their relative positions drift along the
 loop; CTAs with identical trip counts (non-causal) stay in lockstep, as the convoy the measured kernels form.
+Speeds are fixed before the L2 is simulated; ``iosim.coupled`` is the alternative where a CTA's speed follows its own
+L2 hits (checked on the H100 runs and not adopted: reports/validation/h100/coupled_timeline/README.md).
 """
 
 from __future__ import annotations

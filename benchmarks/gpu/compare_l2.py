@@ -78,7 +78,8 @@ def default_profile(rows: list[dict]) -> str:
 
 def predict_case(args) -> dict:
     """Predictions of one case for every profile: {name: (dram_read, sm_read, l2_hit_rate, seconds)}."""
-    c, profiles, stride = args
+    c, profiles, stride = args[:3]
+    coupling = args[3] if len(args) > 3 else None
     from validate_l2 import mask_tables
     p = Problem(c["B"], c["Hq"], c["Hkv"], c["N"], c["N"], c["d"], "bf16", bool(c["causal"]))
     kernel = KERNEL[c["impl"]]
@@ -87,7 +88,7 @@ def predict_case(args) -> dict:
     for name, spec in profiles:
         hw = load_hardware(spec)
         t = time.perf_counter()
-        pr = predict(hw, p, KernelConfig(), kernel=kernel, block_mask=mask, l2_stride=stride)
+        pr = predict(hw, p, KernelConfig(), kernel=kernel, block_mask=mask, l2_stride=stride, cta_coupling=coupling)
         out[name] = (pr.dram_read_bytes, pr.counts.sm_read_bytes, pr.l2_hit_rate, time.perf_counter() - t)
     return out
 
@@ -131,6 +132,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default=None, help="comma-separated case ids (default: all)")
     ap.add_argument("--jobs", type=int, default=1, help="cases predicted in parallel (processes)")
     ap.add_argument("--l2-exact", action="store_true", help="simulate every L2 set (slower)")
+    ap.add_argument("--coupling", default=None, metavar="MISS_COST,NOISE[,CHUNK[,DRIFT]]",
+                    help="use the coupled CTA timeline for every profile: iosim.coupled.Coupling(MISS_COST, NOISE, "
+                         "CHUNK=4, DRIFT=0) (the default drift timeline is DRIFT 0.25)")
     a = ap.parse_args(argv)
     rows = read_measured(a.measured)
     if a.cases:
@@ -146,7 +150,11 @@ def main(argv=None) -> int:
     names = [n for n, _ in profiles]
     todo = [r for r in rows if not math.isnan(r["measured_dram_read"]) and r["impl"] in KERNEL]
     stride = 1 if a.l2_exact else None
-    jobs = [(r, profiles, stride) for r in todo]
+    coupling = None
+    if a.coupling:
+        from iosim.coupled import Coupling
+        coupling = Coupling(*(float(x) for x in a.coupling.split(",")))
+    jobs = [(r, profiles, stride, coupling) for r in todo]
     if a.jobs > 1:
         with ProcessPoolExecutor(a.jobs) as ex:
             preds = list(ex.map(predict_case, jobs))

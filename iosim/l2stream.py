@@ -1,0 +1,273 @@
+"""The L2 of ``iosim.l2`` fed in chunks: the cache state carries over from one chunk to the next, and every chunk
+returns which of its accesses read DRAM, so a caller can decide the next chunk from the outcome of the last one
+(``iosim.coupled``: CTAs whose loads hit in L2 run faster).
+
+Same model and accounting as the general loop of ``iosim.l2.simulate_lines`` (its ``_State``: every policy, sectors,
+duplicated partitions, store allocation and ``store_near``). A chunk is grouped by set like a whole trace there
+(a (steps × sets) matrix, sets ordered by decreasing length so the active ones are a prefix); the state rows are
+permuted to that order at the start of each chunk, and replacement stamps keep counting across chunks, so feeding a
+trace in any number of chunks gives exactly the counts of feeding it at once (tests/test_l2_coupled.py).
+Set sampling as in ``iosim.l2``: the caller passes lines ≡ 0 (mod stride) and their row (set // stride); counts
+come back unscaled.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from iosim.l2 import _INV, L2Geometry, _active_counts, _FastPolicy, _popcount, _State
+
+
+class L2Stream:
+    """Resumable L2 over ``rows`` sampled sets (of every partition). ``feed`` one time-ordered chunk at a time, then
+    ``finish`` to flush dirty lines; ``counts`` then holds the raw totals (same keys as ``simulate_lines``)."""
+
+    def __init__(self, geom: L2Geometry, rows: int, num_kernels: int = 1, whole_lines: bool = False):
+        """whole_lines: the caller promises that every access covers whole lines (after ``widen_loads``); with one
+        kernel, store allocation and a deterministic policy this takes the leaner state of
+        ``iosim.l2._fast_lockstep_partitioned`` (same results, tests/test_l2_coupled.py)."""
+        self.geom = geom
+        self.P = geom.num_partitions
+        self.rows = rows
+        self.nk = num_kernels
+        self.mask_dtype = np.uint8 if geom.sectors_per_line <= 8 else np.uint32
+        self.fast = whole_lines and num_kernels == 1 and geom.store_allocate and geom.policy != "random"
+        if self.fast:
+            C = geom.ways * self.P
+            self.C = C
+            self.T = np.full(rows * C, -1, np.int64)
+            self.NS = np.full(rows * C, _INV, np.int64)
+            self.D = np.zeros(rows * C, self.mask_dtype)
+            self.pol = _FastPolicy(geom.policy, geom.ways, rows * self.P, self.NS)
+            self.colpart = (np.arange(C) // geom.ways)[None, :].astype(np.int8)
+            self.base = np.arange(rows, dtype=np.int64) * C
+            self.sbase = np.arange(rows, dtype=np.int64) * self.P
+        else:
+            self.st = _State(rows, geom.ways, self.P, geom.policy, np.int64, self.mask_dtype, track_valid=True,
+                             track_kernel=num_kernels > 1, store_allocate=geom.store_allocate)
+        self.pos_row = np.arange(rows)   # state position → row
+        self.t = 0                       # global step: replacement stamps keep their order across chunks
+        z = np.zeros(num_kernels, np.int64)
+        self.counts = {"accesses": 0, "hits": 0, "misses": 0, "evictions": 0, "dirty_evictions": 0,
+                       "dram_read_sectors": 0, "dram_write_sectors": 0, "fabric_reads": 0, "flush_lines": 0,
+                       "k_read": z.copy(), "k_write": z.copy(), "k_acc": z.copy(), "k_hit": z.copy()}
+
+    def _arrange(self, order_rows: np.ndarray) -> None:
+        """Permute the state so that position p holds row order_rows[p]."""
+        inv = np.empty(self.rows, np.int64)
+        inv[self.pos_row] = np.arange(self.rows)
+        src = inv[order_rows]
+        self.pos_row = order_rows
+        if self.fast:
+            R, C, P = self.rows, self.C, self.P
+            self.T = self.T.reshape(R, C)[src].ravel()
+            self.NS[:] = self.NS.reshape(R, C)[src].ravel()   # in place: the policy object shares it
+            self.D = self.D.reshape(R, C)[src].ravel()
+            pol = self.pol
+            for name in ("OFF", "FC", "CNT", "BITS"):
+                if hasattr(pol, name):
+                    setattr(pol, name, getattr(pol, name).reshape(R, P)[src].ravel())
+            return
+        st = self.st
+        for name in ("T", "S", "V", "D", "K", "B"):
+            setattr(st, name, getattr(st, name)[src])
+
+    def feed(self, row, tag, sectors, write, kernel=None, near=None, home=None) -> np.ndarray:
+        """Simulate one chunk (accesses in time order); returns the DRAM sectors each access fetched."""
+        n = len(row)
+        c = self.counts
+        kernel = np.zeros(n, np.int64) if kernel is None else np.asarray(kernel, np.int64)
+        c["accesses"] += n
+        c["k_acc"] += np.bincount(kernel, minlength=self.nk)
+        if n == 0:
+            return np.zeros(0, np.int64)
+        cnt = np.bincount(row, minlength=self.rows)
+        order_rows = np.argsort(-cnt, kind="stable")
+        self._arrange(order_rows)
+        pos = np.empty(self.rows, np.int64)
+        pos[order_rows] = np.arange(self.rows)
+        col = pos[row]
+        o = np.argsort(col, kind="stable")
+        cs = cnt[order_rows]
+        first = np.concatenate(([0], np.cumsum(cs)))[:-1]
+        within = np.empty(n, np.int64)
+        within[o] = np.arange(n) - first[col[o]]
+        steps = int(cs[0])
+        m0 = int((cs > 0).sum())
+        active = _active_counts(cs[:m0], steps)
+
+        def mat(v, dtype, fill=0):
+            M = np.full((steps, m0), fill, dtype=dtype)
+            M[within, col] = v
+            return M
+
+        md = self.mask_dtype
+        if self.fast:
+            return self._feed_fast(mat, steps, m0, active, within, col, n, tag, sectors, write, near, home)
+        X = mat(tag, np.int64, -2)
+        SC = mat(sectors, md)
+        WR = mat(np.asarray(write, bool), bool)
+        multi = self.nk > 1
+        KI = mat(kernel, np.int32) if multi else None
+        P = self.P
+        if P > 1:
+            HM = mat(home, np.int8)
+            wr = np.asarray(write, bool)
+            NR = mat(near if self.geom.store_near else np.where(wr, home, near), np.int8)
+        HIT = np.zeros((steps, m0), bool)
+        FET = np.zeros((steps, m0), md)
+        EV = np.zeros((steps, m0), bool)
+        WB = np.zeros((steps, m0), md)
+        WBK = np.zeros((steps, m0), np.int32)
+        fab = ev2 = 0
+        wb2_sectors = []
+        st = self.st
+        for t in range(steps):
+            m = int(active[t])
+            x, s, w = X[t, :m], SC[t, :m], WR[t, :m]
+            k = KI[t, :m] if multi else None
+            if P == 1:
+                h, f, wb, wk, ev = st.access(m, x, s, w, k, self.t + t)
+            else:
+                h, f, wb, wk, ev, second = st.access2(m, NR[t, :m], HM[t, :m], x, s, w, k, self.t + t)
+                if second is not None:
+                    i, h2, f2, wb2, wk2, e2 = second
+                    f[i] = f2
+                    fab += int(h2.sum())
+                    ev2 += int(e2.sum())
+                    if wb2.any():
+                        wb2_sectors.append((wb2, wk2))
+            HIT[t, :m] = h
+            FET[t, :m] = f
+            EV[t, :m] = ev
+            WB[t, :m] = wb
+            if multi:
+                WBK[t, :m] = wk
+        self.t += steps
+        valid = X != -2
+        nf = _popcount(FET)
+        nw = _popcount(WB)
+        c["hits"] += int(HIT.sum())
+        c["misses"] += int((valid & ~HIT).sum())
+        c["evictions"] += int(EV.sum()) + ev2
+        c["dirty_evictions"] += int((EV & (WB != 0)).sum()) + sum(int((b != 0).sum()) for b, _ in wb2_sectors)
+        c["fabric_reads"] += fab
+        c["dram_read_sectors"] += int(nf.sum())
+        c["dram_write_sectors"] += int(nw.sum()) + sum(int(_popcount(b).sum()) for b, _ in wb2_sectors)
+        kv = KI[valid] if multi else np.zeros(n, np.int64)
+        c["k_read"] += np.bincount(kv, weights=nf[valid], minlength=self.nk).astype(np.int64)
+        c["k_hit"] += np.bincount(kv, weights=HIT[valid], minlength=self.nk).astype(np.int64)
+        c["k_write"] += np.bincount(WBK.ravel() if multi else np.zeros(nw.size, np.int64), weights=nw.ravel(),
+                                    minlength=self.nk).astype(np.int64)
+        for b, wk in wb2_sectors:
+            c["k_write"] += np.bincount(wk if multi else np.zeros(len(b), np.int64), weights=_popcount(b),
+                                        minlength=self.nk).astype(np.int64)
+        return nf[within, col]
+
+    def _feed_fast(self, mat, steps, m0, active, within, col, n, tag, sectors, write, near, home):
+        """``feed`` for whole-line accesses: the loop of ``iosim.l2._fast_lockstep_partitioned`` on the kept state."""
+        c, P, C, W = self.counts, self.P, self.C, self.geom.ways
+        md = self.mask_dtype
+        X = mat(tag, np.int64, -2)
+        SC = mat(sectors, md)
+        wr = np.asarray(write, bool)
+        WR = mat(wr, bool)
+        if P > 1:
+            HM = mat(home, np.int8)
+            NR = mat(near if self.geom.store_near else np.where(wr, home, near), np.int8)
+        else:
+            HM = NR = np.zeros((steps, m0), np.int8)
+        shape = (steps, m0)
+        HIT, OLDV, DOLD = np.zeros(shape, bool), np.zeros(shape, bool), np.zeros(shape, md)
+        FWD, HIT2, OLDV2, DOLD2 = np.zeros(shape, bool), np.zeros(shape, bool), np.zeros(shape, bool), np.zeros(shape, md)
+        T, D, NS, pol = self.T, self.D, self.NS, self.pol
+        base, sbase, colpart = self.base, self.sbase, self.colpart
+        BIG = np.iinfo(np.int64).max // 4
+        plru = self.geom.policy == "plru"
+        t0 = self.t
+        for t in range(steps):
+            m = int(active[t])
+            x = X[t, :m]
+            q = NR[t, :m]
+            Tm = T[:m * C].reshape(m, C)
+            NSm = NS[:m * C].reshape(m, C)
+            eq = Tm == x[:, None]
+            inq = colpart == q[:, None]
+            mq = eq & inq
+            sp = sbase[:m] + q
+            if plru:
+                way = np.where(mq.any(axis=1), mq.argmax(axis=1), q * W + pol.plru_victim(sp))
+            else:
+                way = np.where(mq, BIG, np.where(inq, NSm, -BIG)).argmax(axis=1)
+            idx = base[:m] + way
+            hit = mq.reshape(-1)[idx]
+            wt = WR[t, :m]
+            hm = HM[t, :m]
+            fwd = np.flatnonzero((~hit | wt) & (q != hm)) if P > 1 else ()
+            if len(fwd):
+                hf = hm[fwd]
+                inh = colpart == hf[:, None]
+                mh = eq[fwd] & inh
+                sp2 = sbase[fwd] + hf
+                if plru:
+                    wh = np.where(mh.any(axis=1), mh.argmax(axis=1), hf * W + pol.plru_victim(sp2))
+                else:
+                    wh = np.where(mh, BIG, np.where(inh, NSm[fwd], -BIG)).argmax(axis=1)
+                hit2 = mh[np.arange(len(fwd)), wh]
+                idx2 = base[fwd] + wh
+            HIT[t, :m] = hit
+            OLDV[t, :m] = T[idx] >= 0
+            d_old = D[idx]
+            DOLD[t, :m] = d_old
+            T[idx] = x
+            pol.update(t0 + t, idx, sp, hit, None)
+            st = SC[t, :m]
+            D[idx] = (d_old * hit) | (st * (wt & (q == hm)))
+            if len(fwd):
+                FWD[t, fwd] = True
+                HIT2[t, fwd] = hit2
+                OLDV2[t, fwd] = T[idx2] >= 0
+                d2 = D[idx2]
+                DOLD2[t, fwd] = d2
+                T[idx2] = x[fwd]
+                pol.update(t0 + t, idx2, sp2, hit2, None)
+                D[idx2] = (d2 * hit2) | (st[fwd] * wt[fwd])
+        self.t += steps
+        valid = X != -2
+        EV = OLDV & ~HIT & valid
+        EV2 = OLDV2 & ~HIT2 & FWD
+        WB = np.where(EV, DOLD, 0)
+        WB2 = np.where(EV2, DOLD2, 0)
+        dram = valid & ~WR & ~HIT & ~(FWD & HIT2)
+        nf = _popcount(np.where(dram, SC, 0))
+        nw = int(_popcount(WB).sum() + _popcount(WB2).sum())
+        hits = int(HIT.sum())
+        c["misses"] += int((valid & ~HIT).sum())
+        c["hits"] += hits
+        c["evictions"] += int(EV.sum() + EV2.sum())
+        c["dirty_evictions"] += int((WB != 0).sum() + (WB2 != 0).sum())
+        c["fabric_reads"] += int((FWD & HIT2).sum())
+        c["dram_read_sectors"] += int(nf.sum())
+        c["dram_write_sectors"] += nw
+        c["k_read"][0] += int(nf.sum())
+        c["k_write"][0] += nw
+        c["k_hit"][0] += hits
+        return nf[within, col]
+
+    def finish(self) -> dict:
+        """Flush what is still dirty (counted as DRAM writes, as ``simulate_lines`` does) and return the counts."""
+        c = self.counts
+        if self.fast:
+            flush = _popcount(self.D)
+            c["dram_write_sectors"] += int(flush.sum())
+            c["k_write"][0] += int(flush.sum())
+            c["flush_lines"] += int((self.D != 0).sum())
+            self.D[:] = 0
+            return c
+        st = self.st
+        flush = _popcount(st.D.ravel())
+        c["dram_write_sectors"] += int(flush.sum())
+        c["k_write"] += np.bincount(st.K.ravel(), weights=flush, minlength=self.nk).astype(np.int64)
+        c["flush_lines"] += int((st.D.ravel() != 0).sum())
+        st.D[:] = 0
+        return c
