@@ -37,7 +37,8 @@ Overlap rule (each constant's source is in its docstring below):
   old matmul model uses the same min(warps, 4)/4). DRAM and L2 are chip-wide and not scaled.
 
 plus, per round of resident CTAs on the busiest SM, the per-CTA prologue/epilogue (``cta_overhead``: pipeline fill
-at one global latency + the prologue's tile bytes, O/LSE store bytes, the last step's exposed softmax; per KV loop).
+at one global latency + the prologue's tile bytes, O/LSE store bytes, the last step's exposed softmax; per KV loop),
+in full for the first round and r^−½ of it for each later one (``fill_rounds``).
 
 time = body + fill + launch; bound = the resource with the largest (scaled) time, or "launch" if launch overhead exceeds
 the body. Achieved FLOP/s is matmul FLOPs / time (the FlashAttention papers' convention; masked elements of
@@ -508,6 +509,22 @@ def tail_efficiency(work: Sequence[float] | None, programs: int, sms: int) -> fl
     return (total / sms) / max(loads) if total > 0 else 1.0
 
 
+FILL_EXPOSED_EXPONENT = 0.5
+"""After the first round of resident CTAs, CTAs start whenever one ends, so one CTA's prologue/epilogue runs while
+the other r − 1 resident CTAs are mid-loop: only r^−FILL_EXPOSED_EXPONENT of it stays exposed (``fill_rounds``).
+Chosen among {0 (all exposed, the rule before), ½, 1, fully hidden for r ≥ 2, ½ with STREAM_CAP} on the tile-chooser
+runs 1–3 on the H100 (23 shapes, reports/validation/h100/cost_validation*_raw/tiles.csv): picks within 5% of the
+measured best 19, 21, 20, 18, 20 of 23; time-sweep medians unchanged (FA2 2.5/1.6/2.8%, Triton 7.4/6.4/6.1%)."""
+
+
+def fill_rounds(rounds: int, resident: int) -> float:
+    """Exposed prologue/epilogue rounds: the first round of resident CTAs starts together and pays it in full; each
+    later round pays resident^−FILL_EXPOSED_EXPONENT of it (the other resident CTAs keep the SM busy)."""
+    if rounds <= 0:
+        return 0.0
+    return 1.0 + (rounds - 1) * max(1, resident) ** -FILL_EXPOSED_EXPONENT
+
+
 def tensor_bytes(schedule: Schedule, name: str) -> int:
     t = schedule.tensors[name]
     return math.prod(_int(d) for d in t.dims) * t.elem_bytes
@@ -703,7 +720,7 @@ def estimate_kernel(schedule: Schedule, kernel: Kernel, kc: KernelCounts, hw: Ha
         notes.append(f"one stage: loads not pipelined, only the {resident} resident CTA(s) per SM overlap them")
     rounds = math.ceil(math.ceil(per_sm) / occ.ctas_per_sm) if P else 0
     ovh = cta_overhead(schedule, kernel, kc, hw, num_stages, comp, ov, resident)
-    fill = rounds * ovh.total_s
+    fill = fill_rounds(rounds, occ.ctas_per_sm) * ovh.total_s
     body += fill
     launch = LAUNCH_OVERHEAD_S
     times = {"tensor": tensor_s * scale, "sfu": sfu_s * scale, "fp32": fp32_s * scale,

@@ -87,3 +87,10 @@ def test_causal_time_uses_the_list_scheduled_tail():
     # by hand: CTAs 0..131 (work 2..133) take one SM each; 132..199 (work 134..201) go to the least-loaded SMs
     # 0..67, the busiest ends at 69 + 201 = 270; mean = Σ(2..201)/132 = 20300/132
     assert t.tail_efficiency == pytest.approx(20300 / 132 / 270)
+
+
+def test_fill_rounds_first_round_in_full_later_ones_shared():
+    assert cost.fill_rounds(0, 2) == 0.0
+    assert cost.fill_rounds(1, 4) == 1.0
+    assert cost.fill_rounds(5, 1) == 5.0  # one CTA per SM: nothing hides its prologue
+    assert cost.fill_rounds(5, 4) == pytest.approx(1 + 4 * 0.5)  # 4 resident: 4^-½ of each later round
