@@ -52,12 +52,18 @@ TARGET_GAP = 5.0
 
 FIRST_RAW = os.path.join(ROOT, "reports", "validation", "h100", "cost_validation_raw")
 SECOND_RAW = os.path.join(ROOT, "reports", "validation", "h100", "cost_validation_run2_raw")
+THIRD_RAW = os.path.join(ROOT, "reports", "validation", "h100", "cost_validation_run3_raw")
+FOURTH_RAW = os.path.join(ROOT, "reports", "validation", "h100", "cost_validation_run4_raw")
 DEFAULT_IN_SAMPLE = (TUNE_CSV, os.path.join(FIRST_RAW, "sweep.csv"), os.path.join(FIRST_RAW, "tiles.csv"),
-                     os.path.join(SECOND_RAW, "sweep.csv"), os.path.join(SECOND_RAW, "tiles.csv"))
+                     os.path.join(SECOND_RAW, "sweep.csv"), os.path.join(SECOND_RAW, "tiles.csv"),
+                     os.path.join(THIRD_RAW, "sweep.csv"), os.path.join(THIRD_RAW, "tiles.csv"),
+                     os.path.join(FOURTH_RAW, "tiles.csv"))
 """Shapes the committed model has seen: speed_tune.csv (the efficiency/overlap fit) and the first held-out H100 run
 (cost_validation_raw), against which the one-stage prefetch rule, the per-CTA overhead and the stage tie-break were
 written, and the second run (cost_validation_run2_raw), seen when the residency overlap rule was written. A fresh
-run's shapes outside these are held out (run 3: H = 24, all held out)."""
+run's shapes outside these are held out (run 3: H = 24, all held out when measured). Session 3 added run 3 (the
+band loop, P registers, pipeline smem, causal tail and prologue rules were chosen on runs 1–3) and run 4 (seen
+before the prologue rule; tiles_run4_run5_notes.md); run 5 (H = 12) is held out."""
 
 
 def shape_keys(path):

@@ -10,6 +10,20 @@ nor run 2 (H32): H = 24, B·N = 40960, d 64/128, causal and not; smallest kernel
         --tile-tokens 40960 --deadline 420 \
         --tile-shapes 64:0:5120,64:0:20480,64:1:2560,64:1:10240,128:0:2560,128:0:10240,128:1:5120,128:1:20480
 
+Held-out runs 4 and 5 (session 3; tile shapes only, two calls each, d=64 then d=128; notes in
+reports/validation/h100/tiles_run4_run5_notes.md):
+
+    python3 benchmarks/gpu/validate_cost.py --out "$OUT" --parts tiles --heads 20 --tile-tokens 49152 --deadline 530 \
+        --tile-shapes 64:1:4096,64:1:12288,64:1:5000,64:0:6144,64:0:16384      # then 128:1:6144,128:1:16384,
+                                                                                 # 128:1:5000,128:0:4096,128:0:12288
+    python3 benchmarks/gpu/validate_cost.py --out "$OUT" --parts tiles --heads 12 --tile-tokens 57344 --deadline 540 \
+        --tile-shapes 64:1:2048,64:1:7000,64:1:20000,64:0:3000,64:0:8192,64:0:28672   # then --deadline 200 with
+                                                                         # 128:1:10000,128:0:28672,128:1:3000,128:0:7000
+
+The d=64 call takes 330–400 s and the d=128 call 260 s. Small N is slow to time: about 80–90 s per shape at
+N ≤ 7000, against 8–12 s at N ≥ 12288. Concatenate the two calls' tiles.csv and compile.csv, write an env.json
+listing both calls' tile_shapes, then run `compare_cost.py --parts tiles`.
+
 --dry-run with the same options: 32 sweep cases, 8 tile shapes (78 configs at d=64, 56 at d=128; 536 timings),
 268 unique compile tasks — the same counts as run 2. Measured on the H100 (2026-11-25): the call took 431 s, not
 the 2–3 min run 2 suggested (the small-N tile shapes time slowly: B16 N2560 d64 causal alone 104 s); --deadline 420
