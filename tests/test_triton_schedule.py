@@ -215,7 +215,7 @@ def test_launch_config_fills_like_attention():
     # band_loop: the kernel always visits the causal diagonal band in a loop of its own
     assert launch_config(64, False, KernelConfig(block_m=64)) == KernelConfig(64, 128, 4, 2, band_loop=True)
     assert launch_config(128, True, KernelConfig(block_n=32, num_warps=2, kv_order="descending")) == \
-        KernelConfig(128, 32, 8, 3, kv_order="descending", band_loop=True)
+        KernelConfig(128, 32, 4, 2, kv_order="descending", band_loop=True)
     full = KernelConfig(64, 32, 2, 1, ("h", "m", "b"))
     assert launch_config(64, True, full) == replace(full, band_loop=True)
     assert launch_grid(full, 8, 2, 16) == ((16, 8, 2), {"AX_M": 1, "AX_B": 2, "AX_H": 0})

@@ -131,7 +131,7 @@ def sweep(raw, hw, log):
             est, est0 = pr.time, pr0.time
         else:
             bm, bn, w, s = (int(x) for x in m["config"].split("x"))
-            kc = KernelConfig(bm, bn, w, s)
+            kc = KernelConfig(bm, bn, w, s, band_loop=True)  # the kernel's causal diagonal band loop
             path = "wgmma" if m.get("wgmma") == "1" else "mma.sync"
             pr = predict(hw, p, kc, "flash2")
             pr0 = predict(hw, p, kc, "flash2", l2=False)
