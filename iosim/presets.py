@@ -118,7 +118,7 @@ def _fa2_config(p: Problem, hw, base: KernelConfig) -> KernelConfig:
 
 def _triton_tutorial_config(p: Problem, hw, base: KernelConfig) -> KernelConfig:
     return replace(base, block_m=128, block_n=64, num_warps=4, num_stages=2, grid_order=("m", "h", "b"),
-                   kv_order="ascending", q_order="ascending")
+                   kv_order="ascending", q_order="ascending", band_loop=True)  # STAGE 1 off-band, STAGE 2 band
 
 
 def _iosim_triton_config(p: Problem, hw, base: KernelConfig) -> KernelConfig:

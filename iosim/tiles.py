@@ -14,6 +14,9 @@ Legality rules (each rejected configuration keeps its reason):
   (``models._common.check_fit``), and at least one CTA fits an SM (``cost.occupancy``).
 * registers: the register-resident tiles (S, O accumulator) over the CTA's threads + overhead stay within
   max_registers_per_thread (``cost.registers_per_thread``); above it the compiler spills.
+
+The candidates are Triton kernels: unless ``base`` says otherwise, causal problems are scheduled with the diagonal
+band in a loop of its own (``KernelConfig.band_loop``), as iosim's kernel, the Triton tutorial and FlexAttention do.
 """
 
 from __future__ import annotations
