@@ -32,7 +32,8 @@ Overlap rule (each constant's source is in its docstring below):
   resident CTAs hide them: body = compute + max(smem, l2, dram) / r (r = resident CTAs per SM).
 * SM-local resources (tensor, sfu, fp32, smem) are divided by the tail efficiency (``tail_efficiency``): mean work
   per SM / the busiest SM's work, CTAs handed in launch order to the least-loaded SM; with equal work per CTA this
-  is (P/S)/⌈P/S⌉ for P CTAs on S SMs; causal CTAs get work ∝ their KV steps (``program_steps``) and by
+  is (P/S)/⌈P/S⌉ for P CTAs on S SMs; a causal CTA's work is its KV steps (``program_steps``) + its
+  ``cta_overhead`` in steps of one SM, and by
   the warp-issue factor min(1, resident warps per SM / 4) (4 tensor cores per SM, one per sub-partition; Triton's
   old matmul model uses the same min(warps, 4)/4). DRAM and L2 are chip-wide and not scaled.
 
@@ -47,9 +48,12 @@ diagonal tiles are counted because the tensor cores compute them).
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
+
+import numpy as np
 
 from iosim.counts import Counts, KernelCounts
 from iosim.errors import IosimError
@@ -464,8 +468,6 @@ spread evenly over the SMs (their imbalance is absorbed by the later CTAs, which
 def program_steps(kernel: Kernel) -> list[int] | None:
     """KV steps of every program (linear id, grid[0] fastest): the trips of its top-level loops, evaluated over the
     grid. None if every program has the same trips (or there is no loop), so callers keep the closed form."""
-    import numpy as np
-
     loops = [st for st in kernel.body if isinstance(st, Loop)]
     if not loops:
         return None
@@ -480,7 +482,7 @@ def program_steps(kernel: Kernel) -> list[int] | None:
     for lp in loops:
         try:
             t = np.asarray(evaluate(lp.stop, env)) - np.asarray(evaluate(lp.start, env))
-        except Exception:  # table lookups or symbols the grid does not bind: no per-program work
+        except (IosimError, KeyError):  # table lookups or symbols the grid does not bind: no per-program work
             return None
         trips = trips + np.maximum(np.broadcast_to(t, (P,)), 0)
     if P == 0 or int(trips.min()) == int(trips.max()):
@@ -492,8 +494,6 @@ def tail_efficiency(work: Sequence[float] | None, programs: int, sms: int) -> fl
     """Mean work per SM / the busiest SM's work when CTAs go, in launch order, to the SM with the least work
     assigned (greedy list scheduling, Graham 1969; resident CTAs share their SM, so an SM's time ∝ its total work).
     work None: equal CTAs, (P/S)/⌈P/S⌉."""
-    import heapq
-
     if programs <= 0:
         return 1.0
     if work is None:
@@ -693,14 +693,16 @@ def estimate_kernel(schedule: Schedule, kernel: Kernel, kc: KernelCounts, hw: Ha
     ov = COMPUTE_OVERLAP[path]
     P, S = kc.programs, hw.sm_count
     per_sm = P / S
-    steps_p = program_steps(kernel) if getattr(p, "causal", False) else None
-    if steps_p is not None:  # a CTA's work: its steps + the fixed part (fill, epilogue ≈ one step)
-        steps_p = [t + 1 for t in steps_p]
-    tail = tail_efficiency(steps_p, P, S)
     resident = min(occ.ctas_per_sm, math.ceil(per_sm)) if P else 1
     steps = tile_steps(kernel, kc)
     step_s = steps * STEP_OVERHEAD_CYCLES / (hw.boost_clock_hz * S * max(1, resident))
     compute_s = overlapped_compute(comp, ov, max(1, resident)) + step_s
+    ovh = cta_overhead(schedule, kernel, kc, hw, num_stages, comp, ov, resident)
+    steps_p = program_steps(kernel) if getattr(p, "causal", False) else None
+    if steps_p is not None:  # a CTA's work: its KV steps + its prologue/epilogue in steps of one SM
+        fixed = ovh.total_s / (compute_s * S / steps) if steps and compute_s else 0.0
+        steps_p = [t + fixed for t in steps_p]
+    tail = tail_efficiency(steps_p, P, S)
     warps = resident * max(1, kernel.threads_per_cta // 32)
     issue = min(1.0, warps / 4) if hw.vendor == "nvidia" else 1.0
     scale = 1.0 / (tail * issue)
@@ -719,7 +721,6 @@ def estimate_kernel(schedule: Schedule, kernel: Kernel, kc: KernelCounts, hw: Ha
         body = compute_s * scale + mem / max(1, resident)
         notes.append(f"one stage: loads not pipelined, only the {resident} resident CTA(s) per SM overlap them")
     rounds = math.ceil(math.ceil(per_sm) / occ.ctas_per_sm) if P else 0
-    ovh = cta_overhead(schedule, kernel, kc, hw, num_stages, comp, ov, resident)
     fill = fill_rounds(rounds, occ.ctas_per_sm) * ovh.total_s
     body += fill
     launch = LAUNCH_OVERHEAD_S

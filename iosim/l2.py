@@ -704,21 +704,44 @@ def _fast_lockstep(out, X, SC, WR, active, steps, nsets, ways, policy, mask_dtyp
     return out
 
 
-def _fast_lockstep_partitioned(out, X, SC, WR, NR, HM, active, steps, nsets, ways, P, policy, mask_dtype, tag_dtype):
-    """``_fast_lockstep`` for duplicated partitions (same results as the general loop: tests/test_l2.py)."""
-    C = ways * P
-    T = np.full(nsets * C, -1, dtype=tag_dtype)
-    NS = np.full(nsets * C, _INV, dtype=np.int64)
-    D = np.zeros(nsets * C, dtype=mask_dtype)
-    shape = (steps, nsets)
-    HIT, OLDV, DOLD = np.zeros(shape, bool), np.zeros(shape, bool), np.zeros(shape, mask_dtype)
-    FWD, HIT2, OLDV2, DOLD2 = np.zeros(shape, bool), np.zeros(shape, bool), np.zeros(shape, bool), np.zeros(shape, mask_dtype)
-    base = np.arange(nsets, dtype=np.int64) * C
-    colpart = (np.arange(C) // ways)[None, :].astype(np.int8)
+class PartitionedState:
+    """The kept state of the fast partitioned loop (``partitioned_steps``): tags T, victim preference NS and dirty
+    sectors D, flat over (row, partition·ways + way), and the policy's per-(row, partition) state. One pass
+    (``_fast_lockstep_partitioned``) and the chunked feed of ``iosim.l2stream`` share it."""
+
+    def __init__(self, rows: int, ways: int, P: int, policy: str, mask_dtype, tag_dtype):
+        C = ways * P
+        self.C, self.W, self.P = C, ways, P
+        self.T = np.full(rows * C, -1, dtype=tag_dtype)
+        self.NS = np.full(rows * C, _INV, dtype=np.int64)
+        self.D = np.zeros(rows * C, dtype=mask_dtype)
+        self.pol = _FastPolicy(policy, ways, rows * P, self.NS)
+        self.plru = policy == "plru"
+        self.base = np.arange(rows, dtype=np.int64) * C
+        self.colpart = (np.arange(C) // ways)[None, :].astype(np.int8)
+        self.sbase = np.arange(rows, dtype=np.int64) * P   # state index of (row, partition): row·P + partition
+
+    def permute(self, src: np.ndarray) -> None:
+        """Row r of the state becomes old row src[r] (NS in place: the policy object shares it)."""
+        R, C, P = len(src), self.C, self.P
+        self.T = self.T.reshape(R, C)[src].ravel()
+        self.NS[:] = self.NS.reshape(R, C)[src].ravel()
+        self.D = self.D.reshape(R, C)[src].ravel()
+        for name in ("OFF", "FC", "CNT", "BITS"):
+            if hasattr(self.pol, name):
+                setattr(self.pol, name, getattr(self.pol, name).reshape(R, P)[src].ravel())
+
+
+def partitioned_steps(st: PartitionedState, X, SC, WR, NR, HM, active, steps: int, t0: int = 0):
+    """Run the (steps × rows) matrices through ``st``, replacement stamps from t0; returns (counts without the
+    final flush, DRAM sectors fetched per matrix cell). Whole-line accesses, one kernel, any policy but random."""
+    T, D, NS, pol, base, sbase, colpart, C, ways = st.T, st.D, st.NS, st.pol, st.base, st.sbase, st.colpart, st.C, st.W
+    shape = X.shape
+    md = D.dtype
+    HIT, OLDV, DOLD = np.zeros(shape, bool), np.zeros(shape, bool), np.zeros(shape, md)
+    FWD, HIT2, OLDV2, DOLD2 = np.zeros(shape, bool), np.zeros(shape, bool), np.zeros(shape, bool), np.zeros(shape, md)
     BIG = np.iinfo(np.int64).max // 4
-    pol = _FastPolicy(policy, ways, nsets * P, NS)
-    plru = policy == "plru"
-    sbase = np.arange(nsets, dtype=np.int64) * P   # state index of (row, partition): row·P + partition
+    plru = st.plru
     for t in range(steps):
         m = int(active[t])
         x = X[t, :m]
@@ -752,7 +775,7 @@ def _fast_lockstep_partitioned(out, X, SC, WR, NR, HM, active, steps, nsets, way
         d_old = D[idx]
         DOLD[t, :m] = d_old
         T[idx] = x
-        pol.update(t, idx, sp, hit, None)
+        pol.update(t0 + t, idx, sp, hit, None)
         D[idx] = (d_old * hit) | (SC[t, :m] * (WR[t, :m] & (q == HM[t, :m])))  # only the home copy is dirty
         if len(fwd):
             FWD[t, fwd] = True
@@ -761,7 +784,7 @@ def _fast_lockstep_partitioned(out, X, SC, WR, NR, HM, active, steps, nsets, way
             d2 = D[idx2]
             DOLD2[t, fwd] = d2
             T[idx2] = x[fwd]
-            pol.update(t, idx2, sp2, hit2, None)
+            pol.update(t0 + t, idx2, sp2, hit2, None)
             D[idx2] = (d2 * hit2) | (SC[t, :m][fwd] * WR[t, :m][fwd])  # a forwarded store dirties the home copy
     valid = X != -2
     EV = OLDV & ~HIT & valid
@@ -770,19 +793,25 @@ def _fast_lockstep_partitioned(out, X, SC, WR, NR, HM, active, steps, nsets, way
     WB2 = np.where(EV2, DOLD2, 0)
     dram = valid & ~WR & ~HIT & ~(FWD & HIT2)
     nf = _popcount(np.where(dram, SC, 0))
-    flush = _popcount(D)
-    out["misses"] = int((valid & ~HIT).sum())
-    out["hits"] = int(HIT.sum())
-    out["evictions"] = int(EV.sum() + EV2.sum())
-    out["dirty_evictions"] = int((WB != 0).sum() + (WB2 != 0).sum())
-    out["fabric_reads"] = int((FWD & HIT2).sum())
-    out["dram_read_sectors"] = int(nf.sum())
-    out["dram_write_sectors"] = int(_popcount(WB).sum() + _popcount(WB2).sum() + flush.sum())
+    counts = {"misses": int((valid & ~HIT).sum()), "hits": int(HIT.sum()),
+              "evictions": int(EV.sum() + EV2.sum()), "dirty_evictions": int((WB != 0).sum() + (WB2 != 0).sum()),
+              "fabric_reads": int((FWD & HIT2).sum()), "dram_read_sectors": int(nf.sum()),
+              "dram_write_sectors": int(_popcount(WB).sum() + _popcount(WB2).sum())}
+    return counts, nf
+
+
+def _fast_lockstep_partitioned(out, X, SC, WR, NR, HM, active, steps, nsets, ways, P, policy, mask_dtype, tag_dtype):
+    """``_fast_lockstep`` for duplicated partitions (same results as the general loop: tests/test_l2.py)."""
+    st = PartitionedState(nsets, ways, P, policy, mask_dtype, tag_dtype)
+    counts, _ = partitioned_steps(st, X, SC, WR, NR, HM, active, steps)
+    flush = _popcount(st.D)
+    out.update(counts)
+    out["dram_write_sectors"] += int(flush.sum())
     out["k_read"] = np.array([out["dram_read_sectors"]], dtype=np.int64)
     out["k_write"] = np.array([out["dram_write_sectors"]], dtype=np.int64)
     out["k_hit"] = np.array([out["hits"]], dtype=np.int64)
     out["k_acc"] = np.array([out["accesses"]], dtype=np.int64)
-    out["flush_lines"] = int((D != 0).sum())
+    out["flush_lines"] = int((st.D != 0).sum())
     return out
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from iosim.l2 import _INV, L2Geometry, _active_counts, _FastPolicy, _popcount, _State
+from iosim.l2 import L2Geometry, PartitionedState, _active_counts, _popcount, _State, partitioned_steps
 
 
 class L2Stream:
@@ -25,7 +25,7 @@ class L2Stream:
     def __init__(self, geom: L2Geometry, rows: int, num_kernels: int = 1, whole_lines: bool = False):
         """whole_lines: the caller promises that every access covers whole lines (after ``widen_loads``); with one
         kernel, store allocation and a deterministic policy this takes the leaner state of
-        ``iosim.l2._fast_lockstep_partitioned`` (same results, tests/test_l2_coupled.py)."""
+        ``iosim.l2.partitioned_steps`` (same results, tests/test_l2_coupled.py)."""
         self.geom = geom
         self.P = geom.num_partitions
         self.rows = rows
@@ -33,15 +33,7 @@ class L2Stream:
         self.mask_dtype = np.uint8 if geom.sectors_per_line <= 8 else np.uint32
         self.fast = whole_lines and num_kernels == 1 and geom.store_allocate and geom.policy != "random"
         if self.fast:
-            C = geom.ways * self.P
-            self.C = C
-            self.T = np.full(rows * C, -1, np.int64)
-            self.NS = np.full(rows * C, _INV, np.int64)
-            self.D = np.zeros(rows * C, self.mask_dtype)
-            self.pol = _FastPolicy(geom.policy, geom.ways, rows * self.P, self.NS)
-            self.colpart = (np.arange(C) // geom.ways)[None, :].astype(np.int8)
-            self.base = np.arange(rows, dtype=np.int64) * C
-            self.sbase = np.arange(rows, dtype=np.int64) * self.P
+            self.ps = PartitionedState(rows, geom.ways, self.P, geom.policy, self.mask_dtype, np.int64)
         else:
             self.st = _State(rows, geom.ways, self.P, geom.policy, np.int64, self.mask_dtype, track_valid=True,
                              track_kernel=num_kernels > 1, store_allocate=geom.store_allocate)
@@ -59,14 +51,7 @@ class L2Stream:
         src = inv[order_rows]
         self.pos_row = order_rows
         if self.fast:
-            R, C, P = self.rows, self.C, self.P
-            self.T = self.T.reshape(R, C)[src].ravel()
-            self.NS[:] = self.NS.reshape(R, C)[src].ravel()   # in place: the policy object shares it
-            self.D = self.D.reshape(R, C)[src].ravel()
-            pol = self.pol
-            for name in ("OFF", "FC", "CNT", "BITS"):
-                if hasattr(pol, name):
-                    setattr(pol, name, getattr(pol, name).reshape(R, P)[src].ravel())
+            self.ps.permute(src)
             return
         st = self.st
         for name in ("T", "S", "V", "D", "K", "B"):
@@ -165,104 +150,35 @@ class L2Stream:
         return nf[within, col]
 
     def _feed_fast(self, mat, steps, m0, active, within, col, n, tag, sectors, write, near, home):
-        """``feed`` for whole-line accesses: the loop of ``iosim.l2._fast_lockstep_partitioned`` on the kept state."""
-        c, P, C, W = self.counts, self.P, self.C, self.geom.ways
-        md = self.mask_dtype
-        X = mat(tag, np.int64, -2)
-        SC = mat(sectors, md)
+        """``feed`` for whole-line accesses: ``iosim.l2.partitioned_steps`` on the kept state."""
+        c = self.counts
         wr = np.asarray(write, bool)
-        WR = mat(wr, bool)
-        if P > 1:
+        if self.P > 1:
             HM = mat(home, np.int8)
             NR = mat(near if self.geom.store_near else np.where(wr, home, near), np.int8)
         else:
             HM = NR = np.zeros((steps, m0), np.int8)
-        shape = (steps, m0)
-        HIT, OLDV, DOLD = np.zeros(shape, bool), np.zeros(shape, bool), np.zeros(shape, md)
-        FWD, HIT2, OLDV2, DOLD2 = np.zeros(shape, bool), np.zeros(shape, bool), np.zeros(shape, bool), np.zeros(shape, md)
-        T, D, NS, pol = self.T, self.D, self.NS, self.pol
-        base, sbase, colpart = self.base, self.sbase, self.colpart
-        BIG = np.iinfo(np.int64).max // 4
-        plru = self.geom.policy == "plru"
-        t0 = self.t
-        for t in range(steps):
-            m = int(active[t])
-            x = X[t, :m]
-            q = NR[t, :m]
-            Tm = T[:m * C].reshape(m, C)
-            NSm = NS[:m * C].reshape(m, C)
-            eq = Tm == x[:, None]
-            inq = colpart == q[:, None]
-            mq = eq & inq
-            sp = sbase[:m] + q
-            if plru:
-                way = np.where(mq.any(axis=1), mq.argmax(axis=1), q * W + pol.plru_victim(sp))
-            else:
-                way = np.where(mq, BIG, np.where(inq, NSm, -BIG)).argmax(axis=1)
-            idx = base[:m] + way
-            hit = mq.reshape(-1)[idx]
-            wt = WR[t, :m]
-            hm = HM[t, :m]
-            fwd = np.flatnonzero((~hit | wt) & (q != hm)) if P > 1 else ()
-            if len(fwd):
-                hf = hm[fwd]
-                inh = colpart == hf[:, None]
-                mh = eq[fwd] & inh
-                sp2 = sbase[fwd] + hf
-                if plru:
-                    wh = np.where(mh.any(axis=1), mh.argmax(axis=1), hf * W + pol.plru_victim(sp2))
-                else:
-                    wh = np.where(mh, BIG, np.where(inh, NSm[fwd], -BIG)).argmax(axis=1)
-                hit2 = mh[np.arange(len(fwd)), wh]
-                idx2 = base[fwd] + wh
-            HIT[t, :m] = hit
-            OLDV[t, :m] = T[idx] >= 0
-            d_old = D[idx]
-            DOLD[t, :m] = d_old
-            T[idx] = x
-            pol.update(t0 + t, idx, sp, hit, None)
-            st = SC[t, :m]
-            D[idx] = (d_old * hit) | (st * (wt & (q == hm)))
-            if len(fwd):
-                FWD[t, fwd] = True
-                HIT2[t, fwd] = hit2
-                OLDV2[t, fwd] = T[idx2] >= 0
-                d2 = D[idx2]
-                DOLD2[t, fwd] = d2
-                T[idx2] = x[fwd]
-                pol.update(t0 + t, idx2, sp2, hit2, None)
-                D[idx2] = (d2 * hit2) | (st[fwd] * wt[fwd])
+        X = mat(tag, np.int64, -2)
+        got, nf = partitioned_steps(self.ps, X, mat(sectors, self.mask_dtype), mat(wr, bool), NR, HM, active, steps,
+                                    self.t)
         self.t += steps
-        valid = X != -2
-        EV = OLDV & ~HIT & valid
-        EV2 = OLDV2 & ~HIT2 & FWD
-        WB = np.where(EV, DOLD, 0)
-        WB2 = np.where(EV2, DOLD2, 0)
-        dram = valid & ~WR & ~HIT & ~(FWD & HIT2)
-        nf = _popcount(np.where(dram, SC, 0))
-        nw = int(_popcount(WB).sum() + _popcount(WB2).sum())
-        hits = int(HIT.sum())
-        c["misses"] += int((valid & ~HIT).sum())
-        c["hits"] += hits
-        c["evictions"] += int(EV.sum() + EV2.sum())
-        c["dirty_evictions"] += int((WB != 0).sum() + (WB2 != 0).sum())
-        c["fabric_reads"] += int((FWD & HIT2).sum())
-        c["dram_read_sectors"] += int(nf.sum())
-        c["dram_write_sectors"] += nw
-        c["k_read"][0] += int(nf.sum())
-        c["k_write"][0] += nw
-        c["k_hit"][0] += hits
+        for k, v in got.items():
+            c[k] += v
+        c["k_read"][0] += got["dram_read_sectors"]
+        c["k_write"][0] += got["dram_write_sectors"]
+        c["k_hit"][0] += got["hits"]
         return nf[within, col]
 
     def finish(self) -> dict:
         """Flush what is still dirty (counted as DRAM writes, as ``simulate_lines`` does) and return the counts."""
         c = self.counts
         if self.fast:
-            flush = _popcount(self.D)
+            D = self.ps.D
+            flush = _popcount(D)
             c["dram_write_sectors"] += int(flush.sum())
             c["k_write"][0] += int(flush.sum())
-            c["flush_lines"] += int((self.D != 0).sum())
-            self.D[:] = 0
+            c["flush_lines"] += int((D != 0).sum())
+            D[:] = 0
             return c
         st = self.st
         flush = _popcount(st.D.ravel())

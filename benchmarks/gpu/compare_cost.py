@@ -359,7 +359,7 @@ def tiles_md(summary, detail, env):
     out += [f"**Summary:** {ok}/{len(gaps)} shapes within {TARGET_GAP:.0f}%; median gap "
             f"{statistics.median(gaps):.1f}%, worst {max(gaps):.1f}%. Best of iosim's top 3: median gap "
             f"{statistics.median(float(r['top3_best_gap_pct']) for r in summary):.1f}%, worst "
-            f"{max(float(r['top3_best_gap_pct']) for r in summary):.1f}%. Kernel's hand-tuned default config: "
+            f"{max(float(r['top3_best_gap_pct']) for r in summary):.1f}%. Kernel's default config (DEFAULT_CONFIGS at compare time): "
             f"median gap {statistics.median(float(r['default_gap_pct']) for r in summary if r['default_gap_pct']):.1f}%.", ""]
     out += ["| shape | legal / timed | iosim pick | its measured ms (rank) | best measured config | best ms | gap | "
             "best of top-3 gap | default (gap) | Spearman pred~meas |",

@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
-import math
 import os
 import subprocess
 import sys
@@ -46,8 +44,11 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+for _p in (ROOT, HERE):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+from measure_sdpa import parse_raw  # noqa: E402  (ncu --csv --page raw: one row per kernel)
 
 # id, impl, B, Hq, Hkv, N, d, causal, density (0 = no random block mask), seed
 CASES = [
@@ -235,15 +236,6 @@ def worker(ids: list[int]) -> None:
                     pass
                 print(f"case {cid} FAILED: {type(e).__name__}: {str(e)[:400]}", flush=True)
             torch.cuda.empty_cache()
-
-
-def parse_raw(text: str) -> list[dict]:
-    lines = [ln for ln in text.splitlines() if ln.startswith('"')]
-    if not lines:
-        return []
-    rows = list(csv.reader(io.StringIO("\n".join(lines))))
-    head, body = rows[0], rows[2:]  # rows[1] = units
-    return [dict(zip(head, r)) for r in body]
 
 
 def num(s: str) -> float:
