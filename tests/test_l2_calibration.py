@@ -1,5 +1,5 @@
 """Issue 9: the L2 options the calibration sets (store_near, dram_fetch_bytes, profile keys) and the analysis of the
-committed H100 microbenchmark measurements (reports/calibration/h100)."""
+committed H100 and H200 microbenchmark measurements (reports/calibration/h100, reports/calibration/h200)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from iosim import l2fit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H100_DIR = os.path.join(ROOT, "reports", "calibration", "h100")
+H200_DIR = os.path.join(ROOT, "reports", "calibration", "h200")
 
 
 def _run(store_near: bool, partial: bool):
@@ -88,14 +89,16 @@ def h100():
     return l2fit.load(H100_DIR)
 
 
-def test_h100_readings(h100):
-    rows, meta = h100
+# the pair test's split (SMs with SM 0 / across): H100 66 + 66, H200 64 + 68 (same GH100 die, other SMs fused off)
+@pytest.mark.parametrize("folder, split", [(H100_DIR, (66, 66)), (H200_DIR, (64, 68))])
+def test_measured_readings(folder, split):
+    rows, meta = l2fit.load(folder)
     part = l2fit.partition_reading(rows, meta)
-    assert part["sms_with_sm0"] == 66 and part["sms_across"] == 66
+    assert (part["sms_with_sm0"], part["sms_across"]) == split
     assert part["hit_frac_same"] == pytest.approx(1.0, abs=0.01)   # near copies: every lookup hits
     assert part["hit_frac_other"] == pytest.approx(0.5, abs=0.01)  # lines homed at SM 0's side miss near
     assert part["dram_per_region_other"] == pytest.approx(1.0, abs=0.02)  # ... but come across the fabric, not DRAM
-    home = l2fit.home_map_reading(H100_DIR, meta)
+    home = l2fit.home_map_reading(folder, meta)
     assert home["granule_lines"] == 32 and home["far_hit_cycles"] > 1.3 * home["near_hit_cycles"]
     lf = l2fit.line_and_fetch_reading(rows, meta)
     assert lf["line_bytes"] == 128 and lf["dram_fetch_bytes"] == 64
@@ -109,6 +112,20 @@ def test_h100_readings(h100):
     assert 0.8 < l2fit.crossing_bytes(rows, "all", "dense", 32, 0.95) / C < 1.0
     with pytest.raises(ValueError, match="fetch_bytes"):
         l2fit.measured_value(next(r for r in rows if r["layout"] == "sector256"))
+
+
+@pytest.mark.parametrize("name", ["h100", "h200"])
+def test_builtin_profile_carries_its_calibrated_l2(name):
+    """hardware/<gpu>.toml holds the L2 organisation its own calibration folder fitted (the H200's is measured on an
+    H200 since 2026-12-03, no longer assumed from the H100)."""
+    hw = load_hardware(name)
+    cal = load_profile_file(os.path.join(ROOT, "reports", "calibration", name, f"{name}_l2_calibrated.toml"))
+    keys = ("l2_partitions", "l2_sharing", "l2_policy", "l2_ways", "l2_hash", "l2_home_granule_lines",
+            "l2_store_allocate", "l2_store_near", "l2_dram_fetch_bytes", "l2_line_bytes")
+    assert [getattr(hw, k) for k in keys] == [getattr(cal, k) for k in keys]
+    for k in ("l2_partitions", "l2_sharing", "l2_home_granule_lines", "l2_store_allocate", "l2_dram_fetch_bytes"):
+        assert hw.sources[k].kind == "measured", k
+        assert name.upper() in hw.sources[k].text, k
 
 
 def test_h100_one_sm_sweep_reproduced_by_duplicated_partitions(h100):
