@@ -3,11 +3,12 @@
 Model (parameters from the hardware profile, see ``L2Geometry.from_hardware``). Which values are measured: on the
 H100 (``iosim calibrate --l2``, reports/calibration/h100/l2_calibration.md) the partitions (2, duplicated: pair test),
 the home-partition granule (4 KiB: latency probe), the 128-B line and 64-B DRAM fetch (sector-stride sweeps), store
-allocation and ``store_near`` (write-read and hot+write-stream runs) are measured; the replacement policy (``srrip``)
-and 16 ways are the model options that best reproduce the measured capacity and random-line sweeps; the set-index
-hash is only known to be hashed (no power-of-two stride conflicts, a 256-B stride keeps the full capacity), so
-``xor`` is assumed. The H200 profile assumes the H100's values (same die; no H200 was lent); the other profiles say
-what they assume.
+allocation and ``store_near`` (write-read and hot+write-stream runs) are measured; 16 ways is the model option that
+best reproduces the random-line sweep; the replacement policy is LRU because no other policy reproduces the capacity
+and hot+stream sweeps better by more than the run-to-run noise (``iosim.l2fit.TIE_RMS``); the set-index hash is only
+known to be hashed (no power-of-two stride conflicts, a 256-B stride keeps the full capacity), so ``xor`` is assumed.
+The H200 was measured the same way on 2026-12-03 (reports/calibration/h200: same organisation, 64 + 68 SMs per
+partition); the other profiles say what they assume.
 
 * ``sets × ways`` lines of ``line_bytes``, each line split into ``sector_bytes`` sectors. A line is allocated on any
   access (loads and stores: the H100 L2 is write-allocate for stores and keeps per-byte masks, so a store fetches

@@ -306,9 +306,18 @@ def _groups(rows, pred):
     return [r for r in compared_rows(rows) if pred(r)]
 
 
+TIE_RMS = 0.0123
+"""Two model options whose RMS errors differ by less than this are not told apart by the benchmarks: the RMS of
+measured − measured miss ratio between two measurement runs of the same H100 (reports/calibration/h100 and its
+repeat/, 136 benchmarks, two device sessions). Stage A then keeps LRU, the plainest policy (and the one checked
+exactly against pycachesim): on the H100 srrip beat it by 0.012 and on the H200 by 0.001, both inside this band, and
+on the attention validation sweeps LRU predicts DRAM reads better (reports/validation/h100/README.md, issue 9)."""
+
+
 def fit(rows: list[dict], meta: dict, base: L2Geometry, stride: int = 32, log=print) -> tuple[L2Geometry, dict]:
     """Staged choice among model options, each stage on the benchmarks that isolate it:
-    A. replacement policy — capacity sweeps (dense, all three worker sets) and hot+read-stream;
+    A. replacement policy — capacity sweeps (dense, all three worker sets) and hot+read-stream; a policy other than
+       LRU must beat LRU's RMS by more than ``TIE_RMS`` (measurement reproducibility) to be chosen;
     B. ways — the gather sweep (random line addresses: uneven set loads, whose effect grows as ways shrink);
     C. where stores allocate (home only / near and home) — hot+write-stream.
     Score: RMS of simulated − measured over the stage's rows. Returns (chosen geometry, table of scores)."""
@@ -341,6 +350,9 @@ def fit(rows: list[dict], meta: dict, base: L2Geometry, stride: int = 32, log=pr
             log(f"  {stage} {field_name}={v}: rms {s:.4f}")
             if best is None or s < best[0]:
                 best = (s, g)
+        if stage == "A" and best[1].policy != "lru" and table.get("A policy=lru", np.inf) - best[0] <= TIE_RMS:
+            best = (table["A policy=lru"], replace(g0, policy="lru"))
+            log(f"  A: within {TIE_RMS} of the best (run-to-run RMS): lru kept")
         g0 = best[1]
     return g0, table
 
@@ -567,9 +579,12 @@ def calibrate_dir(dirpath: str, base: str | None = None, stride: int = 32, log=p
                                   "needs set ≡ line (mod stride), and stride 128 keeps FA2 causal 64K within the "
                                   "simulator's 30 s / 2 GB target (benchmarks/bench_l2.py); the GPU hashes these bits too"),
         "l2_policy": (chosen.policy, "calibrated",
-                      f"{m_on}: best of the model's policies on the capacity sweeps and hot+read-stream runs "
-                      f"(RMS of DRAM miss ratio: " + ", ".join(f"{k.split('=')[1]} {v:.3f}" for k, v in table.items()
-                                                            if k.startswith("A")) + ")"),
+                      f"{m_on}: " + ("LRU kept: no policy beats it on the capacity sweeps and hot+read-stream runs by "
+                                     f"more than the run-to-run RMS {TIE_RMS} (l2fit.TIE_RMS)"
+                                     if chosen.policy == "lru" else
+                                     "best of the model's policies on the capacity sweeps and hot+read-stream runs")
+                      + " (RMS of DRAM miss ratio: " + ", ".join(f"{k.split('=')[1]} {v:.3f}" for k, v in table.items()
+                                                                if k.startswith("A")) + ")"),
         "l2_ways": (chosen.ways, "calibrated",
                     f"{m_on}: best on the random-line (gather) sweep, whose knee softens as ways shrink (RMS "
                     + ", ".join(f"{k.split('=')[1]}-way {v:.3f}" for k, v in table.items() if k.startswith("B")) + ")"),

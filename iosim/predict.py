@@ -102,13 +102,15 @@ def build_schedule(algorithm: str, problem: Problem, config: KernelConfig, hardw
 def predict(hardware: Hardware, problem: Problem, config: KernelConfig, algorithm: str = "flash2", *,
             kernel: str | None = None, l2: bool = True, l2_geometry: L2Geometry | None = None,
             l2_stride: int | None = None, cta_jitter: float | None = None, block_mask=None,
-            cta_coupling=None) -> Prediction:
+            cta_coupling=None, cta_phases: int | None = None) -> Prediction:
     """Counts, and (unless ``l2`` is False) DRAM traffic through the shared L2.
 
     kernel: a preset name (``iosim.presets``: fa2, triton-tutorial, iosim-triton, flex) that pins the algorithm, tiles,
     warps, stages, grid and loop orders and the register count; l2_geometry: override the profile's L2
     (``L2Geometry.from_hardware(hw, policy=..., ...)``); l2_stride: set-sampling stride (None automatic, 1 exact);
-    cta_jitter: spread of per-CTA speeds in the CTA timeline (None = ``iosim.hierarchy.DEFAULT_JITTER``, 0 = lockstep);
+    cta_jitter: spread of per-CTA speeds in the CTA timeline (None = ``iosim.hierarchy.drift_for`` the KV walk
+    direction, 0 = lockstep); cta_phases: co-resident phases of convoy kernels averaged over (None =
+    ``iosim.hierarchy.DEFAULT_PHASES``);
     cta_coupling: an ``iosim.coupled.Coupling`` to use the coupled CTA timeline (None: convoy/drift);
     block_mask: a block mask for the ``flex`` preset (``iosim.presets.flex_schedule``) or the ``block_sparse``
     algorithm (its ``block_mask`` argument).
@@ -132,6 +134,8 @@ def predict(hardware: Hardware, problem: Problem, config: KernelConfig, algorith
     kw = {} if cta_jitter is None else {"jitter": cta_jitter}
     if cta_coupling is not None:
         kw["coupling"] = cta_coupling
+    if cta_phases is not None:
+        kw["phases"] = cta_phases
     res = simulate_schedule(schedule, hardware, l2_geometry, regs_per_thread=regs, persistent=persistent,
                             stride=l2_stride, **kw)
     t = estimate(schedule, counts, hardware, {k.name: k.dram_read_bytes for k in res.kernels},

@@ -19,6 +19,11 @@ counts differ (causal) advance at per-CTA speeds exp(σ·z) (fixed seed), so the
 loop; CTAs with identical trip counts (non-causal) stay in lockstep, as the convoy the measured kernels form.
 Speeds are fixed before the L2 is simulated; ``iosim.coupled`` is the alternative where a CTA's speed follows its own
 L2 hits (checked on the H100 runs and not adopted: reports/validation/h100/coupled_timeline/README.md).
+
+Co-resident phase (``layer_offsets``; issue 9, 2026-12-03): in a convoy kernel with R ≥ 2 resident CTAs per SM, the
+r-th resident CTAs of all SMs form their own convoy, started r · phase · D/R ticks late (D the CTA's duration);
+``iosim.hierarchy.simulate_schedule(phases=Q)`` averages DRAM traffic over Q evenly spread phases, since nothing on the
+GPU fixes how far apart these convoys run (an option, off by default: ``iosim.hierarchy.DEFAULT_PHASES`` says why).
 """
 
 from __future__ import annotations
@@ -82,8 +87,10 @@ def occupancy(kernel: Kernel, hw, smem_per_cta: int, regs_per_thread: int | None
     return Occupancy(n, limiter, regs_per_thread, src, smem_per_cta, threads, n * hw.sm_count)
 
 
-def start_times(duration: np.ndarray, slots: int, persistent: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(start time, slot) of every CTA in linear order; see the module docstring. Durations may be floats."""
+def start_times(duration: np.ndarray, slots: int, persistent: bool = False,
+                offset: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(start time, slot) of every CTA in linear order; see the module docstring. Durations may be floats.
+    offset: time at which each slot first becomes free (default 0 for all)."""
     P = len(duration)
     if persistent:
         slot = np.arange(P, dtype=np.int64) % slots
@@ -94,7 +101,7 @@ def start_times(duration: np.ndarray, slots: int, persistent: bool = False) -> t
         first = np.searchsorted(slot[order], np.arange(slots))
         start[order] = cs - np.repeat(cs[np.minimum(first, max(P - 1, 0))], np.diff(np.append(first, P)))
         return start, slot
-    if P == 0 or bool(np.all(duration == duration[0])):
+    if offset is None and (P == 0 or bool(np.all(duration == duration[0]))):
         idx = np.arange(P, dtype=np.int64)
         return (idx // slots) * (duration[0] if P else 0), idx % slots
     start = np.zeros(P, dtype=duration.dtype)
@@ -102,7 +109,9 @@ def start_times(duration: np.ndarray, slots: int, persistent: bool = False) -> t
     n0 = min(P, slots)
     slot[:n0] = np.arange(n0)
     dur = duration.tolist()
-    heap = [(dur[i], i) for i in range(n0)]
+    off = [0] * n0 if offset is None else [offset[i].item() for i in range(n0)]
+    start[:n0] = off
+    heap = [(off[i] + dur[i], i) for i in range(n0)]
     heapq.heapify(heap)
     for c in range(n0, P):
         t, s = heapq.heappop(heap)
@@ -123,11 +132,31 @@ def cta_speeds(num_programs: int, jitter: float, seed: int = 0) -> np.ndarray:
     return np.exp(jitter * z)
 
 
+def is_layered_convoy(duration: np.ndarray, slots: int, num_sms: int, persistent: bool = False) -> bool:
+    """True when the co-resident phase matters: CTAs of equal trip counts (a convoy, non-persistent) with more than
+    one resident CTA per SM."""
+    return (not persistent and slots // num_sms > 1 and len(duration) > 0
+            and bool(np.all(duration == duration[0])))
+
+
+def layer_offsets(duration: np.ndarray, slots: int, num_sms: int, persistent: bool, phase: float) -> np.ndarray | None:
+    """First free time of every slot for a co-resident phase ``phase`` ∈ [0, 1): the r-th resident CTA of each SM
+    (slots r·#SMs … (r+1)·#SMs − 1) starts r · round(phase · D / R) ticks late, D the CTA's duration, R the resident
+    CTAs per SM. phase 0 is the lockstep convoy; phase → 1 the full splay (layers D/R apart). None when the phase
+    does not apply (``is_layered_convoy``) or is 0."""
+    if phase <= 0 or not is_layered_convoy(duration, slots, num_sms, persistent):
+        return None
+    R = slots // num_sms
+    step = int(round(phase * int(duration[0]) / R))
+    return (np.arange(slots, dtype=np.int64) // num_sms) * step
+
+
 def order_trace(tr: KernelTrace, slots: int, num_sms: int, persistent: bool = False, jitter: float = 0.0,
-                disorder: float = 0.0):
+                disorder: float = 0.0, phase: float = 0.0):
     """Time-order the kernel's accesses: returns (perm, sm, end_time) where perm sorts the accesses by
     (global time, slot, statement order). jitter: spread of per-CTA speeds (``cta_speeds``), a drift that grows
-    along a CTA's loop. disorder: each step of each CTA is displaced by a uniform offset in [0, disorder) ticks
+    along a CTA's loop. phase: co-resident phase of a convoy kernel (``layer_offsets``; iosim.hierarchy averages
+    the L2 over it). disorder: each step of each CTA is displaced by a uniform offset in [0, disorder) ticks
     (a deterministic hash of program and tick): local disorder that, unlike drift, does not accumulate, as CTAs that
     share data stay together on a GPU (a CTA that falls behind hits in L2 and catches up)."""
     if disorder > 0 and jitter <= 0:
@@ -153,7 +182,8 @@ def order_trace(tr: KernelTrace, slots: int, num_sms: int, persistent: bool = Fa
         perm = np.lexsort((tr.order, slot[tr.prog], t))
         end = float((start + tr.duration * speed).max()) if len(start) else 0.0
         return perm, (slot[tr.prog] % num_sms)[perm], end
-    start, slot = start_times(tr.duration, slots, persistent)
+    offset = layer_offsets(tr.duration, slots, num_sms, persistent, phase)
+    start, slot = start_times(tr.duration, slots, persistent, offset)
     t = start[tr.prog] + tr.tick.astype(np.int64)
     sl = slot[tr.prog]
     nord = int(tr.order.max()) + 1 if len(tr.order) else 1

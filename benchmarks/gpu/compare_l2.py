@@ -80,6 +80,7 @@ def predict_case(args) -> dict:
     """Predictions of one case for every profile: {name: (dram_read, sm_read, l2_hit_rate, seconds)}."""
     c, profiles, stride = args[:3]
     coupling = args[3] if len(args) > 3 else None
+    phases = args[4] if len(args) > 4 else None
     from validate_l2 import mask_tables
     p = Problem(c["B"], c["Hq"], c["Hkv"], c["N"], c["N"], c["d"], "bf16", bool(c["causal"]))
     kernel = KERNEL[c["impl"]]
@@ -88,7 +89,8 @@ def predict_case(args) -> dict:
     for name, spec in profiles:
         hw = load_hardware(spec)
         t = time.perf_counter()
-        pr = predict(hw, p, KernelConfig(), kernel=kernel, block_mask=mask, l2_stride=stride, cta_coupling=coupling)
+        pr = predict(hw, p, KernelConfig(), kernel=kernel, block_mask=mask, l2_stride=stride, cta_coupling=coupling,
+                     cta_phases=phases)
         out[name] = (pr.dram_read_bytes, pr.counts.sm_read_bytes, pr.l2_hit_rate, time.perf_counter() - t)
     return out
 
@@ -132,6 +134,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default=None, help="comma-separated case ids (default: all)")
     ap.add_argument("--jobs", type=int, default=1, help="cases predicted in parallel (processes)")
     ap.add_argument("--l2-exact", action="store_true", help="simulate every L2 set (slower)")
+    ap.add_argument("--phases", type=int, default=None,
+                    help="co-resident phases averaged over (default iosim.hierarchy.DEFAULT_PHASES)")
     ap.add_argument("--coupling", default=None, metavar="MISS_COST,NOISE[,CHUNK[,DRIFT]]",
                     help="use the coupled CTA timeline for every profile: iosim.coupled.Coupling(MISS_COST, NOISE, "
                          "CHUNK=4, DRIFT=0) (the default drift timeline is DRIFT 0.25)")
@@ -154,7 +158,7 @@ def main(argv=None) -> int:
     if a.coupling:
         from iosim.coupled import Coupling
         coupling = Coupling(*(float(x) for x in a.coupling.split(",")))
-    jobs = [(r, profiles, stride, coupling) for r in todo]
+    jobs = [(r, profiles, stride, coupling, a.phases) for r in todo]
     if a.jobs > 1:
         with ProcessPoolExecutor(a.jobs) as ex:
             preds = list(ex.map(predict_case, jobs))
