@@ -99,6 +99,24 @@ CASES = [
     (115, "flex", 1, 32, 8, 32768, 128, 1, 0.25, 13),   # random block-sparse, causal, GQA 4:1
     (116, "flex", 1, 32, 32, 12288, 128, 1, 0.0, 0),
     (117, "flex", 4, 8, 8, 16384, 64, 1, 0.0, 0),
+    # Set 3 (ids > 200): held out — new shapes measured on the H200 on 2026-12-03 after the session-4 model choices
+    # (LRU, drift by KV walk direction) were made on set 1; compared once, at the end
+    (201, "sdpa", 1, 16, 16, 57344, 128, 1, 0.0, 0),
+    (202, "sdpa", 1, 8, 8, 114688, 64, 1, 0.0, 0),
+    (203, "sdpa", 1, 12, 12, 81920, 128, 0, 0.0, 0),
+    (204, "sdpa", 1, 32, 8, 65536, 64, 0, 0.0, 0),      # GQA 4:1, non-causal
+    (205, "sdpa", 2, 16, 16, 28672, 128, 1, 0.0, 0),
+    (206, "sdpa", 1, 24, 24, 36864, 64, 1, 0.0, 0),
+    (207, "sdpa", 1, 16, 4, 40960, 128, 1, 0.0, 0),     # GQA 4:1
+    (208, "sdpa", 1, 6, 6, 114688, 128, 1, 0.0, 0),
+    (209, "flex", 1, 16, 16, 57344, 64, 1, 0.0, 0),
+    (210, "flex", 1, 8, 8, 114688, 128, 1, 0.0, 0),
+    (211, "flex", 1, 16, 16, 81920, 128, 0, 0.0, 0),
+    (212, "flex", 1, 32, 8, 49152, 64, 0, 0.0, 0),      # GQA 4:1, non-causal
+    (213, "flex", 1, 16, 16, 65536, 128, 1, 0.5, 21),   # random block-sparse, causal
+    (214, "flex", 1, 8, 8, 81920, 64, 0, 0.35, 22),     # random block-sparse
+    (215, "flex", 2, 16, 4, 24576, 128, 1, 0.0, 0),     # GQA 4:1
+    (216, "flex", 1, 24, 24, 28672, 64, 1, 0.0, 0),
 ]
 COLS = ["id", "impl", "B", "Hq", "Hkv", "N", "d", "causal", "density", "seed"]
 METRICS = ["dram__bytes_read.sum", "dram__bytes_write.sum", "l1tex__m_xbar2l1tex_read_bytes.sum",
@@ -378,7 +396,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--cases", default=None, help="comma-separated case ids (default: the --set)")
-    ap.add_argument("--set", default="1", choices=["1", "2", "all"],
+    ap.add_argument("--set", default="1", choices=["1", "2", "3", "all"],
                     help="1: cases 1–27 (model choices were made on these), 2: the held-out cases 101+, all")
     ap.add_argument("--group-size", type=int, default=5, help="cases per profiled worker process")
     ap.add_argument("--timeout-per-group", type=int, default=150, help="seconds before a worker group is killed")
@@ -388,7 +406,8 @@ def main(argv=None) -> int:
     if a.worker:
         worker([int(x) for x in a.worker.split(",")])
         return 0
-    in_set = {"1": lambda i: i < 100, "2": lambda i: i > 100, "all": lambda i: True}[a.set]
+    in_set = {"1": lambda i: i < 100, "2": lambda i: 100 < i < 200, "3": lambda i: i > 200,
+              "all": lambda i: True}[a.set]
     ids = [int(x) for x in a.cases.split(",")] if a.cases else [c[0] for c in CASES if in_set(c[0])]
     known = {c[0] for c in CASES}
     bad = [i for i in ids if i not in known]
