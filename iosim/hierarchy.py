@@ -12,6 +12,7 @@ import numpy as np
 
 from iosim.counts import sram_bytes
 from iosim.coupled import Coupling, simulate_coupled
+from iosim.errors import IosimError
 from iosim.l2 import L2Geometry, L2Result, RunTrace, simulate_owned
 from iosim.layout import layout
 from iosim.schedule import Schedule
@@ -19,7 +20,8 @@ from iosim.scheduler import Occupancy, is_layered_convoy, occupancy, order_trace
 from iosim.trace import expand_kernel
 
 DEFAULT_JITTER = 0.25
-"""Spread of per-CTA speeds (``iosim.scheduler.cta_speeds``): calibrated, not measured. Fitted by hand on 8 of the
+"""The drift of descending KV walks (``DRIFT_BY_KV_ORDER``; ascending walks have their own since issue 9 session 4).
+Spread of per-CTA speeds (``iosim.scheduler.cta_speeds``): calibrated, not measured. Fitted by hand on 8 of the
 20 H100 FA2 runs of the first measurement run in reports/validation/h100 (the causal d=128 runs at 4K–32K tokens,
 one causal d=64 and one non-causal run) over {0, 0.03, 0.1, 0.25}; the other 12 runs and the 10 runs of the second
 measurement run are out of sample. Applied only to kernels whose CTAs have unequal trip counts (causal): CTAs with
@@ -78,7 +80,7 @@ def mean_result(results: list[L2Result]) -> L2Result:
 
     fields = ("accesses", "hits", "misses", "evictions", "dirty_evictions", "dram_read_sectors", "dram_write_sectors")
     kw = {f: m(getattr(r, f) for r in results) for f in fields}
-    per_kernel = tuple(tuple(m(k[j] for k in ks) for j in range(len(ks[0]))) for ks in zip(*(r.per_kernel for r in results)))
+    per_kernel = tuple(tuple(m(col) for col in zip(*ks)) for ks in zip(*(r.per_kernel for r in results)))
     return replace(results[0], per_kernel=per_kernel, exact=all(r.exact for r in results), **kw)
 
 
@@ -146,6 +148,8 @@ def simulate_schedule(schedule: Schedule, hw, geometry: L2Geometry | None = None
     over (``DEFAULT_PHASES``; 1 = the lockstep convoy alone).
     coupling: use the coupled timeline (``iosim.coupled``: CTA speed from its own L2 hits) instead of
     convoy/drift; jitter and disorder are then ignored."""
+    if phases < 1:
+        raise IosimError(f"phases must be a whole number ≥ 1 (1 = lockstep convoy), got {phases}")
     geom = geometry or L2Geometry.from_hardware(hw)
     if jitter is None:
         jitter = drift_for(schedule)
@@ -159,7 +163,7 @@ def simulate_schedule(schedule: Schedule, hw, geometry: L2Geometry | None = None
                          f"{'exact' if res.exact else 'set-sampling estimate'})")
         return HierarchyResult(geom, res, kernels, tuple(notes))
     results, info = [], None
-    for i in range(max(1, phases)):
+    for i in range(phases):
         phase = (i + 0.5) / phases if phases > 1 else 0.0
         holder = [build_trace(schedule, hw, regs_per_thread, persistent, jitter, disorder, phase)]
         info = info or holder[0][1]

@@ -14,7 +14,7 @@ in linear grid order (grid[0] fastest, as blockIdx.x), each to the slot that fre
 slot s sits on SM s mod #SMs, so the first wave fills every SM once before any SM gets a second CTA. Waves and tails
 follow. A persistent kernel instead launches one CTA per slot and gives tile t to slot t mod #slots, in order.
 
-Drift (calibrated, see iosim.hierarchy.DEFAULT_JITTER and reports/validation/h100): CTAs of a kernel whose trip
+Drift (calibrated, see iosim.hierarchy.DRIFT_BY_KV_ORDER and reports/validation/h100): CTAs of a kernel whose trip
 counts differ (causal) advance at per-CTA speeds exp(σ·z) (fixed seed), so their relative positions drift along the
 loop; CTAs with identical trip counts (non-causal) stay in lockstep, as the convoy the measured kernels form.
 Speeds are fixed before the L2 is simulated; ``iosim.coupled`` is the alternative where a CTA's speed follows its own

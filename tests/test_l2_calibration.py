@@ -204,3 +204,13 @@ def test_l2bench_plan_and_partition_split():
     assert same == [0, 2, 4, 6, 8] and "split" in note
     flat = [{"sm_b": b, "lts__t_sectors_srcunit_ltcfabric.sum": 80000 + b} for b in range(1, 9)]
     assert l2bench.partition_of(flat)[0] == []
+
+
+def test_policy_choice_keeps_lru_within_the_run_to_run_band():
+    # the H100's stage-A scores: srrip lower by 0.012 < TIE_RMS (0.0123) → lru; the H200's: by 0.001 → lru
+    assert l2fit.policy_choice({"lru": 0.0800, "srrip": 0.0680, "fifo": 0.0978}) == "lru"
+    assert l2fit.policy_choice({"lru": 0.0659, "srrip": 0.0652}) == "lru"
+    # a clear winner is taken
+    assert l2fit.policy_choice({"lru": 0.0900, "srrip": 0.0680}) == "srrip"
+    assert l2fit.policy_choice({"lru": 0.05, "plru": 0.09}) == "lru"
+    assert l2fit.policy_choice({"fifo": 0.09, "srrip": 0.07}) == "srrip"  # no lru scored: plain minimum

@@ -116,3 +116,11 @@ def test_drift_follows_the_kv_walk_direction():
     b = simulate_schedule(s_asc, HW, geom, regs_per_thread=255, stride=1, jitter=0.2)
     c = simulate_schedule(s_asc, HW, geom, regs_per_thread=255, stride=1, jitter=0.25)
     assert a.l2 == b.l2 and a.l2 != c.l2
+
+
+@pytest.mark.parametrize("bad", [0, -2])
+def test_phases_below_one_are_refused(bad):
+    from iosim.errors import IosimError
+    s = build_schedule("flash2", Problem(1, 2, 2, 512, 512, 64, "bf16", False), KernelConfig(128, 64), HW)
+    with pytest.raises(IosimError, match="phases must be a whole number ≥ 1"):
+        simulate_schedule(s, HW, phases=bad)

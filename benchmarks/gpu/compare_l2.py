@@ -138,7 +138,7 @@ def main(argv=None) -> int:
                     help="co-resident phases averaged over (default iosim.hierarchy.DEFAULT_PHASES)")
     ap.add_argument("--coupling", default=None, metavar="MISS_COST,NOISE[,CHUNK[,DRIFT]]",
                     help="use the coupled CTA timeline for every profile: iosim.coupled.Coupling(MISS_COST, NOISE, "
-                         "CHUNK=4, DRIFT=0) (the default drift timeline is DRIFT 0.25)")
+                         "CHUNK=4, DRIFT=0) (the default timeline's drift: iosim.hierarchy.DRIFT_BY_KV_ORDER)")
     a = ap.parse_args(argv)
     rows = read_measured(a.measured)
     if a.cases:

@@ -40,8 +40,10 @@ def main() -> None:
     for r in df.itertuples():
         p = Problem(int(r.batch), int(r.heads), int(r.kv_heads), int(r.seq_q), int(r.seq_kv), int(r.head_dim),
                     "bf16", bool(r.causal))
-        pred = predict(hw, p, KernelConfig(), kernel=PRESET[r.impl]) if r.impl != "iosim-triton" or not isinstance(
-            r.config, str) else predict(hw, p, ran_config(r.config, p), "flash2")
+        if r.impl == "iosim-triton" and isinstance(r.config, str):
+            pred = predict(hw, p, ran_config(r.config, p), "flash2")
+        else:
+            pred = predict(hw, p, KernelConfig(), kernel=PRESET[r.impl])
         qkv = (p.batch * p.heads * p.seq_q + 2 * p.batch * p.kv_heads * p.seq_kv) * p.head_dim * 2
         meas = float(r.ncu_dram_read_bytes)
         rows.append(dict(impl=r.impl, shape=f"B{p.batch} H{p.heads} N{p.seq_q} d{p.head_dim}" + (" causal" if p.causal else ""),

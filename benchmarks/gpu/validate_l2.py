@@ -397,7 +397,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--cases", default=None, help="comma-separated case ids (default: the --set)")
     ap.add_argument("--set", default="1", choices=["1", "2", "3", "all"],
-                    help="1: cases 1–27 (model choices were made on these), 2: the held-out cases 101+, all")
+                    help="1: cases 1–27 (model choices were made on these), 2: held-out cases 101–117, 3: held-out "
+                         "cases 201+ (H200, session 4), all")
     ap.add_argument("--group-size", type=int, default=5, help="cases per profiled worker process")
     ap.add_argument("--timeout-per-group", type=int, default=150, help="seconds before a worker group is killed")
     ap.add_argument("--dry-run", action="store_true", help="list and check the cases and build their schedules (CPU)")
