@@ -244,14 +244,15 @@ def simulate_coupled(schedule: Schedule, hw, geom: L2Geometry, coupling: Couplin
         lines = _kernel_lines(tr, geom, stride)
         if l2 is None:
             full = (1 << geom.sectors_per_line) - 1
-            l2 = L2Stream(geom, geom.sets_per_cache // stride, nk, whole_lines=nk == 1 and bool(np.all(lines[4] == full)))
+            l2 = L2Stream(geom, geom.sets_per_cache // stride, nk, whole_lines=nk == 1 and bool(np.all(lines[4] == full)),
+                          stride=stride)
         ends = run_kernel(tr, lines, occ.slots, hw.sm_count, geom, l2, ki, coupling, t0, persistent)
         end = float(ends.max()) if len(ends) else t0
         del lines
         info.append((kern.name, occ, end - t0))
         t0 = end
         del tr
-    c = (l2 or L2Stream(geom, geom.sets_per_cache // stride, nk)).finish()
+    c = (l2 or L2Stream(geom, geom.sets_per_cache // stride, nk, stride=stride)).finish()
     s = stride
     per_kernel = tuple((int(c["k_read"][i]) * s, int(c["k_write"][i]) * s, int(c["k_acc"][i]) * s,
                         int(c["k_hit"][i]) * s) for i in range(nk))

@@ -91,6 +91,7 @@ class L2Geometry:
     store_allocate: bool = True
     store_near: bool = False
     dram_fetch_bytes: int = 0   # DRAM read granularity; 0 = one sector (a load fetches only the sectors it asks for)
+    way_spread: int = 0         # ways per set vary by up to ± this (``way_offsets``); 0 = every set has ``ways``
 
     def __post_init__(self) -> None:
         for name in ("size_bytes", "line_bytes", "sector_bytes", "ways", "partitions", "hash_granule_lines", "home_granule_lines"):
@@ -110,6 +111,12 @@ class L2Geometry:
         if f and (f & (f - 1) or f < self.sector_bytes or f > self.line_bytes):
             raise IosimError(f"L2 dram_fetch_bytes {f} must be a power of two between the sector "
                              f"({self.sector_bytes} B) and the line ({self.line_bytes} B)")
+        k = self.way_spread
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0 or k >= self.ways:
+            raise IosimError(f"L2 way_spread must be a whole number from 0 to ways − 1 = {self.ways - 1}, got {k!r}")
+        if k and self.policy == "plru":
+            raise IosimError("L2 policy plru (a fixed binary tree over the ways) cannot vary the ways per set; "
+                             "use way_spread = 0 or another policy")
         if self.policy not in POLICIES:
             raise IosimError(f"unknown L2 replacement policy {self.policy!r}; known: {', '.join(POLICIES)}")
         if self.policy == "plru" and self.ways & (self.ways - 1):
@@ -150,7 +157,7 @@ class L2Geometry:
                                 ("hash_granule_lines", "l2_hash_granule_lines"),
                                 ("home_granule_lines", "l2_home_granule_lines"),
                                 ("store_allocate", "l2_store_allocate"), ("store_near", "l2_store_near"),
-                                ("dram_fetch_bytes", "l2_dram_fetch_bytes")):
+                                ("dram_fetch_bytes", "l2_dram_fetch_bytes"), ("way_spread", "l2_way_spread")):
             v = getattr(hw, key, None)
             if v is not None:
                 extra[field_name] = v
@@ -164,7 +171,9 @@ class L2Geometry:
         home granules is still sampled correctly on average, but no longer exactly (``exact_stride``)."""
         n = self.sets_per_cache
         k = n & -n
-        if self.hash in ("rotate", "xor"):
+        if self.hash in ("rotate", "xor") or self.way_spread:
+            # with way_spread, the ways of a set depend on set // hash_granule_lines (``way_offsets``): a sampled
+            # group of k consecutive sets must share them
             k = min(k, self.hash_granule_lines & -self.hash_granule_lines)
         return k
 
@@ -210,6 +219,34 @@ class L2Geometry:
             h = ((line // n) * 0x9E3779B1) >> 7
             s = (s + (h % groups) * self.hash_granule_lines) % n
         return s
+
+
+_GOLDEN = (5 ** 0.5 - 1) / 2
+DISABLED = -3
+"""Tag of a way that ``way_spread`` switches off in its set: it never matches a line and is never a victim."""
+
+
+def way_offsets(sets: np.ndarray, partitions: int, spread: int, granule_sets: int) -> np.ndarray:
+    """Ways added to (or, negative, taken from) the nominal ``ways`` of each set in each partition: a
+    (len(sets), partitions) int array with values in [−spread, spread].
+
+    d(s, p) = ⌊frac(φ·(g·P + p))·(2·spread + 1)⌋ − spread, g = s div ``granule_sets``, φ = (√5 − 1)/2: a Weyl
+    (golden-ratio) sequence over the groups, so the values are spread evenly over [−spread, spread] (mean ≈ 0: the
+    total capacity stays the nominal one) and every ``granule_sets`` consecutive sets share them, which keeps set
+    sampling with a stride dividing ``granule_sets`` exact. Calibrated stand-in for the unequal effective capacity of
+    the GPU's sets (a working set of the nominal size overflows some before others: the gradual knee of the measured
+    capacity curves, reports/calibration/h100), see the profiles' ``l2_way_spread``."""
+    g = (np.asarray(sets, dtype=np.int64) // granule_sets)[:, None] * partitions + np.arange(partitions)[None, :]
+    frac = np.modf(g * _GOLDEN)[0]
+    return np.minimum(np.floor(frac * (2 * spread + 1)).astype(np.int64), 2 * spread) - spread
+
+
+def disabled_ways(sets: np.ndarray, partitions: int, ways: int, spread: int, granule_sets: int) -> np.ndarray:
+    """Bool (len(sets), partitions·(ways + spread)): the physical ways (``ways + spread`` per partition, partition p
+    in columns p·(ways+spread) …) that ``way_offsets`` leaves unused in each set."""
+    en = ways + way_offsets(sets, partitions, spread, granule_sets)            # enabled ways per (set, partition)
+    w = np.arange(ways + spread)[None, None, :]
+    return (w >= en[:, :, None]).reshape(len(sets), partitions * (ways + spread))
 
 
 @dataclass(frozen=True)
@@ -300,9 +337,19 @@ class _State:
         self.zero = mask_dtype(0)
         self.ar = np.arange(rows)
         self.kzero = np.zeros(rows, dtype=np.int32)
+        self.has_disabled = False
+
+    def disable(self, dis: np.ndarray) -> None:
+        """Switch off the ways ``dis`` (rows × columns, ``disabled_ways``): they never hit and are never victims."""
+        self.T[dis] = DISABLED
+        self.has_disabled = bool(dis.any())
 
     def _cand(self, T, St, r, t):
         """Victim preference per way (larger = evicted first), before restricting to a partition."""
+        c = self._cand_policy(T, St, r, t)
+        return np.where(T == DISABLED, -self.BIG, c) if self.has_disabled else c
+
+    def _cand_policy(self, T, St, r, t):
         if self.policy == "mru":
             return np.where(T < 0, self.BIG - 1, St)
         if self.policy == "random":
@@ -437,7 +484,8 @@ class _State:
 def simulate_lines(sets: np.ndarray, tags: np.ndarray, sectors: np.ndarray, write: np.ndarray, ways: int,
                    policy: str = "lru", kernel: np.ndarray | None = None, num_kernels: int = 1,
                    near: np.ndarray | None = None, home: np.ndarray | None = None, partitions: int = 1,
-                   pycachesim_stores: bool = False, store_allocate: bool = True, store_near: bool = False):
+                   pycachesim_stores: bool = False, store_allocate: bool = True, store_near: bool = False,
+                   way_spread: int = 0, spread_granule_sets: int = 128):
     """Exact simulation of an ordered line trace; returns raw (unscaled) counts.
 
     sets, tags: int arrays (the tag may be the full line number); sectors: requested sector mask per access;
@@ -448,12 +496,17 @@ def simulate_lines(sets: np.ndarray, tags: np.ndarray, sectors: np.ndarray, writ
 
     pycachesim_stores: pycachesim's accounting of stores, for the exactness tests: a store that hits neither counts
     as a hit nor refreshes the line's LRU position (pycachesim ``Cache__store`` only marks it dirty).
+
+    way_spread k > 0: set s of partition p has ``ways`` + d(s, p) ways, d = ``way_offsets`` (values from the set
+    numbers given here, in groups of ``spread_granule_sets``); not with plru.
     """
     n = len(sets)
     if policy not in POLICIES:
         raise IosimError(f"unknown replacement policy {policy!r}; known: {', '.join(POLICIES)}")
     if policy == "plru" and ways & (ways - 1):
         raise IosimError(f"plru (tree pseudo-LRU) needs a power-of-two number of ways, got {ways}")
+    if way_spread and (policy == "plru" or not 0 < way_spread < ways):
+        raise IosimError(f"way_spread {way_spread} needs 0 < way_spread < ways ({ways}) and a policy other than plru")
     kernel = np.zeros(n, dtype=np.int8) if kernel is None else np.asarray(kernel, dtype=np.int64)
     out = {"accesses": n, "hits": 0, "misses": 0, "evictions": 0, "dirty_evictions": 0, "flush_lines": 0,
            "dram_read_sectors": 0, "dram_write_sectors": 0, "fabric_reads": 0,
@@ -477,13 +530,21 @@ def simulate_lines(sets: np.ndarray, tags: np.ndarray, sectors: np.ndarray, writ
         remap = np.cumsum(present) - 1
         set_id = remap[sets]
         nsets = int(present.sum())
+        uniq = np.flatnonzero(present) if way_spread else None
     else:
-        _, set_id = np.unique(sets, return_inverse=True)
+        uniq, set_id = np.unique(sets, return_inverse=True)
         nsets = int(set_id.max()) + 1
     cnt = np.bincount(set_id, minlength=nsets)
     rank = np.empty(nsets, dtype=np.int32)
     rank[np.argsort(-cnt, kind="stable")] = np.arange(nsets)
     col = rank[set_id]
+    dis = None
+    if way_spread:   # physical ways ways + k per partition; those beyond a set's own count are switched off
+        col_set = np.empty(nsets, np.int64)
+        col_set[rank] = uniq
+        dis = disabled_ways(col_set, P, ways, way_spread, spread_granule_sets)
+        ways = ways + way_spread
+        del col_set
     # position of each access within its set's sequence; a stable sort on small ints is a radix sort
     key = set_id.astype(np.int16) if nsets < 2**15 else (set_id.astype(np.int32) if nsets < 2**31 else set_id)
     order = np.argsort(key, kind="stable")
@@ -514,12 +575,14 @@ def simulate_lines(sets: np.ndarray, tags: np.ndarray, sectors: np.ndarray, writ
     track_valid = not bool(np.all(sectors == full))
     if P == 1 and policy != "random" and not track_valid and not multi and store_allocate:
         return _fast_lockstep(out, X, SC, WR, active, steps, nsets, ways, policy, mask_dtype, tag_dtype,
-                              pycachesim_stores, num_kernels)
+                              pycachesim_stores, num_kernels, dis)
     if P > 1 and policy != "random" and not track_valid and not multi and store_allocate and not pycachesim_stores:
         return _fast_lockstep_partitioned(out, X, SC, WR, NR, HM, active, steps, nsets, ways, P, policy, mask_dtype,
-                                          tag_dtype)
+                                          tag_dtype, dis)
     st = _State(nsets, ways, P, policy, tag_dtype, mask_dtype, store_hits_touch=not pycachesim_stores,
                 track_valid=track_valid, track_kernel=num_kernels > 1, store_allocate=store_allocate)
+    if dis is not None:
+        st.disable(dis)
     HIT = np.zeros((steps, nsets), dtype=bool)
     FET = np.zeros((steps, nsets), dtype=mask_dtype)
     WB = np.zeros((steps, nsets), dtype=mask_dtype)
@@ -647,13 +710,16 @@ _INV = np.iinfo(np.int64).max // 8
 
 
 def _fast_lockstep(out, X, SC, WR, active, steps, nsets, ways, policy, mask_dtype, tag_dtype, pycachesim_stores,
-                   num_kernels):
+                   num_kernels, dis=None):
     """The common case, with fewer NumPy calls per step: one cache (no partitions), any policy but random, every
     access a whole line, one kernel. Same results as the general loop (tests/test_l2.py compares both with pycachesim)."""
     C = ways
     T = np.full(nsets * C, -1, dtype=tag_dtype)      # flat (row-major sets × ways)
     NS = np.full(nsets * C, _INV, dtype=np.int64)   # victim preference (_FastPolicy), e.g. minus the LRU stamp
     D = np.zeros(nsets * C, dtype=mask_dtype)        # dirty sectors
+    if dis is not None:                               # way_spread: switched-off ways never match, never evicted
+        T[dis.ravel()] = DISABLED
+        NS[dis.ravel()] = -_INV
     HIT = np.zeros((steps, nsets), dtype=bool)
     OLDV = np.zeros((steps, nsets), dtype=bool)      # the way taken held a valid line
     DOLD = np.zeros((steps, nsets), dtype=mask_dtype)
@@ -721,6 +787,12 @@ class PartitionedState:
         self.base = np.arange(rows, dtype=np.int64) * C
         self.colpart = (np.arange(C) // ways)[None, :].astype(np.int8)
         self.sbase = np.arange(rows, dtype=np.int64) * P   # state index of (row, partition): row·P + partition
+
+    def disable(self, dis: np.ndarray) -> None:
+        """Switch off the ways ``dis`` (rows × columns, ``disabled_ways``): a tag no line has and a victim preference
+        below every way of the partition, so they never hit and are never taken; ``permute`` carries them along."""
+        self.T[dis.ravel()] = DISABLED
+        self.NS[dis.ravel()] = -_INV
 
     def permute(self, src: np.ndarray) -> None:
         """Row r of the state becomes old row src[r] (NS in place: the policy object shares it)."""
@@ -801,9 +873,12 @@ def partitioned_steps(st: PartitionedState, X, SC, WR, NR, HM, active, steps: in
     return counts, nf
 
 
-def _fast_lockstep_partitioned(out, X, SC, WR, NR, HM, active, steps, nsets, ways, P, policy, mask_dtype, tag_dtype):
+def _fast_lockstep_partitioned(out, X, SC, WR, NR, HM, active, steps, nsets, ways, P, policy, mask_dtype, tag_dtype,
+                               dis=None):
     """``_fast_lockstep`` for duplicated partitions (same results as the general loop: tests/test_l2.py)."""
     st = PartitionedState(nsets, ways, P, policy, mask_dtype, tag_dtype)
+    if dis is not None:
+        st.disable(dis)
     counts, _ = partitioned_steps(st, X, SC, WR, NR, HM, active, steps)
     flush = _popcount(st.D)
     out.update(counts)
@@ -926,7 +1001,8 @@ def simulate_owned(holder: list, geom: L2Geometry, stride: int | None = None, nu
     del sm
     sets = geom.set_index(line)
     r = simulate_lines(sets, line, mask, w, geom.ways, geom.policy, kern if nk > 1 else None, nk, near, home, P,
-                       store_allocate=geom.store_allocate, store_near=geom.store_near)
+                       store_allocate=geom.store_allocate, store_near=geom.store_near, way_spread=geom.way_spread,
+                       spread_granule_sets=geom.hash_granule_lines)
     k = stride
     per_kernel = tuple((int(r["k_read"][i]) * k, int(r["k_write"][i]) * k, int(r["k_acc"][i]) * k, int(r["k_hit"][i]) * k)
                        for i in range(nk))

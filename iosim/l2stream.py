@@ -15,28 +15,36 @@ from __future__ import annotations
 
 import numpy as np
 
-from iosim.l2 import L2Geometry, PartitionedState, _active_counts, _popcount, _State, partitioned_steps
+from iosim.l2 import (L2Geometry, PartitionedState, _active_counts, _popcount, _State, disabled_ways,
+                      partitioned_steps)
 
 
 class L2Stream:
     """Resumable L2 over ``rows`` sampled sets (of every partition). ``feed`` one time-ordered chunk at a time, then
     ``finish`` to flush dirty lines; ``counts`` then holds the raw totals (same keys as ``simulate_lines``)."""
 
-    def __init__(self, geom: L2Geometry, rows: int, num_kernels: int = 1, whole_lines: bool = False):
+    def __init__(self, geom: L2Geometry, rows: int, num_kernels: int = 1, whole_lines: bool = False,
+                 stride: int = 1):
         """whole_lines: the caller promises that every access covers whole lines (after ``widen_loads``); with one
         kernel, store allocation and a deterministic policy this takes the leaner state of
-        ``iosim.l2.partitioned_steps`` (same results, tests/test_l2_coupled.py)."""
+        ``iosim.l2.partitioned_steps`` (same results, tests/test_l2_coupled.py). stride: the sampling stride (row r
+        is set r·stride), which places the rows in ``geom.way_spread``'s groups."""
         self.geom = geom
         self.P = geom.num_partitions
         self.rows = rows
         self.nk = num_kernels
         self.mask_dtype = np.uint8 if geom.sectors_per_line <= 8 else np.uint32
         self.fast = whole_lines and num_kernels == 1 and geom.store_allocate and geom.policy != "random"
+        ways = geom.ways + geom.way_spread   # physical ways; way_spread switches the surplus off set by set
         if self.fast:
-            self.ps = PartitionedState(rows, geom.ways, self.P, geom.policy, self.mask_dtype, np.int64)
+            self.ps = PartitionedState(rows, ways, self.P, geom.policy, self.mask_dtype, np.int64)
         else:
-            self.st = _State(rows, geom.ways, self.P, geom.policy, np.int64, self.mask_dtype, track_valid=True,
+            self.st = _State(rows, ways, self.P, geom.policy, np.int64, self.mask_dtype, track_valid=True,
                              track_kernel=num_kernels > 1, store_allocate=geom.store_allocate)
+        if geom.way_spread:
+            dis = disabled_ways(np.arange(rows, dtype=np.int64) * stride, self.P, geom.ways, geom.way_spread,
+                                geom.hash_granule_lines)
+            (self.ps if self.fast else self.st).disable(dis)
         self.pos_row = np.arange(rows)   # state position → row
         self.t = 0                       # global step: replacement stamps keep their order across chunks
         z = np.zeros(num_kernels, np.int64)
