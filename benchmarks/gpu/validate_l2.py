@@ -117,6 +117,24 @@ CASES = [
     (214, "flex", 1, 8, 8, 81920, 64, 0, 0.35, 22),     # random block-sparse
     (215, "flex", 2, 16, 4, 24576, 128, 1, 0.0, 0),     # GQA 4:1
     (216, "flex", 1, 24, 24, 28672, 64, 1, 0.0, 0),
+    # Set 4 (ids > 300): held out — new shapes measured on the H200 on 2026-12-04 before the session-6 choice of the
+    # way spread and drift (made on sets 1 of both GPUs); compared once, after those values were committed
+    (301, "sdpa", 1, 12, 12, 65536, 128, 1, 0.0, 0),
+    (302, "sdpa", 1, 8, 8, 81920, 64, 1, 0.0, 0),
+    (303, "sdpa", 1, 32, 32, 20480, 128, 1, 0.0, 0),
+    (304, "sdpa", 1, 16, 8, 49152, 128, 1, 0.0, 0),     # GQA 2:1
+    (305, "sdpa", 2, 8, 8, 57344, 64, 1, 0.0, 0),
+    (306, "sdpa", 1, 4, 4, 163840, 128, 1, 0.0, 0),
+    (307, "sdpa", 1, 24, 24, 49152, 64, 1, 0.0, 0),
+    (308, "sdpa", 1, 16, 16, 98304, 64, 0, 0.0, 0),
+    (309, "flex", 1, 12, 12, 65536, 128, 1, 0.0, 0),
+    (310, "flex", 1, 8, 8, 81920, 64, 1, 0.0, 0),
+    (311, "flex", 1, 32, 32, 20480, 128, 1, 0.0, 0),
+    (312, "flex", 1, 16, 8, 49152, 128, 1, 0.0, 0),     # GQA 2:1
+    (313, "flex", 1, 16, 16, 49152, 64, 1, 0.5, 31),    # random block-sparse, causal
+    (314, "flex", 1, 8, 8, 98304, 128, 0, 0.3, 32),     # random block-sparse
+    (315, "flex", 2, 8, 8, 57344, 64, 1, 0.0, 0),
+    (316, "flex", 1, 16, 16, 65536, 64, 0, 0.0, 0),
 ]
 COLS = ["id", "impl", "B", "Hq", "Hkv", "N", "d", "causal", "density", "seed"]
 METRICS = ["dram__bytes_read.sum", "dram__bytes_write.sum", "l1tex__m_xbar2l1tex_read_bytes.sum",
@@ -396,9 +414,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--cases", default=None, help="comma-separated case ids (default: the --set)")
-    ap.add_argument("--set", default="1", choices=["1", "2", "3", "all"],
+    ap.add_argument("--set", default="1", choices=["1", "2", "3", "4", "all"],
                     help="1: cases 1–27 (model choices were made on these), 2: held-out cases 101–117, 3: held-out "
-                         "cases 201+ (H200, session 4), all")
+                         "cases 201–216 (H200, session 4), 4: held-out cases 301+ (H200, session 6), all")
     ap.add_argument("--group-size", type=int, default=5, help="cases per profiled worker process")
     ap.add_argument("--timeout-per-group", type=int, default=150, help="seconds before a worker group is killed")
     ap.add_argument("--dry-run", action="store_true", help="list and check the cases and build their schedules (CPU)")
@@ -407,8 +425,8 @@ def main(argv=None) -> int:
     if a.worker:
         worker([int(x) for x in a.worker.split(",")])
         return 0
-    in_set = {"1": lambda i: i < 100, "2": lambda i: 100 < i < 200, "3": lambda i: i > 200,
-              "all": lambda i: True}[a.set]
+    in_set = {"1": lambda i: i < 100, "2": lambda i: 100 < i < 200, "3": lambda i: 200 < i < 300,
+              "4": lambda i: i > 300, "all": lambda i: True}[a.set]
     ids = [int(x) for x in a.cases.split(",")] if a.cases else [c[0] for c in CASES if in_set(c[0])]
     known = {c[0] for c in CASES}
     bad = [i for i in ids if i not in known]
