@@ -19,35 +19,28 @@ from iosim.schedule import Schedule
 from iosim.scheduler import Occupancy, is_layered_convoy, occupancy, order_trace
 from iosim.trace import expand_kernel
 
-DEFAULT_JITTER = 0.25
-"""The drift of descending KV walks (``DRIFT_BY_KV_ORDER``; ascending walks have their own since issue 9 session 4).
-Spread of per-CTA speeds (``iosim.scheduler.cta_speeds``): calibrated, not measured. Fitted by hand on 8 of the
-20 H100 FA2 runs of the first measurement run in reports/validation/h100 (the causal d=128 runs at 4K–32K tokens,
-one causal d=64 and one non-causal run) over {0, 0.03, 0.1, 0.25}; the other 12 runs and the 10 runs of the second
-measurement run are out of sample. Applied only to kernels whose CTAs have unequal trip counts (causal): CTAs with
-identical loops move as a convoy (``iosim.scheduler.order_trace``); the second run showed that drift there is wrong
-(non-causal N=49152, d=128: 19× Q+K+V predicted with drift, 1.95× measured). Re-checked (not refitted) with the
-calibrated L2 of issue 9 on the same 8 runs: 0.25 median 8.0%, 0.35 11.2%, 0.5 33.2%. Known limits
-(reports/validation/h100/README.md, issue 9): it over-spreads causal kernels walking K/V upward from block 0
-(FlexAttention, +27–41%), and the convoy under-spreads long non-causal and GQA runs (−16 to −42%). A spread for
-the convoy too was checked on the 8 non-causal FA2 runs of session 1 (sdpa_flash_fa2.csv) with the calibrated L2:
-0 gives median 9.1% / worst −19.3% on the L2-bound ones, 0.03 gives 15.8% / −30.4%, 0.06 +96.6% worst.
-The coupled timeline (``iosim.coupled``: CTA speed from its own L2 hits, plus per-step noise) was fitted on set 1
-of issue 9 and does not beat this one (L2-bound median / worst: 13.2% / −41.6% here, best coupled point 12.9% /
-−44.1%; reports/validation/h100/coupled_timeline/README.md); it is available through ``coupling=``."""
+DEFAULT_JITTER = 0.15
+"""The drift of descending KV walks (``DRIFT_BY_KV_ORDER``), also the fallback for schedules without a KV order.
+Spread of per-CTA speeds (``iosim.scheduler.cta_speeds``): calibrated, not measured. Applied only to kernels whose
+CTAs have unequal trip counts (causal, block-sparse): CTAs with identical loops move as a convoy
+(``iosim.scheduler.order_trace``; drift there was checked and is wrong: non-causal N=49152, d=128 gives 19× Q+K+V
+with drift, 1.95× measured). History: 0.25 from session 1 (8 H100 FA2 runs, L2 without way spread) to session 5; the
+coupled timeline (``iosim.coupled``, through ``coupling=``) was fitted on set 1 of issue 9 and did not beat the
+drift (reports/validation/h100/coupled_timeline/README.md)."""
 
 
-DRIFT_BY_KV_ORDER = {"descending": DEFAULT_JITTER, "ascending": 0.2}
-"""Drift σ by the direction of the KV walk (``KernelConfig.kv_order``), calibrated (issue 9, session 4, LRU
-profiles). Descending (FA2's CUDA kernel): each causal CTA starts at its own diagonal, on K/V no other CTA has just
-read, and walks down into what its neighbours read before it, so any spread between CTAs moves the reuse distances.
-Ascending (FlexAttention, Triton kernels): every CTA of a head starts at block 0 and re-reads the prefix the others
-read; a CTA that falls behind hits in L2 and catches up, so the effective spread is smaller. Chosen on the causal
-L2-bound runs of H100 set 1 only (median |err| / worst): descending over {0.15, 0.2, 0.25, 0.3, 0.35, 0.45} →
-0.25 (3.9% / −28.1%; 0.2: 6.5% / −34.5%, 0.3: 14.0% / +28.1%), i.e. the session-1 value stands; ascending over
-{0.1, 0.15, 0.2, 0.25, 0.35, 0.45} → 0.2 (3.2% / +17.3%; 0.15: 3.1% / −18.9%, 0.25: 3.9% / +63.9%, 0.1: 3.0% /
-−42.9%). H100 set 2 and the H200 are held out (reports/validation/h100/README.md, issue 9 session 4). Applies only to
-kernels whose CTAs have unequal trip counts (causal, block-sparse): equal ones move as a convoy."""
+DRIFT_BY_KV_ORDER = {"descending": DEFAULT_JITTER, "ascending": 0.03}
+"""Drift σ by the direction of the KV walk (``KernelConfig.kv_order``), calibrated jointly with the L2 way spread of
+the H100/H200 profiles (``l2_way_spread`` = 4; issue 9, session 6). Descending (FA2's CUDA kernel): each causal CTA
+starts at its own diagonal, on K/V no other CTA has just read, and walks down into what its neighbours read before
+it, so any spread between CTAs moves the reuse distances. Ascending (FlexAttention, Triton kernels): every CTA of a
+head starts at block 0 and re-reads the prefix the others read; a CTA that falls behind hits in L2 and catches up,
+so the spread that survives is small. Chosen on the L2-bound runs (measured DRAM > 1.15 × Q+K+V) of H100 sets 1–2
+and H200 sets 1–3 (median |err| / worst, H100 ; H200): descending, way spread 4, on the 23 causal SDPA runs of a probe
+over {0.1, 0.15, 0.2} (scanned with a hash of the set group in place of the committed golden-ratio sequence) → 0.15 (5.7% / −23.1% ; 6.2% / −24.4%; 0.1: 11.0% / −24.2% ; 17.9% / −36.2%; 0.2: 11.7% /
++39.1% ; 11.6% / −19.8%); ascending, on all 42 Flex runs, over {0, 0.03, 0.05, 0.08, 0.1, 0.15, 0.2} → 0.03 (1.3% /
++33.2% ; 2.2% / −26.9%; 0: 1.5% / +51.2% ; 2.9% / +14.1%; 0.05: +42.9% worst on the H100; 0.2: +122.7%). H200 set 4
+(measured before this choice) is held out. Applies only to kernels whose CTAs have unequal trip counts."""
 
 
 def drift_for(schedule: Schedule) -> float:

@@ -137,6 +137,9 @@ def _source(path: str, key: str, raw: object) -> Source:
     return Source(kind, source.strip())
 
 
+_ZERO_OK = ("values.l2_way_spread",)   # a count whose 0 is meaningful (every set has the nominal ways)
+
+
 def _entry(path: str, key: str, raw: object, integral: bool) -> tuple[int | float, Source]:
     src = _source(path, key, raw)
     value = raw["value"]
@@ -146,8 +149,9 @@ def _entry(path: str, key: str, raw: object, integral: bool) -> tuple[int | floa
         finite = math.isfinite(value)
     except OverflowError:
         finite = False
-    if not finite or value <= 0:
-        raise _fail(path, key, f"value must be a positive finite number, got {value!r}")
+    if not finite or value < 0 or (value == 0 and key not in _ZERO_OK):
+        raise _fail(path, key, f"value must be a {'non-negative' if key in _ZERO_OK else 'positive'} finite number, "
+                    f"got {value!r}")
     if integral:
         if float(value) != int(value):
             raise _fail(path, key, f"value must be a whole number, got {value!r}")

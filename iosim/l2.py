@@ -32,6 +32,12 @@ partition); the other profiles say what they assume.
   line // sets in steps of ``hash_granule_lines``) or ``xor`` (the line's b-bit chunks XOR-folded onto it above the
   low log2(``hash_granule_lines``) bits, then mod sets; 2^b ≥ sets; granule 1 = the plain fold): stand-ins for the
   undocumented slice/set hash.
+* Way spread (``way_spread`` k, profile key ``l2_way_spread``; 0 = off): set s of partition p has ``ways`` + d ways,
+  d ∈ [−k, k] from ``way_offsets`` (a golden-ratio sequence over groups of ``hash_granule_lines`` sets, so the mean
+  is the nominal size and set sampling stays exact). A calibrated stand-in, not a measured organisation: the GPU's
+  sets do not all overflow at the same working set (the measured capacity knees are gradual, and measured DRAM reads
+  of causal FA2 change far less with L2 size between the H100 and H200 than an L2 with equal sets predicts); which
+  value the profiles use and why: ``hardware/h100.toml`` ``l2_way_spread``. Not with ``plru``.
 * DRAM fetch: a load fetches aligned groups of ``dram_fetch_bytes`` around each requested sector (``widen_loads``;
   0 = only the requested sectors).
 * Partitions: ``shared`` (one cache of all the sets) or ``duplicated`` (the H100/A100 organisation, whitepaper "H100
@@ -162,7 +168,10 @@ class L2Geometry:
             if v is not None:
                 extra[field_name] = v
         extra.update(overrides)
-        return replace(g, **extra) if extra else g
+        try:
+            return replace(g, **extra) if extra else g
+        except IosimError as e:   # contradictory keys (e.g. plru with a way spread): name the profile
+            raise IosimError(f"hardware profile {hw.path or hw.name}: {e}") from None
 
     def max_stride(self) -> int:
         """Largest power of two k that may be used for set sampling: k divides the set count and, for ``rotate`` and

@@ -314,6 +314,10 @@ exactly against pycachesim): on the H100 srrip beat it by 0.012 and on the H200 
 on the attention validation sweeps LRU predicts DRAM reads better (reports/validation/h100/README.md, issue 9)."""
 
 
+SPREADS = (0, 2, 4)
+"""Way spreads stage D tries (``L2Geometry.way_spread``; 16 ways: ±12.5% and ±25% of a set's capacity)."""
+
+
 def policy_choice(rms_by_policy: dict[str, float]) -> str:
     """The stage-A policy: the lowest RMS, unless LRU is within ``TIE_RMS`` of it (then LRU)."""
     best = min(rms_by_policy, key=rms_by_policy.get)
@@ -326,7 +330,9 @@ def fit(rows: list[dict], meta: dict, base: L2Geometry, stride: int = 32, log=pr
     A. replacement policy — capacity sweeps (dense, all three worker sets) and hot+read-stream; a policy other than
        LRU must beat LRU's RMS by more than ``TIE_RMS`` (measurement reproducibility) to be chosen;
     B. ways — the gather sweep (random line addresses: uneven set loads, whose effect grows as ways shrink);
-    C. where stores allocate (home only / near and home) — hot+write-stream.
+    C. where stores allocate (home only / near and home) — hot+write-stream;
+    D. per-set way spread (``L2Geometry.way_spread``) — the capacity sweeps again (a spread softens their knees);
+       like stage A, a spread must beat none by more than ``TIE_RMS`` to be chosen.
     Score: RMS of simulated − measured over the stage's rows. Returns (chosen geometry, table of scores)."""
     part = set(meta["part_sms"])
     cap = _groups(rows, lambda r: (r["bench"] == "sweep" and r["layout"] == "dense") or
@@ -342,7 +348,8 @@ def fit(rows: list[dict], meta: dict, base: L2Geometry, stride: int = 32, log=pr
     from iosim.l2 import POLICIES
     stages = (("A", "policy", [p for p in POLICIES if p != "mru"], cap),
               ("B", "ways", [8, 16, 32], gat),
-              ("C", "store_near", [False, True], wst))
+              ("C", "store_near", [False, True], wst),
+              ("D", "way_spread", list(SPREADS), cap))
     g0 = base
     for stage, field_name, values, rs in stages:
         best = None
@@ -362,6 +369,8 @@ def fit(rows: list[dict], meta: dict, base: L2Geometry, stride: int = 32, log=pr
             if pick != best[1].policy:
                 best = (table[f"A policy={pick}"], replace(g0, policy=pick))
                 log(f"  A: {pick} within {TIE_RMS} of the best (run-to-run RMS): {pick} kept")
+        if stage == "D" and f"D way_spread=0" in table and table["D way_spread=0"] - best[0] <= TIE_RMS:
+            best = (table["D way_spread=0"], replace(g0, way_spread=0))
         g0 = best[1]
     return g0, table
 
@@ -371,7 +380,7 @@ def fit(rows: list[dict], meta: dict, base: L2Geometry, stride: int = 32, log=pr
 # ----------------------------------------------------------------------------------------------------------------
 
 L2_KEYS = ("l2_line_bytes", "l2_partitions", "l2_ways", "l2_sharing", "l2_policy", "l2_hash", "l2_hash_granule_lines",
-           "l2_home_granule_lines", "l2_store_allocate", "l2_store_near", "l2_dram_fetch_bytes")
+           "l2_home_granule_lines", "l2_store_allocate", "l2_store_near", "l2_dram_fetch_bytes", "l2_way_spread")
 
 
 def _toml_value(v) -> str:
@@ -607,6 +616,12 @@ def calibrate_dir(dirpath: str, base: str | None = None, stride: int = 32, log=p
         "l2_dram_fetch_bytes": (lf.get("dram_fetch_bytes") or 32, "measured",
                                 f"{m_on}: one 32-B sector per 64/256 B reads {lf.get('cold_bytes_per_requested', float('nan')):.2f}× "
                                 "the requested bytes from DRAM on the first pass"),
+        "l2_way_spread": (chosen.way_spread, "calibrated",
+                          f"{m_on}: capacity sweeps and hot+read-stream runs again (stage D): "
+                          + ("no spread beats none by more than the run-to-run RMS (l2fit.TIE_RMS), so 0"
+                             if chosen.way_spread == 0 else "the best spread")
+                          + " (RMS: " + ", ".join(f"±{k.split('=')[1]} {v:.3f}" for k, v in table.items()
+                                                  if k.startswith("D")) + ")"),
     }
     if not home.get("granule_lines"):
         entries["l2_home_granule_lines"] = (hw.l2_home_granule_lines or uncal.home_granule_lines, "assumed",

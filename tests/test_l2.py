@@ -135,8 +135,8 @@ def test_duplicated_partitions_halve_capacity_for_shared_data():
         addr = np.tile(np.arange(n) * (128 << 10), 2)
         sm = np.concatenate([np.zeros(n, np.int64), np.ones(n, np.int64)])
         return RunTrace(addr, np.full(2 * n, 128 << 10), np.zeros(2 * n, bool), sm, np.zeros(2 * n, np.int64))
-    shared = L2Geometry.from_hardware(HW, sharing="shared")
-    dup = L2Geometry.from_hardware(HW, sharing="duplicated")
+    shared = L2Geometry.from_hardware(HW, sharing="shared", way_spread=0)
+    dup = L2Geometry.from_hardware(HW, sharing="duplicated", way_spread=0)
     for g in (shared, dup):
         r = simulate(reads(24), g)
         assert r.dram_read_sectors * 32 == 24 << 20

@@ -65,7 +65,8 @@ def test_widen_loads_fetches_aligned_pairs_for_loads_only():
 def test_profile_l2_keys_load_and_reach_the_geometry(tmp_path):
     base = load_hardware("h100")
     entries = {"l2_policy": ("plru", "calibrated", "test fit"), "l2_store_near": (True, "measured", "test run"),
-               "l2_home_granule_lines": (32, "measured", "latency probe"), "l2_ways": (32, "calibrated", "test fit")}
+               "l2_home_granule_lines": (32, "measured", "latency probe"), "l2_ways": (32, "calibrated", "test fit"),
+               "l2_way_spread": (0, "calibrated", "test fit")}
     p = tmp_path / "cal.toml"
     p.write_text(l2fit.profile_text(base.path, "h100-test", entries))
     hw = load_profile_file(p)
@@ -76,6 +77,13 @@ def test_profile_l2_keys_load_and_reach_the_geometry(tmp_path):
     # everything else is the base profile's
     assert hw.hbm_bandwidth_bytes_per_s == base.hbm_bandwidth_bytes_per_s
     bad = tmp_path / "bad.toml"
+    # plru with the base profile's way spread: contradictory, refused with the file named
+    bad.write_text(l2fit.profile_text(base.path, "h100-bad", {"l2_policy": ("plru", "assumed", "nowhere special")}))
+    with pytest.raises(IosimError, match=r"bad\.toml.*plru.*way_spread = 0"):
+        L2Geometry.from_hardware(load_profile_file(bad))
+    bad.write_text(l2fit.profile_text(base.path, "h100-bad", {"l2_way_spread": (-1, "assumed", "nowhere special")}))
+    with pytest.raises(IosimError, match=r"bad\.toml.*l2_way_spread.*non-negative"):
+        load_profile_file(bad)
     bad.write_text(l2fit.profile_text(base.path, "h100-bad", {"l2_policy": ("lfu", "assumed", "nowhere special")}))
     with pytest.raises(IosimError, match=r"bad\.toml.*l2_policy.*one of lru"):
         load_profile_file(bad)
@@ -134,7 +142,7 @@ def test_h100_one_sm_sweep_reproduced_by_duplicated_partitions(h100):
     the same plateau; a shared (unpartitioned) L2 would hit everything up to 1.0×."""
     rows, meta = h100
     part = set(meta["part_sms"])
-    g = L2Geometry.from_hardware(load_hardware("h100"))
+    g = L2Geometry.from_hardware(load_hardware("h100"), way_spread=0)   # the organisation alone (no spread)
     sel = [r for r in l2fit.compared_rows(rows) if r["bench"] == "sweep" and r["mode"] == "one_sm"
            and r["layout"] == "dense" and 0.65 <= float(r["bytes_per_pass"]) / meta["l2_bytes"] <= 0.9]
     assert len(sel) >= 4
