@@ -36,7 +36,8 @@ per-set sequence is long (sdpa 128K d128 non-causal: ~4× the convoy/drift time)
 Result (issue 9 follow-up, fit on H100 set 1 only, ``benchmarks/gpu/fit_coupling.py``; sweeps in
 reports/validation/h100/coupled_timeline/): NOT adopted — it does not beat convoy/drift, so it is an option
 (``simulate_schedule(coupling=...)``, ``predict(cta_coupling=...)``, ``compare_l2.py --coupling``).
-L2-bound runs (measured DRAM > 1.15 × QKV), median |error| / worst, calibrated H100 profile, chunk 4 ticks:
+L2-bound runs (measured DRAM > 1.15 × QKV), median |error| / worst, calibrated H100 profile as of issue 9 session 3
+(SRRIP, no way spread, one drift 0.25; the defaults have changed since: iosim.hierarchy.DRIFT_BY_KV_ORDER), chunk 4 ticks:
 
   timeline (chunk 4 ticks)                              set 1 (20 runs)     set 2 (16, held out)
   convoy/drift (the default, drift 0.25)                13.2% / −41.6%      17.1% / +34.7%

@@ -40,7 +40,7 @@ import numpy as np
 
 from iosim.cost import estimate
 from iosim.counts import count
-from iosim.hierarchy import simulate_schedule
+from iosim.hierarchy import DRIFT_BY_KV_ORDER, simulate_schedule
 from iosim.hwprofile import load_hardware
 from iosim.predict import predict
 from iosim.problem import KernelConfig, Problem
@@ -272,8 +272,9 @@ def render(rows, secs) -> str:
          "`triton_model_errors.csv`. error = (predicted − measured) / measured; \"median |err|\" is over absolute errors,",
          "\"median err\" (signed) shows the bias. No model constant was changed for this comparison.",
          "",
-         "Predictions: h100 profile, default L2 model (2 duplicated partitions, LRU, CTA jitter 0.25; calibrated on",
-         "SDPA FA2 runs, not on this kernel), estimated registers. Dense rows: `predict(hw, problem, KernelConfig(bm,",
+         "Predictions: h100 profile, default L2 model (2 duplicated partitions, LRU, way spread 4; CTA drift "
+         f"{DRIFT_BY_KV_ORDER['ascending']} for this kernel's ascending KV walk; calibrated on",
+         "SDPA FA2 and FlexAttention runs, not on this kernel), estimated registers. Dense rows: `predict(hw, problem, KernelConfig(bm,",
          "bn, warps, stages, grid (m,b,h), KV ascending, q_order from the config), \"flash2\")` = the kernel's schedule,",
          "path wgmma. Decode rows: `kernel_schedule(decode=True)` through the same L2 and cost pipeline, path mma.sync",
          "(16-row tiles). Sparse rows: the measured masks were random draws on the GPU and not saved; the model runs a",
