@@ -67,12 +67,16 @@ def create_parser() -> argparse.ArgumentParser:
                         "overrides --algorithm, tile and order flags")
     p.add_argument("--no-l2", action="store_true", help="SRAM<->HBM counts only: skip the L2/DRAM model")
     p.add_argument("--l2-policy", default=None, choices=["lru", "fifo", "mru", "random"],
-                   help="L2 replacement policy (default: the model default, lru)")
+                   help="L2 replacement policy (default: the profile's, lru on every built-in one)")
+    p.add_argument("--l2-way-spread", type=int, default=None, metavar="K",
+                   help="ways per L2 set vary by ±K around the nominal count (default: the profile's l2_way_spread, "
+                        "4 on the built-in ones; 0 = every set has the nominal ways)")
     p.add_argument("--l2-sharing", default=None, choices=["shared", "duplicated"],
                    help="L2 partitions: one shared cache, or partitions that duplicate lines read from both sides")
     p.add_argument("--l2-exact", action="store_true", help="simulate every L2 set (no set sampling; slower)")
     p.add_argument("--cta-jitter", type=float, default=None,
-                   help="spread of per-CTA speeds in the CTA timeline (default: the calibrated 0.25; 0 = lockstep)")
+                   help="spread of per-CTA speeds in the CTA timeline (default: by KV walk direction, "
+                        "iosim.hierarchy.DRIFT_BY_KV_ORDER: descending 0.15, ascending 0.03; 0 = lockstep)")
     hw = sub.add_parser("hardware", help="list or show hardware profiles")
     hws = hw.add_subparsers(dest="hw_command", required=True)
     hws.add_parser("list", help="built-in profiles")
@@ -123,9 +127,10 @@ def run(argv: Sequence[str], out: IO[str]) -> int:
         problem, config = problem_from_args(args)
         hw = load_hardware(args.hardware)
         geom = None
-        if args.l2_policy or args.l2_sharing:
+        if args.l2_policy or args.l2_sharing or args.l2_way_spread is not None:
             from iosim.l2 import L2Geometry
-            over = {k: v for k, v in (("policy", args.l2_policy), ("sharing", args.l2_sharing)) if v}
+            over = {k: v for k, v in (("policy", args.l2_policy), ("sharing", args.l2_sharing),
+                                      ("way_spread", args.l2_way_spread)) if v is not None}
             geom = L2Geometry.from_hardware(hw, **over)
         pred = predict(hw, problem, config, args.algorithm, kernel=args.kernel, l2=not args.no_l2, l2_geometry=geom,
                        l2_stride=1 if args.l2_exact else None, cta_jitter=args.cta_jitter)

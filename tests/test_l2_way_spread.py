@@ -189,3 +189,21 @@ def test_profile_key_reaches_the_geometry(tmp_path):
     hw = load_hardware("h100")
     assert L2Geometry.from_hardware(hw).way_spread == (hw.l2_way_spread or 0)
     assert L2Geometry.from_hardware(hw, way_spread=1).way_spread == 1
+
+
+def test_cli_way_spread_option():
+    import io
+    import json
+
+    from iosim.cli import run
+
+    def dram(*extra):
+        out = io.StringIO()
+        assert run(["predict", "--json", "--kernel", "fa2", "--hardware", "a100", "--seq-q", "32768", "--heads", "8",
+                    "--head-dim", "128", "--causal", *extra], out) == 0
+        return json.loads(out.getvalue())["dram_read_bytes"]
+
+    default, four, none = dram(), dram("--l2-way-spread", "4"), dram("--l2-way-spread", "0")
+    assert default == four and default != none   # the a100 profile's l2_way_spread is 4; 0 changes the answer
+    with pytest.raises(IosimError, match="way_spread must be a whole number from 0 to ways − 1 = 15, got 16"):
+        run(["predict", "--kernel", "fa2", "--l2-way-spread", "16"], io.StringIO())
