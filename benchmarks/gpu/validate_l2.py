@@ -135,6 +135,24 @@ CASES = [
     (314, "flex", 1, 8, 8, 98304, 128, 0, 0.3, 32),     # random block-sparse
     (315, "flex", 2, 8, 8, 57344, 64, 1, 0.0, 0),
     (316, "flex", 1, 16, 16, 65536, 64, 0, 0.0, 0),
+    # Set 5 (ids > 500): held out — new shapes measured on the H200 on 2026-12-04 after the session-6 choices were
+    # committed (547265d); compared once
+    (501, "sdpa", 1, 10, 10, 73728, 128, 1, 0.0, 0),
+    (502, "sdpa", 1, 12, 12, 106496, 64, 1, 0.0, 0),
+    (503, "sdpa", 3, 8, 8, 36864, 128, 1, 0.0, 0),
+    (504, "sdpa", 1, 32, 4, 57344, 128, 1, 0.0, 0),     # GQA 8:1
+    (505, "sdpa", 1, 20, 20, 40960, 64, 1, 0.0, 0),
+    (506, "sdpa", 1, 8, 8, 147456, 64, 1, 0.0, 0),
+    (507, "sdpa", 1, 8, 8, 114688, 128, 0, 0.0, 0),
+    (508, "sdpa", 1, 24, 6, 65536, 64, 0, 0.0, 0),      # GQA 4:1, non-causal
+    (509, "flex", 1, 10, 10, 73728, 128, 1, 0.0, 0),
+    (510, "flex", 1, 12, 12, 106496, 64, 1, 0.0, 0),
+    (511, "flex", 3, 8, 8, 36864, 128, 1, 0.0, 0),
+    (512, "flex", 1, 32, 4, 57344, 128, 1, 0.0, 0),     # GQA 8:1
+    (513, "flex", 1, 16, 16, 57344, 128, 1, 0.4, 51),   # random block-sparse, causal
+    (514, "flex", 1, 12, 12, 73728, 64, 0, 0.25, 52),   # random block-sparse
+    (515, "flex", 1, 8, 8, 147456, 64, 1, 0.0, 0),
+    (516, "flex", 1, 8, 8, 114688, 128, 0, 0.0, 0),
 ]
 COLS = ["id", "impl", "B", "Hq", "Hkv", "N", "d", "causal", "density", "seed"]
 METRICS = ["dram__bytes_read.sum", "dram__bytes_write.sum", "l1tex__m_xbar2l1tex_read_bytes.sum",
@@ -414,9 +432,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--cases", default=None, help="comma-separated case ids (default: the --set)")
-    ap.add_argument("--set", default="1", choices=["1", "2", "3", "4", "all"],
+    ap.add_argument("--set", default="1", choices=["1", "2", "3", "4", "5", "all"],
                     help="1: cases 1–27 (model choices were made on these), 2: held-out cases 101–117, 3: held-out "
-                         "cases 201–216 (H200, session 4), 4: held-out cases 301+ (H200, session 6), all")
+                         "cases 201–216 (H200, session 4), 4 and 5: held-out cases 301–316 and 501+ (H200, session 6), all")
     ap.add_argument("--group-size", type=int, default=5, help="cases per profiled worker process")
     ap.add_argument("--timeout-per-group", type=int, default=150, help="seconds before a worker group is killed")
     ap.add_argument("--dry-run", action="store_true", help="list and check the cases and build their schedules (CPU)")
@@ -426,7 +444,7 @@ def main(argv=None) -> int:
         worker([int(x) for x in a.worker.split(",")])
         return 0
     in_set = {"1": lambda i: i < 100, "2": lambda i: 100 < i < 200, "3": lambda i: 200 < i < 300,
-              "4": lambda i: i > 300, "all": lambda i: True}[a.set]
+              "4": lambda i: 300 < i < 400, "5": lambda i: i > 500, "all": lambda i: True}[a.set]
     ids = [int(x) for x in a.cases.split(",")] if a.cases else [c[0] for c in CASES if in_set(c[0])]
     known = {c[0] for c in CASES}
     bad = [i for i in ids if i not in known]
