@@ -36,11 +36,12 @@ starts at its own diagonal, on K/V no other CTA has just read, and walks down in
 it, so any spread between CTAs moves the reuse distances. Ascending (FlexAttention, Triton kernels): every CTA of a
 head starts at block 0 and re-reads the prefix the others read; a CTA that falls behind hits in L2 and catches up,
 so the spread that survives is small. Chosen on the L2-bound runs (measured DRAM > 1.15 × Q+K+V) of H100 sets 1–2
-and H200 sets 1–3 (median |err| / worst, H100 ; H200): descending, way spread 4, on the 23 causal SDPA runs of a probe
-over {0.1, 0.15, 0.2} (scanned with a hash of the set group in place of the committed golden-ratio sequence) → 0.15 (5.7% / −23.1% ; 6.2% / −24.4%; 0.1: 11.0% / −24.2% ; 17.9% / −36.2%; 0.2: 11.7% /
-+39.1% ; 11.6% / −19.8%); ascending, on all 42 Flex runs, over {0, 0.03, 0.05, 0.08, 0.1, 0.15, 0.2} → 0.03 (1.3% /
-+33.2% ; 2.2% / −26.9%; 0: 1.5% / +51.2% ; 2.9% / +14.1%; 0.05: +42.9% worst on the H100; 0.2: +122.7%). H200 set 4
-(measured before this choice) is held out. Applies only to kernels whose CTAs have unequal trip counts."""
+and H200 sets 1–3 (median |err| / worst, H100 ; H200). Descending, way spread 4, on the 23 causal SDPA runs of a
+probe over {0.1, 0.15, 0.2} (scanned with a hash of the set group in place of the committed golden-ratio sequence)
+→ 0.15 (5.7% / −23.1% ; 6.2% / −24.4%; 0.1: 11.0% / −24.2% ; 17.9% / −36.2%; 0.2: 11.7% / +39.1% ; 11.6% /
+−19.8%). Ascending, on all 42 Flex runs, over {0, 0.03, 0.05, 0.08, 0.1, 0.15, 0.2} → 0.03 (1.3% / +33.2% ; 2.2% /
+−26.9%; 0: 1.5% / +51.2% ; 2.9% / +14.1%; 0.05: +42.9% worst on the H100; 0.2: +122.7%). H200 sets 4 and 5
+(measured before and after this choice) are held out. Applies only to kernels whose CTAs have unequal trip counts."""
 
 
 def drift_for(schedule: Schedule) -> float:

@@ -318,11 +318,17 @@ SPREADS = (0, 2, 4)
 """Way spreads stage D tries (``L2Geometry.way_spread``; 16 ways: ±12.5% and ±25% of a set's capacity)."""
 
 
+def plainest_within_tie(rms_by_value: dict, plain) -> object:
+    """The value with the lowest RMS, unless ``plain`` (the simpler model option) is within ``TIE_RMS`` of it (then
+    ``plain``): the benchmarks cannot tell apart options closer than their run-to-run spread."""
+    best = min(rms_by_value, key=rms_by_value.get)
+    p = rms_by_value.get(plain)
+    return plain if p is not None and p - rms_by_value[best] <= TIE_RMS else best
+
+
 def policy_choice(rms_by_policy: dict[str, float]) -> str:
     """The stage-A policy: the lowest RMS, unless LRU is within ``TIE_RMS`` of it (then LRU)."""
-    best = min(rms_by_policy, key=rms_by_policy.get)
-    lru = rms_by_policy.get("lru")
-    return "lru" if lru is not None and lru - rms_by_policy[best] <= TIE_RMS else best
+    return plainest_within_tie(rms_by_policy, "lru")
 
 
 def fit(rows: list[dict], meta: dict, base: L2Geometry, stride: int = 32, log=print) -> tuple[L2Geometry, dict]:
@@ -364,13 +370,13 @@ def fit(rows: list[dict], meta: dict, base: L2Geometry, stride: int = 32, log=pr
             log(f"  {stage} {field_name}={v}: rms {s:.4f}")
             if best is None or s < best[0]:
                 best = (s, g)
-        if stage == "A":
-            pick = policy_choice({k.split("=")[1]: v for k, v in table.items() if k.startswith("A ")})
-            if pick != best[1].policy:
-                best = (table[f"A policy={pick}"], replace(g0, policy=pick))
-                log(f"  A: {pick} within {TIE_RMS} of the best (run-to-run RMS): {pick} kept")
-        if stage == "D" and f"D way_spread=0" in table and table["D way_spread=0"] - best[0] <= TIE_RMS:
-            best = (table["D way_spread=0"], replace(g0, way_spread=0))
+        plain = {"A": "lru", "D": 0}.get(stage)   # stages where the simpler option wins ties (TIE_RMS)
+        if plain is not None:
+            scores = {v: table[f"{stage} {field_name}={v}"] for v in values if f"{stage} {field_name}={v}" in table}
+            pick = plainest_within_tie(scores, plain)
+            if pick != getattr(best[1], field_name):
+                best = (scores[pick], replace(g0, **{field_name: pick}))
+                log(f"  {stage}: {pick} within {TIE_RMS} of the best (run-to-run RMS): {pick} kept")
         g0 = best[1]
     return g0, table
 

@@ -222,3 +222,6 @@ def test_policy_choice_keeps_lru_within_the_run_to_run_band():
     assert l2fit.policy_choice({"lru": 0.0900, "srrip": 0.0680}) == "srrip"
     assert l2fit.policy_choice({"lru": 0.05, "plru": 0.09}) == "lru"
     assert l2fit.policy_choice({"fifo": 0.09, "srrip": 0.07}) == "srrip"  # no lru scored: plain minimum
+    # stage D, the same rule: the H100's spread scores keep 0 (±2 lower by 0.0009); a clear winner is taken
+    assert l2fit.plainest_within_tie({0: 0.0800, 2: 0.0791, 4: 0.0957}, 0) == 0
+    assert l2fit.plainest_within_tie({0: 0.1000, 2: 0.0791, 4: 0.0957}, 0) == 2

@@ -74,17 +74,16 @@ def test_way_offsets_shape_range_groups_and_balance():
 
 
 def test_hand_worked_spread():
-    # ways 2, spread 1, one set per group: the offsets give set 0 / set 1 their own capacities; cycling over
-    # cap + 1 lines in a set with LRU misses every time, cycling over cap lines hits after the first pass
-    d = way_offsets(np.arange(4), 1, 1, 1)[:, 0]
-    for s in range(4):
-        cap = 2 + int(d[s])
+    # ways 2, spread 1, one set per group, P = 1: d(s) = ⌊frac(0.618…·s)·3⌋ − 1 = −1, 0, −1, +1 for s = 0…3
+    # (frac 0, 0.618, 0.236, 0.854), so the sets hold 1, 2, 1, 3 lines
+    assert way_offsets(np.arange(4), 1, 1, 1)[:, 0].tolist() == [-1, 0, -1, 1]
+    # with LRU, cycling 3 times over cap lines hits on the last two passes; over cap + 1 lines it never hits
+    for s, cap in enumerate((1, 2, 1, 3)):
         for n_lines, expect_hits in ((cap, 2 * cap), (cap + 1, 0)):
             lines = np.tile(np.arange(n_lines) * 4 + s, 3)
             r = simulate_lines(np.full(len(lines), s), lines, np.full(len(lines), 15, np.uint8),
                                np.zeros(len(lines), bool), 2, way_spread=1, spread_granule_sets=1)
             assert r["hits"] == expect_hits, (s, cap, n_lines)
-    assert sorted(set((2 + d).tolist())) != [2]   # the sets do differ
 
 
 @settings(max_examples=25, deadline=None)
@@ -185,10 +184,11 @@ def test_bad_spread_is_a_clear_error():
     assert L2Geometry(**base, way_spread=2, hash_granule_lines=64).max_stride() == 64
 
 
-def test_profile_key_reaches_the_geometry(tmp_path):
+def test_profile_key_reaches_the_geometry():
     hw = load_hardware("h100")
-    assert L2Geometry.from_hardware(hw).way_spread == (hw.l2_way_spread or 0)
-    assert L2Geometry.from_hardware(hw, way_spread=1).way_spread == 1
+    assert hw.l2_way_spread == 4 and hw.sources["l2_way_spread"].kind == "calibrated"
+    assert L2Geometry.from_hardware(hw).way_spread == 4
+    assert L2Geometry.from_hardware(hw, way_spread=0).way_spread == 0
 
 
 def test_cli_way_spread_option():
