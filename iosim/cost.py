@@ -199,6 +199,19 @@ shared), which decides residency at the limit (64×64×4 warps, 3 stages at d=64
 
 RESOURCES = ("tensor", "sfu", "fp32", "smem", "l2", "dram")
 
+# What each ``bound`` value means, in one sentence a report can print beside it (one source for the CLI and reports).
+BOUND_EXPLANATIONS: dict[str, str] = {
+    "tensor": "matrix-multiply throughput of the tensor cores (the SMs that have work run at their tensor peak)",
+    "sfu": "exponentials on the special-function units (softmax)",
+    "fp32": "scalar fp32 work (softmax rescaling, masking) on the CUDA cores",
+    "smem": "shared-memory bandwidth (tile loads from shared memory into registers)",
+    "l2": "L2 bandwidth (every SM read and write passes the L2)",
+    "dram": "DRAM bandwidth (bytes that miss the L2)",
+    "launch": "kernel launch overhead (the kernel body is shorter than a launch)",
+    "parallelism": "too few CTAs or warps to keep the GPU busy: the grid leaves SMs idle (or the last wave is "
+                   "short, or too few warps issue), so the busiest resource runs far below its peak",
+}
+
 
 # --- helpers -----------------------------------------------------------------------------------------------------------
 
