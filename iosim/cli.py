@@ -8,9 +8,10 @@ import sys
 from typing import IO, Sequence
 
 from iosim.errors import IosimError
-from iosim.hwprofile import builtin_names, load_hardware, profile_table
+from iosim.hwprofile import load_hardware
 from iosim.problem import DTYPE_BYTES, KernelConfig, Problem
 from iosim.registry import algorithms
+from iosim.textfmt import format_table
 
 
 def _add_problem_args(p: argparse.ArgumentParser) -> None:
@@ -44,7 +45,7 @@ def problem_from_args(a: argparse.Namespace) -> tuple[Problem, KernelConfig]:
 
 # Subcommands that live in their own modules: each module defines ``add_parser(subparsers)`` (registering one
 # subcommand whose name is the module's COMMAND) and ``run(args, out) -> int``. Add a module here to add a command.
-COMMAND_MODULES: tuple[str, ...] = ("iosim.cli_tiles", "iosim.cli_hints", "iosim.cli_report", "iosim.calibrate", "iosim.cli_validate", "iosim.cli_bounds")
+COMMAND_MODULES: tuple[str, ...] = ("iosim.cli_tiles", "iosim.cli_hints", "iosim.cli_report", "iosim.calibrate", "iosim.cli_validate", "iosim.cli_bounds", "iosim.cli_hardware")
 
 
 def _command_modules() -> dict:
@@ -77,11 +78,6 @@ def create_parser() -> argparse.ArgumentParser:
     p.add_argument("--cta-jitter", type=float, default=None,
                    help="spread of per-CTA speeds in the CTA timeline (default: by KV walk direction, "
                         "iosim.hierarchy.DRIFT_BY_KV_ORDER: descending 0.15, ascending 0.03; 0 = lockstep)")
-    hw = sub.add_parser("hardware", help="list or show hardware profiles")
-    hws = hw.add_subparsers(dest="hw_command", required=True)
-    hws.add_parser("list", help="built-in profiles")
-    show = hws.add_parser("show", help="every value of a profile with its source")
-    show.add_argument("name", help="profile name or path to a .toml file")
     sub.add_parser("algorithms", help="list the algorithm families")
     for m in _command_modules().values():
         m.add_parser(sub)
@@ -97,27 +93,79 @@ def _fmt_bytes(n: int | None) -> str:
     return f"{n} B"
 
 
-def _print_prediction(pred, out: IO[str]) -> None:
-    d = pred.to_dict()
-    pr = d["problem"]
+def _fmt_s(t: float | None) -> str:
+    return "-" if t is None else f"{t * 1e3:.4g} ms" if t >= 1e-3 else f"{t * 1e6:.4g} µs"
+
+
+def _tiles_line(d: dict) -> str:
+    """Preset/algorithm, tiles, warps, stages, grid and loop orders."""
     cfg = d["config"]
-    out.write(f"{d['algorithm']} on {pred.hardware.full_name}: B={pr['batch']} H={pr['heads']} Hkv={pr['kv_heads']} "
-              f"Nq={pr['seq_q']} Nkv={pr['seq_kv']} d={pr['head_dim']} {pr['dtype']}{' causal' if pr['causal'] else ''}\n")
-    for n in d["notes"]:
-        out.write(f"  note: {n}\n")
-    rows = [(k["name"], k["programs"], k["sm_read_bytes"], k["sm_write_bytes"], k["flops"], k["sram_bytes_per_cta"])
-            for k in d["kernels"]]
-    out.write(f"{'kernel':<20}{'CTAs':>12}{'SM read':>16}{'SM write':>16}{'FLOPs':>16}{'smem/CTA':>12}\n")
-    for name, progs, r, w, f, smem in rows:
-        out.write(f"{name:<20}{progs:>12,}{_fmt_bytes(r):>16}{_fmt_bytes(w):>16}{f:>16.4g}{smem:>12,}\n")
-    out.write(f"{'total':<20}{'':>12}{_fmt_bytes(d['sm_read_bytes']):>16}{_fmt_bytes(d['sm_write_bytes']):>16}{d['flops']:>16.4g}\n")
-    out.write("reads by tensor:  " + ", ".join(f"{t} {_fmt_bytes(v)}" for t, v in d["read_bytes_by_tensor"].items()) + "\n")
+    tiles = (f"{cfg['block_m']} × {cfg['block_n']}" if cfg["block_m"] and cfg["block_n"]
+             else "from the algorithm's rule (see notes)")
+    who = (f"kernel preset {d['kernel_preset']} (algorithm {d['algorithm']})" if d["kernel_preset"]
+           else f"algorithm {d['algorithm']}")
+    return (f"{who}: tiles block_m × block_n = {tiles}, {cfg['num_warps']} warps, {cfg['num_stages']} stage{'s' if cfg['num_stages'] != 1 else ''}, "
+            f"grid order {','.join(cfg['grid_order'])} (fastest first), KV order {cfg['kv_order']}, "
+            f"Q order {cfg['q_order']}")
+
+
+def _print_prediction(pred, out: IO[str]) -> None:
+    """The README's promise in text: problem, tiles, per-kernel work and occupancy, time and its bound explained,
+    FLOP/s against the peak, L2 hit rate, notes. Every number is from ``pred.to_dict()`` (the --json object); the
+    SM count and the tensor peak are the profile's."""
+    from iosim.cost import BOUND_EXPLANATIONS, tensor_dtype
+    d = pred.to_dict()
+    hw = pred.hardware
+    pr = d["problem"]
+    out.write(f"{d['algorithm']} on {hw.full_name} ({hw.name}): B={pr['batch']} H={pr['heads']} Hkv={pr['kv_heads']} "
+              f"Nq={pr['seq_q']} Nkv={pr['seq_kv']} d={pr['head_dim']} {pr['dtype']}"
+              f"{' causal' if pr['causal'] else ' non-causal'}\n")
+    out.write(_tiles_line(d) + "\n\n")
+    times = {k["name"]: k for k in (d["time"] or {}).get("kernels", [])}
+    work = [(k["name"], f"{k['programs']:,}", _fmt_bytes(k["sm_read_bytes"]), _fmt_bytes(k["sm_write_bytes"]),
+             _fmt_bytes(k["dram_read_bytes"]), _fmt_bytes(k["dram_write_bytes"]), f"{k['flops']:.4g}",
+             f"{k['sram_bytes_per_cta']:,} B") for k in d["kernels"]]
+    work.append(("total", "", _fmt_bytes(d["sm_read_bytes"]), _fmt_bytes(d["sm_write_bytes"]),
+                 _fmt_bytes(d["dram_read_bytes"]), _fmt_bytes(d["dram_write_bytes"]), f"{d['flops']:.4g}", ""))
+    out.write(format_table(("kernel", "CTAs", "SM read", "SM write", "DRAM read", "DRAM write", "FLOPs", "smem/CTA"),
+                           work, "lrrrrrrr"))
+    occ = []
+    for k in d["kernels"]:
+        t = times.get(k["name"], {})
+        per_sm = t.get("ctas_per_sm")
+        slots = (k["occupancy"] or {}).get("concurrent_ctas") or (per_sm * hw.sm_count if per_sm else None)
+        occ.append((k["name"], f"{k['programs']:,} on {hw.sm_count} SMs",
+                    "-" if per_sm is None else f"{per_sm} ({t['occupancy_limiter']})",
+                    "-" if slots is None else f"{slots:,}", "-" if per_sm is None else f"{t['waves']:.3g}",
+                    _fmt_s(t.get("time_s")), "-" if not t else f"{t['achieved_flops_per_s'] / 1e12:.1f}",
+                    t.get("bound") or "-"))
+    out.write("\n" + format_table(("kernel", "CTAs vs SMs", "CTAs/SM (limit)", "concurrent", "waves", "time",
+                                   "TFLOP/s", "bound"), occ, "lrrrrrrl"))
+    out.write("\nreads by tensor:  " + ", ".join(f"{t} {_fmt_bytes(v)}" for t, v in d["read_bytes_by_tensor"].items()) + "\n")
     out.write("writes by tensor: " + ", ".join(f"{t} {_fmt_bytes(v)}" for t, v in d["write_bytes_by_tensor"].items()) + "\n")
     out.write(f"FLOPs: matmul {d['matmul_flops']:.4g}, exp {d['exp_ops']:.4g}, other {d['other_flops']:.4g}\n")
-    t = "-" if d["time_s"] is None else f"{d['time_s'] * 1e3:.3f} ms"
-    hr = "-" if d.get("l2_hit_rate") is None else f"{100 * d['l2_hit_rate']:.2f}%"
-    out.write(f"DRAM read {_fmt_bytes(d['dram_read_bytes'])}, DRAM write {_fmt_bytes(d['dram_write_bytes'])}, "
-              f"L2 hit rate {hr}, time {t}\n")
+    if d["time_s"] is not None:
+        b = d["bound"]
+        out.write(f"time {_fmt_s(d['time_s'])}, bound: {b} — {BOUND_EXPLANATIONS.get(b, 'see iosim/cost.py')}\n")
+        peak = hw.tensor_flops(tensor_dtype(pr["dtype"]))
+        f = d["achieved_flops_per_s"]
+        out.write(f"achieved {f / 1e12:.1f} TFLOP/s (matmul FLOPs / time) = {100 * f / peak:.1f}% of the "
+                  f"{hw.name} {tensor_dtype(pr['dtype'])} tensor peak {peak / 1e12:.1f} TFLOP/s\n")
+    if d["l2"] is None:
+        out.write("L2: not modeled (--no-l2): DRAM bytes in the time are compulsory traffic\n")
+    else:
+        l2 = d["l2"]
+        how = ("exact (every set simulated)" if l2["exact"] else
+               f"set-sampled estimate (1 in {l2['sampling_stride']} sets; --l2-exact simulates every set)")
+        out.write(f"L2: hit rate {100 * d['l2_hit_rate']:.2f}%, {how}; {l2['size_bytes'] / 2**20:g} MiB, "
+                  f"{l2['policy']}, {l2['sharing']}\n")
+    by_note: dict[str, list[str]] = {n: [] for n in d["notes"]}  # kernel notes: once, with the kernels they concern
+    for k, t in times.items():
+        for n in t["notes"]:
+            by_note.setdefault(n, []).append(k)
+    if by_note:
+        out.write("notes:\n" + "".join(f"  - {n}" + (f" [{', '.join(ks)}]" if ks else "") + "\n"
+                                        for n, ks in by_note.items()))
 
 
 def run(argv: Sequence[str], out: IO[str]) -> int:
@@ -138,21 +186,8 @@ def run(argv: Sequence[str], out: IO[str]) -> int:
             out.write(json.dumps(pred.to_dict(), indent=1) + "\n")
         else:
             _print_prediction(pred, out)
-    elif args.command == "hardware":
-        if args.hw_command == "list":
-            for n in builtin_names():
-                hw = load_hardware(n)
-                out.write(f"{n:<12}{hw.full_name}\n")
-        else:
-            hw = load_hardware(args.name)
-            out.write(f"{hw.name}: {hw.full_name} ({hw.vendor} {hw.arch})  [{hw.path}]\n")
-            for key, val, kind, src in profile_table(hw):
-                num = isinstance(val, (int, float)) and not isinstance(val, bool)
-                shown = f"{val:>16.6g}" if num else f"{str(val).lower() if isinstance(val, bool) else val:>16}"
-                out.write(f"  {key:<40}{shown}  {kind:<13}{src}\n")
     elif args.command == "algorithms":
-        for name, alg in algorithms().items():
-            out.write(f"{name:<12}{alg.summary}\n")
+        out.write(format_table(("algorithm", "summary"), [(n, a.summary) for n, a in algorithms().items()]))
     else:
         return _command_modules()[args.command].run(args, out)
     return 0
