@@ -428,45 +428,38 @@ def run_ncu(cases: list[Case], workdir: str, timeout_s: int = 900, log=print) ->
 
 
 def parse_ncu_csv(text: str) -> dict[int, dict]:
-    """ncu --csv long format: one row per (kernel launch, metric). Kernels between marker begin (grid x = id + 1)
-    and marker end belong to case id."""
-    lines = [ln for ln in text.splitlines() if ln.startswith('"')]
-    if not lines:
-        return {}
-    rows = list(csv.DictReader(lines))
-    launches: dict[str, dict] = {}
-    order: list[str] = []
-    for r in rows:
-        lid = r.get("ID")
-        if lid not in launches:
-            launches[lid] = {"name": r.get("Kernel Name", ""), "grid": r.get("Grid Size", ""),
-                             "block": r.get("Block Size", ""), "metrics": {}}
-            order.append(lid)
-        try:
-            launches[lid]["metrics"][r["Metric Name"]] = float(r["Metric Value"].replace(",", ""))
-        except (KeyError, ValueError):
-            pass
+    """ncu --csv output, long or ``--page raw`` (read by ``iosim.ncu.read_ncu_csv``) → metrics per case, summed over
+    the case's kernels, plus 'kernels' (name, grid, block of each). A case is the kernels after a marker:
+    ``iosim_mark_begin`` with grid x = id + 1 (this module's and ``iosim.l2bench``'s children), up to
+    ``iosim_mark_end`` or the next marker, or ``iosim_marker`` with grid x = id (benchmarks/gpu/measure_sdpa.py,
+    validate_l2.py). Without any marker every launch is its own case, numbered from 0 in file order. Byte metrics of
+    NCU_METRICS are ints; times (``gpu__time_*``) are in ns, as ncu prints them."""
+    from iosim.ncu import read_ncu_csv
+    launches = read_ncu_csv(text + "\n") if '"' in text else []
+    marked = any(ln.is_marker for ln in launches)
     out: dict[int, dict] = {}
     cur = None
-    for lid in sorted(order, key=lambda x: int(x)):
-        ln = launches[lid]
-        if "iosim_mark_begin" in ln["name"]:
-            cur = int(ln["grid"].strip("()").split(",")[0]) - 1
+    for i, ln in enumerate(launches):
+        name = ln.kernel_name
+        if name.startswith("iosim_mark_begin") or name.startswith("iosim_marker"):
+            cur = ln.grid[0] - (1 if name.startswith("iosim_mark_begin") else 0)
             out[cur] = {"kernels": ""}
             continue
-        if "iosim_mark_end" in ln["name"]:
+        if name.startswith("iosim_mark_end"):
             cur = None
             continue
-        if cur is None:
+        key = cur if marked else i
+        if key is None:
             continue
-        acc = out[cur]
-        for m, val in ln["metrics"].items():
-            acc[m] = acc.get(m, 0) + val
-        short = ln["name"][:60]
-        acc["kernels"] = (acc["kernels"] + "; " if acc["kernels"] else "") + f"{short} grid{ln['grid']} block{ln['block']}"
+        acc = out.setdefault(key, {"kernels": ""})
+        for m, val in ln.metrics.items():
+            acc[m] = acc.get(m, 0) + (val * 1e9 if m.startswith("gpu__time_") else val)
+        acc["kernels"] = (acc["kernels"] + "; " if acc["kernels"] else "") + f"{name[:60]} grid{ln.grid} block{ln.block}"
     for acc in out.values():
-        for m in NCU_METRICS:
-            if m in acc and m != "gpu__time_duration.sum":
+        for m in acc:
+            if m.startswith("gpu__time_"):
+                acc[m] = round(acc[m], 3)
+            elif m in NCU_METRICS:
                 acc[m] = int(acc[m])
     return out
 
