@@ -159,7 +159,7 @@ def run(args: argparse.Namespace, out: IO[str]) -> int:
         out.write(format_table(("name", "full name", "arch", "SMs"), rows, "lllr"))
     elif args.hw_command == "show":
         hw = load_hardware(args.name)
-        out.write(f"{hw.name}: {hw.full_name} ({hw.vendor} {hw.arch})  [{hw.path}]\n")
+        out.write(f"{hw.name}: {hw.full_name} ({hw.vendor} {hw.arch}), from {hw.path}\n")
         rows = [(key, _shown(val), kind, src) for key, val, kind, src in profile_table(hw)]
         out.write(format_table(("key", "value", "kind", "source"), rows, "lrll", indent="  "))
     else:

@@ -3,6 +3,7 @@
 import importlib.metadata
 import io
 import json
+import re
 import subprocess
 import sys
 
@@ -42,18 +43,91 @@ def test_predict_json_is_deterministic():
     assert a == b
 
 
-def test_predict_table_mentions_kernels_and_tensors():
-    text = run_cli(["predict", "--algorithm", "standard", "--seq-q", "1000", "--head-dim", "64"])
-    for needle in ("standard_qk", "standard_softmax", "standard_pv", "reads by tensor", "S "):
+def table_blocks(text: str) -> list[list[str]]:
+    """Runs of consecutive lines that have a column gap (two spaces between words): the text tables."""
+    blocks, cur = [], []
+    for line in text.splitlines() + [""]:
+        if line.strip() and "  " in line.strip() and not line.lstrip().startswith("-"):
+            cur.append(line)
+        else:
+            if len(cur) >= 2:
+                blocks.append(cur)
+            cur = []
+    return blocks
+
+
+def assert_aligned(block: list[str]) -> None:
+    """Every column starts at the same offset in every row: gutters (2+ character positions blank in every line)
+    split the block into exactly as many columns as the header names (header cells are separated by 2+ spaces)."""
+    width = max(len(line) for line in block)
+    padded = [line.ljust(width) + "  " for line in block]
+    blank = "".join("g" if all(line[i] == " " for line in padded) else "x" for i in range(width + 2))
+    columns = re.findall(r"x+(?:g?x+)*", blank)  # a single blank position inside a column is not a gutter
+    header_cells = re.split(r" {2,}", block[0].strip())
+    assert len(columns) == len(header_cells), (columns, header_cells, block)
+
+
+def test_predict_text_shows_tiles_occupancy_time_bound_and_notes():
+    from iosim.cost import BOUND_EXPLANATIONS
+    text = run_cli(ISSUE_ARGS + ["--causal"])
+    d = json.loads(run_cli(ISSUE_ARGS + ["--causal", "--json"]))
+    # problem line, tiles, warps, stages, grid and KV order
+    assert "B=2 H=16 Hkv=16 Nq=16384 Nkv=16384 d=64 bf16 causal" in text
+    assert "block_m × block_n = 128 × 128, 4 warps, 1 stage," in text
+    assert "grid order m,b,h" in text and "KV order ascending" in text
+    # 16384 / 128 query blocks × B·H = 2·16 heads = 4096 CTAs on the H100's 132 SMs
+    assert "4,096 on 132 SMs" in text
+    row = next(line for line in text.splitlines() if line.startswith("flash2_fwd") and "SMs" in line)
+    per_sm = int(row.split("SMs")[1].split()[0])
+    concurrent = int(row.split(")")[1].split()[0].replace(",", ""))
+    waves = float(row.split(")")[1].split()[1])
+    assert concurrent == per_sm * 132 and waves == pytest.approx(4096 / concurrent, rel=1e-2)
+    # time with the bound named and explained; FLOP/s as a fraction of the bf16 dense peak (989.4 TFLOP/s)
+    assert f"bound: {d['bound']} — {BOUND_EXPLANATIONS[d['bound']]}" in text
+    pct = 100 * d["matmul_flops"] / d["time_s"] / 989.4e12
+    assert f"= {pct:.1f}% of the h100 bf16 tensor peak 989.4 TFLOP/s" in text
+    assert f"time {d['time_s'] * 1e3:.4g} ms" in text
+    # the L2 line says whether the result is exact, and every note (schedule, L2 and per-kernel time notes) appears
+    assert "L2: hit rate" in text and ("set-sampled" in text or "exact" in text)
+    for note in d["notes"] + d["time"]["kernels"][0]["notes"]:
+        assert note in text
+    tables = table_blocks(text)
+    assert len(tables) == 2
+    for block in tables:
+        assert_aligned(block)
+
+
+def test_predict_text_multi_kernel_and_no_l2():
+    text = run_cli(["predict", "--algorithm", "standard", "--seq-q", "1000", "--head-dim", "64", "--no-l2"])
+    for needle in ("standard_qk", "standard_softmax", "standard_pv", "reads by tensor", "S ",
+                   "L2: not modeled (--no-l2)", "DRAM bytes assumed compulsory"):
         assert needle in text
+    for block in table_blocks(text):
+        assert_aligned(block)
+    # a preset names itself and its choices (FA2 in SDPA walks KV descending)
+    text = run_cli(["predict", "--kernel", "fa2", "--seq-q", "2048", "--causal"])
+    assert "kernel preset fa2 (algorithm flash2)" in text and "KV order descending" in text
 
 
-def test_hardware_list_and_show():
+def test_hardware_list_and_show_and_algorithms_are_aligned_tables():
     listing = run_cli(["hardware", "list"])
     for name in ("v100", "a100", "h100", "h200", "b200", "ascend910b"):
         assert name in listing
     show = run_cli(["hardware", "show", "h100"])
     assert "sm_count" in show and "132" in show and "datasheet" in show
+    algs = run_cli(["algorithms"])
+    assert "flash2" in algs and "square_tiling" in algs
+    for text in (listing, show, algs):
+        (block,) = table_blocks(text)
+        assert_aligned(block)
+    assert len(table_blocks(listing)[0]) == 7  # header + 6 profiles
+
+
+def test_format_table_widths_from_content():
+    from iosim.textfmt import format_table
+    assert format_table(("a", "bb"), [("xyz", 1), ("q", 22)], "lr") == "a    bb\nxyz   1\nq    22\n"
+    with pytest.raises(ValueError):
+        format_table(("a", "b"), [("x",)])
 
 
 @pytest.mark.parametrize("argv,needle", [
