@@ -69,6 +69,7 @@ otherwise it is a set-sampling estimate (Kessler, Hill & Wood, IEEE TC 1994) and
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -490,6 +491,24 @@ class _State:
         return hit, f, wb, wk, ev, second
 
 
+def compiled_core():
+    """The compiled core (``iosim.l2_jit``, numba), or None for the NumPy loops: ``IOSIM_L2_ENGINE=numpy`` forces
+    them, ``numba`` requires the compiled core, unset takes it when numba imports."""
+    engine = os.environ.get("IOSIM_L2_ENGINE", "").strip().lower()
+    if engine not in ("", "numba", "numpy"):
+        raise IosimError(f"IOSIM_L2_ENGINE must be numba or numpy (or unset), got {engine!r}")
+    if engine == "numpy":
+        return None
+    try:
+        from iosim import l2_jit
+    except ImportError as e:
+        if engine == "numba":
+            raise IosimError(f"IOSIM_L2_ENGINE=numba but the compiled L2 core does not import ({e}); install numba "
+                             "or unset IOSIM_L2_ENGINE") from None
+        return None
+    return l2_jit
+
+
 def simulate_lines(sets: np.ndarray, tags: np.ndarray, sectors: np.ndarray, write: np.ndarray, ways: int,
                    policy: str = "lru", kernel: np.ndarray | None = None, num_kernels: int = 1,
                    near: np.ndarray | None = None, home: np.ndarray | None = None, partitions: int = 1,
@@ -554,6 +573,13 @@ def simulate_lines(sets: np.ndarray, tags: np.ndarray, sectors: np.ndarray, writ
         dis = disabled_ways(col_set, P, ways, way_spread, spread_granule_sets)
         ways = ways + way_spread
         del col_set
+    jit = compiled_core()
+    if jit is not None:
+        nr = None
+        if P > 1:
+            nr = near if store_near else np.where(np.asarray(write, dtype=bool), home, near)
+        return jit.run_lines(out, col, tags, sectors, write, kernel if num_kernels > 1 else None, nr, home, nsets,
+                             ways, P, policy, dis, pycachesim_stores, store_allocate, num_kernels)
     # position of each access within its set's sequence; a stable sort on small ints is a radix sort
     key = set_id.astype(np.int16) if nsets < 2**15 else (set_id.astype(np.int32) if nsets < 2**31 else set_id)
     order = np.argsort(key, kind="stable")
