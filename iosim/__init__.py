@@ -6,13 +6,10 @@ Data flows one way: hardware profile + problem + kernel config → schedule (``i
 
 from iosim.errors import IosimError
 from iosim.hwprofile import Hardware, load_hardware
+from iosim.predict import predict  # eager: a lazy wrapper named like the submodule is replaced by it on import
 from iosim.problem import KernelConfig, Problem
+from iosim.sweep import sweep  # eager like predict; iosim.sweep imports pandas only when called
 
-__all__ = ["IosimError", "Hardware", "KernelConfig", "Problem", "load_hardware", "predict"]
+__all__ = ["IosimError", "Hardware", "KernelConfig", "Problem", "load_hardware", "predict", "sweep"]
 __version__ = "0.1.0"
 
-
-def predict(*args, **kwargs):
-    """See iosim.predict.predict."""
-    from iosim.predict import predict as _predict
-    return _predict(*args, **kwargs)
