@@ -7,6 +7,8 @@ duplicated partitions, store allocation and ``store_near``). A chunk is grouped 
 (a (steps × sets) matrix, sets ordered by decreasing length so the active ones are a prefix); the state rows are
 permuted to that order at the start of each chunk, and replacement stamps keep counting across chunks, so feeding a
 trace in any number of chunks gives exactly the counts of feeding it at once (tests/test_l2_coupled.py).
+With the compiled core (``iosim.l2_jit``, unless ``IOSIM_L2_ENGINE=numpy``) the state rows stay in place and the
+chunk goes through in time order, with the same stamps and the same results (tests/test_l2_jit.py).
 Set sampling as in ``iosim.l2``: the caller passes lines ≡ 0 (mod stride) and their row (set // stride); counts
 come back unscaled.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from iosim.l2 import (L2Geometry, PartitionedState, _active_counts, _popcount, _State, disabled_ways,
+from iosim.l2 import (L2Geometry, PartitionedState, _active_counts, _popcount, _State, compiled_core, disabled_ways,
                       partitioned_steps)
 
 
@@ -26,8 +28,8 @@ class L2Stream:
     def __init__(self, geom: L2Geometry, rows: int, num_kernels: int = 1, whole_lines: bool = False,
                  stride: int = 1):
         """whole_lines: the caller promises that every access covers whole lines (after ``widen_loads``); with one
-        kernel, store allocation and a deterministic policy this takes the leaner state of
-        ``iosim.l2.partitioned_steps`` (same results, tests/test_l2_coupled.py). stride: the sampling stride (row r
+        kernel, store allocation and a deterministic policy the NumPy engine takes the leaner state of
+        ``iosim.l2.partitioned_steps`` (same results, tests/test_l2_coupled.py); the compiled core has one state. stride: the sampling stride (row r
         is set r·stride), which places the rows in ``geom.way_spread``'s groups."""
         self.geom = geom
         self.P = geom.num_partitions
@@ -36,7 +38,11 @@ class L2Stream:
         self.mask_dtype = np.uint8 if geom.sectors_per_line <= 8 else np.uint32
         self.fast = whole_lines and num_kernels == 1 and geom.store_allocate and geom.policy != "random"
         ways = geom.ways + geom.way_spread   # physical ways; way_spread switches the surplus off set by set
-        if self.fast:
+        jit = compiled_core()
+        self.cs = None   # the compiled core's state (``iosim.l2_jit``), else one of the NumPy lockstep's
+        if jit is not None:
+            self.cs = jit.CompiledState(rows, ways, self.P, geom.policy, num_kernels, geom.store_allocate)
+        elif self.fast:
             self.ps = PartitionedState(rows, ways, self.P, geom.policy, self.mask_dtype, np.int64)
         else:
             self.st = _State(rows, ways, self.P, geom.policy, np.int64, self.mask_dtype, track_valid=True,
@@ -44,7 +50,7 @@ class L2Stream:
         if geom.way_spread:
             dis = disabled_ways(np.arange(rows, dtype=np.int64) * stride, self.P, geom.ways, geom.way_spread,
                                 geom.hash_granule_lines)
-            (self.ps if self.fast else self.st).disable(dis)
+            (self.cs or (self.ps if self.fast else self.st)).disable(dis)
         self.pos_row = np.arange(rows)   # state position → row
         self.t = 0                       # global step: replacement stamps keep their order across chunks
         z = np.zeros(num_kernels, np.int64)
@@ -74,6 +80,8 @@ class L2Stream:
         c["k_acc"] += np.bincount(kernel, minlength=self.nk)
         if n == 0:
             return np.zeros(0, np.int64)
+        if self.cs is not None:
+            return self._feed_compiled(row, tag, sectors, write, kernel, near, home)
         cnt = np.bincount(row, minlength=self.rows)
         order_rows = np.argsort(-cnt, kind="stable")
         self._arrange(order_rows)
@@ -157,6 +165,22 @@ class L2Stream:
                                         minlength=self.nk).astype(np.int64)
         return nf[within, col]
 
+    def _feed_compiled(self, row, tag, sectors, write, kernel, near, home):
+        """``feed`` through the compiled core (``iosim.l2_jit``): the state rows stay in place; stamps count from
+        ``self.t`` as in the lockstep, whose row order (decreasing count in the chunk) the ``random`` hash sees."""
+        hrow = row
+        if self.geom.policy == "random":
+            pos = np.empty(self.rows, np.int64)
+            pos[np.argsort(-np.bincount(row, minlength=self.rows), kind="stable")] = np.arange(self.rows)
+            hrow = pos[row]
+        nr = None
+        if self.P > 1:
+            nr = near if self.geom.store_near else np.where(np.asarray(write, bool), home, near)
+        nf, steps = self.cs.run(self.counts, row, hrow, tag, sectors, write, kernel if self.nk > 1 else None, nr,
+                                home, self.t, want_fetched=True)
+        self.t += steps
+        return nf
+
     def _feed_fast(self, mat, steps, m0, active, within, col, n, tag, sectors, write, near, home):
         """``feed`` for whole-line accesses: ``iosim.l2.partitioned_steps`` on the kept state."""
         c = self.counts
@@ -180,6 +204,9 @@ class L2Stream:
     def finish(self) -> dict:
         """Flush what is still dirty (counted as DRAM writes, as ``simulate_lines`` does) and return the counts."""
         c = self.counts
+        if self.cs is not None:
+            self.cs.flush(c)
+            return c
         if self.fast:
             D = self.ps.D
             flush = _popcount(D)

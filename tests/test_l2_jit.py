@@ -1,0 +1,140 @@
+"""The compiled L2 core (iosim.l2_jit) against the NumPy loops of iosim.l2 and iosim.l2stream: random traces over
+every policy, sectors, kernels, partitions, store rules and way spreads give identical counts, every one of them."""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from iosim.errors import IosimError
+from iosim.l2 import POLICIES, L2Geometry, compiled_core, simulate_lines
+from iosim.l2stream import L2Stream
+
+pytest.importorskip("numba")
+
+
+def _plain(r: dict) -> dict:
+    return {k: (v.tolist() if isinstance(v, np.ndarray) else int(v)) for k, v in r.items()}
+
+
+def both(fn):
+    """fn() with the NumPy loops, then with the compiled core."""
+    before = os.environ.get("IOSIM_L2_ENGINE")
+    try:
+        os.environ["IOSIM_L2_ENGINE"] = "numpy"
+        ref = fn()
+        os.environ["IOSIM_L2_ENGINE"] = "numba"
+        assert compiled_core() is not None
+        return ref, fn()
+    finally:
+        os.environ.pop("IOSIM_L2_ENGINE")
+        if before is not None:
+            os.environ["IOSIM_L2_ENGINE"] = before
+
+
+@st.composite
+def traces(draw):
+    policy = draw(st.sampled_from(POLICIES))
+    ways = draw(st.sampled_from([1, 2, 4, 8]) if policy == "plru" else st.integers(1, 7))
+    P = draw(st.sampled_from([1, 2]))
+    n = draw(st.integers(1, 300))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    nsets = draw(st.integers(1, 9))
+    sets = rng.integers(0, nsets, n) * draw(st.sampled_from([1, 3, 10_007]))   # 10_007: sparse set ids
+    tags = rng.integers(0, draw(st.integers(1, 40)), n)
+    sectors = draw(st.sampled_from([1, 4, 5, 8, 12]))
+    full = (1 << sectors) - 1
+    mask = np.full(n, full) if draw(st.booleans()) else rng.integers(1, full + 1, n)
+    write = rng.random(n) < draw(st.sampled_from([0.0, 0.2, 0.6]))
+    nk = draw(st.integers(1, 3))
+    kw = dict(kernel=rng.integers(0, nk, n) if nk > 1 else None, num_kernels=nk,
+              pycachesim_stores=draw(st.booleans()), store_allocate=draw(st.booleans()),
+              way_spread=0 if policy == "plru" or ways == 1 else draw(st.integers(0, ways - 1)),
+              spread_granule_sets=draw(st.integers(1, 4)))
+    if P > 1:   # near: the SM's partition, any per access; home: a function of the line
+        home_of = rng.integers(0, P, 41)
+        kw.update(near=rng.integers(0, P, n), home=home_of[tags % 41], partitions=P, store_near=draw(st.booleans()))
+    return (sets, tags, mask.astype(np.uint8 if full < 256 else np.uint32), write, ways, policy), kw
+
+
+@settings(max_examples=300, deadline=None)
+@given(traces())
+def test_compiled_equals_numpy_on_random_traces(case):
+    args, kw = case
+    ref, got = both(lambda: _plain(simulate_lines(*args, **kw)))
+    assert got == ref
+
+
+def test_whole_line_fast_loops_too():
+    # the NumPy fast loops (whole lines, one kernel, store allocation) against the compiled core, H100-like
+    # partitions (duplicated, store_near) and a way spread
+    rng = np.random.default_rng(11)
+    n = 5000
+    line = rng.integers(0, 700, n)
+    w = rng.random(n) < 0.25
+    for policy, P, spread in itertools.product(["lru", "fifo", "plru", "srrip", "brrip", "lip", "mru"], [1, 2],
+                                               [0, 3]):
+        if policy == "plru" and spread:
+            continue
+        kw = dict(near=rng.integers(0, 2, n), home=(line // 4) % 2, partitions=2, store_near=True) if P > 1 else {}
+        ref, got = both(lambda: _plain(simulate_lines(line % 13, line, np.full(n, 15, np.uint8), w, 4,
+                                                                   policy, way_spread=spread, **kw)))
+        assert got == ref, (policy, P, spread)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("P,whole,nk", [(1, True, 1), (2, True, 1), (2, False, 2), (1, False, 1)])
+def test_stream_compiled_equals_numpy(policy, P, whole, nk):
+    # chunked feed: the per-access DRAM sectors and every final count agree, and match the one-pass simulation
+    geom = L2Geometry(size_bytes=12 * 4 * 128 * P, line_bytes=128, sector_bytes=32, ways=4, partitions=P,
+                      sharing="duplicated" if P > 1 else "shared", policy=policy, store_near=True,
+                      home_granule_lines=1, hash_granule_lines=4, way_spread=0 if policy == "plru" else 2)
+    rng = np.random.default_rng(7)
+    n = 1500
+    line = rng.integers(0, 300, n)
+    mask = np.full(n, 15, np.uint8) if whole else rng.integers(1, 16, n).astype(np.uint8)
+    write = rng.random(n) < 0.2
+    kern = rng.integers(0, nk, n)
+    sets = geom.set_index(line)
+    near = (np.arange(n) % P).astype(np.int8)
+    home = geom.home(line).astype(np.int8)
+
+    def feed():
+        s = L2Stream(geom, geom.sets_per_cache, nk, whole_lines=whole)
+        nf = [s.feed(sets[a:b], line[a:b], mask[a:b], write[a:b], kern[a:b], near[a:b], home[a:b])
+              for a, b in itertools.pairwise([0, 1, 300, 301, 999, n])]
+        return _plain(s.finish()), np.concatenate(nf).tolist()
+
+    (ref, nf_ref), (got, nf_got) = both(feed)
+    assert got == ref
+    assert nf_got == nf_ref
+    if policy != "random":   # random hashes the chunk's row order, so only the one-pass order gives its counts
+        one = _plain(simulate_lines(sets, line, mask, write, 4, policy, kern, nk, near, home, P, store_near=True,
+                                    way_spread=geom.way_spread, spread_granule_sets=4))
+        assert got == one
+
+
+def test_hand_worked_partitioned_store_near():
+    # 2 partitions of one 1-way set; line 0 homed at 1. A load from partition 0 misses near and at home (DRAM: 4
+    # sectors, two copies); a store issued near (store_near) hits near and goes on to the home copy (a fabric
+    # transfer), which alone turns dirty; a load of line 1 (home 1) from partition 1 evicts the dirty home copy of 0:
+    # 4 sectors written back; the near copy of 0 stays clean, so nothing is flushed.
+    r = simulate_lines(np.zeros(3, np.int64), np.array([0, 0, 1]), np.full(3, 15, np.uint8),
+                       np.array([False, True, False]), 1, near=np.array([0, 0, 1]), home=np.array([1, 1, 1]),
+                       partitions=2, store_near=True)
+    assert (r["hits"], r["misses"], r["fabric_reads"]) == (1, 2, 1)
+    assert (r["dram_read_sectors"], r["dram_write_sectors"], r["dirty_evictions"], r["flush_lines"]) == (8, 4, 1, 0)
+
+
+def test_engine_variable_is_checked(monkeypatch):
+    monkeypatch.setenv("IOSIM_L2_ENGINE", "cython")
+    with pytest.raises(IosimError, match="IOSIM_L2_ENGINE must be numba or numpy"):
+        simulate_lines(np.zeros(1, np.int64), np.zeros(1, np.int64), np.ones(1, np.uint8), np.zeros(1, bool), 2)
+    monkeypatch.setenv("IOSIM_L2_ENGINE", "numpy")
+    assert compiled_core() is None
