@@ -14,7 +14,8 @@ bytes (``byte``, ``Kbyte``…``Tbyte``, decimal prefixes as ncu prints them), se
 ``usecond``, ``ms``, ``msecond``, ``s``, ``second``), and rates of those; other units (``sector``, ``cycle``, ``%``)
 are kept as printed.
 
-``kernel_family(name)`` names the iosim kernel preset (``iosim.presets``) a launch belongs to, from the kernel name.
+``kernel_family(name)`` names the iosim kernel preset (``iosim.presets``) a launch belongs to, from the kernel name;
+``kernel_hints(name)`` the tiles and mask a name spells out (FA2's template arguments).
 """
 
 from __future__ import annotations
@@ -28,9 +29,8 @@ from typing import Mapping
 
 from iosim.errors import IosimError
 
-_PREFIX = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
-_SECONDS = {"ns": 1e-9, "nsecond": 1e-9, "us": 1e-6, "usecond": 1e-6, "ms": 1e-3, "msecond": 1e-3,
-            "s": 1.0, "second": 1.0}
+_PREFIX = {"": 0, "K": 3, "M": 6, "G": 9, "T": 12}  # powers of ten
+_SECONDS = {"ns": -9, "nsecond": -9, "us": -6, "usecond": -6, "ms": -3, "msecond": -3, "s": 0, "second": 0}
 MARKER_PREFIX = "iosim_mark"
 """Marker kernels of iosim's harnesses (``iosim_mark_begin``/``_end``, ``iosim_marker``): not attention launches."""
 
@@ -65,17 +65,34 @@ def kernel_family(name: str) -> str | None:
     return next((preset for key, preset in FAMILIES if key in name), None)
 
 
+_FA2_NAME = re.compile(r"Flash_fwd_kernel_traits<(\d+), (\d+), (\d+), (\d+),[^>]*>>, (\d), (\d)")
+
+
+def kernel_hints(name: str) -> dict:
+    """Launch choices a kernel name spells out, as KernelConfig/Problem field → value; {} for names without them.
+
+    FA2 (``flash_fwd_kernel<Flash_fwd_kernel_traits<kHeadDim, kBlockM, kBlockN, kNWarps, …>, Is_dropout, Is_causal,
+    …>``, flash_fwd_launch_template.h): block_m, block_n, num_warps and causal. (kHeadDim is the head dim rounded
+    up to an instantiated one, so it is left out.)"""
+    m = _FA2_NAME.search(name)
+    if m is None:
+        return {}
+    bm, bn, warps, causal = (int(m.group(i)) for i in (2, 3, 4, 6))
+    return {"block_m": bm, "block_n": bn, "num_warps": warps, "causal": bool(causal)}
+
+
 def to_base(value: float, unit: str) -> float:
     """``value`` printed in ``unit`` → bytes / seconds (and rates of them); other units unchanged."""
     num, _, den = unit.strip().partition("/")
 
-    def scale(u: str) -> float:
+    def exponent(u: str) -> int:
         if u in _SECONDS:
             return _SECONDS[u]
         m = re.fullmatch(r"([KMGT]?)byte", u)
-        return _PREFIX[m.group(1)] if m else 1.0
+        return _PREFIX[m.group(1)] if m else 0
 
-    return value * scale(num) / (scale(den) if den else 1.0)
+    e = exponent(num) - (exponent(den) if den else 0)
+    return value * 10**e if e >= 0 else value / 10**-e  # divide: 400800 ns -> 0.0004008 s exactly rounded
 
 
 def _number(text: str) -> float | None:

@@ -44,7 +44,7 @@ import signal
 import sys
 import time
 from functools import lru_cache
-from typing import IO, Mapping, Sequence
+from typing import IO, Callable, Mapping, Sequence
 
 from iosim.errors import IosimError
 
@@ -128,24 +128,33 @@ def _hardware(name: str):
     return load_hardware(name)
 
 
-def predict_point(point: Mapping[str, object], l2: bool = True) -> dict:
-    """One row of the frame: the point's fields and the prediction's results, or the IosimError in ``error``."""
-    from dataclasses import asdict
-
-    from iosim.predict import predict
-    from iosim.problem import KernelConfig, Problem
-
+def resolved(point: Mapping[str, object]) -> dict:
+    """The point with kv_heads and seq_kv defaults (= heads, = seq_q) filled in."""
     p = dict(point)
     p["kv_heads"] = p["heads"] if p["kv_heads"] is None else p["kv_heads"]
     p["seq_kv"] = p["seq_q"] if p["seq_kv"] is None else p["seq_kv"]
-    row = p | dict.fromkeys(RESULTS) | {"error": None}
+    return p
+
+
+def prediction(point: Mapping[str, object], l2: bool = True):
+    """``iosim.predict.predict`` of one point (a dict of every key, as ``points`` gives); IosimError on bad input."""
+    from iosim.predict import predict
+    from iosim.problem import KernelConfig, Problem
+    p = resolved(point)
+    problem = Problem(p["batch"], p["heads"], p["kv_heads"], p["seq_q"], p["seq_kv"], p["head_dim"], p["dtype"],
+                      p["causal"])
+    config = KernelConfig(p["block_m"], p["block_n"], p["num_warps"], p["num_stages"],
+                          tuple(x.strip() for x in p["grid_order"].split(",")), p["kv_order"], p["q_order"],
+                          p["sram_bytes"], p["band_loop"])
+    return predict(_hardware(p["hardware"]), problem, config, p["algorithm"], kernel=p["kernel"], l2=l2)
+
+
+def predict_point(point: Mapping[str, object], l2: bool = True) -> dict:
+    """One row of the frame: the point's fields and the prediction's results, or the IosimError in ``error``."""
+    from dataclasses import asdict
+    row = resolved(point) | dict.fromkeys(RESULTS) | {"error": None}
     try:
-        problem = Problem(p["batch"], p["heads"], p["kv_heads"], p["seq_q"], p["seq_kv"], p["head_dim"], p["dtype"],
-                          p["causal"])
-        config = KernelConfig(p["block_m"], p["block_n"], p["num_warps"], p["num_stages"],
-                              tuple(x.strip() for x in p["grid_order"].split(",")), p["kv_order"], p["q_order"],
-                              p["sram_bytes"], p["band_loop"])
-        pred = predict(_hardware(p["hardware"]), problem, config, p["algorithm"], kernel=p["kernel"], l2=l2)
+        pred = prediction(point, l2)
     except IosimError as e:
         row["error"] = str(e)
         return row
@@ -187,8 +196,9 @@ def _ignore_sigint() -> None:
 
 
 def run_points(pts: Sequence[Mapping[str, object]], *, jobs: int | None = None, progress: bool | None = None,
-               l2: bool = True) -> list[dict]:
-    """``predict_point`` of every point, in the points' order whatever order they finish in."""
+               l2: bool = True, fn: Callable[[Mapping, bool], dict] = predict_point) -> list[dict]:
+    """``fn(point, l2)`` (default ``predict_point``; a module-level function, for the worker processes) of every
+    point, in the points' order whatever order they finish in."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
     jobs = (os.cpu_count() or 1) if jobs is None else jobs
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
@@ -198,12 +208,12 @@ def run_points(pts: Sequence[Mapping[str, object]], *, jobs: int | None = None, 
     try:
         if jobs == 1 or len(pts) <= 1:
             for i, p in enumerate(pts):
-                rows[i] = predict_point(p, l2)
+                rows[i] = fn(p, l2)
                 bar.step()
             return rows
         ex = ProcessPoolExecutor(min(jobs, len(pts)), initializer=_ignore_sigint)
         try:
-            futures = {ex.submit(predict_point, p, l2): i for i, p in enumerate(pts)}
+            futures = {ex.submit(fn, p, l2): i for i, p in enumerate(pts)}
             for f in as_completed(futures):
                 rows[futures[f]] = f.result()
                 bar.step()
