@@ -17,25 +17,32 @@ from iosim.textfmt import format_table
 def _add_problem_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hardware", default="h100", help="built-in profile name or path to a .toml profile (default h100)")
     p.add_argument("--algorithm", default="flash2", help="algorithm family (see `iosim algorithms`)")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--heads", type=int, default=16)
-    p.add_argument("--kv-heads", type=int, default=None, help="KV heads (default = --heads; fewer = GQA, 1 = MQA)")
-    p.add_argument("--seq-q", type=int, default=4096)
-    p.add_argument("--seq-kv", type=int, default=None, help="default = --seq-q")
-    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--batch", default=1)
+    p.add_argument("--heads", default=16)
+    p.add_argument("--kv-heads", default=None, help="KV heads (default = --heads; fewer = GQA, 1 = MQA)")
+    p.add_argument("--seq-q", default=4096)
+    p.add_argument("--seq-kv", default=None, help="default = --seq-q")
+    p.add_argument("--head-dim", default=128)
     p.add_argument("--dtype", default="bf16", choices=sorted(DTYPE_BYTES))
     p.add_argument("--causal", action="store_true")
-    p.add_argument("--block-m", type=int, default=None, help="query rows per tile (default: the algorithm's)")
-    p.add_argument("--block-n", type=int, default=None, help="keys per tile (default: the algorithm's)")
+    p.add_argument("--block-m", default=None, help="query rows per tile (default: the algorithm's)")
+    p.add_argument("--block-n", default=None, help="keys per tile (default: the algorithm's)")
     p.add_argument("--num-warps", type=int, default=4)
     p.add_argument("--num-stages", type=int, default=2)
     p.add_argument("--kv-order", default="ascending", choices=["ascending", "descending"])
     p.add_argument("--q-order", default="ascending", choices=["ascending", "descending"])
     p.add_argument("--grid-order", default="m,b,h", help="grid axes fastest first (default m,b,h)")
-    p.add_argument("--sram-bytes", type=int, default=None, help="on-chip memory per CTA (default: the hardware's)")
+    p.add_argument("--sram-bytes", default=None, help="on-chip memory per CTA (default: the hardware's)")
+
+
+_SIZE_FLAGS = ("batch", "heads", "kv_heads", "seq_q", "seq_kv", "head_dim", "block_m", "block_n", "sram_bytes")
 
 
 def problem_from_args(a: argparse.Namespace) -> tuple[Problem, KernelConfig]:
+    """Size flags are read here, not by argparse, so that "1e9" is accepted and bad values get one error line."""
+    from iosim.limits import parse_size
+    a = argparse.Namespace(**{**vars(a), **{k: parse_size(v, "--" + k.replace("_", "-")) for k, v in vars(a).items()
+                                            if k in _SIZE_FLAGS and isinstance(v, str)}})
     problem = Problem(a.batch, a.heads, a.kv_heads if a.kv_heads is not None else a.heads, a.seq_q,
                       a.seq_kv if a.seq_kv is not None else a.seq_q, a.head_dim, a.dtype, a.causal)
     config = KernelConfig(a.block_m, a.block_n, a.num_warps, a.num_stages,
@@ -45,7 +52,7 @@ def problem_from_args(a: argparse.Namespace) -> tuple[Problem, KernelConfig]:
 
 # Subcommands that live in their own modules: each module defines ``add_parser(subparsers)`` (registering one
 # subcommand whose name is the module's COMMAND) and ``run(args, out) -> int``. Add a module here to add a command.
-COMMAND_MODULES: tuple[str, ...] = ("iosim.cli_tiles", "iosim.cli_hints", "iosim.cli_report", "iosim.calibrate", "iosim.cli_validate", "iosim.cli_bounds", "iosim.cli_hardware")
+COMMAND_MODULES: tuple[str, ...] = ("iosim.cli_tiles", "iosim.cli_hints", "iosim.cli_report", "iosim.calibrate", "iosim.cli_validate", "iosim.cli_bounds", "iosim.cli_hardware", "iosim.cli_sweep", "iosim.cli_compare")
 
 
 def _command_modules() -> dict:
@@ -194,8 +201,24 @@ def run(argv: Sequence[str], out: IO[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        return run(sys.argv[1:] if argv is None else argv, sys.stdout)
-    except IosimError as e:
-        print(f"iosim: error: {e}", file=sys.stderr)
-        return 2
+    """Errors (IosimError, and OSError from the file system) print one line and exit 2; IosimWarnings one line each."""
+    import warnings
+    from iosim.errors import IosimWarning
+    shown = warnings.showwarning
+
+    def show(message, category, *args, **kwargs):
+        if issubclass(category, IosimWarning):
+            print(f"iosim: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, *args, **kwargs)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", IosimWarning)  # each distinct warning once
+        warnings.showwarning = show
+        try:
+            return run(sys.argv[1:] if argv is None else argv, sys.stdout)
+        except IosimError as e:
+            print(f"iosim: error: {e}", file=sys.stderr)
+        except OSError as e:
+            print(f"iosim: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
+    return 2
