@@ -27,9 +27,11 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace, out: IO[str]) -> int:
+    from iosim.atomic import writable_dir
     from iosim.report import ReportConfig, generate
     if args.head_dim < 1 or args.heads < 1 or args.batch < 1:
         raise IosimError("--head-dim, --heads and --batch must be positive")
+    writable_dir(args.out)
     cfg = ReportConfig(hardware=tuple(args.hardware), algorithms=tuple(args.algorithms), seqs=tuple(args.seqs),
                        batch=args.batch, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype,
                        causal=args.causal, out=args.out)

@@ -22,6 +22,7 @@ Base units only (bytes, Hz, s, flop); the unit is in the key.
 from __future__ import annotations
 
 import math
+import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -263,6 +264,9 @@ _CACHE: dict[str, Hardware] = {}
 
 def load_hardware(name_or_path: str | Path) -> Hardware:
     """A built-in profile by name (``h100``) or a TOML file by path."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise IosimError(f"hardware must be a profile name ({', '.join(builtin_names())}) or a path to a .toml "
+                         f"profile, got {name_or_path!r}")
     s = str(name_or_path)
     if s.endswith(".toml") or "/" in s or Path(s).is_file():
         return load_profile_file(s)

@@ -9,13 +9,19 @@ seconds at 16K–32K tokens, about half a minute for a causal 64K-token, 16-head
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+import os
+import warnings
+from dataclasses import asdict, dataclass, replace
+from numbers import Real
 
 from iosim.cost import TimeEstimate, estimate
 from iosim.counts import Counts, KernelCounts, count
+from iosim.errors import IosimError, IosimWarning
 from iosim.hierarchy import HierarchyResult, simulate_schedule
-from iosim.hwprofile import Hardware
+from iosim.hwprofile import Hardware, load_hardware
 from iosim.l2 import L2Geometry
+from iosim.limits import check_l2_size, prediction_warnings
 from iosim.problem import KernelConfig, Problem
 from iosim.registry import get
 from iosim.schedule import Schedule
@@ -99,7 +105,24 @@ def build_schedule(algorithm: str, problem: Problem, config: KernelConfig, hardw
     return get(algorithm).build(problem, config, hardware)
 
 
-def predict(hardware: Hardware, problem: Problem, config: KernelConfig, algorithm: str = "flash2", *,
+def _check_args(hardware, problem, config, algorithm: str, cta_jitter) -> tuple[Hardware, KernelConfig]:
+    """predict's arguments: a profile name or path loads the profile, config None is KernelConfig(); a wrong type
+    (swapped arguments) is named."""
+    if isinstance(hardware, (str, os.PathLike)):
+        hardware = load_hardware(hardware)
+    config = KernelConfig() if config is None else config
+    wrong = [f"{name} must be {want}, got {type(v).__name__}" for name, v, cls, want in (
+        ("hardware", hardware, Hardware, "a Hardware or a profile name or path"), ("problem", problem, Problem, "a Problem"),
+        ("config", config, KernelConfig, "a KernelConfig or None"), ("algorithm", algorithm, str, "an algorithm name"))
+        if not isinstance(v, cls)]
+    if wrong:
+        raise IosimError("predict(hardware, problem, config, algorithm): " + "; ".join(wrong))
+    if cta_jitter is not None and not (isinstance(cta_jitter, Real) and math.isfinite(cta_jitter) and cta_jitter >= 0):
+        raise IosimError(f"cta_jitter must be a finite number >= 0 (0 = lockstep), got {cta_jitter!r} (--cta-jitter)")
+    return hardware, config
+
+
+def predict(hardware: Hardware | str, problem: Problem, config: KernelConfig | None, algorithm: str = "flash2", *,
             kernel: str | None = None, l2: bool = True, l2_geometry: L2Geometry | None = None,
             l2_stride: int | None = None, cta_jitter: float | None = None, block_mask=None,
             cta_coupling=None, cta_phases: int | None = None) -> Prediction:
@@ -114,7 +137,11 @@ def predict(hardware: Hardware, problem: Problem, config: KernelConfig, algorith
     cta_coupling: an ``iosim.coupled.Coupling`` to use the coupled CTA timeline (None: convoy/drift);
     block_mask: a block mask for the ``flex`` preset (``iosim.presets.flex_schedule``) or the ``block_sparse``
     algorithm (its ``block_mask`` argument).
+    hardware may be a profile name or path, config None (``KernelConfig()``). A problem the GPU could not run as given
+    (``iosim.limits.prediction_warnings``) is predicted with an IosimWarning and a note; one whose L2 trace would
+    exceed ``iosim.trace.MAX_RUNS`` is refused before the trace is built.
     """
+    hardware, config = _check_args(hardware, problem, config, algorithm, cta_jitter)
     regs, persistent, path, prefetch, pre = None, False, None, False, None
     if kernel is not None:
         from iosim.presets import apply
@@ -127,6 +154,13 @@ def predict(hardware: Hardware, problem: Problem, config: KernelConfig, algorith
     else:
         schedule = build_schedule(algorithm, problem, config, hardware)
     counts = count(schedule)
+    if l2:
+        from iosim.trace import MAX_RUNS
+        check_l2_size(schedule, counts, MAX_RUNS)
+    notes = prediction_warnings(schedule, hardware, kernel)
+    for n in notes:
+        warnings.warn(n, IosimWarning, stacklevel=2)
+    schedule = replace(schedule, notes=schedule.notes + tuple(notes))
     if not l2:
         # time from compulsory DRAM traffic (each tensor a kernel touches read/written once; the estimate says so)
         t = estimate(schedule, counts, hardware, path=path, prefetch=prefetch)

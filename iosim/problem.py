@@ -7,20 +7,36 @@ concrete integers.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from numbers import Integral
 
+import numpy as np
 import sympy as sp
 
 from iosim.errors import IosimError
+from iosim.limits import MAX_SIZE, check_work, size_error
 
 DTYPE_BYTES = {"fp64": 8, "fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2, "fp8": 1}
 STAT_BYTES = 4  # softmax statistics (m, l, logsumexp) are fp32 in every kernel modeled (FA1 §3.1, FA2 Alg. 1)
 
 
-def _check_positive(name: str, v, flag: str) -> None:
+def _check_positive(obj, name: str, flag: str) -> None:
+    """A size or tile of a frozen dataclass: a sympy symbol (symbolic schedules) or a whole number in
+    [1, MAX_SIZE], stored as a plain int (numpy and sympy integers accepted)."""
+    v = getattr(obj, name)
     if isinstance(v, sp.Basic) and not v.is_number:
         return
-    if isinstance(v, bool) or not isinstance(v, (int, sp.Integer)) or int(v) <= 0:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, Integral) or int(v) <= 0:
         raise IosimError(f"{name} must be a positive integer, got {v!r} (set {flag} to a value >= 1)")
+    if int(v) > MAX_SIZE:
+        raise size_error(name, v, flag)
+    object.__setattr__(obj, name, int(v))
+
+
+def _check_bool(obj, name: str) -> None:
+    v = getattr(obj, name)
+    if not isinstance(v, (bool, np.bool_)):
+        raise IosimError(f"{name} must be True or False, got {v!r}")
+    object.__setattr__(obj, name, bool(v))
 
 
 @dataclass(frozen=True)
@@ -44,12 +60,14 @@ class Problem:
     def __post_init__(self) -> None:
         for name, flag in (("batch", "--batch"), ("heads", "--heads"), ("kv_heads", "--kv-heads"),
                            ("seq_q", "--seq-q"), ("seq_kv", "--seq-kv"), ("head_dim", "--head-dim")):
-            _check_positive(name, getattr(self, name), flag)
-        if self.dtype not in DTYPE_BYTES:
+            _check_positive(self, name, flag)
+        _check_bool(self, "causal")
+        if not isinstance(self.dtype, str) or self.dtype not in DTYPE_BYTES:
             raise IosimError(f"unknown dtype {self.dtype!r}; known: {', '.join(DTYPE_BYTES)}")
         h, g = self.heads, self.kv_heads
         if isinstance(h, int) and isinstance(g, int) and h % g:
             raise IosimError(f"kv_heads={g} does not divide heads={h}: GQA needs heads to be a multiple of kv_heads")
+        check_work(self)
 
     @property
     def elem_bytes(self) -> int:
@@ -89,16 +107,15 @@ class KernelConfig:
     band_loop: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("block_m", "block_n", "sram_bytes"):
-            v = getattr(self, name)
-            if v is not None:
-                _check_positive(name, v, "--" + name.replace("_", "-"))
-        for name in ("num_warps", "num_stages"):
-            _check_positive(name, getattr(self, name), "--" + name.replace("_", "-"))
-        if isinstance(self.num_warps, int) and self.num_warps & (self.num_warps - 1):
+        for name in ("block_m", "block_n", "sram_bytes", "num_warps", "num_stages"):
+            if getattr(self, name) is not None or name.startswith("num_"):
+                _check_positive(self, name, "--" + name.replace("_", "-"))
+        if isinstance(self.num_warps, int) and (self.num_warps & (self.num_warps - 1) or self.num_warps > 32):
             raise IosimError(f"num_warps must be a power of two (1..32), got {self.num_warps}")
-        if sorted(self.grid_order) != ["b", "h", "m"]:
+        _check_bool(self, "band_loop")
+        if not isinstance(self.grid_order, (tuple, list)) or sorted(map(str, self.grid_order)) != ["b", "h", "m"]:
             raise IosimError(f"grid_order must be a permutation of ('m', 'b', 'h'), got {self.grid_order!r}")
+        object.__setattr__(self, "grid_order", tuple(self.grid_order))
         if self.kv_order not in KV_ORDERS or self.q_order not in KV_ORDERS:
             raise IosimError(f"kv_order and q_order must be one of {KV_ORDERS}, got {self.kv_order!r}, {self.q_order!r}")
 
