@@ -41,9 +41,18 @@ plus, per round of resident CTAs on the busiest SM, the per-CTA prologue/epilogu
 at one global latency + the prologue's tile bytes, O/LSE store bytes, the last step's exposed softmax; per KV loop),
 in full for the first round and r^−½ of it for each later one (``fill_rounds``).
 
-time = body + fill + launch; bound = the resource with the largest (scaled) time, or "launch" if launch overhead exceeds
-the body. Achieved FLOP/s is matmul FLOPs / time (the FlashAttention papers' convention; masked elements of
-diagonal tiles are counted because the tensor cores compute them).
+time = body + fill + launch. Achieved FLOP/s is matmul FLOPs / time (the FlashAttention papers' convention; masked
+elements of diagonal tiles are counted because the tensor cores compute them).
+
+resource = the resource with the largest time as it enters the body (SM-local ones × sm_scale, sm_scale =
+1 / (tail efficiency × warp-issue factor)). bound (``bound_of``), in this order:
+  "launch"       launch overhead exceeds the body;
+  "parallelism"  resource is SM-local (tensor, sfu, fp32, smem) and sm_scale ≥ PARALLELISM_SCALE (2): at least half
+                 of the binding time is idle SMs (fewer CTAs than SMs: sms_busy < sm_count), a short last wave or too
+                 few warps to issue — e.g. 16 CTAs on 132 SMs, sm_scale 8.25, the busy SMs at full rate but the GPU
+                 at 12% of its peak;
+  resource       otherwise.
+Occupancy (resident CTAs per SM, registers, shared memory) is ``iosim.occupancy``, the rule the L2 timeline uses.
 """
 
 from __future__ import annotations
@@ -59,6 +68,7 @@ from iosim.counts import Counts, KernelCounts
 from iosim.errors import IosimError
 from iosim.expr import evaluate
 from iosim.hwprofile import Hardware
+from iosim.occupancy import occupancy, registers_per_thread
 from iosim.schedule import Compute, Kernel, Load, Loop, Schedule, Store, walk
 
 # --- modeled constants, each with its source ------------------------------------------------------------------------
@@ -179,25 +189,14 @@ block_n lose when the kernel is otherwise tensor-bound."""
 L2_FALLBACK_FACTOR = 4.0
 """L2 bandwidth = 4 × HBM when a profile has none: triton/ops/matmul_perf_model.py (removed in Triton 3.2)."""
 
-REGISTER_OVERHEAD_PER_THREAD = 32
-"""Registers per thread beyond the register-resident tiles (addresses, loop counters, softmax statistics,
-fragments in flight): assumed 32, so FA2's 128×64 tile at d=128 with 4 warps needs 192 + 32 = 224 ≤ 255 and
-128×128 needs 288 (spills), which matches FA2 choosing 128×64 for d=128 (flash_fwd_launch_template.h)."""
-
-REGISTER_ALLOC_UNIT = 8
-"""Registers are allocated per thread in multiples of 8 (CUDA occupancy calculator, cc ≥ 7.0)."""
-
-SMEM_RESERVED_PER_CTA = 1024
-"""Shared memory reserved by the system per CTA on cc ≥ 8.0 (CUDA guide: 1 KB per block); NVIDIA only. Applied as
-min(1024, smem_per_sm − smem_per_block) so profiles whose per-block opt-in equals the SM (V100: 96 KB) reserve 0."""
-
-PIPELINE_SMEM_BYTES = 1024
-"""Shared memory a software-pipelined CTA (num_stages ≥ 2) holds beyond its tiles: the pipeline's mbarriers and the
-alignment of its TMA buffers. Measured on the H100: Triton reports the schedule's tile bytes + 1024 B for 14 of 16
-pipelined configurations of iosim's kernel (+32 B for the other 2; cost_validation_run3_raw/tiles.csv, column
-shared), which decides residency at the limit (64×64×4 warps, 3 stages at d=64: 58,368 B → 3 CTAs/SM, not 4)."""
-
 RESOURCES = ("tensor", "sfu", "fp32", "smem", "l2", "dram")
+SM_LOCAL = ("tensor", "sfu", "fp32", "smem")  # divided by the tail × warp-issue efficiency (sm_scale)
+
+PARALLELISM_SCALE = 2.0
+"""bound = "parallelism" when the binding resource is SM-local and sm_scale (1 / (tail × warp-issue efficiency)) is
+at least this: the idle SMs, the short last wave or the missing warps then account for at least half of the binding
+time (the resource runs at ≤ 50% of its whole-GPU rate), so more CTAs or warps, not a faster resource, is what
+would speed the kernel up. 2 is a round threshold (not fitted): a one-wave kernel filling half the SMs reaches it."""
 
 # What each ``bound`` value means, in one sentence a report can print beside it (one source for the CLI and reports).
 BOUND_EXPLANATIONS: dict[str, str] = {
@@ -279,63 +278,6 @@ def overlapped_compute(comp: Sequence[float], overlap: float, streams: int) -> f
     m = max(comp)
     rest = sum(comp) - m
     return m + (1.0 - overlap) * rest * min(max(1, streams), STREAM_CAP) ** -STREAM_EXPONENT
-
-
-def register_bytes(kernel: Kernel, transient: bool = True) -> int:
-    """Bytes of the kernel's register-resident buffers (space='reg'); transient=False leaves out the transient ones."""
-    return sum(_int(b.bytes) for b in kernel.buffers if b.space == "reg" and (transient or not b.transient))
-
-
-def registers_per_thread(kernel: Kernel, transient: bool = True) -> int:
-    """Estimated registers per thread: register tiles spread over the CTA's threads + REGISTER_OVERHEAD_PER_THREAD,
-    rounded up to REGISTER_ALLOC_UNIT. May exceed the hardware limit.
-
-    With the transient P tile (``Buffer.transient``) this is the occupancy estimate: on the H100, Triton's compiled
-    registers for iosim's kernel at d=64 (reports/validation/h100/cost_validation*_raw/tiles.csv, non-causal) are
-    106 / 107 / 154 / 187 for 64×64×4 / 128×64×8 / 64×128×4 / 128×64×4 warps, estimated 120 / 120 / 168 / 200 with P
-    (104 / 104 / 136 / 168 without: 128×64×4 then got 3 CTAs/SM instead of the measured 2). Without it
-    (transient=False) it is the spill test: 128×128×4 at d=64 compiles to 249 registers without spills although S,
-    P and O add up to 288."""
-    regs = math.ceil(register_bytes(kernel, transient) / 4 / kernel.threads_per_cta) + REGISTER_OVERHEAD_PER_THREAD
-    return -(-regs // REGISTER_ALLOC_UNIT) * REGISTER_ALLOC_UNIT
-
-
-@dataclass(frozen=True)
-class Occupancy:
-    ctas_per_sm: int
-    limiter: str  # which limit set ctas_per_sm: smem, registers, threads, ctas
-    registers_per_thread: int  # capped at the hardware limit when the estimate exceeds it
-    smem_per_cta: int
-    spills: bool = False  # the register estimate exceeds max_registers_per_thread (the compiler would spill)
-
-
-def occupancy(kernel: Kernel, hw: Hardware, smem_per_cta: int, pipelined: bool = False) -> Occupancy:
-    """Resident CTAs per SM under the shared-memory, register, thread and CTA limits (CUDA occupancy rules).
-    Non-NVIDIA profiles map one block per core (max_ctas_per_sm) and have no SIMT register/thread limits.
-    pipelined: the CTA also holds PIPELINE_SMEM_BYTES of barriers (NVIDIA, per-SM limit only)."""
-    regs = registers_per_thread(kernel)
-    spills = False
-    limits: dict[str, float] = {"ctas": hw.max_ctas_per_sm}
-    nvidia = hw.vendor == "nvidia"
-    reserved = min(SMEM_RESERVED_PER_CTA, hw.smem_per_sm_bytes - hw.smem_per_block_bytes) if nvidia else 0
-    if smem_per_cta > hw.smem_per_block_bytes:
-        raise IosimError(f"{kernel.name}: {smem_per_cta:,} B of shared memory per CTA exceeds {hw.name}'s "
-                         f"{hw.smem_per_block_bytes:,} B per block; use smaller tiles or fewer stages")
-    if smem_per_cta > 0:
-        extra = PIPELINE_SMEM_BYTES if (pipelined and nvidia) else 0
-        limits["smem"] = hw.smem_per_sm_bytes // (smem_per_cta + extra + reserved)
-    if nvidia:
-        limits["threads"] = hw.max_threads_per_sm // kernel.threads_per_cta
-        if hw.max_registers_per_thread and regs > hw.max_registers_per_thread:
-            spills = registers_per_thread(kernel, transient=False) > hw.max_registers_per_thread
-            regs = hw.max_registers_per_thread
-        limits["registers"] = hw.registers_per_sm // (regs * kernel.threads_per_cta)
-    limiter = min(limits, key=lambda k: (limits[k], k))
-    n = int(limits[limiter])
-    if n < 1:
-        raise IosimError(f"{kernel.name}: no CTA fits on one {hw.name} SM (limited by {limiter}: "
-                         f"smem {smem_per_cta:,} B, {regs} registers × {kernel.threads_per_cta} threads)")
-    return Occupancy(n, limiter, regs, smem_per_cta, spills)
 
 
 def _tensor_roles(kernel: Kernel) -> dict[str, str]:
@@ -573,8 +515,10 @@ class KernelTime:
     sm_scale: float  # 1 / (tail efficiency × warp-issue factor): multiplies SM-local times
     body_s: float
     time_s: float
-    bound: str
+    bound: str  # ``bound_of``: the resource, "parallelism" or "launch"
+    resource: str  # the resource with the largest scaled time (what bound names unless parallelism/launch)
     programs: int
+    sms_busy: int  # SMs that get at least one CTA: min(programs, sm_count)
     ctas_per_sm: int
     occupancy_limiter: str
     registers_per_thread: int
@@ -629,6 +573,7 @@ class TimeEstimate:
     launch_s: float
     time_s: float
     bound: str  # bound of the kernel that takes the most time
+    resource: str  # resource of that kernel
     matmul_flops: int
     flops: int
     dram_read_bytes: int
@@ -648,7 +593,8 @@ class TimeEstimate:
 
     def to_dict(self) -> dict:
         def kd(k: KernelTime) -> dict:
-            return {"name": k.name, "path": k.path, "time_s": k.time_s, "bound": k.bound,
+            return {"name": k.name, "path": k.path, "time_s": k.time_s, "bound": k.bound, "resource": k.resource,
+                    "sms_busy": k.sms_busy, "programs": k.programs,
                     "achieved_flops_per_s": k.achieved_flops_per_s,
                     **{f"{r}_s": getattr(k, f"{r}_s") for r in RESOURCES}, "launch_s": k.launch_s,
                     "ctas_per_sm": k.ctas_per_sm, "occupancy_limiter": k.occupancy_limiter,
@@ -656,18 +602,30 @@ class TimeEstimate:
                     "tail_efficiency": k.tail_efficiency, "tensor_efficiency": k.tensor_efficiency,
                     "smem_bytes": k.smem_bytes, "dram_read_bytes": k.dram_read_bytes,
                     "dram_write_bytes": k.dram_write_bytes, "dram_assumed": k.dram_assumed, "notes": list(k.notes)}
-        return {"time_s": self.time_s, "bound": self.bound, "achieved_flops_per_s": self.achieved_flops_per_s,
+        return {"time_s": self.time_s, "bound": self.bound, "resource": self.resource,
+                "achieved_flops_per_s": self.achieved_flops_per_s,
                 **{f"{r}_s": getattr(self, f"{r}_s") for r in RESOURCES}, "launch_s": self.launch_s,
                 "dram_assumed": self.dram_assumed, "kernels": [kd(k) for k in self.kernels]}
+
+
+def bound_of(resource: str, sm_scale: float, launch_exceeds_body: bool) -> str:
+    """What limits a kernel (module docstring, "bound"): "launch" if the launch overhead exceeds the body;
+    "parallelism" if the binding resource is SM-local and sm_scale ≥ PARALLELISM_SCALE; else the resource."""
+    if launch_exceeds_body:
+        return "launch"
+    if resource in SM_LOCAL and sm_scale >= PARALLELISM_SCALE:
+        return "parallelism"
+    return resource
 
 
 # --- the model -----------------------------------------------------------------------------------------------------
 
 def estimate_kernel(schedule: Schedule, kernel: Kernel, kc: KernelCounts, hw: Hardware, *, path: str | None = None,
                     dram_read_bytes: int | None = None, dram_write_bytes: int | None = None,
-                    prefetch: bool = False) -> KernelTime:
+                    prefetch: bool = False, regs_per_thread: int | None = None) -> KernelTime:
     """Time of one kernel (see the module docstring for every term and its source). prefetch: the kernel
-    overlaps its loads with its own compute although num_stages = 1 (``KernelPreset.prefetch``, FA2)."""
+    overlaps its loads with its own compute although num_stages = 1 (``KernelPreset.prefetch``, FA2);
+    regs_per_thread: the kernel preset's register count (None: estimated, ``iosim.occupancy``)."""
     p = schedule.problem
     cfg = schedule.config
     path = path or native_path(hw)
@@ -675,7 +633,7 @@ def estimate_kernel(schedule: Schedule, kernel: Kernel, kc: KernelCounts, hw: Ha
     eff = path_efficiency(hw, path, p.dtype)
     notes: list[str] = []
     num_stages = getattr(cfg, "num_stages", 1)
-    occ = occupancy(kernel, hw, kc.sram_bytes, pipelined=num_stages >= 2)
+    occ = occupancy(kernel, hw, num_stages, regs_per_thread)
     if occ.spills:
         notes.append(f"register tiles need about {registers_per_thread(kernel, transient=False)} registers per thread, above "
                      f"{hw.max_registers_per_thread}: the compiler would spill (time not penalised; tiles treats it as illegal)")
@@ -739,14 +697,13 @@ def estimate_kernel(schedule: Schedule, kernel: Kernel, kc: KernelCounts, hw: Ha
     launch = LAUNCH_OVERHEAD_S
     times = {"tensor": tensor_s * scale, "sfu": sfu_s * scale, "fp32": fp32_s * scale,
              "smem": smem_s * scale, "l2": l2_s, "dram": dram_s}
-    bound = max(RESOURCES, key=lambda r: (times[r], -RESOURCES.index(r)))
-    if launch > body:
-        bound = "launch"
+    resource = max(RESOURCES, key=lambda r: (times[r], -RESOURCES.index(r)))
+    bound = bound_of(resource, scale, launch > body)
     return KernelTime(
         name=kernel.name, path=path, tensor_s=tensor_s, sfu_s=sfu_s, fp32_s=fp32_s, smem_s=smem_s, l2_s=l2_s,
         dram_s=dram_s, launch_s=launch, compute_s=compute_s, step_s=step_s, fill_s=fill, sm_scale=scale, body_s=body, time_s=body + launch,
-        bound=bound, programs=P, ctas_per_sm=occ.ctas_per_sm, occupancy_limiter=occ.limiter,
-        registers_per_thread=occ.registers_per_thread, smem_per_cta=occ.smem_per_cta,
+        bound=bound, resource=resource, programs=P, sms_busy=min(P, S), ctas_per_sm=occ.ctas_per_sm,
+        occupancy_limiter=occ.limiter, registers_per_thread=occ.regs_per_thread, smem_per_cta=occ.smem_per_cta_bytes,
         waves=P / (S * occ.ctas_per_sm), tail_efficiency=tail, tensor_efficiency=eff.value, spills=occ.spills,
         matmul_flops=kc.matmul_flops, flops=kc.flops, sm_bytes=sm_bytes, smem_bytes=smem,
         dram_read_bytes=dr, dram_write_bytes=dw, dram_assumed=assumed, notes=tuple(notes),
@@ -779,7 +736,7 @@ def _split(total, kernels: Sequence[KernelCounts], weights: Sequence[int], what:
 
 
 def estimate(schedule: Schedule, counts: Counts, hw: Hardware, dram_read_bytes=None, dram_write_bytes=None, *,
-             path: str | None = None, prefetch: bool = False) -> TimeEstimate:
+             path: str | None = None, prefetch: bool = False, regs_per_thread: int | None = None) -> TimeEstimate:
     """Predicted time of ``schedule`` (its kernels in launch order) on ``hw``.
 
     Args:
@@ -791,6 +748,8 @@ def estimate(schedule: Schedule, counts: Counts, hw: Hardware, dram_read_bytes=N
             FA2's CUDA kernel runs 'mma.sync' on Hopper; Triton emits 'wgmma' there.
         prefetch: loads are prefetched inside the CTA (overlap compute) even with num_stages = 1
             (``KernelPreset.prefetch``; FA2's CUDA kernel).
+        regs_per_thread: registers per thread from the kernel preset (``KernelPreset.regs_per_thread``; None:
+            estimated by ``iosim.occupancy``), as the L2 timeline takes them.
     Raises:
         IosimError: counts that do not belong to the schedule, unknown path, a CTA that fits on no SM.
     """
@@ -804,7 +763,7 @@ def estimate(schedule: Schedule, counts: Counts, hw: Hardware, dram_read_bytes=N
         if kernel.name != kc.name:
             raise IosimError(f"counts kernel {kc.name!r} does not match schedule kernel {kernel.name!r}")
         kts.append(estimate_kernel(schedule, kernel, kc, hw, path=path, dram_read_bytes=r, dram_write_bytes=w,
-                                   prefetch=prefetch))
+                                   prefetch=prefetch, regs_per_thread=regs_per_thread))
     kts = tuple(kts)
     total = sum(k.time_s for k in kts)
     slowest = max(kts, key=lambda k: k.time_s)
@@ -822,6 +781,7 @@ def estimate(schedule: Schedule, counts: Counts, hw: Hardware, dram_read_bytes=N
         algorithm=schedule.algorithm, hardware=hw.name, kernels=kts,
         **{f"{r}_s": sum(getattr(k, f"{r}_s") for k in kts) for r in RESOURCES},
         launch_s=sum(k.launch_s for k in kts), time_s=total, bound=slowest.bound,
+        resource=slowest.resource,
         matmul_flops=sum(k.matmul_flops for k in kts), flops=sum(k.flops for k in kts),
         dram_read_bytes=sum(k.dram_read_bytes for k in kts), dram_write_bytes=sum(k.dram_write_bytes for k in kts),
         dram_assumed=any(k.dram_assumed for k in kts), sources=sources)

@@ -70,7 +70,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from iosim.counts import sram_bytes
 from iosim.errors import IosimError
 from iosim.l2 import (
     L2Geometry,
@@ -83,8 +82,9 @@ from iosim.l2 import (
 )
 from iosim.l2stream import L2Stream
 from iosim.layout import layout
+from iosim.occupancy import occupancy
 from iosim.schedule import Schedule
-from iosim.scheduler import cta_speeds, occupancy
+from iosim.scheduler import cta_speeds
 from iosim.trace import expand_kernel
 
 
@@ -241,7 +241,7 @@ def simulate_coupled(schedule: Schedule, hw, geom: L2Geometry, coupling: Couplin
         tr = expand_kernel(schedule, kern, lay)
         if exact and stride > 1:
             exact = aligned(RunTrace(tr.addr, tr.nbytes, tr.write, tr.prog, tr.prog), geom, stride)
-        occ = occupancy(kern, hw, sram_bytes(kern, getattr(cfg, "num_stages", 1)), regs_per_thread)
+        occ = occupancy(kern, hw, getattr(cfg, "num_stages", 1), regs_per_thread)
         lines = _kernel_lines(tr, geom, stride)
         if l2 is None:
             full = (1 << geom.sectors_per_line) - 1

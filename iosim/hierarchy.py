@@ -10,13 +10,13 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from iosim.counts import sram_bytes
 from iosim.coupled import Coupling, simulate_coupled
 from iosim.errors import IosimError
 from iosim.l2 import L2Geometry, L2Result, RunTrace, simulate_owned
 from iosim.layout import layout
+from iosim.occupancy import Occupancy, occupancy
 from iosim.schedule import Schedule
-from iosim.scheduler import Occupancy, is_layered_convoy, occupancy, order_trace
+from iosim.scheduler import is_layered_convoy, order_trace
 from iosim.trace import expand_kernel
 
 DEFAULT_JITTER = 0.15
@@ -118,7 +118,7 @@ def build_trace(schedule: Schedule, hw, regs_per_thread: int | None = None, pers
     parts, info = [], []
     for ki, k in enumerate(schedule.kernels):
         tr = expand_kernel(schedule, k, lay)
-        occ = occupancy(k, hw, sram_bytes(k, getattr(cfg, "num_stages", 1)), regs_per_thread)
+        occ = occupancy(k, hw, getattr(cfg, "num_stages", 1), regs_per_thread)
         perm, sm, end = order_trace(tr, occ.slots, hw.sm_count, persistent, jitter, disorder, phase)
         layered = disorder <= 0 and is_layered_convoy(tr.duration, occ.slots, hw.sm_count, persistent)
         parts.append((tr.addr[perm], tr.nbytes[perm], tr.write[perm], sm.astype(np.int16),

@@ -1,12 +1,7 @@
 """CTA scheduler model: how many CTAs run at once, which CTA runs when, and in which order the L2 sees their accesses.
 
-Occupancy (CUDA Programming Guide, "Occupancy"): resident CTAs per SM = min of
-  max_ctas_per_sm; ⌊smem_per_sm / (smem per CTA + 1 KiB)⌋ (the driver reserves 1 KiB of shared memory per CTA on
-  sm80+); ⌊registers_per_sm / (regs per warp · warps)⌋ with regs per warp rounded up to 256 (allocation granule);
-  ⌊max_threads_per_sm / threads per CTA⌋.
-Registers per thread come from the kernel preset when its source or a measurement says (FA2: 255, ncu on the H100);
-otherwise they are estimated: the fp32 register buffers of the schedule (accumulator, scores, statistics) spread
-over the CTA's threads, plus 40 for addresses, indices and loop state, capped at the hardware maximum.
+Occupancy (how many CTAs are resident per SM, hence the slots of the timeline) is ``iosim.occupancy``, the same
+rule the time model uses.
 
 Timeline. Every CTA advances one tick per step of its own timeline (``iosim.trace``): one loop iteration per tick,
 all resident CTAs in lockstep, round robin (at each tick, slot 0's accesses, then slot 1's, …). CTAs are handed out
@@ -29,62 +24,10 @@ GPU fixes how far apart these convoys run (an option, off by default: ``iosim.hi
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
 
 import numpy as np
 
-from iosim.errors import IosimError
-from iosim.expr import evaluate
-from iosim.schedule import Kernel
 from iosim.trace import KernelTrace
-
-SMEM_RESERVED_PER_CTA = 1024  # bytes the driver reserves per CTA (CUDA guide, cc 8.x/9.0 "Shared Memory")
-REG_ALLOC_UNIT = 256          # registers are allocated per warp in units of 256 (CUDA occupancy calculator)
-REG_OVERHEAD = 40             # estimate: addresses, loop counters, masks beyond the schedule's register buffers
-
-
-@dataclass(frozen=True)
-class Occupancy:
-    ctas_per_sm: int
-    limiter: str
-    regs_per_thread: int
-    regs_source: str
-    smem_per_cta: int
-    threads_per_cta: int
-    slots: int  # concurrent CTAs on the whole GPU
-
-
-def estimate_registers(kernel: Kernel, hw) -> int:
-    """Registers per thread from the schedule's 'reg' buffers (fp32 accumulators and scores) + a fixed overhead."""
-    reg_bytes = 0
-    for b in kernel.buffers:
-        if b.space == "reg":
-            reg_bytes += int(evaluate(b.bytes, {}))
-    regs = -(-reg_bytes // (4 * kernel.threads_per_cta)) + REG_OVERHEAD
-    return int(min(regs, hw.max_registers_per_thread or 255))
-
-
-def occupancy(kernel: Kernel, hw, smem_per_cta: int, regs_per_thread: int | None = None) -> Occupancy:
-    threads = int(kernel.threads_per_cta)
-    if threads <= 0 or threads > hw.max_threads_per_sm:
-        raise IosimError(f"{kernel.name}: {threads} threads per CTA does not fit an SM ({hw.max_threads_per_sm} max)")
-    src = "preset"
-    if regs_per_thread is None:
-        regs_per_thread, src = estimate_registers(kernel, hw), "estimated from register buffers"
-    warps = -(-threads // 32)
-    per_warp = -(-regs_per_thread * 32 // REG_ALLOC_UNIT) * REG_ALLOC_UNIT
-    limits = {
-        "max CTAs per SM": hw.max_ctas_per_sm,
-        "shared memory": hw.smem_per_sm_bytes // (smem_per_cta + SMEM_RESERVED_PER_CTA),
-        "registers": hw.registers_per_sm // (per_warp * warps),
-        "threads": hw.max_threads_per_sm // threads,
-    }
-    limiter = min(limits, key=lambda k: limits[k])
-    n = limits[limiter]
-    if n < 1:
-        raise IosimError(f"{kernel.name}: one CTA does not fit an SM ({limiter}: smem {smem_per_cta:,} B, "
-                         f"{regs_per_thread} registers × {threads} threads)")
-    return Occupancy(n, limiter, regs_per_thread, src, smem_per_cta, threads, n * hw.sm_count)
 
 
 def start_times(duration: np.ndarray, slots: int, persistent: bool = False,

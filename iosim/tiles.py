@@ -11,9 +11,9 @@ Legality rules (each rejected configuration keeps its reason):
 * no tile larger than the problem: block_m ≤ next power of two ≥ seq_q, likewise block_n vs seq_kv (the Triton
   tutorial prunes BLOCK_M > N_CTX).
 * shared memory: the schedule's smem buffers (pipelined ones × num_stages) fit the chip's per-block limit
-  (``models._common.check_fit``), and at least one CTA fits an SM (``cost.occupancy``).
+  (``models._common.check_fit``), and at least one CTA fits an SM (``iosim.occupancy``).
 * registers: the register-resident tiles (S, O accumulator) over the CTA's threads + overhead stay within
-  max_registers_per_thread (``cost.registers_per_thread``); above it the compiler spills.
+  max_registers_per_thread (``iosim.occupancy.registers_per_thread``); above it the compiler spills.
 
 The candidates are Triton kernels: unless ``base`` says otherwise, causal problems are scheduled with the diagonal
 band in a loop of its own (``KernelConfig.band_loop``), as iosim's kernel, the Triton tutorial and FlexAttention do.
@@ -27,10 +27,11 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from iosim.cost import TimeEstimate, estimate, native_path, occupancy
+from iosim.cost import TimeEstimate, estimate, native_path
 from iosim.counts import Counts, count, sram_bytes
 from iosim.errors import IosimError
 from iosim.hwprofile import Hardware
+from iosim.occupancy import occupancy
 from iosim.predict import build_schedule
 from iosim.problem import KernelConfig, Problem
 
@@ -152,9 +153,8 @@ def candidates(hw: Hardware, problem: Problem, algorithm: str = "flash2", *, pat
             c0 = count_cache[(bm, bn)]
             cnt = Counts(c0.algorithm, tuple(dataclasses.replace(kc, sram_bytes=sram_bytes(k, st))
                                              for kc, k in zip(c0.kernels, sched.kernels)))
-            for k, kc in zip(sched.kernels, cnt.kernels):
-                occ = occupancy(k, hw, kc.sram_bytes)
-                if occ.spills:
+            for k in sched.kernels:
+                if occupancy(k, hw, st).spills:
                     raise IosimError(f"{k.name}: register tiles over {w} warps exceed {hw.max_registers_per_thread} "
                                      "registers per thread (would spill)")
             dr = dw = None
@@ -176,7 +176,7 @@ def explain(best: Candidate, c: Candidate) -> str:
     ratio = c.time_s / best.time_s
     parts: list[tuple[float, str]] = []
     rb, rc = tb["resources"], tc["resources"]
-    bound = c.estimate.bound
+    bound = c.estimate.resource  # the binding resource, also under a parallelism bound
     if rc["l2"] > rb["l2"] * 1.01 or tc["sm_bytes"] > tb["sm_bytes"] * 1.01:
         parts.append((rc["l2"] - rb["l2"] + (1 if bound == "l2" else 0),
                       f"{tc['sm_bytes'] / tb['sm_bytes']:.2f}× SM↔L2 bytes (block_m {c.block_m} vs {best.block_m}: K/V re-read once per query block)"))

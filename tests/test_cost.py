@@ -49,6 +49,27 @@ def test_compute_bound_time_is_flops_over_peak_times_efficiency():
     assert e.achieved_flops_per_s == flops / e.time_s
 
 
+@pytest.mark.parametrize("programs,bound,sms_busy", [
+    (16, "parallelism", 16),     # 16 CTAs on 132 SMs: sm_scale = 132/16 = 8.25, the busy SMs at full rate
+    (66, "parallelism", 66),     # half the SMs: sm_scale exactly 2
+    (67, "tensor", 67),          # 132/67 = 1.97 < 2
+    (132, "tensor", 132),        # one full wave
+    (133, "tensor", 132),        # a second wave of one CTA: sm_scale 2/(133/132) = 1.985 < 2
+    (2 * 132, "tensor", 132),    # two CTAs per SM
+])
+def test_parallelism_bound(programs, bound, sms_busy):
+    # equal CTAs of 4 warps (warp issue 1): sm_scale = 1 / tail = ⌈P/S⌉ / (P/S). The kernel has only matmul work,
+    # so the binding resource is the tensor cores whatever the grid; bound says parallelism from sm_scale ≥ 2.
+    s = _matmul_only(programs, flops_per_cta_dim=2**16)  # 0.5 GFLOP per CTA: about 0.1 ms per wave, not launch-bound
+    e = estimate(s, count(s), H100, path="wgmma")
+    k, S = e.kernels[0], H100.sm_count
+    assert k.sm_scale == pytest.approx(-(-programs // S) / (programs / S))
+    assert (k.bound, k.resource, k.sms_busy) == (bound, "tensor", sms_busy)
+    d = e.to_dict()
+    assert (d["kernels"][0]["bound"], d["kernels"][0]["resource"], d["kernels"][0]["sms_busy"]) == (bound, "tensor", sms_busy)
+    assert (d["bound"], d["resource"]) == (bound, "tensor")
+
+
 def test_mma_sync_path_uses_its_own_efficiency():
     s = _matmul_only(H100.sm_count)
     c = count(s)
@@ -111,28 +132,6 @@ def test_dram_bytes_from_the_l2_model_override_and_split():
         estimate(st, c, H100)
 
 
-def test_occupancy_limits():
-    s = build_schedule("flash2", Problem(1, 16, 16, 4096, 4096, 128, "bf16"), KernelConfig(128, 64, 4, 2), H100)
-    k = s.kernels[0]
-    # smem: Q 128·128·2 + 2 stages × (K + V) 64·128·2 = 32 KiB + 64 KiB = 98,304 B (+1 KiB reserved) → 233,472 // 99,328 = 2
-    # registers: (S 128·64·4 + acc 128·128·4 + 3 stats 128·4) / 4 / 128 threads = 195 + 32 → 232 (multiple of 8)
-    # without the transient P tile (128·64·2 B / 4 / 128 = 32 more: 259 → capped at 255, no spill)
-    assert cost.registers_per_thread(k, transient=False) == 232
-    assert cost.registers_per_thread(k) == 264
-    occ = cost.occupancy(k, H100, 98304)
-    assert occ.registers_per_thread == 255 and not occ.spills
-    assert occ.ctas_per_sm == 2  # smem 2, registers 65536 // (255·128) = 2, threads 16
-    # d=64, 128×64 tile, 4 warps: S 64 + P 32 + O 64 + stats 3 + 32 = 195 → 200: 65536 // (200·128) = 2 CTAs/SM, as
-    # Triton's 187 registers give on the H100 (without P: 168 → 3, which the measurement contradicts)
-    d64 = build_schedule("flash2", Problem(1, 16, 16, 4096, 4096, 64, "bf16"), KernelConfig(128, 64, 4, 3), H100)
-    assert cost.registers_per_thread(d64.kernels[0]) == 200
-    assert cost.occupancy(d64.kernels[0], H100, 0).ctas_per_sm == 2
-    big = build_schedule("flash2", Problem(1, 16, 16, 4096, 4096, 128, "bf16"), KernelConfig(128, 128, 4, 2), H100)
-    assert cost.occupancy(big.kernels[0], H100, 0).spills  # 128 + 128 + 32 > 255 registers: FA2 uses 128×64 at d=128
-    with pytest.raises(IosimError, match="exceeds"):
-        cost.occupancy(k, H100, H100.smem_per_block_bytes + 1)
-
-
 def test_calibrated_tensor_rate_means_native_efficiency_one():
     src = dict(H100.sources)
     src["tensor_flops_per_s.bf16"] = Source("calibrated", "iosim calibrate on a test GPU")
@@ -163,7 +162,7 @@ def test_every_algorithm_has_a_finite_time(hw):
     for name in algorithms():
         e = estimate_problem(h, Problem(1, 4, 4, 2048, 2048, 64, "fp16"), KernelConfig(), name)
         assert math.isfinite(e.time_s) and e.time_s > 0, name
-        assert e.bound in cost.RESOURCES + ("launch",)
+        assert e.bound in cost.RESOURCES + ("launch", "parallelism") and e.resource in cost.RESOURCES
 
 
 def test_prefetch_overlaps_one_stage_loads_like_a_pipeline():

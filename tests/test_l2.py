@@ -16,10 +16,11 @@ from iosim.hierarchy import build_trace, simulate_schedule
 from iosim.hwprofile import load_hardware
 from iosim.l2 import L2Geometry, RunTrace, expand_lines, simulate, simulate_lines
 from iosim.layout import layout
+from iosim.occupancy import occupancy
 from iosim.predict import build_schedule, predict
 from iosim.presets import apply, fa2_tiles
 from iosim.problem import KernelConfig, Problem
-from iosim.scheduler import occupancy, start_times
+from iosim.scheduler import start_times
 from iosim.trace import expand_kernel
 
 cachesim = pytest.importorskip("cachesim")
@@ -170,8 +171,8 @@ def test_occupancy_fa2_h100():
     alg, cfg, pre = apply("fa2", p, HW, KernelConfig())
     s = build_schedule(alg, p, cfg, HW)
     k = s.kernels[0]
-    occ = occupancy(k, HW, 65536, pre.regs_per_thread)
-    assert (occ.ctas_per_sm, occ.limiter, occ.slots) == (2, "registers", 264)
+    occ = occupancy(k, HW, cfg.num_stages, pre.regs_per_thread)
+    assert (occ.ctas_per_sm, occ.limiter, occ.slots, occ.smem_per_cta_bytes) == (2, "registers", 264, 65536)
 
 
 def test_fa2_tiles_from_launch_template():
