@@ -163,7 +163,7 @@ def predict(hardware: Hardware | str, problem: Problem, config: KernelConfig | N
     schedule = replace(schedule, notes=schedule.notes + tuple(notes))
     if not l2:
         # time from compulsory DRAM traffic (each tensor a kernel touches read/written once; the estimate says so)
-        t = estimate(schedule, counts, hardware, path=path, prefetch=prefetch)
+        t = estimate(schedule, counts, hardware, path=path, prefetch=prefetch, regs_per_thread=regs)
         return Prediction(hardware, schedule, counts, time_s=t.time_s, kernel_preset=kernel, time=t)
     kw = {} if cta_jitter is None else {"jitter": cta_jitter}
     if cta_coupling is not None:
@@ -173,6 +173,7 @@ def predict(hardware: Hardware | str, problem: Problem, config: KernelConfig | N
     res = simulate_schedule(schedule, hardware, l2_geometry, regs_per_thread=regs, persistent=persistent,
                             stride=l2_stride, **kw)
     t = estimate(schedule, counts, hardware, {k.name: k.dram_read_bytes for k in res.kernels},
-                 {k.name: k.dram_write_bytes for k in res.kernels}, path=path, prefetch=prefetch)
+                 {k.name: k.dram_write_bytes for k in res.kernels}, path=path, prefetch=prefetch,
+                 regs_per_thread=regs)
     return Prediction(hardware, schedule, counts, res.dram_read_bytes, res.dram_write_bytes, t.time_s, l2=res,
                       kernel_preset=kernel, time=t)
