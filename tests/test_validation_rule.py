@@ -1,5 +1,9 @@
 """The L2-bound rule of iosim.validation_rule on hand-worked launches (expected working sets derived here)."""
 
+import csv
+import json
+from pathlib import Path
+
 import pytest
 
 from iosim.errors import IosimError
@@ -56,3 +60,39 @@ def test_rule_refuses_non_positive_launch_facts(block_m, resident):
 def test_rule_needs_block_m_without_a_preset():
     with pytest.raises(IosimError, match="block_m"):
         launch_working_set(load_hardware("h100"), Problem(1, 2, 2, 4096, 4096, 64), config=KernelConfig())
+
+
+SUMMARY = Path(__file__).resolve().parent.parent / "reports" / "validation" / "summary.json"
+DRAM_CSVS = {"H200 set 5": "h200/l2_validation_set5/compare_l2.csv",
+             "H200 set 4": "h200/l2_validation_set4/compare_l2.csv",
+             "H100 validate run": "h100/speed_validate_l2.csv",
+             "H100 set 1": "h100/l2_validation_set1/compare_l2.csv",
+             "H100 set 2": "h100/l2_validation_set2/compare_l2.csv",
+             "H200 sets 1+2": "h200/l2_validation/compare_l2.csv",
+             "H200 set 3": "h200/l2_validation_set3/compare_l2.csv",
+             "H100 session-1 FA2": "h100/sdpa_flash_fa2.csv"}
+
+
+def test_summary_counts_every_committed_run_once():
+    data = json.loads(SUMMARY.read_text())
+    total = 0
+    for name, rel in DRAM_CSVS.items():
+        with open(SUMMARY.parent / rel, newline="") as f:
+            n = sum(1 for _ in csv.DictReader(f))
+        c = data["counts"][name]
+        assert c["runs"] == n and c["l2_bound"] + c["rest"] == n, name
+        total += n
+    assert total == data["total_runs"] == len(data["dram_runs"]) == 174
+    assert set(data["counts"]) == set(DRAM_CSVS)
+
+
+def test_summary_classifies_hand_worked_runs():
+    runs = {(r["set"], r["run"]): r for r in json.loads(SUMMARY.read_text())["dram_runs"]}
+    # H100 set 1 run 8: FA2 B1 H8 N131072 d128: 264 resident, 1024 blocks per head -> 1 head; 2 x 131072 x 128 x 2 B
+    # = 64 MiB > 25 MiB
+    r = runs[("H100 set 1", "8")]
+    assert r["ws_bytes"] == 64 * MIB and r["half_l2_bytes"] == H100_HALF_L2 and r["l2_bound"]
+    # session-1 case 29: FA2 B1 H48 N8192 d128 causal: 64 blocks -> ceil(264/64) = 5 heads; 5 x 2 x 8192 x 128 x 2 B
+    # = 20 MiB <= 25 MiB, although it measured 1.65 x Q+K+V (the old split called it L2-bound)
+    r = runs[("H100 session-1 FA2", "29")]
+    assert r["ws_bytes"] == 20 * MIB and not r["l2_bound"] and r["old_l2_bound"]
