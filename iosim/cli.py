@@ -111,7 +111,8 @@ def _tiles_line(d: dict) -> str:
              else "from the algorithm's rule (see notes)")
     who = (f"kernel preset {d['kernel_preset']} (algorithm {d['algorithm']})" if d["kernel_preset"]
            else f"algorithm {d['algorithm']}")
-    return (f"{who}: tiles block_m × block_n = {tiles}, {cfg['num_warps']} warps, {cfg['num_stages']} stage{'s' if cfg['num_stages'] != 1 else ''}, "
+    stages = f"{cfg['num_stages']} stage{'s' if cfg['num_stages'] != 1 else ''}"
+    return (f"{who}: tiles block_m × block_n = {tiles}, {cfg['num_warps']} warps, {stages}, "
             f"grid order {','.join(cfg['grid_order'])} (fastest first), KV order {cfg['kv_order']}, "
             f"Q order {cfg['q_order']}")
 
