@@ -60,8 +60,7 @@ _STR = {"hardware", "kernel", "algorithm", "dtype", "grid_order", "kv_order", "q
 _BOOL = {"causal", "band_loop"}
 RESULTS: tuple[str, ...] = ("flops", "matmul_flops", "sm_read_bytes", "sm_write_bytes", "dram_read_bytes",
                             "dram_write_bytes", "l2_hit_rate", "time_s", "bound", "achieved_flops_per_s")
-_INT_COLUMNS = [k for k in KEYS if k not in _STR | _BOOL] + [r for r in RESULTS if r.endswith(("flops", "bytes"))
-                                                              and r != "achieved_flops_per_s"]
+_INT_COLUMNS = [k for k in KEYS if k not in _STR | _BOOL] + list(RESULTS[:6])  # counts: flops and bytes
 _FLOAT_COLUMNS = ["l2_hit_rate", "time_s", "achieved_flops_per_s"]
 
 
