@@ -83,7 +83,7 @@ class KernelPreset:
     algorithm: str
     summary: str
     config: Callable[[Problem, object, KernelConfig], KernelConfig]
-    regs_per_thread: int | None = None   # None: estimated (iosim.scheduler.estimate_registers)
+    regs_per_thread: int | None = None   # None: estimated (iosim.occupancy.registers_per_thread)
     persistent: bool = False
     instruction_path: str | None = None  # tensor-core path for the cost model (None = the chip's native one)
     prefetch: bool = False  # loads overlap compute inside the CTA although num_stages = 1 (cost.estimate's prefetch)

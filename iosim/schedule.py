@@ -99,7 +99,7 @@ class Buffer:
     pipelined buffers are multi-buffered num_stages times (software pipelining of loads, as Triton and FA3 do).
     transient register buffers live only between two computes (P = exp(S − m) in the input dtype, the A operand of
     the PV MMA): they take registers (occupancy), but the compiler can form them piecewise from a dying buffer, so
-    they do not make a kernel spill (``iosim.cost.registers_per_thread``).
+    they do not make a kernel spill (``iosim.occupancy.registers_per_thread``).
     """
 
     name: str
