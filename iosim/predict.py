@@ -13,7 +13,7 @@ import math
 import os
 import warnings
 from dataclasses import asdict, dataclass, replace
-from numbers import Real
+from numbers import Integral, Real
 
 from iosim.cost import TimeEstimate, estimate
 from iosim.counts import Counts, KernelCounts, count
@@ -105,7 +105,8 @@ def build_schedule(algorithm: str, problem: Problem, config: KernelConfig, hardw
     return get(algorithm).build(problem, config, hardware)
 
 
-def _check_args(hardware, problem, config, algorithm: str, cta_jitter) -> tuple[Hardware, KernelConfig]:
+def _check_args(hardware, problem, config, algorithm: str, cta_jitter, cta_phases,
+                l2_geometry) -> tuple[Hardware, KernelConfig]:
     """predict's arguments: a profile name or path loads the profile, config None is KernelConfig(); a wrong type
     (swapped arguments) is named."""
     if isinstance(hardware, (str, os.PathLike)):
@@ -113,12 +114,14 @@ def _check_args(hardware, problem, config, algorithm: str, cta_jitter) -> tuple[
     config = KernelConfig() if config is None else config
     wrong = [f"{name} must be {want}, got {type(v).__name__}" for name, v, cls, want in (
         ("hardware", hardware, Hardware, "a Hardware or a profile name or path"), ("problem", problem, Problem, "a Problem"),
-        ("config", config, KernelConfig, "a KernelConfig or None"), ("algorithm", algorithm, str, "an algorithm name"))
-        if not isinstance(v, cls)]
+        ("config", config, KernelConfig, "a KernelConfig or None"), ("algorithm", algorithm, str, "an algorithm name"),
+        ("l2_geometry", l2_geometry, (L2Geometry, type(None)), "an L2Geometry or None")) if not isinstance(v, cls)]
     if wrong:
         raise IosimError("predict(hardware, problem, config, algorithm): " + "; ".join(wrong))
     if cta_jitter is not None and not (isinstance(cta_jitter, Real) and math.isfinite(cta_jitter) and cta_jitter >= 0):
         raise IosimError(f"cta_jitter must be a finite number >= 0 (0 = lockstep), got {cta_jitter!r} (--cta-jitter)")
+    if cta_phases is not None and (isinstance(cta_phases, bool) or not isinstance(cta_phases, Integral) or cta_phases < 1):
+        raise IosimError(f"cta_phases must be a whole number >= 1 (1 = lockstep convoy), got {cta_phases!r}")
     return hardware, config
 
 
@@ -141,7 +144,7 @@ def predict(hardware: Hardware | str, problem: Problem, config: KernelConfig | N
     (``iosim.limits.prediction_warnings``) is predicted with an IosimWarning and a note; one whose L2 trace would
     exceed ``iosim.trace.MAX_RUNS`` is refused before the trace is built.
     """
-    hardware, config = _check_args(hardware, problem, config, algorithm, cta_jitter)
+    hardware, config = _check_args(hardware, problem, config, algorithm, cta_jitter, cta_phases, l2_geometry)
     regs, persistent, path, prefetch, pre = None, False, None, False, None
     if kernel is not None:
         from iosim.presets import apply

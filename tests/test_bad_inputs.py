@@ -178,6 +178,9 @@ def test_sympy_sizes_still_pass():
     (lambda: load_hardware(None), "hardware must be a profile name"),
     (lambda: predict("h100", P, None, cta_jitter=-1), "cta_jitter must be a finite number >= 0"),
     (lambda: predict("h100", P, None, cta_jitter=float("nan")), "cta_jitter must be a finite number >= 0"),
+    (lambda: predict("h100", P, None, cta_phases=1.5), "cta_phases must be a whole number >= 1 \\(1 = lockstep convoy\\), got 1.5"),
+    (lambda: predict("h100", P, None, l2_geometry="lru"), "l2_geometry must be an L2Geometry or None, got str"),
+    (lambda: predict("h100", P, None, None), "algorithm must be an algorithm name, got NoneType"),
 ])
 def test_api_bad_values(make, msg):
     with pytest.raises(IosimError, match=msg):
