@@ -23,8 +23,9 @@ Registers per thread: the kernel preset's when its source or a measurement gives
 else ``registers_per_thread``. Checked against ncu on the H100 (``tests/test_occupancy.py``): for the FA2 and
 FlexAttention kernels of reports/validation/h100/l2_validation_raw/ncu_raw.csv, these rules applied to the measured
 registers and shared memory give ncu's launch__occupancy_limit_{registers,warps,blocks}; on iosim's Triton kernel
-(cost_validation*_raw/tiles.csv) the estimate gives the residency of the measured registers and shared memory in
-165 of 177 configurations (the old scheduler estimate, +40 registers and no pipeline barriers: 136).
+(reports/validation/h100/cost_validation*_raw/tiles.csv, 321 distinct configurations with Triton's compiled
+registers and shared memory, causal and not) the estimate gives the residency those measured values give in 302
+(the L2 timeline's former estimate, +40 registers, no rounding, no pipeline barriers: 252).
 """
 
 from __future__ import annotations
