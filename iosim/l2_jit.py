@@ -18,7 +18,7 @@ last dirtied the line, and per (row, partition) B (plru tree bits or the brrip f
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import literally, njit
 
 from iosim.l2 import DISABLED, POLICIES, _plru_tables, _popcount
 
@@ -42,35 +42,39 @@ def _pc(x):
 @njit(cache=True)
 def _lookup(T, S, B, lo, si, col0, W, x, pol, t, hr, L):
     """Way (0 … W−1) of the partition whose ways start at flat index lo that line x takes, and whether it hits:
-    the way holding x, else ``_State._cand``'s first largest victim preference (invalid ways first)."""
-    v = -1
-    if pol == PLRU:   # the tree's victim (``_plru_tables``' follow)
-        bits = B[si]
-        node = 0
-        for _ in range(L):
-            node = 2 * node + 1 + ((bits >> node) & 1)
-        v = node - (W - 1)
-    best = -_BIG - 1
-    bj = 0
+    the way holding x, else ``_State._cand``'s first largest victim preference: the first invalid way (lines are
+    never invalidated and fills take the first invalid way, so the valid ways of a partition are a prefix and no
+    line sits beyond an invalid way), else by policy, never a way switched off. The policy branches stay outside
+    the loops over ways (inside, they cost ~4× the time per access)."""
     for j in range(W):
         tg = T[lo + j]
         if tg == x:
             return j, True
-        if tg == DISABLED:
-            c = -_BIG
-        elif tg < 0:
-            c = _BIG - 1
-        elif pol == LRU or pol == FIFO or pol == LIP:
-            c = -S[lo + j]
-        elif pol == RANDOM:
+        if tg == -1:
+            return j, False
+    if pol == PLRU:   # the tree's victim (``_plru_tables``' follow); plru has no switched-off ways
+        bits = B[si]
+        node = 0
+        for _ in range(L):
+            node = 2 * node + 1 + ((bits >> node) & 1)
+        return node - (W - 1), False
+    best = -_BIG - 1
+    bj = 0
+    if pol == LRU or pol == FIFO or pol == LIP:   # the smallest stamp
+        for j in range(W):
+            c = -S[lo + j] if T[lo + j] != DISABLED else -_BIG
+            if c > best:
+                best, bj = c, j
+    elif pol == RANDOM:   # a hash of step, row and column
+        for j in range(W):
             c = ((t * 0x9E3779B1 + hr * 0x85EBCA77 + (col0 + j) * 0xC2B2AE3D) * 0x27D4EB2F) >> 20 & 0xFFFF
-        elif pol == PLRU:
-            c = 1 if j == v else 0
-        else:   # mru, srrip, brrip
-            c = S[lo + j]
-        if c > best:
-            best = c
-            bj = j
+            if T[lo + j] != DISABLED and c > best:
+                best, bj = c, j
+    else:   # mru (the largest stamp), srrip and brrip (the largest RRPV)
+        for j in range(W):
+            c = S[lo + j] if T[lo + j] != DISABLED else -_BIG
+            if c > best:
+                best, bj = c, j
     return bj, False
 
 
@@ -124,16 +128,21 @@ def _install(T, S, V, D, K, B, lo, si, j, W, hit, x, s, w, k, t, pol, touch, PM,
 def _run(row, hrow, tag, sec, wr, kern, nr, hm, t0, cnt, T, S, V, D, K, B, W, P, pol, PM, PV, L, touch, alloc,
          acc, k_read, k_write, k_hit, nf):
     """Every access in array order; counters into acc (``_COUNTERS``) and k_*; nf[a] = DRAM sectors access a read
-    (when nf is not empty). Returns the longest per-row sequence (the lockstep's number of steps)."""
+    (when nf is not empty). Returns the longest per-row sequence (the lockstep's number of steps). Compiled once per
+    policy, partition count and store rule (``literally``): known at compile time, they halve the time per access."""
+    literally(pol)
+    literally(P)
+    literally(touch)
+    literally(alloc)
     C = W * P
     want = len(nf) > 0
     steps = 0
+    hits = misses = evictions = dirty = reads = writes = fabric = 0
     for a in range(len(row)):
         r = row[a]
         t = t0 + cnt[r]
         cnt[r] += 1
-        if cnt[r] > steps:
-            steps = cnt[r]
+        steps = max(steps, cnt[r])
         x = tag[a]
         s = np.int64(sec[a])
         w = wr[a]
@@ -144,17 +153,16 @@ def _run(row, hrow, tag, sec, wr, kern, nr, hm, t0, cnt, T, S, V, D, K, B, W, P,
         jq, hit = _lookup(T, S, B, lo, r * P + q, q * W, W, x, pol, t, hrow[a], L)
         fwd = False
         lo2, jh, hit2 = lo, 0, False
-        if P > 1:
-            # the home partition is asked when the near copy misses, lacks requested sectors, or for a store
-            if h != q and (w or not hit or (s & ~V[lo + jq]) != 0):
-                fwd = True
-                lo2 = r * C + h * W
-                jh, hit2 = _lookup(T, S, B, lo2, r * P + h, h * W, W, x, pol, t, hrow[a], L)
+        # the home partition is asked when the near copy misses, lacks requested sectors, or for a store
+        if P > 1 and h != q and (w or not hit or (s & ~V[lo + jq]) != 0):
+            fwd = True
+            lo2 = r * C + h * W
+            jh, hit2 = _lookup(T, S, B, lo2, r * P + h, h * W, W, x, pol, t, hrow[a], L)
         if w and not hit and not alloc:   # no store allocation: the store goes straight to DRAM
             f, wb, wk, ev = 0, s, k, False
         else:
             f, wb, wk, ev = _install(T, S, V, D, K, B, lo, r * P + q, jq, W, hit, x, s, w, k, t, pol, touch, PM, PV)
-        if w and h != q:   # a store issued near leaves a clean copy there; the home copy is dirty
+        if P > 1 and w and h != q:   # a store issued near leaves a clean copy there; the home copy is dirty
             D[lo + jq] = 0
         if fwd:
             if w and not hit2 and not alloc:
@@ -163,33 +171,29 @@ def _run(row, hrow, tag, sec, wr, kern, nr, hm, t0, cnt, T, S, V, D, K, B, W, P,
                 f2, wb2, wk2, ev2 = _install(T, S, V, D, K, B, lo2, r * P + h, jh, W, hit2, x, s, w, k, t, pol,
                                              touch, PM, PV)
             f = f2   # the home copy supplies what it holds, DRAM the rest
-            if hit2:
-                acc[6] += 1
-            if ev2:
-                acc[2] += 1
-                if wb2 != 0:
-                    acc[3] += 1
+            fabric += hit2
+            evictions += ev2
+            dirty += ev2 and wb2 != 0
             n2 = _pc(wb2)
-            acc[5] += n2
+            writes += n2
             k_write[wk2] += n2
         if hit:
             if touch or not w:
-                acc[0] += 1
+                hits += 1
                 k_hit[k] += 1
         else:
-            acc[1] += 1
-        if ev:
-            acc[2] += 1
-            if wb != 0:
-                acc[3] += 1
+            misses += 1
+        evictions += ev
+        dirty += ev and wb != 0
         nfa = _pc(f)
-        acc[4] += nfa
+        reads += nfa
         k_read[k] += nfa
         nw = _pc(wb)
-        acc[5] += nw
+        writes += nw
         k_write[wk] += nw
         if want:
             nf[a] = nfa
+    acc[:] += np.array([hits, misses, evictions, dirty, reads, writes, fabric])
     return steps
 
 
