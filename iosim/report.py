@@ -483,8 +483,8 @@ def time_vs_bytes(rows: list[dict], cfg: ReportConfig) -> list[str]:
             "square_tiling's DRAM time stays close to its compute time, while flash2 runs its softmax in the same "
             "kernel as its matmuls "
             "and exposes more of it (FA2 counts a running max and rescale per element; Saha & Ye's Algorithm 1 "
-            f"does not). flash2 — {parts(f2)}. square_tiling — {parts(sq)}. The bound names the largest single "
-            "resource time, which can be DRAM even when the overlapped compute (tensor + exposed softmax) is longer.")
+            f"does not). flash2 — {parts(f2)}. square_tiling — {parts(sq)}. Each kernel's bound is the side "
+            "(compute = tensor + exposed softmax, or memory) that sets its time, and within it the largest resource.")
     return out
 
 
