@@ -38,11 +38,16 @@ def _add_problem_args(p: argparse.ArgumentParser) -> None:
 _SIZE_FLAGS = ("batch", "heads", "kv_heads", "seq_q", "seq_kv", "head_dim", "block_m", "block_n", "sram_bytes")
 
 
-def problem_from_args(a: argparse.Namespace) -> tuple[Problem, KernelConfig]:
-    """Size flags are read here, not by argparse, so that "1e9" is accepted and bad values get one error line."""
+def read_sizes(a: argparse.Namespace) -> argparse.Namespace:
+    """Size flags of every subcommand are read here, not by argparse, so that "1e9" is accepted and a bad value gets
+    one error line (``iosim.limits.parse_size``); defaults are already ints."""
     from iosim.limits import parse_size
-    a = argparse.Namespace(**{**vars(a), **{k: parse_size(v, "--" + k.replace("_", "-")) for k, v in vars(a).items()
-                                            if k in _SIZE_FLAGS and isinstance(v, str)}})
+    return argparse.Namespace(**{**vars(a), **{k: parse_size(v, "--" + k.replace("_", "-")) for k, v in vars(a).items()
+                                               if k in _SIZE_FLAGS and isinstance(v, str)}})
+
+
+def problem_from_args(a: argparse.Namespace) -> tuple[Problem, KernelConfig]:
+    a = read_sizes(a)
     problem = Problem(a.batch, a.heads, a.kv_heads if a.kv_heads is not None else a.heads, a.seq_q,
                       a.seq_kv if a.seq_kv is not None else a.seq_q, a.head_dim, a.dtype, a.causal)
     config = KernelConfig(a.block_m, a.block_n, a.num_warps, a.num_stages,
@@ -177,7 +182,7 @@ def _print_prediction(pred, out: IO[str]) -> None:
 
 
 def run(argv: Sequence[str], out: IO[str]) -> int:
-    args = create_parser().parse_args(argv)
+    args = read_sizes(create_parser().parse_args(argv))
     if args.command == "predict":
         from iosim.predict import predict
         problem, config = problem_from_args(args)

@@ -18,12 +18,12 @@ def add_problem_args(p: argparse.ArgumentParser) -> None:
     """The problem (not the tiling) and the hardware: shared by ``tiles`` and ``hints``."""
     p.add_argument("--hardware", default="h100", help="built-in profile name or path to a .toml profile (default h100)")
     p.add_argument("--algorithm", default="flash2", help="algorithm family (see `iosim algorithms`)")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--heads", type=int, default=16)
-    p.add_argument("--kv-heads", type=int, default=None, help="KV heads (default = --heads)")
-    p.add_argument("--seq-q", type=int, default=4096)
-    p.add_argument("--seq-kv", type=int, default=None, help="default = --seq-q")
-    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--batch", default=1)
+    p.add_argument("--heads", default=16)
+    p.add_argument("--kv-heads", default=None, help="KV heads (default = --heads)")
+    p.add_argument("--seq-q", default=4096)
+    p.add_argument("--seq-kv", default=None, help="default = --seq-q")
+    p.add_argument("--head-dim", default=128)
     p.add_argument("--dtype", default="bf16", choices=sorted(DTYPE_BYTES))
     p.add_argument("--causal", action="store_true")
     p.add_argument("--path", default=None, choices=PATHS,

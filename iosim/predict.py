@@ -9,7 +9,6 @@ seconds at 16K–32K tokens, about half a minute for a causal 64K-token, 16-head
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from dataclasses import asdict, dataclass, replace
@@ -105,6 +104,8 @@ def build_schedule(algorithm: str, problem: Problem, config: KernelConfig, hardw
     return get(algorithm).build(problem, config, hardware)
 
 
+MAX_CTA_JITTER = 2.0  # σ of log CTA speed: 2 already spreads speeds e^±2 (≈ 55×) over ±1σ; beyond it is no GPU
+
 def _check_args(hardware, problem, config, algorithm: str, cta_jitter, cta_phases,
                 l2_geometry) -> tuple[Hardware, KernelConfig]:
     """predict's arguments: a profile name or path loads the profile, config None is KernelConfig(); a wrong type
@@ -118,8 +119,9 @@ def _check_args(hardware, problem, config, algorithm: str, cta_jitter, cta_phase
         ("l2_geometry", l2_geometry, (L2Geometry, type(None)), "an L2Geometry or None")) if not isinstance(v, cls)]
     if wrong:
         raise IosimError("predict(hardware, problem, config, algorithm): " + "; ".join(wrong))
-    if cta_jitter is not None and not (isinstance(cta_jitter, Real) and math.isfinite(cta_jitter) and cta_jitter >= 0):
-        raise IosimError(f"cta_jitter must be a finite number >= 0 (0 = lockstep), got {cta_jitter!r} (--cta-jitter)")
+    if cta_jitter is not None and not (isinstance(cta_jitter, Real) and 0 <= cta_jitter <= MAX_CTA_JITTER):
+        raise IosimError(f"cta_jitter must be a number in [0, {MAX_CTA_JITTER}] (0 = lockstep; CTA speeds are "
+                         f"exp(jitter·z), the calibrated values are 0.03-0.15), got {cta_jitter!r} (--cta-jitter)")
     if cta_phases is not None and (isinstance(cta_phases, bool) or not isinstance(cta_phases, Integral) or cta_phases < 1):
         raise IosimError(f"cta_phases must be a whole number >= 1 (1 = lockstep convoy), got {cta_phases!r}")
     return hardware, config

@@ -234,6 +234,8 @@ class TileChoice:
 def choose(hw: Hardware, problem: Problem, algorithm: str = "flash2", *, path: str | None = None, **kw) -> TileChoice:
     """Rank the legal configurations by predicted time (ties: larger tiles, fewer warps, more resident CTAs, deeper
     pipelines first; ``STAGE_TIE_BREAK``)."""
+    from iosim.registry import get
+    get(algorithm)  # an unknown name fails here, with the list of known ones
     path = path or native_path(hw)
     cands = candidates(hw, problem, algorithm, path=path, **kw)
     legal = [c for c in cands if c.legal]
