@@ -33,7 +33,19 @@ def commands() -> list[str]:
 
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("readme")  # shared: `hardware template --out my_gpu.toml` feeds later commands
+    """Shared by the commands (`hardware template --out my_gpu.toml` feeds later ones); holds the README's toml
+    blocks under the file name their first line gives (`# fa2_h100.toml`)."""
+    d = tmp_path_factory.mktemp("readme")
+    for block in blocks("toml"):
+        name = block.splitlines()[0].lstrip("# ").strip()
+        (d / name).write_text(block)
+    return d
+
+
+def repo_paths(argv: list[str]) -> list[str]:
+    """Arguments naming a committed file (the README says to run those from the repository root) made absolute."""
+    return [str(README.parent / a) if "/" in a and not a.startswith(".") and (README.parent / a).is_file() else a
+            for a in argv]
 
 
 def test_readme_has_the_examples():
@@ -45,7 +57,7 @@ def test_readme_has_the_examples():
 
 @pytest.mark.parametrize("cmd", commands())
 def test_readme_command_runs(cmd, scratch, monkeypatch):
-    argv = shlex.split(cmd)[1:]
+    argv = repo_paths(shlex.split(cmd)[1:])
     if argv[0] in NEEDS_GPU:
         pytest.skip(NEEDS_GPU[argv[0]])
     monkeypatch.chdir(scratch)
@@ -60,3 +72,5 @@ def test_readme_python_block_runs(tmp_path, monkeypatch):
     ns: dict = {}
     exec(compile(code, "README.md", "exec"), ns)
     assert ns["pred"].counts.sm_read_bytes == 17_246_978_048  # the value the README's comment states
+    df = ns["df"]
+    assert len(df) == 4 and list(df["seq_q"]) == [8192, 8192, 16384, 16384] and df["error"].isna().all()
