@@ -58,7 +58,12 @@ sequence, i.e. about line accesses ÷ sets, independent of sampling. With few sa
 (benchmarks/bench_l2.py: 20–35× pycachesim on the same trace). Exactness against pycachesim's LRU and FIFO is a CI
 test (tests/test_l2.py), including pycachesim's accounting of stores (``pycachesim_stores=True``); every policy is
 checked against an independent per-set reference model and hand-worked traces (tests/test_l2_policies.py). Whole-line
-single-kernel traces take a leaner loop (``_fast_lockstep*``) for every policy but ``random``.
+single-kernel traces take a leaner loop (``_fast_lockstep*``) for every policy but ``random``. Where numba imports,
+``simulate_lines`` (after the grouping by set) and ``iosim.l2stream`` run the compiled core ``iosim.l2_jit`` instead:
+the same model one access at a time in array order, bit-identical (tests/test_l2_jit.py); faster where sampled sets
+see long sequences (FA2 causal 64K ``predict``: 7.6 → 4.3 s, benchmarks/bench_l2.py), about as fast as the lockstep
+and pycachesim's C loop on an exact run of every set (benchmarks/bench_l2_engine.py). ``IOSIM_L2_ENGINE=numpy``
+forces the NumPy loops.
 
 Set sampling (``stride`` k > 1): only sets whose index ≡ 0 (mod k) are simulated (for every index function the set of
 a line is ≡ line (mod k) when k divides the set count and the hash granule, ``L2Geometry.max_stride``) and every count

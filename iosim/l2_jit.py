@@ -17,8 +17,10 @@ last dirtied the line, and per (row, partition) B (plru tree bits or the brrip f
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
-from numba import literally, njit
+from numba import njit
 
 from iosim.l2 import DISABLED, POLICIES, _plru_tables, _popcount
 
@@ -124,81 +126,83 @@ def _install(T, S, V, D, K, B, lo, si, j, W, hit, x, s, w, k, t, pol, touch, PM,
     return fetched, wb, k_old, ev
 
 
-@njit(cache=True)
-def _run(row, hrow, tag, sec, wr, kern, nr, hm, t0, cnt, T, S, V, D, K, B, W, P, pol, PM, PV, L, touch, alloc,
-         acc, k_read, k_write, k_hit, nf):
-    """Every access in array order; counters into acc (``_COUNTERS``) and k_*; nf[a] = DRAM sectors access a read
-    (when nf is not empty). Returns the longest per-row sequence (the lockstep's number of steps). Compiled once per
-    policy, partition count and store rule (``literally``): known at compile time, they halve the time per access."""
-    literally(pol)
-    literally(P)
-    literally(touch)
-    literally(alloc)
-    C = W * P
-    want = len(nf) > 0
-    steps = 0
-    hits = misses = evictions = dirty = reads = writes = fabric = 0
-    for a in range(len(row)):
-        r = row[a]
-        t = t0 + cnt[r]
-        cnt[r] += 1
-        steps = max(steps, cnt[r])
-        x = tag[a]
-        s = np.int64(sec[a])
-        w = wr[a]
-        k = np.int64(kern[a])
-        q = np.int64(nr[a]) if P > 1 else 0
-        h = np.int64(hm[a]) if P > 1 else q
-        lo = r * C + q * W
-        jq, hit = _lookup(T, S, B, lo, r * P + q, q * W, W, x, pol, t, hrow[a], L)
-        fwd = False
-        lo2, jh, hit2 = lo, 0, False
-        # the home partition is asked when the near copy misses, lacks requested sectors, or for a store
-        if P > 1 and h != q and (w or not hit or (s & ~V[lo + jq]) != 0):
-            fwd = True
-            lo2 = r * C + h * W
-            jh, hit2 = _lookup(T, S, B, lo2, r * P + h, h * W, W, x, pol, t, hrow[a], L)
-        if w and not hit and not alloc:   # no store allocation: the store goes straight to DRAM
-            f, wb, wk, ev = 0, s, k, False
-        else:
-            f, wb, wk, ev = _install(T, S, V, D, K, B, lo, r * P + q, jq, W, hit, x, s, w, k, t, pol, touch, PM, PV)
-        if P > 1 and w and h != q:   # a store issued near leaves a clean copy there; the home copy is dirty
-            D[lo + jq] = 0
-        if fwd:
-            if w and not hit2 and not alloc:
-                f2, wb2, wk2, ev2 = 0, s, k, False
+@functools.cache
+def _kernel(pol: int, P: int, touch: bool, alloc: bool):
+    """The access loop compiled for one policy, partition count and store rule: known at compile time, they halve
+    the time per access (numba caches each variant on disk, the closure's values being part of its key)."""
+
+    @njit(cache=True)
+    def run(row, hrow, tag, sec, wr, kern, nr, hm, t0, cnt, T, S, V, D, K, B, W, PM, PV, L, acc, k_read, k_write,
+            k_hit, nf):
+        """Every access in array order; counters into acc (``_COUNTERS``) and k_*; nf[a] = DRAM sectors access a
+        read (when nf is not empty). Returns the longest per-row sequence (the lockstep's number of steps)."""
+        C = W * P
+        want = len(nf) > 0
+        steps = 0
+        hits = misses = evictions = dirty = reads = writes = fabric = 0
+        for a in range(len(row)):
+            r = row[a]
+            t = t0 + cnt[r]
+            cnt[r] += 1
+            steps = max(steps, cnt[r])
+            x = tag[a]
+            s = np.int64(sec[a])
+            w = wr[a]
+            k = np.int64(kern[a])
+            q = np.int64(nr[a]) if P > 1 else 0
+            h = np.int64(hm[a]) if P > 1 else q
+            lo = r * C + q * W
+            jq, hit = _lookup(T, S, B, lo, r * P + q, q * W, W, x, pol, t, hrow[a], L)
+            fwd = False
+            lo2, jh, hit2 = lo, 0, False
+            # the home partition is asked when the near copy misses, lacks requested sectors, or for a store
+            if P > 1 and h != q and (w or not hit or (s & ~V[lo + jq]) != 0):
+                fwd = True
+                lo2 = r * C + h * W
+                jh, hit2 = _lookup(T, S, B, lo2, r * P + h, h * W, W, x, pol, t, hrow[a], L)
+            if w and not hit and not alloc:   # no store allocation: the store goes straight to DRAM
+                f, wb, wk, ev = 0, s, k, False
             else:
-                f2, wb2, wk2, ev2 = _install(T, S, V, D, K, B, lo2, r * P + h, jh, W, hit2, x, s, w, k, t, pol,
-                                             touch, PM, PV)
-            f = f2   # the home copy supplies what it holds, DRAM the rest
-            fabric += hit2
-            evictions += ev2
-            dirty += ev2 and wb2 != 0
-            n2 = _pc(wb2)
-            writes += n2
-            k_write[wk2] += n2
-        if hit:
-            if touch or not w:
-                hits += 1
-                k_hit[k] += 1
-        else:
-            misses += 1
-        evictions += ev
-        dirty += ev and wb != 0
-        nfa = _pc(f)
-        reads += nfa
-        k_read[k] += nfa
-        nw = _pc(wb)
-        writes += nw
-        k_write[wk] += nw
-        if want:
-            nf[a] = nfa
-    acc[:] += np.array([hits, misses, evictions, dirty, reads, writes, fabric])
-    return steps
+                f, wb, wk, ev = _install(T, S, V, D, K, B, lo, r * P + q, jq, W, hit, x, s, w, k, t, pol, touch, PM, PV)
+            if P > 1 and w and h != q:   # a store issued near leaves a clean copy there; the home copy is dirty
+                D[lo + jq] = 0
+            if fwd:
+                if w and not hit2 and not alloc:
+                    f2, wb2, wk2, ev2 = 0, s, k, False
+                else:
+                    f2, wb2, wk2, ev2 = _install(T, S, V, D, K, B, lo2, r * P + h, jh, W, hit2, x, s, w, k, t, pol,
+                                                 touch, PM, PV)
+                f = f2   # the home copy supplies what it holds, DRAM the rest
+                fabric += hit2
+                evictions += ev2
+                dirty += ev2 and wb2 != 0
+                n2 = _pc(wb2)
+                writes += n2
+                k_write[wk2] += n2
+            if hit:
+                if touch or not w:
+                    hits += 1
+                    k_hit[k] += 1
+            else:
+                misses += 1
+            evictions += ev
+            dirty += ev and wb != 0
+            nfa = _pc(f)
+            reads += nfa
+            k_read[k] += nfa
+            nw = _pc(wb)
+            writes += nw
+            k_write[wk] += nw
+            if want:
+                nf[a] = nfa
+        acc[:] += np.array([hits, misses, evictions, dirty, reads, writes, fabric])
+        return steps
+
+    return run
 
 
 class CompiledState:
-    """The cache state of ``_run`` for ``rows`` simulated sets of ``partitions`` caches of ``ways`` physical ways."""
+    """The cache state of the ``_kernel`` loops for ``rows`` simulated sets of ``partitions`` caches of ``ways`` physical ways."""
 
     def __init__(self, rows: int, ways: int, partitions: int, policy: str, num_kernels: int,
                  store_allocate: bool = True, pycachesim_stores: bool = False):
@@ -240,10 +244,10 @@ class CompiledState:
         kr, kw, kh = (np.zeros(self.nk, np.int64) for _ in range(3))
         nf = np.zeros(n if want_fetched else 0, np.int64)
         self.cnt[:] = 0
-        steps = _run(row, hrow, np.ascontiguousarray(tag, np.int64), np.ascontiguousarray(sectors, np.uint32),
-                     np.ascontiguousarray(write, np.bool_), kernel, near, home, t0, self.cnt, self.T, self.S, self.V,
-                     self.D, self.K, self.B, self.W, self.P, self.pol, self.PM, self.PV, self.L, self.touch,
-                     self.alloc, acc, kr, kw, kh, nf)
+        run = _kernel(self.pol, self.P, self.touch, self.alloc)
+        steps = run(row, hrow, np.ascontiguousarray(tag, np.int64), np.ascontiguousarray(sectors, np.uint32),
+                    np.ascontiguousarray(write, np.bool_), kernel, near, home, t0, self.cnt, self.T, self.S, self.V,
+                    self.D, self.K, self.B, self.W, self.PM, self.PV, self.L, acc, kr, kw, kh, nf)
         for name, v in zip(_COUNTERS, acc.tolist()):
             counts[name] += v
         counts["k_read"] += kr
