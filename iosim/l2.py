@@ -61,7 +61,7 @@ checked against an independent per-set reference model and hand-worked traces (t
 single-kernel traces take a leaner loop (``_fast_lockstep*``) for every policy but ``random``. Where numba imports,
 ``simulate_lines`` (after the grouping by set) and ``iosim.l2stream`` run the compiled core ``iosim.l2_jit`` instead:
 the same model one access at a time in array order, bit-identical (tests/test_l2_jit.py); faster where sampled sets
-see long sequences (FA2 causal 64K ``predict``: 7.6 → 4.3 s, benchmarks/bench_l2.py), about as fast as the lockstep
+see long sequences (FA2 causal 64K ``predict``: 7.6 → 3.5 s, benchmarks/bench_l2.py), about as fast as the lockstep
 and pycachesim's C loop on an exact run of every set (benchmarks/bench_l2_engine.py). ``IOSIM_L2_ENGINE=numpy``
 forces the NumPy loops.
 
