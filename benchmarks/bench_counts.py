@@ -14,7 +14,7 @@ import tracemalloc
 from iosim.atomic import atomic_write_text
 from iosim.counts import count
 from iosim.hwprofile import load_hardware
-from iosim.predict import build_schedule
+from iosim.pipeline import build_schedule
 from iosim.problem import KernelConfig, Problem
 
 CASES = [

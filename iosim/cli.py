@@ -184,7 +184,7 @@ def _print_prediction(pred, out: IO[str]) -> None:
 def run(argv: Sequence[str], out: IO[str]) -> int:
     args = read_sizes(create_parser().parse_args(argv))
     if args.command == "predict":
-        from iosim.predict import predict
+        from iosim.pipeline import predict
         problem, config = problem_from_args(args)
         hw = load_hardware(args.hardware)
         geom = None

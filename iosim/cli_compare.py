@@ -60,9 +60,9 @@ def launch_grid(kernel, preset: str | None) -> tuple[int, int, int]:
 
 
 def predicted_kernels(point: Mapping[str, object], l2: bool) -> dict:
-    """What a point's prediction launches (for ``iosim.sweep.run_points``): per kernel its grid and predicted
+    """What a point's prediction launches (for ``iosim.sweeps.run_points``): per kernel its grid and predicted
     metrics, plus the fields ``kernel_hints`` may check; or the IosimError in ``error``."""
-    from iosim.sweep import prediction
+    from iosim.sweeps import prediction
     try:
         pred = prediction(point, l2)
     except IosimError as e:
@@ -172,7 +172,7 @@ def report(rows: list[dict], unmatched, failed: list[str]) -> str:
 
 def _points(args) -> list[dict]:
     from iosim.cli import problem_from_args
-    from iosim.sweep import load_spec, points
+    from iosim.sweeps import load_spec, points
     base = {"hardware": args.hardware} | ({"kernel": args.kernel} if args.kernel else {})
     if args.spec:
         return points([base | g for g in load_spec(args.spec)])
@@ -184,7 +184,7 @@ def _points(args) -> list[dict]:
 def run(args: argparse.Namespace, out: IO[str]) -> int:
     from iosim.atomic import atomic_write_text
     from iosim.ncu import kernel_family, read_ncu_csv
-    from iosim.sweep import run_points
+    from iosim.sweeps import run_points
     launches = read_ncu_csv(args.ncu)
     if not any(not ln.is_marker for ln in launches):
         raise IosimError(f"{args.ncu}: no kernel launches; profile with `ncu --csv [--page raw] ... > FILE.csv`")

@@ -92,7 +92,7 @@ def summary(rows: list[dict], pts: list[dict]) -> str:
 
 def run(args: argparse.Namespace, out: IO[str]) -> int:
     from iosim.atomic import atomic_write_bytes
-    from iosim.sweep import frame, load_spec, points, run_points
+    from iosim.sweeps import frame, load_spec, points, run_points
     check_out(args.out)
     pts = points(load_spec(args.spec))
     try:

@@ -750,7 +750,7 @@ def estimate(schedule: Schedule, counts: Counts, hw: Hardware, dram_read_bytes=N
     """Predicted time of ``schedule`` (its kernels in launch order) on ``hw``.
 
     Args:
-        schedule, counts: from ``iosim.predict`` (``count(schedule)``).
+        schedule, counts: from ``iosim.pipeline`` (``count(schedule)``).
         dram_read_bytes, dram_write_bytes: from the L2 model — an int for the whole schedule (split over kernels
             in proportion to their compulsory traffic), a per-kernel list, or a {kernel name: bytes} mapping.
             None: compulsory traffic (each tensor a kernel touches read/written once).
@@ -801,6 +801,6 @@ def estimate_problem(hw: Hardware, problem, config, algorithm: str = "flash2", *
                      dram_read_bytes=None, dram_write_bytes=None) -> TimeEstimate:
     """Convenience: build the schedule, count it, estimate it."""
     from iosim.counts import count
-    from iosim.predict import build_schedule
+    from iosim.pipeline import build_schedule
     s = build_schedule(algorithm, problem, config, hw)
     return estimate(s, count(s), hw, dram_read_bytes, dram_write_bytes, path=path)

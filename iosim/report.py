@@ -192,7 +192,7 @@ def sweep_n(cfg: ReportConfig, progress: Progress) -> tuple[list[dict], list[str
     from iosim.cost import estimate, tensor_dtype
     from iosim.counts import count
     from iosim.hwprofile import load_hardware
-    from iosim.predict import build_schedule
+    from iosim.pipeline import build_schedule
     from iosim.problem import KernelConfig
     rows, failures = [], []
     for hw_name in cfg.hardware:
@@ -234,7 +234,7 @@ def _io_elements(schedule, counts) -> int:
 def sweep_sram(cfg: ReportConfig, progress: Progress) -> tuple[dict, list[str]]:
     """IO (elements) of flash1 and square_tiling vs the SRAM size M (elements), d = sram_head_dim, N = sram_seq."""
     from iosim.counts import count
-    from iosim.predict import build_schedule
+    from iosim.pipeline import build_schedule
     from iosim.problem import DTYPE_BYTES, KernelConfig
     n, d = cfg.sram_seq, cfg.sram_head_dim
     e = DTYPE_BYTES[cfg.dtype]

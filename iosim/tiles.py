@@ -32,7 +32,7 @@ from iosim.counts import Counts, count, sram_bytes
 from iosim.errors import IosimError
 from iosim.hwprofile import Hardware
 from iosim.occupancy import occupancy
-from iosim.predict import build_schedule
+from iosim.pipeline import build_schedule
 from iosim.problem import KernelConfig, Problem
 
 BLOCK_CHOICES = (16, 32, 64, 128, 256)

@@ -66,7 +66,7 @@ def launch_working_set(hw, problem: Problem, kernel: str | None = None, config: 
                        algorithm: str = "flash2", block_mask=None) -> WorkingSet:
     """The rule for a launch as iosim models it: block_m from the preset (or ``config``), CTAs per SM from the cost
     model's occupancy (``predict(..., l2=False).time.kernels[0].ctas_per_sm``), SMs and L2 size from the profile."""
-    from iosim.predict import predict
+    from iosim.pipeline import predict
     from iosim.presets import apply
 
     cfg = apply(kernel, problem, hw, config)[1] if kernel is not None else config

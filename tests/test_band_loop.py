@@ -11,7 +11,7 @@ from iosim import cost
 from iosim.counts import count
 from iosim.hwprofile import load_hardware
 from iosim.models.flash2 import MASK_FLOPS
-from iosim.predict import build_schedule
+from iosim.pipeline import build_schedule
 from iosim.problem import KernelConfig, Problem
 from iosim.schedule import Loop
 

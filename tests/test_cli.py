@@ -161,7 +161,7 @@ def test_single_import_root():
 def test_predict_fills_time_from_cost_model_with_and_without_l2():
     from iosim.cost import BOUND_EXPLANATIONS, estimate
     from iosim.hwprofile import load_hardware
-    from iosim.predict import predict
+    from iosim.pipeline import predict
     from iosim.problem import KernelConfig, Problem
 
     hw = load_hardware("h100")

@@ -9,7 +9,7 @@ import pytest
 
 from iosim.hwprofile import load_hardware
 from iosim.masks import flex_block_tables, random_block_mask
-from iosim.predict import predict
+from iosim.pipeline import predict
 from iosim.problem import KernelConfig, Problem
 
 GPU_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "gpu")

@@ -13,7 +13,7 @@ from iosim.cost import LAUNCH_OVERHEAD_S, estimate, estimate_problem
 from iosim.counts import count
 from iosim.errors import IosimError
 from iosim.hwprofile import Source, load_hardware
-from iosim.predict import build_schedule
+from iosim.pipeline import build_schedule
 from iosim.problem import KernelConfig, Problem
 from iosim.schedule import Compute, GridAxis, Kernel, Schedule, Span, Work, var
 
@@ -179,7 +179,7 @@ def test_prefetch_overlaps_one_stage_loads_like_a_pipeline():
     assert plain.body_s == pytest.approx(plain.compute_s * plain.sm_scale + mem / min(plain.ctas_per_sm, 64) + plain.fill_s)
     assert pre.time_s < plain.time_s
     # the fa2 preset carries the flag through predict
-    from iosim.predict import predict
+    from iosim.pipeline import predict
     from iosim.presets import PRESETS
     assert PRESETS["fa2"].prefetch and not PRESETS["iosim-triton"].prefetch
     t = predict(H100, p, KernelConfig(), kernel="fa2", l2=False).time.kernels[0]

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from iosim.counts import count
 from iosim.errors import IosimError
 from iosim.hwprofile import load_hardware
-from iosim.predict import build_schedule
+from iosim.pipeline import build_schedule
 from iosim.problem import KernelConfig, Problem
 
 H100 = load_hardware("h100")

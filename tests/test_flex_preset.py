@@ -9,7 +9,7 @@ from iosim.counts import count
 from iosim.hwprofile import load_hardware
 from iosim.layout import layout
 from iosim.masks import flex_block_tables, random_block_mask
-from iosim.predict import predict
+from iosim.pipeline import predict
 from iosim.presets import apply, flex_schedule, flex_tiles, flex_visits, get_preset
 from iosim.problem import KernelConfig, Problem
 from iosim.trace import expand_kernel

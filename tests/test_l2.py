@@ -17,7 +17,7 @@ from iosim.hwprofile import load_hardware
 from iosim.l2 import L2Geometry, RunTrace, expand_lines, simulate, simulate_lines
 from iosim.layout import layout
 from iosim.occupancy import occupancy
-from iosim.predict import build_schedule, predict
+from iosim.pipeline import build_schedule, predict
 from iosim.presets import apply, fa2_tiles
 from iosim.problem import KernelConfig, Problem
 from iosim.scheduler import start_times

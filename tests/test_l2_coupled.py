@@ -13,7 +13,7 @@ from iosim.hierarchy import simulate_schedule
 from iosim.hwprofile import load_hardware
 from iosim.l2 import L2Geometry, simulate_lines
 from iosim.l2stream import L2Stream
-from iosim.predict import build_schedule
+from iosim.pipeline import build_schedule
 from iosim.presets import apply
 from iosim.problem import KernelConfig, Problem
 from iosim.trace import KernelTrace

@@ -8,7 +8,7 @@ import pytest
 from iosim.errors import IosimError
 from iosim.hwprofile import load_hardware
 from iosim.occupancy import occupancy, registers_per_thread
-from iosim.predict import build_schedule, predict
+from iosim.pipeline import build_schedule, predict
 from iosim.problem import KernelConfig, Problem
 from iosim.schedule import Buffer, GridAxis, Kernel, var
 

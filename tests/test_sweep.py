@@ -8,7 +8,7 @@ import pytest
 
 from iosim import IosimError, sweep
 from iosim.cli import main, run
-from iosim.sweep import Progress, points
+from iosim.sweeps import Progress, points
 
 SMALL = {"algorithm": "flash2", "batch": 2, "heads": 4, "seq_q": [256, 512], "head_dim": 64, "block_m": 64,
          "block_n": 64, "causal": [False, True]}

@@ -11,7 +11,7 @@ from iosim.cli import run
 from iosim.counts import sram_bytes
 from iosim.errors import IosimError
 from iosim.hwprofile import load_hardware
-from iosim.predict import build_schedule
+from iosim.pipeline import build_schedule
 from iosim.problem import KernelConfig, Problem
 from iosim.tiles import candidates, choose, shape_rule
 

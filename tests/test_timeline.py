@@ -10,7 +10,7 @@ import pytest
 from iosim.hierarchy import DRIFT_BY_KV_ORDER, build_trace, drift_for, mean_result, simulate_schedule
 from iosim.hwprofile import load_hardware
 from iosim.l2 import L2Geometry, RunTrace, expand_lines, simulate_lines, simulate_owned
-from iosim.predict import build_schedule
+from iosim.pipeline import build_schedule
 from iosim.problem import KernelConfig, Problem
 from iosim.scheduler import is_layered_convoy, layer_offsets, order_trace, start_times
 from iosim.trace import KernelTrace

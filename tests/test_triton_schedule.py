@@ -157,7 +157,7 @@ def test_gpu_slug():
 from dataclasses import replace  # noqa: E402
 
 from iosim.hwprofile import load_hardware  # noqa: E402
-from iosim.predict import predict  # noqa: E402
+from iosim.pipeline import predict  # noqa: E402
 from iosim.presets import apply  # noqa: E402
 from iosim.triton_kernels.schedule import (DEFAULT_CONFIGS, default_config, instruction_path,  # noqa: E402
                                            launch_config, launch_grid)

@@ -40,7 +40,7 @@ sys.path.insert(0, ROOT)
 
 from iosim.cost import estimate  # noqa: E402
 from iosim.hwprofile import load_hardware  # noqa: E402
-from iosim.predict import predict  # noqa: E402
+from iosim.pipeline import predict  # noqa: E402
 from iosim.problem import KernelConfig, Problem  # noqa: E402
 from iosim.tiles import choose  # noqa: E402
 

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/gpu/compare_l2.py path/to/measured.csv \
         --profile uncalibrated=h100 --profile calibrated=reports/calibration/h100/h100_calibrated.toml [--out DIR]
 
-Each case is predicted with ``iosim.predict.predict`` — the entry point ``iosim predict`` uses — with the matching
+Each case is predicted with ``iosim.pipeline.predict`` — the entry point ``iosim predict`` uses — with the matching
 kernel preset (``fa2`` for SDPA flash, ``flex`` for FlexAttention; Flex block masks rebuilt from the case's density
 and seed with the same ``validate_l2.mask_tables`` the GPU run used) and the profile's L2. A profile is NAME=SPEC,
 SPEC a built-in name (h100, h200) or a TOML path (``iosim.hwprofile.load_hardware``); without --profile the
@@ -35,7 +35,7 @@ for _p in (ROOT, HERE):
 
 from iosim.atomic import atomic_write_text  # noqa: E402
 from iosim.hwprofile import load_hardware  # noqa: E402
-from iosim.predict import predict  # noqa: E402
+from iosim.pipeline import predict  # noqa: E402
 from iosim.problem import KernelConfig, Problem  # noqa: E402
 
 L2_BOUND = 1.15

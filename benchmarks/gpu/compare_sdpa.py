@@ -18,7 +18,7 @@ import time
 
 from iosim.hierarchy import DRIFT_BY_KV_ORDER
 from iosim.hwprofile import load_hardware
-from iosim.predict import predict
+from iosim.pipeline import predict
 from iosim.problem import KernelConfig, Problem
 
 CALIBRATION_CASES = {(1, 16, 32768, 128, 1), (1, 16, 32768, 64, 1), (1, 16, 8192, 128, 1), (1, 16, 16384, 128, 1),

@@ -43,7 +43,7 @@ from iosim.counts import count
 from iosim.hierarchy import DRIFT_BY_KV_ORDER, simulate_schedule
 from iosim.hwprofile import load_hardware
 from iosim.l2 import L2Geometry
-from iosim.predict import predict
+from iosim.pipeline import predict
 from iosim.problem import KernelConfig, Problem
 from iosim.triton_kernels.schedule import instruction_path, kernel_schedule
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from iosim.atomic import atomic_write_text
 from iosim.hwprofile import load_hardware
-from iosim.predict import predict
+from iosim.pipeline import predict
 from iosim.problem import KernelConfig, Problem
 
 PRESET = {"sdpa-flash": "fa2", "iosim-triton": "iosim-triton"}

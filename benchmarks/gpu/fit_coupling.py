@@ -38,7 +38,7 @@ def _one(args):
 
     from iosim.coupled import Coupling
     from iosim.hwprofile import load_hardware
-    from iosim.predict import predict
+    from iosim.pipeline import predict
     from iosim.problem import KernelConfig, Problem
     p = Problem(c["B"], c["Hq"], c["Hkv"], c["N"], c["N"], c["d"], "bf16", bool(c["causal"]))
     kernel = KERNEL[c["impl"]]

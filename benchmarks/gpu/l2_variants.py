@@ -20,7 +20,7 @@ from compare_l2 import KERNEL, L2_BOUND, qkv_bytes, read_measured  # noqa: E402
 
 from iosim.hwprofile import load_hardware  # noqa: E402
 from iosim.l2 import L2Geometry  # noqa: E402
-from iosim.predict import predict  # noqa: E402
+from iosim.pipeline import predict  # noqa: E402
 from iosim.problem import KernelConfig, Problem  # noqa: E402
 
 

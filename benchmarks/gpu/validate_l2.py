@@ -407,7 +407,7 @@ def dry_run(cases: list[dict]) -> int:
                     if tuple(bmask.kv_num_blocks.shape[-1:]) != (c["N"] // SPARSE_BLOCK,):
                         errs.append(f"case {c['id']}: BlockMask has {tuple(bmask.kv_num_blocks.shape)} rows")
             else:
-                from iosim.predict import build_schedule
+                from iosim.pipeline import build_schedule
                 sched = build_schedule(alg, p, cfg, hw)
             cnt = count(sched)
             note = f"{time.perf_counter() - t:.1f}s"

@@ -1,4 +1,4 @@
-"""Sweeps: ``iosim.predict.predict`` over a grid of problems and kernel configurations → a pandas DataFrame.
+"""Sweeps: ``iosim.pipeline.predict`` over a grid of problems and kernel configurations → a pandas DataFrame.
 
 A grid is a mapping from field to a value or a list of values; lists are crossed (cartesian product). Fields
 (``KEYS``; defaults as ``iosim predict``'s flags):
@@ -136,8 +136,8 @@ def resolved(point: Mapping[str, object]) -> dict:
 
 
 def prediction(point: Mapping[str, object], l2: bool = True):
-    """``iosim.predict.predict`` of one point (a dict of every key, as ``points`` gives); IosimError on bad input."""
-    from iosim.predict import predict
+    """``iosim.pipeline.predict`` of one point (a dict of every key, as ``points`` gives); IosimError on bad input."""
+    from iosim.pipeline import predict
     from iosim.problem import KernelConfig, Problem
     p = resolved(point)
     problem = Problem(p["batch"], p["heads"], p["kv_heads"], p["seq_q"], p["seq_kv"], p["head_dim"], p["dtype"],
