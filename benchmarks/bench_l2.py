@@ -28,9 +28,9 @@ import time
 
 import numpy as np
 
-from iosim.hierarchy import build_trace
+from iosim.memory.hierarchy import build_trace
 from iosim.hwprofile import load_hardware
-from iosim.l2 import HASHES, POLICIES, L2Geometry, expand_lines, simulate, simulate_lines
+from iosim.memory.l2 import HASHES, POLICIES, L2Geometry, expand_lines, simulate, simulate_lines
 from iosim.pipeline import build_schedule
 from iosim.presets import apply
 from iosim.problem import KernelConfig, Problem
@@ -71,7 +71,7 @@ def big_run(policy: str = "profile", hash_: str = "profile") -> dict:
     """FA2 causal B=1 H=16 N=65536 d=128 through the default L2 model, in a fresh process (peak RSS)."""
     code = ("import time,resource,json;t=time.perf_counter();"
             "from iosim.pipeline import predict;from iosim.hwprofile import load_hardware;"
-            "from iosim.problem import Problem,KernelConfig;from iosim.l2 import L2Geometry;hw=load_hardware('h100');"
+            "from iosim.problem import Problem,KernelConfig;from iosim.memory.l2 import L2Geometry;hw=load_hardware('h100');"
             f"g=L2Geometry.from_hardware(hw,**{_over(policy, hash_)!r});"
             "p=predict(hw,Problem(1,16,16,65536,65536,128,'bf16',True),KernelConfig(),kernel='fa2',l2_geometry=g);"
             "print(json.dumps({'seconds':time.perf_counter()-t,'cpu_seconds':time.process_time(),"

@@ -7,7 +7,7 @@ line accesses: half a strided sweep over 1.2× the capacity, half uniformly rand
 stores (seed 0). Rows:
 * pycachesim: its C loop (``CacheSimulator.loadstore``, one (loads, stores) tuple per line, built before timing).
 * iosim compiled: ``simulate_lines(set_index(line), line, …, pycachesim_stores=True)`` through the numba core
-  (``iosim.l2_jit``; compiled beforehand on a short trace), timed with the set indexing.
+  (``iosim.memory.l2_jit``; compiled beforehand on a short trace), timed with the set indexing.
 * iosim NumPy: the same call with ``IOSIM_L2_ENGINE=numpy`` (the fallback).
 Hit and miss counts must equal pycachesim's (the script fails otherwise). Rates are line accesses per second.
 """
@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from iosim.atomic import atomic_write_text
-from iosim.l2 import L2Geometry, simulate_lines
+from iosim.memory.l2 import L2Geometry, simulate_lines
 
 
 def trace(geom: L2Geometry, n: int):

@@ -89,7 +89,7 @@ def create_parser() -> argparse.ArgumentParser:
     p.add_argument("--l2-exact", action="store_true", help="simulate every L2 set (no set sampling; slower)")
     p.add_argument("--cta-jitter", type=float, default=None,
                    help="spread of per-CTA speeds in the CTA timeline (default: by KV walk direction, "
-                        "iosim.hierarchy.DRIFT_BY_KV_ORDER: descending 0.15, ascending 0.03; 0 = lockstep)")
+                        "iosim.memory.hierarchy.DRIFT_BY_KV_ORDER: descending 0.15, ascending 0.03; 0 = lockstep)")
     sub.add_parser("algorithms", help="list the algorithm families")
     for m in _command_modules().values():
         m.add_parser(sub)
@@ -189,7 +189,7 @@ def run(argv: Sequence[str], out: IO[str]) -> int:
         hw = load_hardware(args.hardware)
         geom = None
         if args.l2_policy or args.l2_sharing or args.l2_way_spread is not None:
-            from iosim.l2 import L2Geometry
+            from iosim.memory.l2 import L2Geometry
             over = {k: v for k, v in (("policy", args.l2_policy), ("sharing", args.l2_sharing),
                                       ("way_spread", args.l2_way_spread)) if v is not None}
             geom = L2Geometry.from_hardware(hw, **over)

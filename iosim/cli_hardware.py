@@ -83,7 +83,7 @@ def _entry(v: object) -> str:
 
 
 def _comment(key: str, was: str) -> str:
-    from iosim.l2 import HASHES, POLICIES, SHARING
+    from iosim.memory.l2 import HASHES, POLICIES, SHARING
     choices = {"l2_sharing": SHARING, "l2_policy": POLICIES, "l2_hash": HASHES}
     base = key.split(".")[0]
     what = DESCRIPTIONS.get(base, base.replace("_", " "))

@@ -74,7 +74,7 @@ class Hardware:
     l2_bandwidth_bytes_per_s: float | None = None
     smem_bandwidth_bytes_per_clock_per_sm: int | None = None
     max_registers_per_thread: int | None = None
-    # Optional L2 organisation (iosim.l2.L2Geometry.from_hardware; measured by `iosim calibrate --l2`, issue 9).
+    # Optional L2 organisation (iosim.memory.l2.L2Geometry.from_hardware; measured by `iosim calibrate --l2`, issue 9).
     l2_sharing: str | None = None
     l2_policy: str | None = None
     l2_hash: str | None = None
@@ -106,7 +106,7 @@ _OPTIONAL_BOOL = ("l2_store_allocate", "l2_store_near")
 
 
 def _l2_choices() -> dict[str, tuple[str, ...]]:
-    from iosim.l2 import HASHES, POLICIES, SHARING
+    from iosim.memory.l2 import HASHES, POLICIES, SHARING
     return {"l2_sharing": SHARING, "l2_policy": POLICIES, "l2_hash": HASHES}
 
 

@@ -1,5 +1,5 @@
 """Turn the L2 microbenchmark measurements (``iosim.l2bench``) into L2 model parameters: each benchmark is replayed
-through the L2 model (``iosim.l2``) as the same line trace the GPU ran, and the candidate geometry whose simulated
+through the L2 model (``iosim.memory.l2``) as the same line trace the GPU ran, and the candidate geometry whose simulated
 curves match the measured ones best is the calibrated one.
 
 Quantities compared (all from ncu's ``dram__bytes_read.sum``, so the L2's own lookup accounting never enters):
@@ -25,7 +25,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from iosim.l2 import L2Geometry, RunTrace, simulate
+from iosim.memory.l2 import L2Geometry, RunTrace, simulate
 from iosim.l2bench import PROBE_LINES, chunk_step, csv_text
 
 LINE = 128
@@ -351,7 +351,7 @@ def fit(rows: list[dict], meta: dict, base: L2Geometry, stride: int = 32, log=pr
         e = [simulate_bench(r, g, part, stride) - measured_value(r) for r in rs]
         return float(np.sqrt(np.mean(np.square(e))))
 
-    from iosim.l2 import POLICIES
+    from iosim.memory.l2 import POLICIES
     stages = (("A", "policy", [p for p in POLICIES if p != "mru"], cap),
               ("B", "ways", [8, 16, 32], gat),
               ("C", "store_near", [False, True], wst),

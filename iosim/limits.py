@@ -63,7 +63,7 @@ def check_work(problem) -> None:
 
 
 def _max_run_bytes(tile, schedule: Schedule) -> int:
-    """Bytes of the longest contiguous byte range one tile of this shape covers (iosim.trace.tile_runs: trailing
+    """Bytes of the longest contiguous byte range one tile of this shape covers (iosim.memory.trace.tile_runs: trailing
     dimensions the tile spans whole merge into one range). A block that depends on loop variables counts as whole."""
     t = schedule.tensors[tile.tensor]
     run = t.elem_bytes
@@ -77,7 +77,7 @@ def _max_run_bytes(tile, schedule: Schedule) -> int:
 
 
 def min_accesses(schedule: Schedule, counts) -> dict[str, int]:
-    """Per kernel, a lower bound on the byte ranges iosim.trace expands it to: each tensor's bytes (exact counts)
+    """Per kernel, a lower bound on the byte ranges iosim.memory.trace expands it to: each tensor's bytes (exact counts)
     over the longest range one of its tiles can be."""
     out = {}
     for k, kc in zip(schedule.kernels, counts.kernels):

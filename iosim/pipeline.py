@@ -1,8 +1,8 @@
 """The pipeline: hardware + problem + kernel config → schedule → counts → L2/DRAM → cost (``iosim.cost``).
 
-``predict`` runs the hierarchy model (``iosim.hierarchy``: layout, CTA scheduler, shared L2) unless ``l2=False``,
+``predict`` runs the hierarchy model (``iosim.memory.hierarchy``: layout, CTA scheduler, shared L2) unless ``l2=False``,
 which gives the SRAM ↔ HBM-only model (DRAM fields None). The L2 is simulated exactly on a sample of its sets
-(``iosim.l2``: exact whenever every access covers whole aligned groups of the sampling stride, which holds for Q, K,
+(``iosim.memory.l2``: exact whenever every access covers whole aligned groups of the sampling stride, which holds for Q, K,
 V and O tiles; the result says so). Its cost grows with line accesses ÷ sets: ~0.1 s at the CLI's default sizes,
 seconds at 16K–32K tokens, about half a minute for a causal 64K-token, 16-head FA2 run on the H100 profile.
 """
@@ -17,9 +17,9 @@ from numbers import Integral, Real
 from iosim.cost import TimeEstimate, estimate
 from iosim.counts import Counts, KernelCounts, count
 from iosim.errors import IosimError, IosimWarning
-from iosim.hierarchy import HierarchyResult, simulate_schedule
+from iosim.memory.hierarchy import HierarchyResult, simulate_schedule
 from iosim.hwprofile import Hardware, load_hardware
-from iosim.l2 import L2Geometry
+from iosim.memory.l2 import L2Geometry
 from iosim.limits import check_l2_size, prediction_warnings
 from iosim.problem import KernelConfig, Problem
 from iosim.registry import get
@@ -136,15 +136,15 @@ def predict(hardware: Hardware | str, problem: Problem, config: KernelConfig | N
     kernel: a preset name (``iosim.presets``: fa2, triton-tutorial, iosim-triton, flex) that pins the algorithm, tiles,
     warps, stages, grid and loop orders and the register count; l2_geometry: override the profile's L2
     (``L2Geometry.from_hardware(hw, policy=..., ...)``); l2_stride: set-sampling stride (None automatic, 1 exact);
-    cta_jitter: spread of per-CTA speeds in the CTA timeline (None = ``iosim.hierarchy.drift_for`` the KV walk
+    cta_jitter: spread of per-CTA speeds in the CTA timeline (None = ``iosim.memory.hierarchy.drift_for`` the KV walk
     direction, 0 = lockstep); cta_phases: co-resident phases of convoy kernels averaged over (None =
-    ``iosim.hierarchy.DEFAULT_PHASES``);
-    cta_coupling: an ``iosim.coupled.Coupling`` to use the coupled CTA timeline (None: convoy/drift);
+    ``iosim.memory.hierarchy.DEFAULT_PHASES``);
+    cta_coupling: an ``iosim.memory.coupled.Coupling`` to use the coupled CTA timeline (None: convoy/drift);
     block_mask: a block mask for the ``flex`` preset (``iosim.presets.flex_schedule``) or the ``block_sparse``
     algorithm (its ``block_mask`` argument).
     hardware may be a profile name or path, config None (``KernelConfig()``). A problem the GPU could not run as given
     (``iosim.limits.prediction_warnings``) is predicted with an IosimWarning and a note; one whose L2 trace would
-    exceed ``iosim.trace.MAX_RUNS`` is refused before the trace is built.
+    exceed ``iosim.memory.trace.MAX_RUNS`` is refused before the trace is built.
     """
     hardware, config = _check_args(hardware, problem, config, algorithm, cta_jitter, cta_phases, l2_geometry)
     regs, persistent, path, prefetch, pre = None, False, None, False, None
@@ -160,7 +160,7 @@ def predict(hardware: Hardware | str, problem: Problem, config: KernelConfig | N
         schedule = build_schedule(algorithm, problem, config, hardware)
     counts = count(schedule)
     if l2:
-        from iosim.trace import MAX_RUNS
+        from iosim.memory.trace import MAX_RUNS
         check_l2_size(schedule, counts, MAX_RUNS)
     notes = prediction_warnings(schedule, hardware, kernel)
     for n in notes:

@@ -7,12 +7,12 @@ import pytest
 
 from iosim.counts import count
 from iosim.hwprofile import load_hardware
-from iosim.layout import layout
+from iosim.memory.layout import layout
 from iosim.masks import flex_block_tables, random_block_mask
 from iosim.pipeline import predict
 from iosim.presets import apply, flex_schedule, flex_tiles, flex_visits, get_preset
 from iosim.problem import KernelConfig, Problem
-from iosim.trace import expand_kernel
+from iosim.memory.trace import expand_kernel
 
 H100 = load_hardware("h100")
 E = 2  # bf16

@@ -66,7 +66,7 @@ def test_profile_loads_and_is_consistent(name):
             assert key not in hw.sources
             continue
         if isinstance(value, str):   # L2 organisation choices (l2_policy, l2_hash, l2_sharing)
-            from iosim.l2 import HASHES, POLICIES, SHARING
+            from iosim.memory.l2 import HASHES, POLICIES, SHARING
             assert value in POLICIES + HASHES + SHARING, (key, value)
         elif not isinstance(value, bool):
             assert value > 0, key

@@ -12,16 +12,16 @@ import pytest
 from iosim.cli import run
 from iosim.counts import count
 from iosim.errors import IosimError
-from iosim.hierarchy import build_trace, simulate_schedule
+from iosim.memory.hierarchy import build_trace, simulate_schedule
 from iosim.hwprofile import load_hardware
-from iosim.l2 import L2Geometry, RunTrace, expand_lines, simulate, simulate_lines
-from iosim.layout import layout
+from iosim.memory.l2 import L2Geometry, RunTrace, expand_lines, simulate, simulate_lines
+from iosim.memory.layout import layout
 from iosim.occupancy import occupancy
 from iosim.pipeline import build_schedule, predict
 from iosim.presets import apply, fa2_tiles
 from iosim.problem import KernelConfig, Problem
-from iosim.scheduler import start_times
-from iosim.trace import expand_kernel
+from iosim.memory.scheduler import start_times
+from iosim.memory.trace import expand_kernel
 
 cachesim = pytest.importorskip("cachesim")
 

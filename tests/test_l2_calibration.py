@@ -11,7 +11,7 @@ import pytest
 
 from iosim.errors import IosimError
 from iosim.hwprofile import load_hardware, load_profile_file
-from iosim.l2 import L2Geometry, simulate_lines, widen_loads
+from iosim.memory.l2 import L2Geometry, simulate_lines, widen_loads
 from iosim import l2fit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -186,7 +186,7 @@ def test_partial_near_copy_asks_home_before_dram():
 
 
 def test_sampling_past_the_home_granule_is_allowed_but_not_exact():
-    from iosim.l2 import RunTrace, simulate
+    from iosim.memory.l2 import RunTrace, simulate
     g = L2Geometry(size_bytes=64 * 4 * 128, line_bytes=128, sector_bytes=32, ways=4, partitions=2,
                    sharing="duplicated", hash="xor", hash_granule_lines=4, home_granule_lines=2)
     assert g.max_stride() == 4 and not g.exact_stride(4) and g.exact_stride(2)

@@ -1,4 +1,4 @@
-"""The coupled CTA timeline (iosim.coupled) and the chunked L2 (iosim.l2stream): chunking changes nothing, the
+"""The coupled CTA timeline (iosim.memory.coupled) and the chunked L2 (iosim.memory.l2stream): chunking changes nothing, the
 uncoupled limit is the lockstep timeline, a lagging CTA whose loads hit catches up, runs are deterministic."""
 
 from __future__ import annotations
@@ -8,15 +8,15 @@ import itertools
 import numpy as np
 import pytest
 
-from iosim.coupled import Coupling, _kernel_lines, run_kernel
-from iosim.hierarchy import simulate_schedule
+from iosim.memory.coupled import Coupling, _kernel_lines, run_kernel
+from iosim.memory.hierarchy import simulate_schedule
 from iosim.hwprofile import load_hardware
-from iosim.l2 import L2Geometry, simulate_lines
-from iosim.l2stream import L2Stream
+from iosim.memory.l2 import L2Geometry, simulate_lines
+from iosim.memory.l2stream import L2Stream
 from iosim.pipeline import build_schedule
 from iosim.presets import apply
 from iosim.problem import KernelConfig, Problem
-from iosim.trace import KernelTrace
+from iosim.memory.trace import KernelTrace
 
 HW = load_hardware("h100")
 

@@ -1,4 +1,4 @@
-"""The compiled L2 core (iosim.l2_jit) against the NumPy loops of iosim.l2 and iosim.l2stream: random traces over
+"""The compiled L2 core (iosim.memory.l2_jit) against the NumPy loops of iosim.memory.l2 and iosim.memory.l2stream: random traces over
 every policy, sectors, kernels, partitions, store rules and way spreads give identical counts, every one of them."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iosim.errors import IosimError
-from iosim.l2 import POLICIES, L2Geometry, compiled_core, simulate_lines
-from iosim.l2stream import L2Stream
+from iosim.memory.l2 import POLICIES, L2Geometry, compiled_core, simulate_lines
+from iosim.memory.l2stream import L2Stream
 
 pytest.importorskip("numba")
 

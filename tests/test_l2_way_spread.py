@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from iosim.errors import IosimError
 from iosim.hwprofile import load_hardware
-from iosim.l2 import L2Geometry, RunTrace, disabled_ways, simulate, simulate_lines, way_offsets
-from iosim.l2stream import L2Stream
+from iosim.memory.l2 import L2Geometry, RunTrace, disabled_ways, simulate, simulate_lines, way_offsets
+from iosim.memory.l2stream import L2Stream
 
 KEYS = ("hits", "misses", "evictions", "dirty_evictions", "dram_read_sectors", "dram_write_sectors", "flush_lines")
 

@@ -1,19 +1,19 @@
-"""CTA timeline choices of issue 9: the co-resident phase of convoy kernels (iosim.scheduler.layer_offsets,
-iosim.hierarchy.DEFAULT_PHASES: slot start offsets, the order they give, DRAM traffic on hand-worked traces, the mean
-over phases in simulate_schedule) and the drift σ by KV walk direction (iosim.hierarchy.drift_for)."""
+"""CTA timeline choices of issue 9: the co-resident phase of convoy kernels (iosim.memory.scheduler.layer_offsets,
+iosim.memory.hierarchy.DEFAULT_PHASES: slot start offsets, the order they give, DRAM traffic on hand-worked traces, the mean
+over phases in simulate_schedule) and the drift σ by KV walk direction (iosim.memory.hierarchy.drift_for)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from iosim.hierarchy import DRIFT_BY_KV_ORDER, build_trace, drift_for, mean_result, simulate_schedule
+from iosim.memory.hierarchy import DRIFT_BY_KV_ORDER, build_trace, drift_for, mean_result, simulate_schedule
 from iosim.hwprofile import load_hardware
-from iosim.l2 import L2Geometry, RunTrace, expand_lines, simulate_lines, simulate_owned
+from iosim.memory.l2 import L2Geometry, RunTrace, expand_lines, simulate_lines, simulate_owned
 from iosim.pipeline import build_schedule
 from iosim.problem import KernelConfig, Problem
-from iosim.scheduler import is_layered_convoy, layer_offsets, order_trace, start_times
-from iosim.trace import KernelTrace
+from iosim.memory.scheduler import is_layered_convoy, layer_offsets, order_trace, start_times
+from iosim.memory.trace import KernelTrace
 
 HW = load_hardware("h100")
 

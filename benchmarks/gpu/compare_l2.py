@@ -135,10 +135,10 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="cases predicted in parallel (processes)")
     ap.add_argument("--l2-exact", action="store_true", help="simulate every L2 set (slower)")
     ap.add_argument("--phases", type=int, default=None,
-                    help="co-resident phases averaged over (default iosim.hierarchy.DEFAULT_PHASES)")
+                    help="co-resident phases averaged over (default iosim.memory.hierarchy.DEFAULT_PHASES)")
     ap.add_argument("--coupling", default=None, metavar="MISS_COST,NOISE[,CHUNK[,DRIFT]]",
-                    help="use the coupled CTA timeline for every profile: iosim.coupled.Coupling(MISS_COST, NOISE, "
-                         "CHUNK=4, DRIFT=0) (the default timeline's drift: iosim.hierarchy.DRIFT_BY_KV_ORDER)")
+                    help="use the coupled CTA timeline for every profile: iosim.memory.coupled.Coupling(MISS_COST, NOISE, "
+                         "CHUNK=4, DRIFT=0) (the default timeline's drift: iosim.memory.hierarchy.DRIFT_BY_KV_ORDER)")
     a = ap.parse_args(argv)
     rows = read_measured(a.measured)
     if a.cases:
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
     stride = 1 if a.l2_exact else None
     coupling = None
     if a.coupling:
-        from iosim.coupled import Coupling
+        from iosim.memory.coupled import Coupling
         coupling = Coupling(*(float(x) for x in a.coupling.split(",")))
     jobs = [(r, profiles, stride, coupling, a.phases) for r in todo]
     if a.jobs > 1:

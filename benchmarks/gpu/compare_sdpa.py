@@ -16,7 +16,7 @@ import statistics
 import sys
 import time
 
-from iosim.hierarchy import DRIFT_BY_KV_ORDER
+from iosim.memory.hierarchy import DRIFT_BY_KV_ORDER
 from iosim.hwprofile import load_hardware
 from iosim.pipeline import predict
 from iosim.problem import KernelConfig, Problem

@@ -15,7 +15,7 @@ Predicted, on the h100 profile with the default L2 model (no constant tuned here
   (``schedule.instruction_path``); the TMA flag changes nothing in the model (its +512 B of descriptor reads per
   program are not counted);
 * decode rows — ``kernel_schedule(..., decode=True)`` (split count from the launcher's rule, 132 SMs) through
-  ``iosim.hierarchy.simulate_schedule`` and ``iosim.cost.estimate`` exactly as ``predict`` runs them; path
+  ``iosim.memory.hierarchy.simulate_schedule`` and ``iosim.cost.estimate`` exactly as ``predict`` runs them; path
   mma.sync (BLOCK_M = 16 rows: Triton's wgmma needs multiples of 64);
 * sparse rows — the measured block masks were drawn with torch's CUDA generator and not saved, so the model runs a
   NumPy mask of the same density and shape (column 0 forced on, as measured); the SM read bytes of that mask are
@@ -40,9 +40,9 @@ import numpy as np
 
 from iosim.cost import estimate
 from iosim.counts import count
-from iosim.hierarchy import DRIFT_BY_KV_ORDER, simulate_schedule
+from iosim.memory.hierarchy import DRIFT_BY_KV_ORDER, simulate_schedule
 from iosim.hwprofile import load_hardware
-from iosim.l2 import L2Geometry
+from iosim.memory.l2 import L2Geometry
 from iosim.pipeline import predict
 from iosim.problem import KernelConfig, Problem
 from iosim.triton_kernels.schedule import instruction_path, kernel_schedule
@@ -362,7 +362,7 @@ def render(rows, secs) -> str:
           "  says so; the largest miss is the one run at 1.10 × (B4 N16384 d128, TMA) that the model puts at 1.01 ×.",
           "  Nothing here tests the L2 model where reuse is lost (no L2-bound run of this kernel was profiled).",
           "* DRAM write: the model flushes whatever is dirty at the end of the trace, ncu counts only the write-backs",
-          "  during the kernel (iosim/l2.py docstring), so an output smaller than the 50 MB L2 (the ragged GQA case, O",
+          "  during the kernel (iosim/memory/l2.py docstring), so an output smaller than the 50 MB L2 (the ragged GQA case, O",
           "  = 33 MB) is over-predicted by 40–60 %; outputs of 134–268 MB are within 1–5 %.",
           "* Time: the wgmma efficiency and overlap were fitted on 12 of these rows (in-sample); out of sample the",
           "  median error is about the same. The misses are systematic: short causal shapes (B16 N4096 causal) run",

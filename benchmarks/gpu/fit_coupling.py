@@ -1,4 +1,4 @@
-"""Grid search of the coupled CTA timeline's parameters (``iosim.coupled.Coupling``) against measured DRAM reads.
+"""Grid search of the coupled CTA timeline's parameters (``iosim.memory.coupled.Coupling``) against measured DRAM reads.
 
     .venv/bin/python benchmarks/gpu/fit_coupling.py reports/validation/h100/l2_validation_raw/measured.csv \
         --profile h100 --miss-cost 0.5,1,2 --noise 0,0.2,0.4 [--chunk 4] [--drift 0.25] [--jitter 0.2,0.3]
@@ -36,7 +36,7 @@ def _one(args):
     c, spec, point = args
     from validate_l2 import mask_tables
 
-    from iosim.coupled import Coupling
+    from iosim.memory.coupled import Coupling
     from iosim.hwprofile import load_hardware
     from iosim.pipeline import predict
     from iosim.problem import KernelConfig, Problem

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compare_l2 import KERNEL, L2_BOUND, qkv_bytes, read_measured  # noqa: E402
 
 from iosim.hwprofile import load_hardware  # noqa: E402
-from iosim.l2 import L2Geometry  # noqa: E402
+from iosim.memory.l2 import L2Geometry  # noqa: E402
 from iosim.pipeline import predict  # noqa: E402
 from iosim.problem import KernelConfig, Problem  # noqa: E402
 

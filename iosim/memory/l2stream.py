@@ -1,15 +1,15 @@
-"""The L2 of ``iosim.l2`` fed in chunks: the cache state carries over from one chunk to the next, and every chunk
+"""The L2 of ``iosim.memory.l2`` fed in chunks: the cache state carries over from one chunk to the next, and every chunk
 returns which of its accesses read DRAM, so a caller can decide the next chunk from the outcome of the last one
-(``iosim.coupled``: CTAs whose loads hit in L2 run faster).
+(``iosim.memory.coupled``: CTAs whose loads hit in L2 run faster).
 
-Same model and accounting as the general loop of ``iosim.l2.simulate_lines`` (its ``_State``: every policy, sectors,
+Same model and accounting as the general loop of ``iosim.memory.l2.simulate_lines`` (its ``_State``: every policy, sectors,
 duplicated partitions, store allocation and ``store_near``). A chunk is grouped by set like a whole trace there
 (a (steps × sets) matrix, sets ordered by decreasing length so the active ones are a prefix); the state rows are
 permuted to that order at the start of each chunk, and replacement stamps keep counting across chunks, so feeding a
 trace in any number of chunks gives exactly the counts of feeding it at once (tests/test_l2_coupled.py).
-With the compiled core (``iosim.l2_jit``, unless ``IOSIM_L2_ENGINE=numpy``) the state rows stay in place and the
+With the compiled core (``iosim.memory.l2_jit``, unless ``IOSIM_L2_ENGINE=numpy``) the state rows stay in place and the
 chunk goes through in time order, with the same stamps and the same results (tests/test_l2_jit.py).
-Set sampling as in ``iosim.l2``: the caller passes lines ≡ 0 (mod stride) and their row (set // stride); counts
+Set sampling as in ``iosim.memory.l2``: the caller passes lines ≡ 0 (mod stride) and their row (set // stride); counts
 come back unscaled.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from iosim.l2 import (L2Geometry, PartitionedState, _active_counts, _popcount, _State, compiled_core, disabled_ways,
+from iosim.memory.l2 import (L2Geometry, PartitionedState, _active_counts, _popcount, _State, compiled_core, disabled_ways,
                       partitioned_steps)
 
 
@@ -29,7 +29,7 @@ class L2Stream:
                  stride: int = 1):
         """whole_lines: the caller promises that every access covers whole lines (after ``widen_loads``); with one
         kernel, store allocation and a deterministic policy the NumPy engine takes the leaner state of
-        ``iosim.l2.partitioned_steps`` (same results, tests/test_l2_coupled.py); the compiled core has one state. stride: the sampling stride (row r
+        ``iosim.memory.l2.partitioned_steps`` (same results, tests/test_l2_coupled.py); the compiled core has one state. stride: the sampling stride (row r
         is set r·stride), which places the rows in ``geom.way_spread``'s groups."""
         self.geom = geom
         self.P = geom.num_partitions
@@ -39,7 +39,7 @@ class L2Stream:
         self.fast = whole_lines and num_kernels == 1 and geom.store_allocate and geom.policy != "random"
         ways = geom.ways + geom.way_spread   # physical ways; way_spread switches the surplus off set by set
         jit = compiled_core()
-        self.cs = None   # the compiled core's state (``iosim.l2_jit``), else one of the NumPy lockstep's
+        self.cs = None   # the compiled core's state (``iosim.memory.l2_jit``), else one of the NumPy lockstep's
         if jit is not None:
             self.cs = jit.CompiledState(rows, ways, self.P, geom.policy, num_kernels, geom.store_allocate)
         elif self.fast:
@@ -166,7 +166,7 @@ class L2Stream:
         return nf[within, col]
 
     def _feed_compiled(self, row, tag, sectors, write, kernel, near, home):
-        """``feed`` through the compiled core (``iosim.l2_jit``): the state rows stay in place; stamps count from
+        """``feed`` through the compiled core (``iosim.memory.l2_jit``): the state rows stay in place; stamps count from
         ``self.t`` as in the lockstep, whose row order (decreasing count in the chunk) the ``random`` hash sees."""
         hrow = row
         if self.geom.policy == "random":
@@ -182,7 +182,7 @@ class L2Stream:
         return nf
 
     def _feed_fast(self, mat, steps, m0, active, within, col, n, tag, sectors, write, near, home):
-        """``feed`` for whole-line accesses: ``iosim.l2.partitioned_steps`` on the kept state."""
+        """``feed`` for whole-line accesses: ``iosim.memory.l2.partitioned_steps`` on the kept state."""
         c = self.counts
         wr = np.asarray(write, bool)
         if self.P > 1:

@@ -1,6 +1,6 @@
 """Coupled CTA timeline: a CTA's speed depends on its own L2 hits (issue 9 follow-up).
 
-The default timeline (``iosim.scheduler.order_trace``) fixes every CTA's speed before the L2 is simulated: lockstep
+The default timeline (``iosim.memory.scheduler.order_trace``) fixes every CTA's speed before the L2 is simulated: lockstep
 ("convoy") for equal trip counts, constant per-CTA speeds exp(σ·z) ("drift") otherwise. On a GPU the speed of a CTA
 depends on where its K/V tiles come from: a CTA whose loads hit in L2 (a tile a CTA ahead of it just loaded) waits
 less than the CTA ahead that misses to DRAM, so laggards inside the L2 window catch up and convoys form and persist,
@@ -14,11 +14,11 @@ Within a chunk every resident CTA advances at a constant time per tick
 m the fraction of its load lines (sampled sets) that read DRAM in the previous chunk (the slot keeps its value when a
 new CTA starts on it), z standard normal per (slot, chunk) from a fixed seed (``noise`` is the spread of one tick's
 time: chunk times of independent ticks add up), s_cta = exp(drift · z_cta) the per-CTA speed of
-``iosim.scheduler.cta_speeds`` (same seed), applied as there only to kernels whose CTAs have unequal trip counts.
-CTAs are handed out as in ``iosim.scheduler`` (linear order, to the slot that frees first, ties to the lowest slot;
+``iosim.memory.scheduler.cta_speeds`` (same seed), applied as there only to kernels whose CTAs have unequal trip counts.
+CTAs are handed out as in ``iosim.memory.scheduler`` (linear order, to the slot that frees first, ties to the lowest slot;
 persistent: tile t to slot t mod #slots), accesses within a chunk are ordered by (time, slot, statement), and the
-chunk goes through the L2 (``iosim.l2stream.L2Stream``: state carried over) before the next chunk is laid out.
-Deterministic; with miss_cost = noise = drift = 0 it is the lockstep timeline of ``iosim.scheduler`` (same per-set
+chunk goes through the L2 (``iosim.memory.l2stream.L2Stream``: state carried over) before the next chunk is laid out.
+Deterministic; with miss_cost = noise = drift = 0 it is the lockstep timeline of ``iosim.memory.scheduler`` (same per-set
 access order, so the same counts), with miss_cost = noise = 0 and drift σ the drift timeline within ~1%
 (tests/test_l2_coupled.py; FA2 causal 16K/32K: 2.12 vs 2.10 and 6.54 vs 6.50 × QKV).
 
@@ -37,7 +37,7 @@ Result (issue 9 follow-up, fit on H100 set 1 only, ``benchmarks/gpu/fit_coupling
 reports/validation/h100/coupled_timeline/): NOT adopted — it does not beat convoy/drift, so it is an option
 (``simulate_schedule(coupling=...)``, ``predict(cta_coupling=...)``, ``compare_l2.py --coupling``).
 L2-bound runs (measured DRAM > 1.15 × QKV), median |error| / worst, calibrated H100 profile as of issue 9 session 3
-(SRRIP, no way spread, one drift 0.25; the defaults have changed since: iosim.hierarchy.DRIFT_BY_KV_ORDER), chunk 4 ticks:
+(SRRIP, no way spread, one drift 0.25; the defaults have changed since: iosim.memory.hierarchy.DRIFT_BY_KV_ORDER), chunk 4 ticks:
 
   timeline (chunk 4 ticks)                              set 1 (20 runs)     set 2 (16, held out)
   convoy/drift (the default, drift 0.25)                13.2% / −41.6%      17.1% / +34.7%
@@ -71,7 +71,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from iosim.errors import IosimError
-from iosim.l2 import (
+from iosim.memory.l2 import (
     L2Geometry,
     L2Result,
     RunTrace,
@@ -80,19 +80,19 @@ from iosim.l2 import (
     expand_lines,
     widen_loads,
 )
-from iosim.l2stream import L2Stream
-from iosim.layout import layout
+from iosim.memory.l2stream import L2Stream
+from iosim.memory.layout import layout
 from iosim.occupancy import occupancy
 from iosim.schedule import Schedule
-from iosim.scheduler import cta_speeds
-from iosim.trace import expand_kernel
+from iosim.memory.scheduler import cta_speeds
+from iosim.memory.trace import expand_kernel
 
 
 @dataclass(frozen=True)
 class Coupling:
     """Parameters of the coupled timeline (module docstring). miss_cost: extra time of a tick whose loads all read
     DRAM, in ticks of one that hits; noise: log-normal spread of one tick's time; chunk_ticks: how often speeds are
-    updated (not fitted); drift: per-CTA speed spread for unequal trip counts (``iosim.hierarchy.DEFAULT_JITTER``
+    updated (not fitted); drift: per-CTA speed spread for unequal trip counts (``iosim.memory.hierarchy.DEFAULT_JITTER``
     is the calibrated one, 0.25); seed: of the noise."""
 
     miss_cost: float = 1.0
@@ -153,7 +153,7 @@ def run_kernel(tr, lines, slots: int, num_sms: int, geom: L2Geometry, l2: L2Stre
     k = np.zeros(slots, np.int64)          # its next tick
     tau = np.full(slots, float(t0))        # when that tick starts (free slots: when the slot freed)
     miss = np.zeros(slots)                 # DRAM fraction of the slot's loads in the last chunk
-    # drift as in iosim.scheduler.order_trace: only CTAs of unequal trip counts (causal, block-sparse) get it
+    # drift as in iosim.memory.scheduler.order_trace: only CTAs of unequal trip counts (causal, block-sparse) get it
     speed = cta_speeds(P, 0.0 if bool(np.all(dur == dur[0])) else coupling.drift)
     cost = np.ones(slots)
     if persistent:

@@ -59,7 +59,7 @@ sequence, i.e. about line accesses ÷ sets, independent of sampling. With few sa
 test (tests/test_l2.py), including pycachesim's accounting of stores (``pycachesim_stores=True``); every policy is
 checked against an independent per-set reference model and hand-worked traces (tests/test_l2_policies.py). Whole-line
 single-kernel traces take a leaner loop (``_fast_lockstep*``) for every policy but ``random``. Where numba imports,
-``simulate_lines`` (after the grouping by set) and ``iosim.l2stream`` run the compiled core ``iosim.l2_jit`` instead:
+``simulate_lines`` (after the grouping by set) and ``iosim.memory.l2stream`` run the compiled core ``iosim.memory.l2_jit`` instead:
 the same model one access at a time in array order, bit-identical (tests/test_l2_jit.py); faster where sampled sets
 see long sequences (FA2 causal 64K ``predict``: 7.6 → 3.5 s, benchmarks/bench_l2.py), about as fast as the lockstep
 and pycachesim's C loop on an exact run of every set (benchmarks/bench_l2_engine.py). ``IOSIM_L2_ENGINE=numpy``
@@ -497,7 +497,7 @@ class _State:
 
 
 def compiled_core():
-    """The compiled core (``iosim.l2_jit``, numba), or None for the NumPy loops: ``IOSIM_L2_ENGINE=numpy`` forces
+    """The compiled core (``iosim.memory.l2_jit``, numba), or None for the NumPy loops: ``IOSIM_L2_ENGINE=numpy`` forces
     them, ``numba`` requires the compiled core, unset takes it when numba imports."""
     engine = os.environ.get("IOSIM_L2_ENGINE", "").strip().lower()
     if engine not in ("", "numba", "numpy"):
@@ -505,7 +505,7 @@ def compiled_core():
     if engine == "numpy":
         return None
     try:
-        from iosim import l2_jit
+        from iosim.memory import l2_jit
     except ImportError as e:
         if engine == "numba":
             raise IosimError(f"IOSIM_L2_ENGINE=numba but the compiled L2 core does not import ({e}); install numba "
@@ -814,7 +814,7 @@ def _fast_lockstep(out, X, SC, WR, active, steps, nsets, ways, policy, mask_dtyp
 class PartitionedState:
     """The kept state of the fast partitioned loop (``partitioned_steps``): tags T, victim preference NS and dirty
     sectors D, flat over (row, partition·ways + way), and the policy's per-(row, partition) state. One pass
-    (``_fast_lockstep_partitioned``) and the chunked feed of ``iosim.l2stream`` share it."""
+    (``_fast_lockstep_partitioned``) and the chunked feed of ``iosim.memory.l2stream`` share it."""
 
     def __init__(self, rows: int, ways: int, P: int, policy: str, mask_dtype, tag_dtype):
         C = ways * P

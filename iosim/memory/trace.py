@@ -5,7 +5,7 @@ stores at which step ("tick") of its own timeline. Vectorized with NumPy over al
 Ticks: every iteration of a loop is one tick (plus the ticks of the loops nested in it); statements outside loops
 happen at the current tick without advancing it. So FA2's CTA issues Q with its first KV step (tick 0), K_j and V_j
 at ticks 0…trips−1, and O, LSE at tick ``trips``; its duration is trips + 1 ticks. The scheduler
-(``iosim.scheduler``) turns ticks into global time.
+(``iosim.memory.scheduler``) turns ticks into global time.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 
 from iosim.errors import IosimError
 from iosim.expr import evaluate, table_env
-from iosim.layout import Layout
+from iosim.memory.layout import Layout
 from iosim.schedule import Kernel, Load, Loop, Schedule, Store, Tile
 
 MAX_RUNS = 60_000_000  # byte ranges one kernel may expand to (bounded memory: ~ 0.5 GB per field)

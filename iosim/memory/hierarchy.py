@@ -10,22 +10,22 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from iosim.coupled import Coupling, simulate_coupled
+from iosim.memory.coupled import Coupling, simulate_coupled
 from iosim.errors import IosimError
-from iosim.l2 import L2Geometry, L2Result, RunTrace, simulate_owned
-from iosim.layout import layout
+from iosim.memory.l2 import L2Geometry, L2Result, RunTrace, simulate_owned
+from iosim.memory.layout import layout
 from iosim.occupancy import Occupancy, occupancy
 from iosim.schedule import Schedule
-from iosim.scheduler import is_layered_convoy, order_trace
-from iosim.trace import expand_kernel
+from iosim.memory.scheduler import is_layered_convoy, order_trace
+from iosim.memory.trace import expand_kernel
 
 DEFAULT_JITTER = 0.15
 """The drift of descending KV walks (``DRIFT_BY_KV_ORDER``), also the fallback for schedules without a KV order.
-Spread of per-CTA speeds (``iosim.scheduler.cta_speeds``): calibrated, not measured. Applied only to kernels whose
+Spread of per-CTA speeds (``iosim.memory.scheduler.cta_speeds``): calibrated, not measured. Applied only to kernels whose
 CTAs have unequal trip counts (causal, block-sparse): CTAs with identical loops move as a convoy
-(``iosim.scheduler.order_trace``; drift there was checked and is wrong: non-causal N=49152, d=128 gives 19× Q+K+V
+(``iosim.memory.scheduler.order_trace``; drift there was checked and is wrong: non-causal N=49152, d=128 gives 19× Q+K+V
 with drift, 1.95× measured). History: 0.25 from session 1 (8 H100 FA2 runs, L2 without way spread) to session 5; the
-coupled timeline (``iosim.coupled``, through ``coupling=``) was fitted on set 1 of issue 9 and did not beat the
+coupled timeline (``iosim.memory.coupled``, through ``coupling=``) was fitted on set 1 of issue 9 and did not beat the
 drift (reports/validation/h100/coupled_timeline/README.md)."""
 
 
@@ -51,7 +51,7 @@ def drift_for(schedule: Schedule) -> float:
 
 DEFAULT_PHASES = 1
 """Co-resident phases averaged over by default (1: the lockstep convoy alone). The option (``phases`` > 1,
-``iosim.scheduler.layer_offsets``): when an SM holds R ≥ 2 CTAs of a kernel whose CTAs all run the same loop
+``iosim.memory.scheduler.layer_offsets``): when an SM holds R ≥ 2 CTAs of a kernel whose CTAs all run the same loop
 (non-causal FA2, Flex d=64), the r-th resident CTAs of all SMs form a convoy of their own, and nothing on the GPU fixes
 how far apart these R convoys run (a lead persists: each finished CTA is replaced at once in its own slot). With
 ``phases`` = Q the model averages DRAM traffic over offsets spread evenly over [0, D/R) (D the CTA's duration), at the
@@ -112,7 +112,7 @@ class HierarchyResult:
 def build_trace(schedule: Schedule, hw, regs_per_thread: int | None = None, persistent: bool = False,
                 jitter: float = 0.0, disorder: float = 0.0, phase: float = 0.0):
     """The time-ordered access trace of all kernels, with each kernel's occupancy, timeline length and whether the
-    co-resident phase applies to it (``iosim.scheduler.is_layered_convoy``)."""
+    co-resident phase applies to it (``iosim.memory.scheduler.is_layered_convoy``)."""
     lay = layout(schedule)
     cfg = schedule.config
     parts, info = [], []
@@ -140,7 +140,7 @@ def simulate_schedule(schedule: Schedule, hw, geometry: L2Geometry | None = None
     """DRAM traffic of a schedule on ``hw``. stride: set-sampling stride (None = automatic, 1 = every set).
     jitter: CTA drift σ (None: ``drift_for`` the schedule's KV walk direction). phases: co-resident phases averaged
     over (``DEFAULT_PHASES``; 1 = the lockstep convoy alone).
-    coupling: use the coupled timeline (``iosim.coupled``: CTA speed from its own L2 hits) instead of
+    coupling: use the coupled timeline (``iosim.memory.coupled``: CTA speed from its own L2 hits) instead of
     convoy/drift; jitter and disorder are then ignored."""
     if phases < 1:
         raise IosimError(f"phases must be a whole number ≥ 1 (1 = lockstep convoy), got {phases}")

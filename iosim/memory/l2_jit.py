@@ -1,15 +1,15 @@
-"""The compiled core of the L2 (``iosim.l2``): the same exact model, one access at a time, with numba.
+"""The compiled core of the L2 (``iosim.memory.l2``): the same exact model, one access at a time, with numba.
 
 Sets are independent, so processing the accesses in array order gives every set its own sequence in order, the same
-as the per-set lockstep of ``iosim.l2.simulate_lines``; "step" t (replacement stamps, the ``random`` hash) is the
-access's position in its set's sequence (plus ``t0``, ``iosim.l2stream``'s chunk offset) and the ``random`` hash sees
+as the per-set lockstep of ``iosim.memory.l2.simulate_lines``; "step" t (replacement stamps, the ``random`` hash) is the
+access's position in its set's sequence (plus ``t0``, ``iosim.memory.l2stream``'s chunk offset) and the ``random`` hash sees
 the row the lockstep gives the set (``hrow``), so every policy, sector, partition and way-spread rule gives
 bit-identical counts (tests/test_l2_jit.py compares both paths on random traces). Semantics are those of
-``iosim.l2._State`` (the general NumPy loop): see its ``_cand``, ``_update``, ``access`` and ``access2``, including
+``iosim.memory.l2._State`` (the general NumPy loop): see its ``_cand``, ``_update``, ``access`` and ``access2``, including
 its handling of a store that misses near with ``store_allocate=False`` and ``store_near`` (the near way it would
 have taken loses its dirty sectors, and the store is sent to DRAM by both partitions).
 
-State (``CompiledState``), flat over (row, partition·ways + way) as ``iosim.l2.PartitionedState``: tags T (−1
+State (``CompiledState``), flat over (row, partition·ways + way) as ``iosim.memory.l2.PartitionedState``: tags T (−1
 invalid, ``DISABLED`` a way switched off by the way spread), stamps S (last use for lru/mru/random/lip: fills of lip
 at −(t+2); insertion for fifo; the RRPV for srrip/brrip), valid and dirty sector masks V and D, the kernel K that
 last dirtied the line, and per (row, partition) B (plru tree bits or the brrip fill count).
@@ -22,7 +22,7 @@ import functools
 import numpy as np
 from numba import njit
 
-from iosim.l2 import DISABLED, POLICIES, _plru_tables, _popcount
+from iosim.memory.l2 import DISABLED, POLICIES, _plru_tables, _popcount
 
 LRU, FIFO, MRU, RANDOM, PLRU, SRRIP, BRRIP, LIP = (POLICIES.index(p) for p in
                                                    ("lru", "fifo", "mru", "random", "plru", "srrip", "brrip", "lip"))
@@ -224,7 +224,7 @@ class CompiledState:
         self.cnt = np.zeros(rows, np.int64)
 
     def disable(self, dis: np.ndarray) -> None:
-        """Switch off the ways ``dis`` (rows × columns, ``iosim.l2.disabled_ways``)."""
+        """Switch off the ways ``dis`` (rows × columns, ``iosim.memory.l2.disabled_ways``)."""
         self.T[dis.ravel()] = DISABLED
 
     def run(self, counts: dict, row, hrow, tag, sectors, write, kernel, near, home, t0: int = 0,

@@ -3,22 +3,22 @@
 Occupancy (how many CTAs are resident per SM, hence the slots of the timeline) is ``iosim.occupancy``, the same
 rule the time model uses.
 
-Timeline. Every CTA advances one tick per step of its own timeline (``iosim.trace``): one loop iteration per tick,
+Timeline. Every CTA advances one tick per step of its own timeline (``iosim.memory.trace``): one loop iteration per tick,
 all resident CTAs in lockstep, round robin (at each tick, slot 0's accesses, then slot 1's, …). CTAs are handed out
 in linear grid order (grid[0] fastest, as blockIdx.x), each to the slot that frees first (ties: lowest slot);
 slot s sits on SM s mod #SMs, so the first wave fills every SM once before any SM gets a second CTA. Waves and tails
 follow. A persistent kernel instead launches one CTA per slot and gives tile t to slot t mod #slots, in order.
 
-Drift (calibrated, see iosim.hierarchy.DRIFT_BY_KV_ORDER and reports/validation/h100): CTAs of a kernel whose trip
+Drift (calibrated, see iosim.memory.hierarchy.DRIFT_BY_KV_ORDER and reports/validation/h100): CTAs of a kernel whose trip
 counts differ (causal) advance at per-CTA speeds exp(σ·z) (fixed seed), so their relative positions drift along the
 loop; CTAs with identical trip counts (non-causal) stay in lockstep, as the convoy the measured kernels form.
-Speeds are fixed before the L2 is simulated; ``iosim.coupled`` is the alternative where a CTA's speed follows its own
+Speeds are fixed before the L2 is simulated; ``iosim.memory.coupled`` is the alternative where a CTA's speed follows its own
 L2 hits (checked on the H100 runs and not adopted: reports/validation/h100/coupled_timeline/README.md).
 
 Co-resident phase (``layer_offsets``; issue 9, 2026-12-03): in a convoy kernel with R ≥ 2 resident CTAs per SM, the
 r-th resident CTAs of all SMs form their own convoy, started r · phase · D/R ticks late (D the CTA's duration);
-``iosim.hierarchy.simulate_schedule(phases=Q)`` averages DRAM traffic over Q evenly spread phases, since nothing on the
-GPU fixes how far apart these convoys run (an option, off by default: ``iosim.hierarchy.DEFAULT_PHASES`` says why).
+``iosim.memory.hierarchy.simulate_schedule(phases=Q)`` averages DRAM traffic over Q evenly spread phases, since nothing on the
+GPU fixes how far apart these convoys run (an option, off by default: ``iosim.memory.hierarchy.DEFAULT_PHASES`` says why).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import heapq
 
 import numpy as np
 
-from iosim.trace import KernelTrace
+from iosim.memory.trace import KernelTrace
 
 
 def start_times(duration: np.ndarray, slots: int, persistent: bool = False,
@@ -98,7 +98,7 @@ def order_trace(tr: KernelTrace, slots: int, num_sms: int, persistent: bool = Fa
                 disorder: float = 0.0, phase: float = 0.0):
     """Time-order the kernel's accesses: returns (perm, sm, end_time) where perm sorts the accesses by
     (global time, slot, statement order). jitter: spread of per-CTA speeds (``cta_speeds``), a drift that grows
-    along a CTA's loop. phase: co-resident phase of a convoy kernel (``layer_offsets``; iosim.hierarchy averages
+    along a CTA's loop. phase: co-resident phase of a convoy kernel (``layer_offsets``; iosim.memory.hierarchy averages
     the L2 over it). disorder: each step of each CTA is displaced by a uniform offset in [0, disorder) ticks
     (a deterministic hash of program and tick): local disorder that, unlike drift, does not accumulate, as CTAs that
     share data stay together on a GPU (a CTA that falls behind hits in L2 and catches up)."""
@@ -116,7 +116,7 @@ def order_trace(tr: KernelTrace, slots: int, num_sms: int, persistent: bool = Fa
     if jitter > 0 and len(tr.duration) and bool(np.all(tr.duration == tr.duration[0])):
         # CTAs with identical loops over the same K/V move as a convoy on the GPU (one that falls behind hits in
         # L2 and catches up): measured non-causal FA2 keeps its L2 reuse, so no drift is applied there
-        # (``iosim.hierarchy.DEFAULT_JITTER``: a small spread there was checked and made things worse).
+        # (``iosim.memory.hierarchy.DEFAULT_JITTER``: a small spread there was checked and made things worse).
         jitter = 0.0
     if jitter > 0:
         speed = cta_speeds(tr.num_programs, jitter)
