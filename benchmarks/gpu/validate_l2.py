@@ -153,6 +153,25 @@ CASES = [
     (514, "flex", 1, 12, 12, 73728, 64, 0, 0.25, 52),   # random block-sparse
     (515, "flex", 1, 8, 8, 147456, 64, 1, 0.0, 0),
     (516, "flex", 1, 8, 8, 114688, 128, 0, 0.0, 0),
+    # Set 6 (ids > 600): held out — new shapes chosen on 2026-12-05 (issue 18) to be L2-bound by the fixed rule
+    # (iosim/validation_rule.py: 15 of 16 on both GPUs, 606 the one that is not), listed and committed before they
+    # were measured, after every model choice; compared once
+    (601, "sdpa", 1, 12, 12, 90112, 128, 1, 0.0, 0),
+    (602, "sdpa", 1, 16, 4, 81920, 128, 1, 0.0, 0),     # GQA 4:1
+    (603, "sdpa", 1, 8, 8, 131072, 64, 1, 0.0, 0),
+    (604, "sdpa", 2, 8, 8, 65536, 128, 1, 0.0, 0),
+    (605, "sdpa", 1, 8, 8, 98304, 128, 0, 0.0, 0),
+    (606, "sdpa", 1, 32, 8, 40960, 128, 1, 0.0, 0),     # GQA 4:1
+    (607, "sdpa", 1, 6, 6, 196608, 64, 1, 0.0, 0),
+    (608, "sdpa", 1, 16, 2, 65536, 128, 0, 0.0, 0),     # GQA 8:1, non-causal
+    (609, "flex", 1, 12, 12, 90112, 128, 1, 0.0, 0),
+    (610, "flex", 1, 16, 4, 81920, 128, 1, 0.0, 0),     # GQA 4:1
+    (611, "flex", 1, 8, 8, 131072, 64, 1, 0.0, 0),
+    (612, "flex", 2, 8, 8, 65536, 128, 1, 0.0, 0),
+    (613, "flex", 1, 8, 8, 98304, 128, 0, 0.0, 0),
+    (614, "flex", 1, 16, 16, 81920, 128, 1, 0.45, 61),  # random block-sparse, causal
+    (615, "flex", 1, 8, 8, 131072, 64, 0, 0.3, 62),     # random block-sparse
+    (616, "flex", 1, 6, 6, 196608, 64, 1, 0.0, 0),
 ]
 COLS = ["id", "impl", "B", "Hq", "Hkv", "N", "d", "causal", "density", "seed"]
 METRICS = ["dram__bytes_read.sum", "dram__bytes_write.sum", "l1tex__m_xbar2l1tex_read_bytes.sum",
@@ -432,9 +451,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--cases", default=None, help="comma-separated case ids (default: the --set)")
-    ap.add_argument("--set", default="1", choices=["1", "2", "3", "4", "5", "all"],
+    ap.add_argument("--set", default="1", choices=["1", "2", "3", "4", "5", "6", "all"],
                     help="1: cases 1–27 (model choices were made on these), 2: held-out cases 101–117, 3: held-out "
-                         "cases 201–216 (H200, session 4), 4 and 5: held-out cases 301–316 and 501+ (H200, session 6), all")
+                         "cases 201–216 (H200, session 4), 4 and 5: held-out cases 301–316 and 501–516 (H200, session 6), 6: held-out cases 601–616 (2026-12-05), all")
     ap.add_argument("--group-size", type=int, default=5, help="cases per profiled worker process")
     ap.add_argument("--timeout-per-group", type=int, default=150, help="seconds before a worker group is killed")
     ap.add_argument("--dry-run", action="store_true", help="list and check the cases and build their schedules (CPU)")
@@ -444,7 +463,8 @@ def main(argv=None) -> int:
         worker([int(x) for x in a.worker.split(",")])
         return 0
     in_set = {"1": lambda i: i < 100, "2": lambda i: 100 < i < 200, "3": lambda i: 200 < i < 300,
-              "4": lambda i: 300 < i < 400, "5": lambda i: i > 500, "all": lambda i: True}[a.set]
+              "4": lambda i: 300 < i < 400, "5": lambda i: 500 < i < 600, "6": lambda i: 600 < i < 700,
+              "all": lambda i: True}[a.set]
     ids = [int(x) for x in a.cases.split(",")] if a.cases else [c[0] for c in CASES if in_set(c[0])]
     known = {c[0] for c in CASES}
     bad = [i for i in ids if i not in known]
