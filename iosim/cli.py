@@ -55,21 +55,30 @@ def problem_from_args(a: argparse.Namespace) -> tuple[Problem, KernelConfig]:
     return problem, config
 
 
-# Subcommands that live in their own modules: each module defines ``add_parser(subparsers)`` (registering one
-# subcommand whose name is the module's COMMAND) and ``run(args, out) -> int``. Add a module here to add a command.
-COMMAND_MODULES: tuple[str, ...] = ("iosim.cli_tiles", "iosim.cli_hints", "iosim.cli_report", "iosim.calibrate", "iosim.cli_validate", "iosim.cli_bounds", "iosim.cli_hardware", "iosim.cli_sweep", "iosim.cli_compare")
+# Subcommands that live in their own modules: (name, module, help). Each module defines ``add_parser(subparsers)``
+# (registering the subcommand ``name`` with this help) and ``run(args, out) -> int``. A module is imported only for
+# the command that runs (``iosim predict`` loads none of them); ``iosim --help`` lists every command from this table.
+COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("tiles", "iosim.cli_tiles", "rank legal (block_m, block_n, num_warps, num_stages) by predicted time"),
+    ("hints", "iosim.cli_hints", "autotune hints: triton.Config JSON, or FlexAttention BlockMask inputs"),
+    ("report", "iosim.cli_report", "write an HTML/Markdown report with rooflines, IO and time sweeps, tile heatmaps"),
+    ("calibrate", "iosim.calibrate", "measure this GPU's ceilings (torch/Triton) and write a calibrated profile TOML"),
+    ("validate", "iosim.cli_validate", "on a GPU: time our Triton kernel, FlexAttention and SDPA; ncu counters vs iosim"),
+    ("bounds", "iosim.cli_bounds", "symbolic IO, theorems with constants, and lower bounds of an algorithm"),
+    ("hardware", "iosim.cli_hardware", "list, show or template hardware profiles"),
+    ("sweep", "iosim.cli_sweep", "predict every point of a grid (TOML spec) into a CSV/Parquet table"),
+    ("compare", "iosim.cli_compare", "measured (ncu CSV) vs predicted SM/DRAM bytes and time, per kernel launch"),
+)
 
 
-def _command_modules() -> dict:
+def _command_module(name: str):
     import importlib
-    mods = {}
-    for name in COMMAND_MODULES:
-        m = importlib.import_module(name)
-        mods[m.COMMAND] = m
-    return mods
+    return importlib.import_module(next(m for c, m, _ in COMMANDS if c == name))
 
 
-def create_parser() -> argparse.ArgumentParser:
+def create_parser(load: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole CLI. load: the module commands whose options are registered (None = all); the others are listed
+    with their help only, so that a run imports just its own command's module (``run``)."""
     parser = argparse.ArgumentParser(prog="iosim", description="IO-complexity simulator and cost model for attention kernels")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("predict", help="count bytes and FLOPs of one attention configuration")
@@ -91,8 +100,11 @@ def create_parser() -> argparse.ArgumentParser:
                    help="spread of per-CTA speeds in the CTA timeline (default: by KV walk direction, "
                         "iosim.memory.hierarchy.DRIFT_BY_KV_ORDER: descending 0.15, ascending 0.03; 0 = lockstep)")
     sub.add_parser("algorithms", help="list the algorithm families")
-    for m in _command_modules().values():
-        m.add_parser(sub)
+    for name, _, help_ in COMMANDS:
+        if load is None or name in load:
+            _command_module(name).add_parser(sub)
+        else:
+            sub.add_parser(name, help=help_)
     return parser
 
 
@@ -182,7 +194,7 @@ def _print_prediction(pred, out: IO[str]) -> None:
 
 
 def run(argv: Sequence[str], out: IO[str]) -> int:
-    args = read_sizes(create_parser().parse_args(argv))
+    args = read_sizes(create_parser(load=list(argv[:1])).parse_args(argv))
     if args.command == "predict":
         from iosim.pipeline import predict
         problem, config = problem_from_args(args)
@@ -194,7 +206,7 @@ def run(argv: Sequence[str], out: IO[str]) -> int:
                                       ("way_spread", args.l2_way_spread)) if v is not None}
             geom = L2Geometry.from_hardware(hw, **over)
         pred = predict(hw, problem, config, args.algorithm, kernel=args.kernel, l2=not args.no_l2, l2_geometry=geom,
-                       l2_stride=1 if args.l2_exact else None, cta_jitter=args.cta_jitter)
+                       l2_stride=1 if args.l2_exact else None, cta_jitter=args.cta_jitter, progress=True)
         if args.json:
             out.write(json.dumps(pred.to_dict(), indent=1) + "\n")
         else:
@@ -202,12 +214,13 @@ def run(argv: Sequence[str], out: IO[str]) -> int:
     elif args.command == "algorithms":
         out.write(format_table(("algorithm", "summary"), [(n, a.summary) for n, a in algorithms().items()]))
     else:
-        return _command_modules()[args.command].run(args, out)
+        return _command_module(args.command).run(args, out)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Errors (IosimError, and OSError from the file system) print one line and exit 2; IosimWarnings one line each."""
+    """Errors (IosimError, and OSError from the file system) print one line and exit 2; IosimWarnings one line each;
+    Ctrl-C prints "iosim: interrupted" and exits 130."""
     import warnings
     from iosim.errors import IosimWarning
     shown = warnings.showwarning
@@ -227,4 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"iosim: error: {e}", file=sys.stderr)
         except OSError as e:
             print(f"iosim: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
+        except KeyboardInterrupt:
+            print("iosim: interrupted", file=sys.stderr)  # Ctrl-C: one line, no traceback
+            return 130
     return 2

@@ -1,17 +1,15 @@
-"""Limits on input: the largest sizes iosim models, what the L2 model may expand, and the warnings for problems a GPU
+"""Limits on input: the largest sizes iosim models, and the warnings for problems a GPU
 could not run as given (more memory than it has, a grid over CUDA's launch limits). All checks are arithmetic on
 sizes and exact counts; none allocates per access."""
 
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
-from math import ceil, prod
-
-import sympy as sp
+from math import prod
 
 from iosim.errors import IosimError
 from iosim.expr import evaluate
-from iosim.schedule import Load, Schedule, Store, walk
+from iosim.schedule import Schedule
 
 MAX_SIZE = 2**31 - 1
 """Largest batch, heads, sequence length, head dim or tile: the kernels modeled hold sizes as 32-bit ints (FA2's
@@ -60,45 +58,6 @@ def check_work(problem) -> None:
         raise IosimError(f"batch·heads·seq_q·seq_kv·head_dim = {' × '.join(map(str, sizes))} = {prod(sizes):.3g} exceeds "
                          f"2^57 = {MAX_WORK:.3g}, beyond which FLOP and byte counts leave int64; lower --batch, --heads, "
                          "--seq-q/--seq-kv or --head-dim")
-
-
-def _max_run_bytes(tile, schedule: Schedule) -> int:
-    """Bytes of the longest contiguous byte range one tile of this shape covers (iosim.memory.trace.tile_runs: trailing
-    dimensions the tile spans whole merge into one range). A block that depends on loop variables counts as whole."""
-    t = schedule.tensors[tile.tensor]
-    run = t.elem_bytes
-    for s, dim in reversed(list(zip(tile.spans, t.dims))):
-        n = int(evaluate(dim, {}))
-        ext = n if sp.sympify(s.block).free_symbols else min(int(evaluate(s.block, {})), n)
-        run *= ext
-        if ext < n:
-            break
-    return run
-
-
-def min_accesses(schedule: Schedule, counts) -> dict[str, int]:
-    """Per kernel, a lower bound on the byte ranges iosim.memory.trace expands it to: each tensor's bytes (exact counts)
-    over the longest range one of its tiles can be."""
-    out = {}
-    for k, kc in zip(schedule.kernels, counts.kernels):
-        longest: dict[tuple[bool, str], int] = {}
-        for st in walk(k.body):
-            if isinstance(st, (Load, Store)):
-                key = (isinstance(st, Store), st.tile.tensor)
-                longest[key] = max(longest.get(key, 0), _max_run_bytes(st.tile, schedule))
-        nbytes = {**{(False, t): v for t, v in kc.read_bytes.items()}, **{(True, t): v for t, v in kc.write_bytes.items()}}
-        out[k.name] = sum(ceil(v / longest[key]) for key, v in nbytes.items() if key in longest and v)
-    return out
-
-
-def check_l2_size(schedule: Schedule, counts, max_runs: int) -> None:
-    """Refuse, before any memory is spent, a schedule whose trace would exceed ``max_runs`` byte ranges per kernel."""
-    for name, n in min_accesses(schedule, counts).items():
-        if n > max_runs:
-            p = schedule.problem
-            raise IosimError(f"kernel {name} expands to at least {n:,} accesses (limit {max_runs:,}); the L2 model would "
-                             f"need too much memory for batch={p.batch}, heads={p.heads}, seq_q={p.seq_q}, "
-                             f"seq_kv={p.seq_kv} (use --no-l2, or l2=False in the API)")
 
 
 def _gb(n: int) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import asdict, dataclass, replace
-from numbers import Integral, Real
+from numbers import Real
 
 from iosim.cost import TimeEstimate, estimate
 from iosim.counts import Counts, KernelCounts, count
@@ -20,7 +20,7 @@ from iosim.errors import IosimError, IosimWarning
 from iosim.memory.hierarchy import HierarchyResult, simulate_schedule
 from iosim.hwprofile import Hardware, load_hardware
 from iosim.memory.l2 import L2Geometry
-from iosim.limits import check_l2_size, prediction_warnings
+from iosim.limits import prediction_warnings
 from iosim.problem import KernelConfig, Problem
 from iosim.registry import get
 from iosim.schedule import Schedule
@@ -106,8 +106,7 @@ def build_schedule(algorithm: str, problem: Problem, config: KernelConfig, hardw
 
 MAX_CTA_JITTER = 2.0  # σ of log CTA speed: 2 already spreads speeds e^±2 (≈ 55×) over ±1σ; beyond it is no GPU
 
-def _check_args(hardware, problem, config, algorithm: str, cta_jitter, cta_phases,
-                l2_geometry) -> tuple[Hardware, KernelConfig]:
+def _check_args(hardware, problem, config, algorithm: str, cta_jitter, l2_geometry) -> tuple[Hardware, KernelConfig]:
     """predict's arguments: a profile name or path loads the profile, config None is KernelConfig(); a wrong type
     (swapped arguments) is named."""
     if isinstance(hardware, (str, os.PathLike)):
@@ -122,31 +121,28 @@ def _check_args(hardware, problem, config, algorithm: str, cta_jitter, cta_phase
     if cta_jitter is not None and not (isinstance(cta_jitter, Real) and 0 <= cta_jitter <= MAX_CTA_JITTER):
         raise IosimError(f"cta_jitter must be a number in [0, {MAX_CTA_JITTER}] (0 = lockstep; CTA speeds are "
                          f"exp(jitter·z), the calibrated values are 0.03-0.15), got {cta_jitter!r} (--cta-jitter)")
-    if cta_phases is not None and (isinstance(cta_phases, bool) or not isinstance(cta_phases, Integral) or cta_phases < 1):
-        raise IosimError(f"cta_phases must be a whole number >= 1 (1 = lockstep convoy), got {cta_phases!r}")
     return hardware, config
 
 
 def predict(hardware: Hardware | str, problem: Problem, config: KernelConfig | None, algorithm: str = "flash2", *,
             kernel: str | None = None, l2: bool = True, l2_geometry: L2Geometry | None = None,
             l2_stride: int | None = None, cta_jitter: float | None = None, block_mask=None,
-            cta_coupling=None, cta_phases: int | None = None) -> Prediction:
+            progress: bool | None = None) -> Prediction:
     """Counts, and (unless ``l2`` is False) DRAM traffic through the shared L2.
 
     kernel: a preset name (``iosim.presets``: fa2, triton-tutorial, iosim-triton, flex) that pins the algorithm, tiles,
     warps, stages, grid and loop orders and the register count; l2_geometry: override the profile's L2
     (``L2Geometry.from_hardware(hw, policy=..., ...)``); l2_stride: set-sampling stride (None automatic, 1 exact);
     cta_jitter: spread of per-CTA speeds in the CTA timeline (None = ``iosim.memory.hierarchy.drift_for`` the KV walk
-    direction, 0 = lockstep); cta_phases: co-resident phases of convoy kernels averaged over (None =
-    ``iosim.memory.hierarchy.DEFAULT_PHASES``);
-    cta_coupling: an ``iosim.memory.coupled.Coupling`` to use the coupled CTA timeline (None: convoy/drift);
+    direction, 0 = lockstep);
     block_mask: a block mask for the ``flex`` preset (``iosim.presets.flex_schedule``) or the ``block_sparse``
     algorithm (its ``block_mask`` argument).
     hardware may be a profile name or path, config None (``KernelConfig()``). A problem the GPU could not run as given
-    (``iosim.limits.prediction_warnings``) is predicted with an IosimWarning and a note; one whose L2 trace would
-    exceed ``iosim.memory.trace.MAX_RUNS`` is refused before the trace is built.
+    (``iosim.limits.prediction_warnings``) is predicted with an IosimWarning and a note. The L2 trace is streamed
+    (``iosim.memory.hierarchy.simulate_schedule``): memory stays bounded at any size, time grows with the accesses;
+    progress: a progress line on stderr once the L2 model has run a few seconds (None: when stderr is a terminal).
     """
-    hardware, config = _check_args(hardware, problem, config, algorithm, cta_jitter, cta_phases, l2_geometry)
+    hardware, config = _check_args(hardware, problem, config, algorithm, cta_jitter, l2_geometry)
     regs, persistent, path, prefetch, pre = None, False, None, False, None
     if kernel is not None:
         from iosim.presets import apply
@@ -159,9 +155,6 @@ def predict(hardware: Hardware | str, problem: Problem, config: KernelConfig | N
     else:
         schedule = build_schedule(algorithm, problem, config, hardware)
     counts = count(schedule)
-    if l2:
-        from iosim.memory.trace import MAX_RUNS
-        check_l2_size(schedule, counts, MAX_RUNS)
     notes = prediction_warnings(schedule, hardware, kernel)
     for n in notes:
         warnings.warn(n, IosimWarning, stacklevel=2)
@@ -171,12 +164,8 @@ def predict(hardware: Hardware | str, problem: Problem, config: KernelConfig | N
         t = estimate(schedule, counts, hardware, path=path, prefetch=prefetch, regs_per_thread=regs)
         return Prediction(hardware, schedule, counts, time_s=t.time_s, kernel_preset=kernel, time=t)
     kw = {} if cta_jitter is None else {"jitter": cta_jitter}
-    if cta_coupling is not None:
-        kw["coupling"] = cta_coupling
-    if cta_phases is not None:
-        kw["phases"] = cta_phases
     res = simulate_schedule(schedule, hardware, l2_geometry, regs_per_thread=regs, persistent=persistent,
-                            stride=l2_stride, **kw)
+                            stride=l2_stride, progress=progress, **kw)
     t = estimate(schedule, counts, hardware, {k.name: k.dram_read_bytes for k in res.kernels},
                  {k.name: k.dram_write_bytes for k in res.kernels}, path=path, prefetch=prefetch,
                  regs_per_thread=regs)

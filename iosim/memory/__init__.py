@@ -11,8 +11,8 @@ whether the result is exact or set-sampled). Inside, data flows one way:
                   where L2 hits and misses are counted; ``l2_jit`` is its compiled per-access core
                   (numba; ``IOSIM_L2_ENGINE=numpy`` forces the NumPy loops);
 * ``l2stream``  — the same L2 fed in chunks with its state carried over;
-* ``hierarchy`` — ties them together (``simulate_schedule``);
-* ``coupled``   — an experiment (CTA speed from its own L2 hits) that lost on held-out data: not public.
+* ``hierarchy`` — ties them together (``simulate_schedule``), streaming each kernel's trace window by window of
+                  the CTA timeline through one ``L2Stream`` (bounded memory at any size).
 """
 
 from iosim.memory.hierarchy import HierarchyResult, KernelL2, simulate_schedule as simulate

@@ -2,31 +2,41 @@
 
 The SRAM level is the schedule itself: every Load/Store is SM ↔ L2 traffic (``iosim.counts``). Kernels run in launch
 order, each after the previous one ends, over one L2 whose contents carry over between launches.
+
+Streamed: the CTA timeline is computed per CTA (``iosim.memory.scheduler.timeline``), then each kernel's accesses
+are generated window by window of global time (``stream_kernel``: only the CTAs running in the window, only at their
+ticks in it), ordered as the whole trace would be, expanded to sampled lines and fed to one ``L2Stream``. Windows of
+time rather than waves: a causal kernel's CTAs overlap across waves (drift, unequal lengths), and one long CTA can
+span the whole kernel (N = 2²⁰: 8192 ticks of 2 tiles each), so only a time window bounds the chunk. Peak memory is
+set by ``DEFAULT_CHUNK_RANGES``, not by the problem; the counts are those of the whole trace at once
+(tests/test_stream_trace.py; ``build_trace`` is that reference).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import sys
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from iosim.memory.coupled import Coupling, simulate_coupled
 from iosim.errors import IosimError
-from iosim.memory.l2 import L2Geometry, L2Result, RunTrace, simulate_owned
+from iosim.memory.l2 import L2Geometry, L2Result, RunTrace, aligned, choose_stride, expand_lines, widen_loads
+from iosim.memory.l2stream import L2Stream
 from iosim.memory.layout import layout
+from iosim.memory.scheduler import Timeline, order_trace, timeline
+from iosim.memory.trace import expand_kernel, kernel_durations
 from iosim.occupancy import Occupancy, occupancy
 from iosim.schedule import Schedule
-from iosim.memory.scheduler import is_layered_convoy, order_trace
-from iosim.memory.trace import expand_kernel
 
 DEFAULT_JITTER = 0.15
 """The drift of descending KV walks (``DRIFT_BY_KV_ORDER``), also the fallback for schedules without a KV order.
 Spread of per-CTA speeds (``iosim.memory.scheduler.cta_speeds``): calibrated, not measured. Applied only to kernels whose
 CTAs have unequal trip counts (causal, block-sparse): CTAs with identical loops move as a convoy
 (``iosim.memory.scheduler.order_trace``; drift there was checked and is wrong: non-causal N=49152, d=128 gives 19× Q+K+V
-with drift, 1.95× measured). History: 0.25 from session 1 (8 H100 FA2 runs, L2 without way spread) to session 5; the
-coupled timeline (``iosim.memory.coupled``, through ``coupling=``) was fitted on set 1 of issue 9 and did not beat the
-drift (reports/validation/h100/coupled_timeline/README.md)."""
+with drift, 1.95× measured). History: 0.25 from session 1 (8 H100 FA2 runs, L2 without way spread) to session 5; a
+coupled timeline (CTA speed from its own L2 hits) was fitted on set 1 of issue 9 and did not beat the drift
+(reports/memory_model_notes.md)."""
 
 
 DRIFT_BY_KV_ORDER = {"descending": DEFAULT_JITTER, "ascending": 0.03}
@@ -47,35 +57,6 @@ probe over {0.1, 0.15, 0.2} (scanned with a hash of the set group in place of th
 def drift_for(schedule: Schedule) -> float:
     """The default drift σ of a schedule: ``DRIFT_BY_KV_ORDER`` of its KV walk direction."""
     return DRIFT_BY_KV_ORDER.get(getattr(schedule.config, "kv_order", "ascending"), DEFAULT_JITTER)
-
-
-DEFAULT_PHASES = 1
-"""Co-resident phases averaged over by default (1: the lockstep convoy alone). The option (``phases`` > 1,
-``iosim.memory.scheduler.layer_offsets``): when an SM holds R ≥ 2 CTAs of a kernel whose CTAs all run the same loop
-(non-causal FA2, Flex d=64), the r-th resident CTAs of all SMs form a convoy of their own, and nothing on the GPU fixes
-how far apart these R convoys run (a lead persists: each finished CTA is replaced at once in its own slot). With
-``phases`` = Q the model averages DRAM traffic over offsets spread evenly over [0, D/R) (D the CTA's duration), at the
-midpoints of Q equal intervals — the expected traffic under a uniformly unknown offset; no fitted number.
-Evaluated with the LRU profiles on the 13 L2-bound such runs of issue 9 (session 4, Q = 4): it fixes the case that
-motivated it (SDPA flash non-causal 128K d128, 2 CTAs/SM: −29.5% → +2.2% on the H100, −30.0% → 0.0% on the H200) but
-overshoots 96K d128 (H200 −8.2% → +22.4%) and lowers GQA runs (sdpa 24/8 24K: −0.3% → −14.7%); L2-bound medians:
-H100 set 1 5.4% → 4.0%, held-out set 2 12.5% → 14.0%, H200 7.9% → 9.9%. Not the default for that reason; it costs Q
-simulations of such kernels (reports/validation/h100/README.md, issue 9 session 4)."""
-
-
-def mean_result(results: list[L2Result]) -> L2Result:
-    """The element-wise mean (rounded to whole lines/sectors) of L2 results of the same trace's kernels."""
-    if len(results) == 1:
-        return results[0]
-    n = len(results)
-
-    def m(vals) -> int:
-        return int(round(sum(vals) / n))
-
-    fields = ("accesses", "hits", "misses", "evictions", "dirty_evictions", "dram_read_sectors", "dram_write_sectors")
-    kw = {f: m(getattr(r, f) for r in results) for f in fields}
-    per_kernel = tuple(tuple(m(col) for col in zip(*ks)) for ks in zip(*(r.per_kernel for r in results)))
-    return replace(results[0], per_kernel=per_kernel, exact=all(r.exact for r in results), **kw)
 
 
 @dataclass(frozen=True)
@@ -110,20 +91,20 @@ class HierarchyResult:
 
 
 def build_trace(schedule: Schedule, hw, regs_per_thread: int | None = None, persistent: bool = False,
-                jitter: float = 0.0, disorder: float = 0.0, phase: float = 0.0):
-    """The time-ordered access trace of all kernels, with each kernel's occupancy, timeline length and whether the
-    co-resident phase applies to it (``iosim.memory.scheduler.is_layered_convoy``)."""
+                jitter: float = 0.0, disorder: float = 0.0):
+    """The whole time-ordered access trace of all kernels at once, with each kernel's (name, occupancy, timeline
+    length): the reference the streamed ``simulate_schedule`` is checked against (tests/test_stream_trace.py), and
+    the trace of the L2 engine benchmarks. Memory grows with the trace (about 92 bytes per byte range)."""
     lay = layout(schedule)
     cfg = schedule.config
     parts, info = [], []
     for ki, k in enumerate(schedule.kernels):
         tr = expand_kernel(schedule, k, lay)
         occ = occupancy(k, hw, getattr(cfg, "num_stages", 1), regs_per_thread)
-        perm, sm, end = order_trace(tr, occ.slots, hw.sm_count, persistent, jitter, disorder, phase)
-        layered = disorder <= 0 and is_layered_convoy(tr.duration, occ.slots, hw.sm_count, persistent)
+        perm, sm, end = order_trace(tr, occ.slots, hw.sm_count, persistent, jitter, disorder)
         parts.append((tr.addr[perm], tr.nbytes[perm], tr.write[perm], sm.astype(np.int16),
                       np.full(len(perm), ki, dtype=np.int8 if len(schedule.kernels) < 128 else np.int64)))
-        info.append((k.name, occ, end, layered))
+        info.append((k.name, occ, end))
         del tr, perm, sm
     if len(parts) == 1:
         cat = list(parts[0])
@@ -133,45 +114,151 @@ def build_trace(schedule: Schedule, hw, regs_per_thread: int | None = None, pers
     return RunTrace(cat[0], cat[1], cat[2].astype(bool), cat[3], cat[4]), info
 
 
+DEFAULT_CHUNK_RANGES = 2_000_000
+"""Byte ranges per chunk of the streamed trace (the window of global time adapts to hold about this many): peak
+memory is a few hundred bytes per range of one chunk (ranges, their lines, the sort), whatever the problem size."""
+
+PROGRESS_AFTER_S = 3.0
+"""A progress line appears on stderr once a prediction has run this long (``Progress``)."""
+
+
+class Progress:
+    """Fraction of the timeline done and ETA on one stderr line, after ``PROGRESS_AFTER_S``, at most 5 times a
+    second; cleared at the end."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.start_s, self.drawn_s, self.shown = enabled, time.monotonic(), 0.0, False
+
+    def update(self, frac: float) -> None:
+        now = time.monotonic()
+        el = now - self.start_s
+        if not self.enabled or el < PROGRESS_AFTER_S or now - self.drawn_s < 0.2:
+            return
+        self.drawn_s, self.shown = now, True
+        eta = el * (1 - frac) / frac if frac > 0 else float("nan")
+        sys.stderr.write(f"\riosim: L2 timeline {100 * frac:5.1f}%  {el:.0f} s  ETA {eta:.0f} s   ")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r" + " " * 60 + "\r")
+            sys.stderr.flush()
+
+
+class _Sink:
+    """The L2 fed chunk by chunk (``iosim.memory.l2stream.L2Stream``): ordered byte ranges → sampled lines."""
+
+    def __init__(self, geom: L2Geometry, stride: int, num_kernels: int):
+        self.geom, self.stride, self.nk = geom, stride, num_kernels
+        self.l2 = L2Stream(geom, geom.sets_per_cache // stride, num_kernels, stride=stride)
+        self.aligned = True
+
+    def feed(self, tr: RunTrace) -> None:
+        g = self.geom
+        if self.aligned and self.stride > 1:
+            self.aligned = aligned(tr, g, self.stride)
+        line, mask, w, sm, kern = expand_lines(tr, g, self.stride)
+        mask = widen_loads(mask, w, g)
+        near = home = None
+        if g.num_partitions > 1:
+            near, home = (sm % g.num_partitions).astype(np.int8), g.home(line).astype(np.int8)
+        self.l2.feed(g.set_index(line) // self.stride, line, mask, w, kern, near, home)
+
+    def result(self) -> L2Result:
+        c, k, g = self.l2.finish(), self.stride, self.geom
+        exact = k == 1 or (g.policy != "random" and g.exact_stride(k) and self.aligned)
+        per_kernel = tuple((int(c["k_read"][i]) * k, int(c["k_write"][i]) * k, int(c["k_acc"][i]) * k,
+                            int(c["k_hit"][i]) * k) for i in range(self.nk))
+        return L2Result(accesses=c["accesses"] * k, hits=c["hits"] * k, misses=c["misses"] * k,
+                        evictions=c["evictions"] * k, dirty_evictions=c["dirty_evictions"] * k,
+                        dram_read_sectors=c["dram_read_sectors"] * k, dram_write_sectors=c["dram_write_sectors"] * k,
+                        stride=k, exact=exact, per_kernel=per_kernel)
+
+
+def stream_kernel(schedule: Schedule, kernel, lay, tl: Timeline, kid: int, num_sms: int, sink: _Sink,
+                  chunk_ranges: int, on_progress=None) -> None:
+    """Feed one kernel's accesses to ``sink`` window by window of global time [t0, t1): only the CTAs running then
+    are expanded, only at their ticks in the window (``expand_kernel``'s tick range), and the window's accesses are
+    sorted by (time, slot, statement order, trace order), the key ``order_trace`` sorts the whole trace by, so
+    the L2 sees the same sequence. The window's length adapts so that it holds about ``chunk_ranges`` ranges."""
+    P = len(tl.start)
+    by_start = np.argsort(tl.start, kind="stable")
+    start_sorted = tl.start[by_start]
+    last = tl.last_time()
+    t_end = float(last.max()) if P else 0.0
+    kd = np.int8 if sink.nk < 128 else np.int64
+    live = np.zeros(0, np.int64)
+    nxt = 0
+    t0 = start_sorted[0] if P else 0
+    width = 16 if tl.speed is None else 16.0     # ticks; adapted after each window
+    while nxt < P or len(live):
+        if not len(live) and start_sorted[nxt] >= t0:
+            t0 = start_sorted[nxt]     # nothing runs before the next CTA starts
+        t1 = t0 + width
+        k = int(np.searchsorted(start_sorted, t1, side="left"))
+        live = np.concatenate([live, by_start[nxt:k]])
+        nxt = k
+        lo, hi = tl.tick_window(live, t0, t1)
+        tr = expand_kernel(schedule, kernel, lay, live, lo, hi)
+        t = tl.times(tr.prog, tr.tick)
+        keep = (t >= t0) & (t < t1)
+        sl = tl.slot[tr.prog]
+        perm = np.flatnonzero(keep)[np.lexsort((tr.order[keep], sl[keep], t[keep]))]
+        n = len(perm)
+        if n:
+            sink.feed(RunTrace(tr.addr[perm], tr.nbytes[perm], tr.write[perm], (sl[perm] % num_sms).astype(np.int16),
+                               np.full(n, kid, dtype=kd)))
+        del tr, t, keep, sl, perm
+        live = live[last[live] > t1]
+        t0 = t1
+        grow = chunk_ranges / max(n, 1)
+        width = width * min(max(grow, 0.5), 4.0)
+        if tl.speed is None:
+            width = max(int(width), 1)
+        if on_progress is not None:
+            on_progress(min(float(t0) / t_end, 1.0) if t_end > 0 else 1.0)
+
+
 def simulate_schedule(schedule: Schedule, hw, geometry: L2Geometry | None = None, regs_per_thread: int | None = None,
                       persistent: bool = False, stride: int | None = None, min_sets: int = 96,
-                      jitter: float | None = None, disorder: float = 0.0,
-                      coupling: Coupling | None = None, phases: int = DEFAULT_PHASES) -> HierarchyResult:
+                      jitter: float | None = None, disorder: float = 0.0, chunk_ranges: int = DEFAULT_CHUNK_RANGES,
+                      progress: bool | None = None) -> HierarchyResult:
     """DRAM traffic of a schedule on ``hw``. stride: set-sampling stride (None = automatic, 1 = every set).
-    jitter: CTA drift σ (None: ``drift_for`` the schedule's KV walk direction). phases: co-resident phases averaged
-    over (``DEFAULT_PHASES``; 1 = the lockstep convoy alone).
-    coupling: use the coupled timeline (``iosim.memory.coupled``: CTA speed from its own L2 hits) instead of
-    convoy/drift; jitter and disorder are then ignored."""
-    if phases < 1:
-        raise IosimError(f"phases must be a whole number ≥ 1 (1 = lockstep convoy), got {phases}")
+    jitter: CTA drift σ (None: ``drift_for`` the schedule's KV walk direction); disorder: ``timeline``'s.
+    The trace is streamed kernel after kernel, window by window of each kernel's timeline (``stream_kernel``),
+    through one L2 whose contents carry over; chunk_ranges bounds the byte ranges held at once. progress: a
+    progress line on stderr past ``PROGRESS_AFTER_S`` (None: when stderr is a terminal)."""
     geom = geometry or L2Geometry.from_hardware(hw)
     if jitter is None:
         jitter = drift_for(schedule)
-    if coupling is not None:
-        res, info = simulate_coupled(schedule, hw, geom, coupling, regs_per_thread, persistent, stride, min_sets)
-        kernels = tuple(KernelL2(name, occ, end, r * geom.sector_bytes, w * geom.sector_bytes, acc, hit)
-                        for (name, occ, end), (r, w, acc, hit) in zip(info, res.per_kernel))
-        notes = []
-        if res.stride > 1:
-            notes.append(f"L2 simulated on 1 in {res.stride} sets (coupled timeline; "
-                         f"{'exact' if res.exact else 'set-sampling estimate'})")
-        return HierarchyResult(geom, res, kernels, tuple(notes))
-    results, info = [], None
-    for i in range(phases):
-        phase = (i + 0.5) / phases if phases > 1 else 0.0
-        holder = [build_trace(schedule, hw, regs_per_thread, persistent, jitter, disorder, phase)]
-        info = info or holder[0][1]
-        holder = [holder[0][0]]  # only this list refers to the trace: simulate_owned frees it after expansion
-        results.append(simulate_owned(holder, geom, stride=stride, num_kernels=len(schedule.kernels),
-                                      min_sets=min_sets))
-        if not any(layered for *_, layered in info):
-            break  # no kernel is a convoy of several resident CTAs per SM: the phase changes nothing
-    res = mean_result(results)
+    if stride is None:
+        stride = choose_stride(None, geom, min_sets)
+    if stride < 1 or stride & (stride - 1) or stride > geom.max_stride():
+        raise IosimError(f"sampling stride {stride} must be a power of two dividing {geom.max_stride()}")
+    lay = layout(schedule)
+    nk = len(schedule.kernels)
+    sink = _Sink(geom, stride, nk)
+    cfg = schedule.config
+    tls, info = [], []
+    for k in schedule.kernels:
+        occ = occupancy(k, hw, getattr(cfg, "num_stages", 1), regs_per_thread)
+        tl = timeline(kernel_durations(schedule, k), occ.slots, persistent, jitter, disorder)
+        tls.append(tl)
+        info.append((k.name, occ, tl.end))
+    total = sum(float(tl.end) for tl in tls) or 1.0
+    bar = Progress(sys.stderr.isatty() if progress is None else progress)
+    try:
+        done = 0.0
+        for ki, (k, tl) in enumerate(zip(schedule.kernels, tls)):
+            stream_kernel(schedule, k, lay, tl, ki, hw.sm_count, sink, chunk_ranges,
+                          lambda f, d=done, e=float(tl.end): bar.update((d + f * e) / total))
+            done += float(tl.end)
+    finally:
+        bar.close()
+    res = sink.result()
     kernels = tuple(KernelL2(name, occ, end, r * geom.sector_bytes, w * geom.sector_bytes, acc, hit)
-                    for (name, occ, end, _), (r, w, acc, hit) in zip(info, res.per_kernel))
+                    for (name, occ, end), (r, w, acc, hit) in zip(info, res.per_kernel))
     notes = []
     if res.stride > 1:
         notes.append(f"L2 simulated on 1 in {res.stride} sets ({'exact: every access covers whole aligned groups' if res.exact else 'set-sampling estimate'})")
-    if len(results) > 1:
-        notes.append(f"mean over {len(results)} co-resident phases (convoy of several resident CTAs per SM)")
     return HierarchyResult(geom, res, kernels, tuple(notes))

@@ -12,28 +12,26 @@ follow. A persistent kernel instead launches one CTA per slot and gives tile t t
 Drift (calibrated, see iosim.memory.hierarchy.DRIFT_BY_KV_ORDER and reports/validation/h100): CTAs of a kernel whose trip
 counts differ (causal) advance at per-CTA speeds exp(σ·z) (fixed seed), so their relative positions drift along the
 loop; CTAs with identical trip counts (non-causal) stay in lockstep, as the convoy the measured kernels form.
-Speeds are fixed before the L2 is simulated; ``iosim.memory.coupled`` is the alternative where a CTA's speed follows its own
-L2 hits (checked on the H100 runs and not adopted: reports/validation/h100/coupled_timeline/README.md).
+Speeds are fixed before the L2 is simulated (a timeline where a CTA's speed follows its own L2 hits, and one with
+co-resident convoys run apart, were tried and dropped: reports/memory_model_notes.md).
 
-Co-resident phase (``layer_offsets``; issue 9, 2026-12-03): in a convoy kernel with R ≥ 2 resident CTAs per SM, the
-r-th resident CTAs of all SMs form their own convoy, started r · phase · D/R ticks late (D the CTA's duration);
-``iosim.memory.hierarchy.simulate_schedule(phases=Q)`` averages DRAM traffic over Q evenly spread phases, since nothing on the
-GPU fixes how far apart these convoys run (an option, off by default: ``iosim.memory.hierarchy.DEFAULT_PHASES`` says why).
+The timeline is computed per CTA (``timeline``: start, slot, speed; O(#CTAs)); the time of one access is
+``Timeline.times`` of its (program, tick), so a caller can order any subset of a kernel's accesses (one window of
+global time, ``iosim.memory.hierarchy``) exactly as the whole trace would be ordered (``order_trace``).
 """
 
 from __future__ import annotations
 
 import heapq
+from dataclasses import dataclass
 
 import numpy as np
 
 from iosim.memory.trace import KernelTrace
 
 
-def start_times(duration: np.ndarray, slots: int, persistent: bool = False,
-                offset: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(start time, slot) of every CTA in linear order; see the module docstring. Durations may be floats.
-    offset: time at which each slot first becomes free (default 0 for all)."""
+def start_times(duration: np.ndarray, slots: int, persistent: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(start time, slot) of every CTA in linear order; see the module docstring. Durations may be floats."""
     P = len(duration)
     if persistent:
         slot = np.arange(P, dtype=np.int64) % slots
@@ -44,7 +42,7 @@ def start_times(duration: np.ndarray, slots: int, persistent: bool = False,
         first = np.searchsorted(slot[order], np.arange(slots))
         start[order] = cs - np.repeat(cs[np.minimum(first, max(P - 1, 0))], np.diff(np.append(first, P)))
         return start, slot
-    if offset is None and (P == 0 or bool(np.all(duration == duration[0]))):
+    if P == 0 or bool(np.all(duration == duration[0])):
         idx = np.arange(P, dtype=np.int64)
         return (idx // slots) * (duration[0] if P else 0), idx % slots
     start = np.zeros(P, dtype=duration.dtype)
@@ -52,9 +50,7 @@ def start_times(duration: np.ndarray, slots: int, persistent: bool = False,
     n0 = min(P, slots)
     slot[:n0] = np.arange(n0)
     dur = duration.tolist()
-    off = [0] * n0 if offset is None else [offset[i].item() for i in range(n0)]
-    start[:n0] = off
-    heap = [(off[i] + dur[i], i) for i in range(n0)]
+    heap = [(dur[i], i) for i in range(n0)]
     heapq.heapify(heap)
     for c in range(n0, P):
         t, s = heapq.heappop(heap)
@@ -75,63 +71,79 @@ def cta_speeds(num_programs: int, jitter: float, seed: int = 0) -> np.ndarray:
     return np.exp(jitter * z)
 
 
-def is_layered_convoy(duration: np.ndarray, slots: int, num_sms: int, persistent: bool = False) -> bool:
-    """True when the co-resident phase matters: CTAs of equal trip counts (a convoy, non-persistent) with more than
-    one resident CTA per SM."""
-    return (not persistent and slots // num_sms > 1 and len(duration) > 0
-            and bool(np.all(duration == duration[0])))
+@dataclass(frozen=True)
+class Timeline:
+    """When every CTA of a kernel runs: CTA c starts at ``start[c]`` on ``slot[c]`` and issues its tick k at
+    ``times(c, k)``; ``end`` is when the last CTA ends. ``speed`` None: one time unit per tick (integer times)."""
+
+    duration: np.ndarray       # ticks per CTA
+    start: np.ndarray
+    slot: np.ndarray
+    speed: np.ndarray | None   # time per tick of every CTA (drift), or None
+    disorder: float            # uniform per-(CTA, tick) offset in [0, disorder) ticks, or 0
+    end: float | int
+
+    def times(self, prog: np.ndarray, tick: np.ndarray) -> np.ndarray:
+        """Global time of the accesses of ``prog`` at ``tick`` (the first key of the order)."""
+        if self.disorder > 0:
+            p = prog.astype(np.int64)
+            h = (p * 0x9E3779B1 + tick.astype(np.int64) * 0x85EBCA77) * 0xC2B2AE3D
+            u = ((h >> 11) & 0xFFFFF).astype(np.float64) / float(1 << 20)
+            return (self.start[prog] + tick) + self.disorder * u
+        if self.speed is not None:
+            return self.start[prog] + tick * self.speed[prog]
+        return self.start[prog] + tick.astype(np.int64)
+
+    def last_time(self) -> np.ndarray:
+        """A bound every CTA's accesses come before: start + duration (× speed) (+ disorder)."""
+        d = self.duration if self.speed is None else self.duration * self.speed
+        return self.start + d + self.disorder
+
+    def tick_window(self, prog: np.ndarray, t0, t1) -> tuple[np.ndarray, np.ndarray]:
+        """Per CTA, a tick range [lo, hi) holding every tick whose time falls in [t0, t1) (a little wider where times
+        are not whole numbers: the caller keeps the accesses by their exact ``times``)."""
+        s, d = self.start[prog], self.duration[prog]
+        if self.speed is None and self.disorder <= 0:
+            lo, hi = t0 - s, t1 - s
+        else:
+            sp = 1.0 if self.speed is None else self.speed[prog]
+            lo = np.floor((t0 - s - self.disorder) / sp) - 1
+            hi = np.ceil((t1 - s) / sp) + 1
+        return np.clip(lo, 0, d).astype(np.int64), np.clip(hi, 0, d).astype(np.int64)
 
 
-def layer_offsets(duration: np.ndarray, slots: int, num_sms: int, persistent: bool, phase: float) -> np.ndarray | None:
-    """First free time of every slot for a co-resident phase ``phase`` ∈ [0, 1): the r-th resident CTA of each SM
-    (slots r·#SMs … (r+1)·#SMs − 1) starts r · round(phase · D / R) ticks late, D the CTA's duration, R the resident
-    CTAs per SM. phase 0 is the lockstep convoy; phase → 1 the full splay (layers D/R apart). None when the phase
-    does not apply (``is_layered_convoy``) or is 0."""
-    if phase <= 0 or not is_layered_convoy(duration, slots, num_sms, persistent):
-        return None
-    R = slots // num_sms
-    step = int(round(phase * int(duration[0]) / R))
-    return (np.arange(slots, dtype=np.int64) // num_sms) * step
-
-
-def order_trace(tr: KernelTrace, slots: int, num_sms: int, persistent: bool = False, jitter: float = 0.0,
-                disorder: float = 0.0, phase: float = 0.0):
-    """Time-order the kernel's accesses: returns (perm, sm, end_time) where perm sorts the accesses by
-    (global time, slot, statement order). jitter: spread of per-CTA speeds (``cta_speeds``), a drift that grows
-    along a CTA's loop. phase: co-resident phase of a convoy kernel (``layer_offsets``; iosim.memory.hierarchy averages
-    the L2 over it). disorder: each step of each CTA is displaced by a uniform offset in [0, disorder) ticks
-    (a deterministic hash of program and tick): local disorder that, unlike drift, does not accumulate, as CTAs that
-    share data stay together on a GPU (a CTA that falls behind hits in L2 and catches up)."""
+def timeline(duration: np.ndarray, slots: int, persistent: bool = False, jitter: float = 0.0,
+             disorder: float = 0.0) -> Timeline:
+    """The CTA timeline of a kernel whose CTAs take ``duration`` ticks; see the module docstring and ``order_trace``.
+    jitter: spread of per-CTA speeds (``cta_speeds``), a drift that grows along a CTA's loop; applied only when the
+    CTAs' trip counts differ. disorder: each step of each CTA is displaced by a uniform offset in [0, disorder) ticks
+    (a deterministic hash of program and tick): local disorder that, unlike drift, does not accumulate (not with
+    jitter)."""
     if disorder > 0 and jitter <= 0:
-        start, slot = start_times(tr.duration, slots, persistent)
-        p = tr.prog.astype(np.int64)
-        h = (p * 0x9E3779B1 + tr.tick.astype(np.int64) * 0x85EBCA77) * 0xC2B2AE3D
-        u = ((h >> 11) & 0xFFFFF).astype(np.float64) / float(1 << 20)
-        t = (start[tr.prog] + tr.tick) + disorder * u
-        del h, u, p
-        sl = slot[tr.prog]
-        perm = np.lexsort((tr.order, sl, t))
-        end = int((start + tr.duration).max()) if len(start) else 0
-        return perm, (sl % num_sms)[perm], end
-    if jitter > 0 and len(tr.duration) and bool(np.all(tr.duration == tr.duration[0])):
+        start, slot = start_times(duration, slots, persistent)
+        end = int((start + duration).max()) if len(start) else 0
+        return Timeline(duration, start, slot, None, disorder, end)
+    if jitter > 0 and len(duration) and bool(np.all(duration == duration[0])):
         # CTAs with identical loops over the same K/V move as a convoy on the GPU (one that falls behind hits in
         # L2 and catches up): measured non-causal FA2 keeps its L2 reuse, so no drift is applied there
         # (``iosim.memory.hierarchy.DEFAULT_JITTER``: a small spread there was checked and made things worse).
         jitter = 0.0
     if jitter > 0:
-        speed = cta_speeds(tr.num_programs, jitter)
-        start, slot = start_times(tr.duration * speed, slots, persistent)
-        t = start[tr.prog] + tr.tick * speed[tr.prog]
-        perm = np.lexsort((tr.order, slot[tr.prog], t))
-        end = float((start + tr.duration * speed).max()) if len(start) else 0.0
-        return perm, (slot[tr.prog] % num_sms)[perm], end
-    offset = layer_offsets(tr.duration, slots, num_sms, persistent, phase)
-    start, slot = start_times(tr.duration, slots, persistent, offset)
-    t = start[tr.prog] + tr.tick.astype(np.int64)
-    sl = slot[tr.prog]
-    nord = int(tr.order.max()) + 1 if len(tr.order) else 1
-    key = (t * slots + sl) * nord + tr.order
-    del t
-    perm = np.argsort(key, kind="stable")
-    end = int((start + tr.duration).max()) if len(start) else 0
-    return perm, (sl % num_sms)[perm], end
+        speed = cta_speeds(len(duration), jitter)
+        start, slot = start_times(duration * speed, slots, persistent)
+        end = float((start + duration * speed).max()) if len(start) else 0.0
+        return Timeline(duration, start, slot, speed, 0.0, end)
+    start, slot = start_times(duration, slots, persistent)
+    end = int((start + duration).max()) if len(start) else 0
+    return Timeline(duration, start, slot, None, 0.0, end)
+
+
+def order_trace(tr: KernelTrace, slots: int, num_sms: int, persistent: bool = False, jitter: float = 0.0,
+                disorder: float = 0.0):
+    """Time-order a whole kernel's accesses: returns (perm, sm, end_time) where perm sorts the accesses by
+    (global time, slot, statement order), ties kept in trace order (``timeline`` for jitter and disorder)."""
+    tl = timeline(tr.duration, slots, persistent, jitter, disorder)
+    t = tl.times(tr.prog, tr.tick)
+    sl = tl.slot[tr.prog]
+    perm = np.lexsort((tr.order, sl, t))
+    return perm, (sl % num_sms)[perm], tl.end

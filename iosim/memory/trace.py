@@ -19,9 +19,6 @@ from iosim.expr import evaluate, table_env
 from iosim.memory.layout import Layout
 from iosim.schedule import Kernel, Load, Loop, Schedule, Store, Tile
 
-MAX_RUNS = 60_000_000  # byte ranges one kernel may expand to (bounded memory: ~ 0.5 GB per field)
-
-
 @dataclass(frozen=True)
 class KernelTrace:
     """Accesses of one kernel. Arrays are aligned: access k is issued by program ``prog[k]`` at ``tick[k]``."""
@@ -86,8 +83,6 @@ def tile_runs(tile: Tile, lay: Layout, env: dict, npts: int):
         pts = np.arange(npts)
         return pts, np.asarray(base, dtype=np.int64).copy(), np.asarray(run_bytes, dtype=np.int64).copy()
     total = int(nruns.sum())
-    if total > MAX_RUNS:
-        raise IosimError(f"tile of {tile.tensor} expands to {total:,} byte ranges (limit {MAX_RUNS:,}); use --no-l2")
     pts = np.repeat(np.arange(npts), nruns)
     r = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(nruns) - nruns, nruns)
     off = np.zeros(total, dtype=np.int64)
@@ -98,49 +93,90 @@ def tile_runs(tile: Tile, lay: Layout, env: dict, npts: int):
     return pts, base[pts] + off, run_bytes[pts].astype(np.int64)
 
 
+def _has_loop(stmts) -> bool:
+    return any(isinstance(st, Loop) for st in stmts)
+
+
+def _trips(st: Loop, env: dict, npts: int):
+    lo = _bcast(evaluate(st.start, env), npts)
+    hi = _bcast(evaluate(st.stop, env), npts)
+    return lo, hi, np.maximum(hi - lo, 0)
+
+
+def _iterations(st: Loop, env: dict, lo, hi, npts: int, k0, n):
+    """Iterations k0 … k0+n−1 of every point: (owner point, iteration index k, env of the loop body)."""
+    total = int(n.sum())
+    owner = np.repeat(np.arange(npts), n)
+    k = np.arange(total, dtype=np.int64) - (np.cumsum(n) - n)[owner] + k0[owner]
+    sub_env = _gather(env, owner)
+    sub_env[st.var] = (hi[owner] - 1 - k) if st.reverse else (lo[owner] + k)
+    return owner, k, sub_env, total
+
+
+def block_ticks(stmts, env: dict, npts: int) -> np.ndarray:
+    """Ticks ``stmts`` take at every point, without expanding a tile: an innermost loop takes its trip count, a loop
+    with loops inside the sum of its iterations' (1 + ticks of the body)."""
+    cursor = np.zeros(npts, dtype=np.int64)
+    for st in stmts:
+        if isinstance(st, Loop):
+            lo, hi, trips = _trips(st, env, npts)
+            if not _has_loop(st.body):
+                cursor = cursor + trips
+                continue
+            owner, _, sub_env, total = _iterations(st, env, lo, hi, npts, np.zeros(npts, np.int64), trips)
+            dur = 1 + block_ticks(st.body, sub_env, total)
+            cursor = cursor + np.bincount(owner, weights=dur, minlength=npts).astype(np.int64)
+    return cursor
+
+
 class _Expander:
     def __init__(self, schedule: Schedule, lay: Layout):
         self.schedule = schedule
         self.lay = lay
         self.order: dict[int, int] = {}
-        self.runs = 0
 
-    def block(self, stmts, env: dict, npts: int):
-        """Events of ``stmts`` at every point: list of (point, tick, order, write, addr, nbytes) and ticks used."""
+    def block(self, stmts, env: dict, npts: int, win=None):
+        """Events of ``stmts`` at every point: list of (point, tick, order, write, addr, nbytes) and ticks used.
+        win: None (every tick) or per-point (lo, hi): only the events at ticks lo ≤ tick < hi (relative to the start
+        of the block) are expanded; the ticks used are the same either way."""
         events = []
         cursor = np.zeros(npts, dtype=np.int64)
         for st in stmts:
             if isinstance(st, (Load, Store)):
-                pts, addr, nb = tile_runs(st.tile, self.lay, env, npts)
-                self.runs += len(pts)
-                if self.runs > MAX_RUNS:
-                    raise IosimError(f"kernel expands to more than {MAX_RUNS:,} accesses; the L2 model would need "
-                                     "too much memory for this size (use --no-l2)")
                 o = self.order.setdefault(id(st), len(self.order))
+                if win is None:
+                    pts, addr, nb = tile_runs(st.tile, self.lay, env, npts)
+                else:
+                    sel = np.flatnonzero((cursor >= win[0]) & (cursor < win[1]))
+                    pts, addr, nb = tile_runs(st.tile, self.lay, _gather(env, sel), len(sel))
+                    pts = sel[pts]
                 events.append((pts, cursor[pts], o, isinstance(st, Store), addr, nb))
             elif isinstance(st, Loop):
-                lo = _bcast(evaluate(st.start, env), npts)
-                hi = _bcast(evaluate(st.stop, env), npts)
-                trips = np.maximum(hi - lo, 0)
-                total = int(trips.sum())
-                if total > MAX_RUNS:
-                    raise IosimError(f"loop over {st.var} expands to {total:,} iterations (limit {MAX_RUNS:,}); "
-                                     "use --no-l2")
-                owner = np.repeat(np.arange(npts), trips)
-                first = np.cumsum(trips) - trips
-                k = np.arange(total, dtype=np.int64) - first[owner]
-                sub_env = _gather(env, owner)
-                sub_env[st.var] = (hi[owner] - 1 - k) if st.reverse else (lo[owner] + k)
-                sub_events, sub_ticks = self.block(st.body, sub_env, total)
-                dur = 1 + sub_ticks
-                cs = np.cumsum(dur)
-                before = cs - dur                      # ticks of all earlier iterations (all points)
-                nz = trips > 0
-                safe_first = np.minimum(first, max(total - 1, 0))
-                grp0 = np.where(nz, before[safe_first] if total else 0, 0)
-                grp1 = np.where(nz, cs[np.minimum(first + trips - 1, max(total - 1, 0))] if total else 0, 0)
-                iter_start = before - grp0[owner]
-                loop_ticks = grp1 - grp0
+                lo, hi, trips = _trips(st, env, npts)
+                if not _has_loop(st.body):   # one tick per iteration: the window picks iterations directly
+                    k0 = np.zeros(npts, np.int64) if win is None else np.clip(win[0] - cursor, 0, trips)
+                    k1 = trips if win is None else np.clip(win[1] - cursor, 0, trips)
+                    owner, k, sub_env, total = _iterations(st, env, lo, hi, npts, k0, np.maximum(k1 - k0, 0))
+                    sub_events, _ = self.block(st.body, sub_env, total)
+                    iter_start, sub_win = k, None
+                    loop_ticks = trips
+                else:
+                    owner, k, sub_env, total = _iterations(st, env, lo, hi, npts, np.zeros(npts, np.int64), trips)
+                    dur = 1 + block_ticks(st.body, sub_env, total)
+                    before = np.cumsum(dur) - dur           # ticks of all earlier iterations (all points)
+                    first = np.minimum(np.cumsum(trips) - trips, max(total - 1, 0))
+                    iter_start = before - before[first][owner] if total else before
+                    loop_ticks = np.bincount(owner, weights=dur, minlength=npts).astype(np.int64)
+                    if win is not None:
+                        a = cursor[owner] + iter_start
+                        keep = np.flatnonzero((a < win[1][owner]) & (a + dur > win[0][owner]))
+                        owner, iter_start, a = owner[keep], iter_start[keep], a[keep]
+                        sub_env = _gather(sub_env, keep)
+                        sub_win = (win[0][owner] - a, win[1][owner] - a)
+                        total = len(keep)
+                    else:
+                        sub_win = None
+                    sub_events, _ = self.block(st.body, sub_env, total, sub_win)
                 for pts, tk, o, w, addr, nb in sub_events:
                     own = owner[pts]
                     events.append((own, cursor[own] + iter_start[pts] + tk, o, w, addr, nb))
@@ -148,23 +184,40 @@ class _Expander:
         return events, cursor
 
 
-def expand_kernel(schedule: Schedule, kernel: Kernel, lay: Layout) -> KernelTrace:
-    """All accesses of ``kernel``'s programs, in program-text order within each program (not yet in time order)."""
+def _grid_env(schedule: Schedule, kernel: Kernel, programs: np.ndarray | None):
+    """(number of programs, linear ids, env of the grid variables at those programs; grid[0] fastest)."""
     extents = [int(evaluate(ax.extent, {})) for ax in kernel.grid]
     P = 1
     for e in extents:
         P *= e
-    lin = np.arange(P, dtype=np.int64)
+    lin = np.arange(P, dtype=np.int64) if programs is None else np.asarray(programs, dtype=np.int64)
     env: dict = table_env(getattr(schedule, "tables", None))
     r = lin.copy()
-    for ax, e in zip(kernel.grid, extents):  # grid[0] fastest
+    for ax, e in zip(kernel.grid, extents):
         env[ax.var] = r % e
         r = r // e
-    ex = _Expander(schedule, lay)
-    events, cursor = ex.block(kernel.body, env, P)
+    return P, lin, env
+
+
+def kernel_durations(schedule: Schedule, kernel: Kernel) -> np.ndarray:
+    """Ticks of every program (linear id), as ``expand_kernel``'s ``duration``, without expanding a tile."""
+    P, _, env = _grid_env(schedule, kernel, None)
+    return block_ticks(kernel.body, env, P) + 1
+
+
+def expand_kernel(schedule: Schedule, kernel: Kernel, lay: Layout, programs: np.ndarray | None = None,
+                  tick_lo: np.ndarray | None = None, tick_hi: np.ndarray | None = None) -> KernelTrace:
+    """The accesses of ``kernel``'s programs, in program-text order within each program (not yet in time order).
+    programs: linear ids to expand (default all; ``prog`` holds linear ids, ``duration`` is per expanded program);
+    tick_lo/tick_hi: per expanded program, only its accesses at ticks lo ≤ tick < hi (the streamed trace,
+    ``iosim.memory.hierarchy``)."""
+    P, lin, env = _grid_env(schedule, kernel, programs)
+    n = len(lin)
+    win = None if tick_lo is None else (np.asarray(tick_lo, np.int64), np.asarray(tick_hi, np.int64))
+    events, cursor = _Expander(schedule, lay).block(kernel.body, env, n, win)
     if events:
         i32 = np.int32 if P < 2**31 and int(cursor.max(initial=0)) < 2**31 else np.int64
-        prog = np.concatenate([e[0].astype(i32) for e in events])
+        prog = np.concatenate([lin[e[0]].astype(i32) for e in events])
         tick = np.concatenate([e[1].astype(i32) for e in events])
         order = np.concatenate([np.full(len(e[0]), e[2], dtype=np.int16) for e in events])
         write = np.concatenate([np.full(len(e[0]), e[3], dtype=bool) for e in events])
