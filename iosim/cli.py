@@ -180,10 +180,10 @@ def _print_prediction(pred, out: IO[str]) -> None:
         out.write("L2: not modeled (--no-l2): DRAM bytes in the time are compulsory traffic\n")
     else:
         l2 = d["l2"]
-        how = ("exact (every set simulated)" if l2["exact"] else
-               f"set-sampled estimate (1 in {l2['sampling_stride']} sets; --l2-exact simulates every set)")
-        out.write(f"L2: hit rate {100 * d['l2_hit_rate']:.2f}%, {how}; {l2['size_bytes'] / 2**20:g} MiB, "
-                  f"{l2['policy']}, {l2['sharing']}\n")
+        from iosim.memory.sampling import describe
+        out.write(f"L2: hit rate {100 * d['l2_hit_rate']:.2f}%; {l2['size_bytes'] / 2**20:g} MiB, {l2['policy']}, "
+                  f"{l2['sharing']}\n  {describe(l2['sampling_stride'], l2['exact'])}"
+                  f"{'' if l2['exact'] else '; --l2-exact simulates every set'}\n")
     by_note: dict[str, list[str]] = {n: [] for n in d["notes"]}  # kernel notes: once, with the kernels they concern
     for k, t in times.items():
         for n in t["notes"]:

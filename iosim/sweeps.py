@@ -39,11 +39,9 @@ empty), empty otherwise.
 from __future__ import annotations
 
 import itertools
-import os
-import signal
 import sys
 import time
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import IO, Callable, Mapping, Sequence
 
 from iosim.errors import IosimError
@@ -190,40 +188,18 @@ class Progress:
             self.stream.flush()
 
 
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: no traceback per worker
+def _call(fn: Callable[[Mapping, bool], dict], l2: bool, point: Mapping[str, object]) -> dict:
+    return fn(point, l2)
 
 
 def run_points(pts: Sequence[Mapping[str, object]], *, jobs: int | None = None, progress: bool | None = None,
                l2: bool = True, fn: Callable[[Mapping, bool], dict] = predict_point) -> list[dict]:
     """``fn(point, l2)`` (default ``predict_point``; a module-level function, for the worker processes) of every
-    point, in the points' order whatever order they finish in."""
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    jobs = (os.cpu_count() or 1) if jobs is None else jobs
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise IosimError(f"jobs must be a positive integer, got {jobs!r} (1 = run in this process)")
+    point, in the points' order whatever order they finish in (``iosim.parallel.map_ordered``)."""
+    from iosim.parallel import map_ordered
     bar = Progress(len(pts), sys.stderr.isatty() if progress is None else progress)
-    rows: list = [None] * len(pts)
     try:
-        if jobs == 1 or len(pts) <= 1:
-            for i, p in enumerate(pts):
-                rows[i] = fn(p, l2)
-                bar.step()
-            return rows
-        ex = ProcessPoolExecutor(min(jobs, len(pts)), initializer=_ignore_sigint)
-        try:
-            futures = {ex.submit(fn, p, l2): i for i, p in enumerate(pts)}
-            for f in as_completed(futures):
-                rows[futures[f]] = f.result()
-                bar.step()
-        except BaseException:  # Ctrl-C (or a worker crash): drop pending points, stop the running ones
-            workers = list((ex._processes or {}).values())  # Python ≥ 3.14 has ex.terminate_workers() for this
-            ex.shutdown(wait=False, cancel_futures=True)
-            for w in workers:
-                w.terminate()
-            raise
-        ex.shutdown()
-        return rows
+        return map_ordered(partial(_call, fn, l2), pts, jobs, bar.step)
     finally:
         bar.close()
 

@@ -88,7 +88,9 @@ def test_predict_text_shows_tiles_occupancy_time_bound_and_notes():
     assert f"= {pct:.1f}% of the h100 bf16 tensor peak 989.4 TFLOP/s" in text
     assert f"time {d['time_s'] * 1e3:.4g} ms" in text
     # the L2 line says whether the result is exact, and every note (schedule, L2 and per-kernel time notes) appears
-    assert "L2: hit rate" in text and ("set-sampled" in text or "exact" in text)
+    l2 = d["l2"]
+    assert "L2: hit rate" in text and f"L2 simulated on 1 in {l2['sampling_stride']} sets: " in text
+    assert ("exact (every access" in text) == l2["exact"] and ("set-sampling estimate" in text) != l2["exact"]
     for note in d["notes"] + d["time"]["kernels"][0]["notes"]:
         assert note in text
     tables = table_blocks(text)
@@ -175,3 +177,23 @@ def test_predict_fills_time_from_cost_model_with_and_without_l2():
     d = with_l2.to_dict()
     assert d["bound"] in BOUND_EXPLANATIONS  # a resource, "launch" or "parallelism"
     assert d["kernels"][0]["time_s"] == d["time_s"]
+
+
+def test_commands_load_lazily_and_help_lists_every_command():
+    """`iosim predict` imports no command module; `iosim --help` lists every command with its module's own help."""
+    import argparse
+
+    from iosim.cli import COMMANDS, create_parser
+    code = ("import sys, io; from iosim.cli import run; run(['predict', '--no-l2', '--seq-q', '256'], io.StringIO()); "
+            "print(sorted(m for m in sys.modules if m.startswith('iosim.cli_') or m in "
+            "('iosim.calibrate', 'iosim.report', 'iosim.symbolic', 'iosim.validate')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+    sub = next(a for a in create_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {c.dest: c.help for c in sub._choices_actions}
+    assert {name: h for name, _, h in COMMANDS} == {n: helps[n] for n, _, _ in COMMANDS}
+    lazy = next(a for a in create_parser(load=[])._actions if isinstance(a, argparse._SubParsersAction))
+    assert {c.dest: c.help for c in lazy._choices_actions} == helps
+    out = subprocess.run([sys.executable, "-m", "iosim", "--help"], capture_output=True, text=True, check=True).stdout
+    for name, _, _ in COMMANDS:
+        assert re.search(rf"^    {name} ", out, re.M), name
