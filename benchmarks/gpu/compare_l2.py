@@ -79,8 +79,6 @@ def default_profile(rows: list[dict]) -> str:
 def predict_case(args) -> dict:
     """Predictions of one case for every profile: {name: (dram_read, sm_read, l2_hit_rate, seconds)}."""
     c, profiles, stride = args[:3]
-    coupling = args[3] if len(args) > 3 else None
-    phases = args[4] if len(args) > 4 else None
     from validate_l2 import mask_tables
     p = Problem(c["B"], c["Hq"], c["Hkv"], c["N"], c["N"], c["d"], "bf16", bool(c["causal"]))
     kernel = KERNEL[c["impl"]]
@@ -89,8 +87,7 @@ def predict_case(args) -> dict:
     for name, spec in profiles:
         hw = load_hardware(spec)
         t = time.perf_counter()
-        pr = predict(hw, p, KernelConfig(), kernel=kernel, block_mask=mask, l2_stride=stride, cta_coupling=coupling,
-                     cta_phases=phases)
+        pr = predict(hw, p, KernelConfig(), kernel=kernel, block_mask=mask, l2_stride=stride)
         out[name] = (pr.dram_read_bytes, pr.counts.sm_read_bytes, pr.l2_hit_rate, time.perf_counter() - t)
     return out
 
@@ -134,11 +131,6 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default=None, help="comma-separated case ids (default: all)")
     ap.add_argument("--jobs", type=int, default=1, help="cases predicted in parallel (processes)")
     ap.add_argument("--l2-exact", action="store_true", help="simulate every L2 set (slower)")
-    ap.add_argument("--phases", type=int, default=None,
-                    help="co-resident phases averaged over (default iosim.memory.hierarchy.DEFAULT_PHASES)")
-    ap.add_argument("--coupling", default=None, metavar="MISS_COST,NOISE[,CHUNK[,DRIFT]]",
-                    help="use the coupled CTA timeline for every profile: iosim.memory.coupled.Coupling(MISS_COST, NOISE, "
-                         "CHUNK=4, DRIFT=0) (the default timeline's drift: iosim.memory.hierarchy.DRIFT_BY_KV_ORDER)")
     a = ap.parse_args(argv)
     rows = read_measured(a.measured)
     if a.cases:
@@ -154,11 +146,7 @@ def main(argv=None) -> int:
     names = [n for n, _ in profiles]
     todo = [r for r in rows if not math.isnan(r["measured_dram_read"]) and r["impl"] in KERNEL]
     stride = 1 if a.l2_exact else None
-    coupling = None
-    if a.coupling:
-        from iosim.memory.coupled import Coupling
-        coupling = Coupling(*(float(x) for x in a.coupling.split(",")))
-    jobs = [(r, profiles, stride, coupling, a.phases) for r in todo]
+    jobs = [(r, profiles, stride) for r in todo]
     if a.jobs > 1:
         with ProcessPoolExecutor(a.jobs) as ex:
             preds = list(ex.map(predict_case, jobs))
