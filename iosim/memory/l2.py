@@ -540,25 +540,48 @@ def simulate_lines(sets: np.ndarray, tags: np.ndarray, sectors: np.ndarray, writ
         raise IosimError(f"plru (tree pseudo-LRU) needs a power-of-two number of ways, got {ways}")
     if way_spread and (policy == "plru" or not 0 < way_spread < ways):
         raise IosimError(f"way_spread {way_spread} needs 0 < way_spread < ways ({ways}) and a policy other than plru")
-    kernel = np.zeros(n, dtype=np.int8) if kernel is None else np.asarray(kernel, dtype=np.int64)
+    k_acc = (np.array([n] + [0] * (num_kernels - 1), np.int64) if kernel is None else
+             np.bincount(np.asarray(kernel, dtype=np.int64), minlength=num_kernels).astype(np.int64))
     out = {"accesses": n, "hits": 0, "misses": 0, "evictions": 0, "dirty_evictions": 0, "flush_lines": 0,
            "dram_read_sectors": 0, "dram_write_sectors": 0, "fabric_reads": 0,
            "k_read": np.zeros(num_kernels, np.int64), "k_write": np.zeros(num_kernels, np.int64),
-           "k_acc": np.bincount(kernel, minlength=num_kernels).astype(np.int64), "k_hit": np.zeros(num_kernels, np.int64)}
+           "k_acc": k_acc, "k_hit": np.zeros(num_kernels, np.int64)}
     if n == 0:
         return out
     P = partitions
     if P > 1 and (near is None or home is None):
         raise IosimError("a partitioned L2 needs the near and home partition of every access")
     sectors = np.asarray(sectors)
+    sets = np.asarray(sets, dtype=np.int64)
+    smax = int(sets.max()) + 1
+    dense = smax <= 4 * n + 1024
+    jit = compiled_core()
+    if jit is not None:   # state rows indexed by set id (dense) or by rank among the distinct sets
+        if dense:
+            row, rows, uniq = sets, smax, np.arange(smax)
+        else:
+            uniq, row = np.unique(sets, return_inverse=True)
+            rows = len(uniq)
+        hrow = None
+        if policy == "random":   # the lockstep's row: rank by decreasing count, then set id
+            rank = np.empty(rows, np.int64)
+            rank[np.argsort(-np.bincount(row, minlength=rows), kind="stable")] = np.arange(rows)
+            hrow = rank[row]
+        dis = disabled_ways(uniq, P, ways, way_spread, spread_granule_sets) if way_spread else None
+        nr = None
+        if P > 1:
+            nr = near if store_near else np.where(np.asarray(write, dtype=bool), home, near)
+        spl = 8 if sectors.dtype.itemsize == 1 or int(sectors.max()) < 256 else 32
+        return jit.run_lines(out, row, hrow, tags, sectors, write, kernel if num_kernels > 1 else None, nr, home,
+                             rows, ways + way_spread, P, policy, dis, pycachesim_stores, store_allocate, num_kernels,
+                             spl)
+    kernel = np.zeros(n, dtype=np.int8) if kernel is None else np.asarray(kernel, dtype=np.int64)
     mask_dtype = np.uint8 if int(sectors.max()) < 256 else np.uint32
     tags = np.asarray(tags, dtype=np.int64)
     tag_dtype = np.int32 if int(tags.max()) < 2**31 - 1 else np.int64
     # Per-set sequences as columns of a (steps × sets) matrix; sets ordered by decreasing length, so the sets
     # active at step t are a prefix of the columns and every step works on contiguous views.
-    sets = np.asarray(sets, dtype=np.int64)
-    smax = int(sets.max()) + 1
-    if smax <= 4 * n + 1024:   # dense set ids: remap through a table instead of sorting
+    if dense:   # dense set ids: remap through a table instead of sorting
         present = np.bincount(sets, minlength=smax) > 0
         remap = np.cumsum(present) - 1
         set_id = remap[sets]
@@ -578,13 +601,6 @@ def simulate_lines(sets: np.ndarray, tags: np.ndarray, sectors: np.ndarray, writ
         dis = disabled_ways(col_set, P, ways, way_spread, spread_granule_sets)
         ways = ways + way_spread
         del col_set
-    jit = compiled_core()
-    if jit is not None:
-        nr = None
-        if P > 1:
-            nr = near if store_near else np.where(np.asarray(write, dtype=bool), home, near)
-        return jit.run_lines(out, col, tags, sectors, write, kernel if num_kernels > 1 else None, nr, home, nsets,
-                             ways, P, policy, dis, pycachesim_stores, store_allocate, num_kernels)
     # position of each access within its set's sequence; a stable sort on small ints is a radix sort
     key = set_id.astype(np.int16) if nsets < 2**15 else (set_id.astype(np.int32) if nsets < 2**31 else set_id)
     order = np.argsort(key, kind="stable")

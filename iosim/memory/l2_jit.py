@@ -9,10 +9,24 @@ bit-identical counts (tests/test_l2_jit.py compares both paths on random traces)
 its handling of a store that misses near with ``store_allocate=False`` and ``store_near`` (the near way it would
 have taken loses its dirty sectors, and the store is sent to DRAM by both partitions).
 
-State (``CompiledState``), flat over (row, partition·ways + way) as ``iosim.memory.l2.PartitionedState``: tags T (−1
-invalid, ``DISABLED`` a way switched off by the way spread), stamps S (last use for lru/mru/random/lip: fills of lip
-at −(t+2); insertion for fifo; the RRPV for srrip/brrip), valid and dirty sector masks V and D, the kernel K that
-last dirtied the line, and per (row, partition) B (plru tree bits or the brrip fill count).
+Two state layouts, flat over (row, partition, way):
+* recency order (``lru``, ``fifo``, ``lip`` with ≤ 8 sectors per line, the calibrated profiles' case): the ways of a
+  (row, partition) are kept in victim order, most recently used (lru/lip) or inserted (fifo) first, one int64 per way
+  E = line·2^16 | valid sectors·2^8 | dirty sectors (−1 empty), and CAP its enabled ways (``way_spread``). A victim
+  is the last of the CAP, a fill of lip goes last (its stamp −(t+2) is below every other), other fills and lru/lip
+  hits move to the front: the same victims as the stamps below (unique per set), with one cache line of state per
+  8 ways instead of five arrays (4–10× fewer cache misses on an H100-sized L2).
+* stamps (every other policy, or more than 8 sectors): tags T (−1 invalid, ``DISABLED`` a way switched off by the
+  way spread), stamps S (last use for lru/mru/random/lip: fills of lip at −(t+2); insertion for fifo; the RRPV for
+  srrip/brrip), valid and dirty sector masks V and D, and per (row, partition) B (plru tree bits or the brrip fill
+  count).
+Both keep K, the kernel that last dirtied each line.
+
+Parallelism: the rows are split into ``threads`` contiguous blocks and each thread walks the whole chunk in order,
+simulating only the accesses of its rows (``numba.prange``): every set still sees its accesses in order, so the
+counts are those of one thread (tests/test_l2_jit.py). The range path (``run_ranges``) walks byte ranges and their
+(sampled) lines itself: set index, home partition, sector masks and the DRAM fetch granule as
+``iosim.memory.l2.L2Geometry.set_index``, ``home``, ``expand_lines`` and ``widen_loads``, without per-line arrays.
 """
 
 from __future__ import annotations
@@ -20,16 +34,22 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from numba import njit
+import numba
+from numba import njit, prange
 
-from iosim.memory.l2 import DISABLED, POLICIES, _plru_tables, _popcount
+from iosim.errors import IosimError
+from iosim.memory.l2 import DISABLED, HASHES, POLICIES, _plru_tables, _popcount
 
 LRU, FIFO, MRU, RANDOM, PLRU, SRRIP, BRRIP, LIP = (POLICIES.index(p) for p in
                                                    ("lru", "fifo", "mru", "random", "plru", "srrip", "brrip", "lip"))
 _BIG = np.iinfo(np.int64).max // 4
 # slots of the scalar counters the kernel accumulates
 _COUNTERS = ("hits", "misses", "evictions", "dirty_evictions", "dram_read_sectors", "dram_write_sectors",
-             "fabric_reads")
+             "fabric_reads", "accesses")
+_ERR = 8      # counter slot flagging a line number outside 0 … 2^47 (the recency layout's tag field)
+_PAD = 16     # per-thread counter rows padded to 128 B: no false sharing between threads
+MAX_LINE = 1 << 47
+PARALLEL_MIN = 100_000   # accesses (or ranges) below which one thread runs the chunk (thread start-up ~ 20 µs)
 
 
 @njit(cache=True)
@@ -126,151 +146,432 @@ def _install(T, S, V, D, K, B, lo, si, j, W, hit, x, s, w, k, t, pol, touch, PM,
     return fetched, wb, k_old, ev
 
 
-@functools.cache
-def _kernel(pol: int, P: int, touch: bool, alloc: bool):
-    """The access loop compiled for one policy, partition count and store rule: known at compile time, they halve
-    the time per access (numba caches each variant on disk, the closure's values being part of its key)."""
 
-    @njit(cache=True)
-    def run(row, hrow, tag, sec, wr, kern, nr, hm, t0, cnt, T, S, V, D, K, B, W, PM, PV, L, acc, k_read, k_write,
-            k_hit, nf):
-        """Every access in array order; counters into acc (``_COUNTERS``) and k_*; nf[a] = DRAM sectors access a
-        read (when nf is not empty). Returns the longest per-row sequence (the lockstep's number of steps)."""
-        C = W * P
+
+@njit(cache=True, inline="always")
+def _stamp_access(T, S, V, D, K, B, PM, PV, W, L, r, hr, t, x, s, w, k, q, h, a, kr, kw, kh, pol, P, touch, alloc):
+    """One access on the stamp layout (``_State.access``/``access2``): counters into a (``_COUNTERS``) and k*;
+    returns the DRAM sectors it read."""
+    C = W * P
+    lo = r * C + q * W
+    jq, hit = _lookup(T, S, B, lo, r * P + q, q * W, W, x, pol, t, hr, L)
+    fwd = False
+    lo2, jh, hit2 = lo, 0, False
+    # the home partition is asked when the near copy misses, lacks requested sectors, or for a store
+    if P > 1 and h != q and (w or not hit or (s & ~V[lo + jq]) != 0):
+        fwd = True
+        lo2 = r * C + h * W
+        jh, hit2 = _lookup(T, S, B, lo2, r * P + h, h * W, W, x, pol, t, hr, L)
+    if w and not hit and not alloc:   # no store allocation: the store goes straight to DRAM
+        f, wb, wk, ev = 0, s, k, False
+    else:
+        f, wb, wk, ev = _install(T, S, V, D, K, B, lo, r * P + q, jq, W, hit, x, s, w, k, t, pol, touch, PM, PV)
+    if P > 1 and w and h != q:   # a store issued near leaves a clean copy there; the home copy is dirty
+        D[lo + jq] = 0
+    if fwd:
+        if w and not hit2 and not alloc:
+            f2, wb2, wk2, ev2 = 0, s, k, False
+        else:
+            f2, wb2, wk2, ev2 = _install(T, S, V, D, K, B, lo2, r * P + h, jh, W, hit2, x, s, w, k, t, pol, touch,
+                                         PM, PV)
+        f = f2   # the home copy supplies what it holds, DRAM the rest
+        _tally_second(a, kw, hit2, ev2, wb2, wk2)
+    return _tally(a, kr, kw, kh, hit, ev, wb, wk, f, w, k, touch)
+
+
+@njit(cache=True, inline="always")
+def _tally_second(a, kw, hit2, ev2, wb2, wk2):
+    a[6] += hit2
+    a[2] += ev2
+    a[3] += ev2 and wb2 != 0
+    n2 = _pc(wb2)
+    a[5] += n2
+    kw[wk2] += n2
+
+
+@njit(cache=True, inline="always")
+def _tally(a, kr, kw, kh, hit, ev, wb, wk, f, w, k, touch):
+    if hit:
+        if touch or not w:
+            a[0] += 1
+            kh[k] += 1
+    else:
+        a[1] += 1
+    a[2] += ev
+    a[3] += ev and wb != 0
+    nfa = _pc(f)
+    a[4] += nfa
+    kr[k] += nfa
+    nw = _pc(wb)
+    a[5] += nw
+    kw[wk] += nw
+    return nfa
+
+
+@njit(cache=True, inline="always")
+def _mtf_find(E, lo, cap, x):
+    """Position of line x among the recency-ordered ways at lo and whether it is there; on a miss the number of
+    valid ways (lines are never invalidated, so they are a prefix), cap when all are."""
+    for j in range(cap):
+        e = E[lo + j]
+        if e < 0:
+            return j, False
+        if (e >> 16) == x:
+            return j, True
+    return cap, False
+
+
+@njit(cache=True, inline="always")
+def _mtf_put(E, K, lo, j, cap, hit, x, s, w, k, pol, touch, multi):
+    """``_install`` on the recency layout: line x (at position j, or missing with j valid ways) into the ways at lo.
+    Returns (fetched sectors, written-back sectors, their kernel, evicted, the line's new position)."""
+    if hit:
+        e = E[lo + j]
+        v = (e >> 8) & 0xFF
+        f = 0 if w else s & ~v
+        ne = (x << 16) | ((v | s) << 8) | (e & 0xFF) | (s if w else 0)
+        kk = (k if w else K[lo + j]) if multi else 0
+        if pol == FIFO or (w and not touch):   # fifo hits, and pycachesim's store hits, keep their place
+            p = j
+        else:
+            p = 0
+            for i in range(j, 0, -1):
+                E[lo + i] = E[lo + i - 1]
+            if multi:
+                for i in range(j, 0, -1):
+                    K[lo + i] = K[lo + i - 1]
+        E[lo + p] = ne
+        if multi:
+            K[lo + p] = kk
+        return f, 0, 0, False, p
+    ev = j == cap
+    p = cap - 1 if ev else j   # the victim: the last enabled way, else the first empty one
+    wb = E[lo + p] & 0xFF if ev else 0
+    wk = K[lo + p] if ev and multi else 0
+    if pol != LIP:   # lip fills stay at the victim's place (the LRU end)
+        for i in range(p, 0, -1):
+            E[lo + i] = E[lo + i - 1]
+        if multi:
+            for i in range(p, 0, -1):
+                K[lo + i] = K[lo + i - 1]
+        p = 0
+    E[lo + p] = (x << 16) | (s << 8) | (s if w else 0)
+    if multi:
+        K[lo + p] = k if w else 0
+    return 0 if w else s, wb, wk, ev, p
+
+
+@njit(cache=True, inline="always")
+def _mtf_access(E, K, CAP, W, r, x, s, w, k, q, h, a, kr, kw, kh, pol, P, touch, alloc, multi):
+    """``_stamp_access`` on the recency layout."""
+    if x < 0 or x >= MAX_LINE:
+        a[_ERR] = 1
+        return 0
+    lo = (r * P + q) * W
+    cq = CAP[r * P + q]
+    jq, hit = _mtf_find(E, lo, cq, x)
+    fwd = False
+    lo2, ch, jh, hit2 = lo, cq, 0, False
+    if P > 1 and h != q and (w or not hit or (s & ~((E[lo + jq] >> 8) & 0xFF)) != 0):
+        fwd = True
+        lo2 = (r * P + h) * W
+        ch = CAP[r * P + h]
+        jh, hit2 = _mtf_find(E, lo2, ch, x)
+    if w and not hit and not alloc:
+        f, wb, wk, ev, pq = 0, s, k, False, cq - 1 if jq == cq else -1   # the way it would have taken
+    else:
+        f, wb, wk, ev, pq = _mtf_put(E, K, lo, jq, cq, hit, x, s, w, k, pol, touch, multi)
+    if P > 1 and w and h != q and pq >= 0:   # a store issued near leaves a clean copy there
+        E[lo + pq] &= ~np.int64(0xFF)
+    if fwd:
+        if w and not hit2 and not alloc:
+            f2, wb2, wk2, ev2 = 0, s, k, False
+        else:
+            f2, wb2, wk2, ev2, _ = _mtf_put(E, K, lo2, jh, ch, hit2, x, s, w, k, pol, touch, multi)
+        f = f2
+        _tally_second(a, kw, hit2, ev2, wb2, wk2)
+    return _tally(a, kr, kw, kh, hit, ev, wb, wk, f, w, k, touch)
+
+
+@functools.cache
+def _lines_kernel(pol: int, P: int, touch: bool, alloc: bool, mtf: bool):
+    """The access loop compiled for one policy, partition count, store rule and layout: known at compile time, they
+    halve the time per access (numba caches each variant on disk, the closure's values being part of its key)."""
+
+    @njit(cache=True, parallel=True)
+    def run(row, hrow, tag, sec, wr, kern, nr, hm, t0, cnt, T, S, V, D, K, B, PM, PV, CAP, W, L, acc, kr, kw, kh,
+            nf, NT):
+        """Every access in array order, thread g taking the rows of block g; counters into acc[g] (``_COUNTERS``)
+        and k*[g]; nf[a] = DRAM sectors access a read (when nf is not empty)."""
+        R = len(cnt)
+        multi = len(kern) > 0
         want = len(nf) > 0
-        steps = 0
-        hits = misses = evictions = dirty = reads = writes = fabric = 0
-        for a in range(len(row)):
-            r = row[a]
-            t = t0 + cnt[r]
-            cnt[r] += 1
-            steps = max(steps, cnt[r])
-            x = tag[a]
-            s = np.int64(sec[a])
-            w = wr[a]
-            k = np.int64(kern[a])
-            q = np.int64(nr[a]) if P > 1 else 0
-            h = np.int64(hm[a]) if P > 1 else q
-            lo = r * C + q * W
-            jq, hit = _lookup(T, S, B, lo, r * P + q, q * W, W, x, pol, t, hrow[a], L)
-            fwd = False
-            lo2, jh, hit2 = lo, 0, False
-            # the home partition is asked when the near copy misses, lacks requested sectors, or for a store
-            if P > 1 and h != q and (w or not hit or (s & ~V[lo + jq]) != 0):
-                fwd = True
-                lo2 = r * C + h * W
-                jh, hit2 = _lookup(T, S, B, lo2, r * P + h, h * W, W, x, pol, t, hrow[a], L)
-            if w and not hit and not alloc:   # no store allocation: the store goes straight to DRAM
-                f, wb, wk, ev = 0, s, k, False
-            else:
-                f, wb, wk, ev = _install(T, S, V, D, K, B, lo, r * P + q, jq, W, hit, x, s, w, k, t, pol, touch, PM, PV)
-            if P > 1 and w and h != q:   # a store issued near leaves a clean copy there; the home copy is dirty
-                D[lo + jq] = 0
-            if fwd:
-                if w and not hit2 and not alloc:
-                    f2, wb2, wk2, ev2 = 0, s, k, False
+        for g in prange(NT):
+            r0, r1 = g * R // NT, (g + 1) * R // NT
+            a, kr_, kw_, kh_ = acc[g], kr[g], kw[g], kh[g]
+            for i in range(len(row)):
+                r = np.int64(row[i])
+                if r < r0 or r >= r1:
+                    continue
+                t = t0 + cnt[r]
+                cnt[r] += 1
+                x = tag[i]
+                s = np.int64(sec[i])
+                w = wr[i]
+                k = np.int64(kern[i]) if multi else 0
+                q = np.int64(nr[i]) if P > 1 else 0
+                h = np.int64(hm[i]) if P > 1 else q
+                if mtf:
+                    nfa = _mtf_access(T, K, CAP, W, r, x, s, w, k, q, h, a, kr_, kw_, kh_, pol, P, touch, alloc,
+                                      multi)
                 else:
-                    f2, wb2, wk2, ev2 = _install(T, S, V, D, K, B, lo2, r * P + h, jh, W, hit2, x, s, w, k, t, pol,
-                                                 touch, PM, PV)
-                f = f2   # the home copy supplies what it holds, DRAM the rest
-                fabric += hit2
-                evictions += ev2
-                dirty += ev2 and wb2 != 0
-                n2 = _pc(wb2)
-                writes += n2
-                k_write[wk2] += n2
-            if hit:
-                if touch or not w:
-                    hits += 1
-                    k_hit[k] += 1
-            else:
-                misses += 1
-            evictions += ev
-            dirty += ev and wb != 0
-            nfa = _pc(f)
-            reads += nfa
-            k_read[k] += nfa
-            nw = _pc(wb)
-            writes += nw
-            k_write[wk] += nw
-            if want:
-                nf[a] = nfa
-        acc[:] += np.array([hits, misses, evictions, dirty, reads, writes, fabric])
-        return steps
+                    nfa = _stamp_access(T, S, V, D, K, B, PM, PV, W, L, r, np.int64(hrow[i]), t, x, s, w, k, q, h,
+                                        a, kr_, kw_, kh_, pol, P, touch, alloc)
+                a[7] += 1
+                if want:
+                    nf[i] = nfa
 
     return run
 
 
+@njit(cache=True, inline="always")
+def _set_of(line, n, hsh, G, b):
+    """``L2Geometry.set_index`` of one line (hsh: 0 modulo, 1 rotate, 2 xor; b the xor chunk width)."""
+    if hsh == 2:
+        v = line >> b
+        fold = 0
+        while v != 0:
+            fold ^= v
+            v >>= b
+        return (line ^ (fold & ~np.int64(G - 1))) % n
+    s = line % n
+    if hsh == 1:
+        hh = ((line // n) * 0x9E3779B1) >> 7
+        s = (s + (hh % (n // G)) * G) % n
+    return s
+
+
+@njit(cache=True, inline="always")
+def _line_mask(line, a0, e, lb, sb, spl, fg, w):
+    """``expand_lines``' sector mask of the range [a0, e) in one line, widened to ``fg``-sector DRAM fetch groups for
+    a load (``widen_loads``)."""
+    base = line * lb
+    s0 = (max(a0, base) - base) // sb
+    s1 = (min(e, base + lb) - base - 1) // sb
+    m = ((np.int64(1) << (s1 + 1)) - 1) ^ ((np.int64(1) << s0) - 1)
+    if fg > 1 and not w:
+        full = (np.int64(1) << fg) - 1
+        out = m
+        for k0 in range(0, spl, fg):
+            if m & (full << k0):
+                out |= full << k0
+        m = out
+    return m
+
+
+@njit(cache=True)
+def _count_rows(addr, nbytes, lb, n, hsh, G, b, stride, cnt):
+    """Lines ≡ 0 (mod stride) of the ranges per row (set // stride): the order the ``random`` hash sees."""
+    for i in range(len(addr)):
+        if nbytes[i] <= 0:
+            continue
+        fl = addr[i] // lb
+        line = fl + ((-fl) % stride)
+        last = (addr[i] + nbytes[i] - 1) // lb
+        while line <= last:
+            cnt[_set_of(line, n, hsh, G, b) // stride] += 1
+            line += stride
+
+
+@functools.cache
+def _ranges_kernel(pol: int, P: int, touch: bool, alloc: bool, mtf: bool, hsh: int, store_near: bool):
+    """``_lines_kernel`` over byte ranges: their lines ≡ 0 (mod stride) walked in place."""
+
+    @njit(cache=True, parallel=True)
+    def run(addr, nbytes, wr, sm, kern, hpos, lb, sb, fg, n, G, b, hg, stride, t0, cnt, T, S, V, D, K, B, PM, PV,
+            CAP, W, L, acc, kr, kw, kh, ka, nf, NT):
+        """nf[g, i] = DRAM sectors the lines of range i in thread g's rows read."""
+        R = len(cnt)
+        multi = len(kern) > 0
+        rnd = len(hpos) > 0
+        spl = lb // sb
+        for g in prange(NT):
+            r0, r1 = g * R // NT, (g + 1) * R // NT
+            a, kr_, kw_, kh_, ka_, nf_ = acc[g], kr[g], kw[g], kh[g], ka[g], nf[g]
+            for i in range(len(addr)):
+                if nbytes[i] <= 0:
+                    continue
+                a0 = addr[i]
+                e = a0 + nbytes[i]
+                fl = a0 // lb
+                line = fl + ((-fl) % stride)
+                last = (e - 1) // lb
+                w = wr[i]
+                k = np.int64(kern[i]) if multi else 0
+                near = np.int64(sm[i]) % P if P > 1 else 0
+                tot = 0
+                while line <= last:
+                    r = _set_of(line, n, hsh, G, b) // stride
+                    if r >= r0 and r < r1:
+                        s = _line_mask(line, a0, e, lb, sb, spl, fg, w)
+                        h = (((line // hg) * 0x9E3779B1) >> 16) % P if P > 1 else 0
+                        q = h if (P > 1 and w and not store_near) else near
+                        t = t0 + cnt[r]
+                        cnt[r] += 1
+                        if mtf:
+                            tot += _mtf_access(T, K, CAP, W, r, line, s, w, k, q, h, a, kr_, kw_, kh_, pol, P, touch,
+                                               alloc, multi)
+                        else:
+                            tot += _stamp_access(T, S, V, D, K, B, PM, PV, W, L, r, hpos[r] if rnd else r, t, line,
+                                                 s, w, k, q, h, a, kr_, kw_, kh_, pol, P, touch, alloc)
+                        a[7] += 1
+                        ka_[k] += 1
+                    line += stride
+                nf_[i] = tot
+
+    return run
+
+
+def _threads(n: int) -> int:
+    return numba.get_num_threads() if n >= PARALLEL_MIN else 1
+
+
 class CompiledState:
-    """The cache state of the ``_kernel`` loops for ``rows`` simulated sets of ``partitions`` caches of ``ways`` physical ways."""
+    """The cache state of the compiled loops for ``rows`` simulated sets of ``partitions`` caches of ``ways``
+    physical ways; ``sectors_per_line`` ≤ 8 lets lru, fifo and lip take the recency layout."""
 
     def __init__(self, rows: int, ways: int, partitions: int, policy: str, num_kernels: int,
-                 store_allocate: bool = True, pycachesim_stores: bool = False):
+                 store_allocate: bool = True, pycachesim_stores: bool = False, sectors_per_line: int = 32):
         C = ways * partitions
         self.rows, self.W, self.P, self.nk = rows, ways, partitions, num_kernels
         self.pol = POLICIES.index(policy)
         self.alloc, self.touch = store_allocate, not pycachesim_stores
-        self.T = np.full(rows * C, -1, np.int64)
-        self.S = np.full(rows * C, -1, np.int64)
-        self.V = np.zeros(rows * C, np.int64)
-        self.D = np.zeros(rows * C, np.int64)
-        self.K = np.zeros(rows * C, np.int32)
-        self.B = np.zeros(rows * partitions, np.int64)
+        self.mtf = self.pol in (LRU, FIFO, LIP) and sectors_per_line <= 8
+        z = np.zeros(1, np.int64)
+        self.T = np.full(rows * C, -1, np.int64)   # tags, or the recency layout's entries
+        self.S = self.V = self.D = self.B = z
+        if not self.mtf:
+            self.S = np.full(rows * C, -1, np.int64)
+            self.V = np.zeros(rows * C, np.int64)
+            self.D = np.zeros(rows * C, np.int64)
+            self.B = np.zeros(rows * partitions, np.int64)
+        self.K = np.zeros(rows * C if num_kernels > 1 or not self.mtf else 1, np.int32)
+        self.CAP = np.full(rows * partitions, ways, np.int64)
         if policy == "plru":
             self.PM, self.PV, _ = _plru_tables(ways)
         else:
-            self.PM = self.PV = np.zeros(1, np.int64)
+            self.PM = self.PV = z
         self.L = ways.bit_length() - 1
         self.cnt = np.zeros(rows, np.int64)
 
     def disable(self, dis: np.ndarray) -> None:
-        """Switch off the ways ``dis`` (rows × columns, ``iosim.memory.l2.disabled_ways``)."""
-        self.T[dis.ravel()] = DISABLED
+        """Switch off the ways ``dis`` (rows × columns, ``iosim.memory.l2.disabled_ways``: the top ways of each
+        partition)."""
+        if self.mtf:
+            self.CAP[:] = self.W - dis.reshape(self.rows * self.P, self.W).sum(axis=1)
+        else:
+            self.T[dis.ravel()] = DISABLED
+
+    def _args(self):
+        return (self.cnt, self.T, self.S, self.V, self.D, self.K, self.B, self.PM, self.PV, self.CAP, self.W, self.L)
+
+    def _add(self, counts: dict, acc, kr, kw, kh) -> None:
+        if acc[:, _ERR].any():
+            raise IosimError(f"a line number is outside 0 … 2^47 (byte addresses up to {MAX_LINE} lines); "
+                             "shift the trace's addresses")
+        for name, v in zip(_COUNTERS[:7], acc[:, :7].sum(axis=0).tolist()):
+            counts[name] += v
+        nk = self.nk
+        counts["k_read"] += kr[:, :nk].sum(axis=0)
+        counts["k_write"] += kw[:, :nk].sum(axis=0)
+        counts["k_hit"] += kh[:, :nk].sum(axis=0)
+
+    def _buffers(self, NT: int):
+        return (np.zeros((NT, _PAD), np.int64),) + tuple(np.zeros((NT, self.nk + _PAD), np.int64) for _ in range(4))
 
     def run(self, counts: dict, row, hrow, tag, sectors, write, kernel, near, home, t0: int = 0,
-            want_fetched: bool = False):
+            want_fetched: bool = False, threads: int | None = None):
         """Simulate the accesses (row: the state row of each; hrow: the row the ``random`` hash sees; near: the
         partition looked up first; home) with stamps from t0, adding to ``counts`` (``simulate_lines``' keys, but
         accesses and k_acc). Returns (DRAM sectors each access read or None, the longest per-row sequence)."""
         n = len(row)
-        i32 = lambda v: np.ascontiguousarray(v, np.int32)
-        row, hrow = i32(row), i32(hrow)
-        kernel = np.zeros(n, np.int32) if kernel is None else i32(kernel)
+        c = np.ascontiguousarray
+        kernel = np.zeros(0, np.int64) if kernel is None or self.nk == 1 else c(kernel, np.int64)
         if self.P > 1:
-            near, home = np.ascontiguousarray(near, np.int8), np.ascontiguousarray(home, np.int8)
+            near, home = c(near), c(home)
         else:
             near = home = np.zeros(1, np.int8)
-        acc = np.zeros(len(_COUNTERS), np.int64)
-        kr, kw, kh = (np.zeros(self.nk, np.int64) for _ in range(3))
+        NT = threads or _threads(n)
+        acc, kr, kw, kh, _ = self._buffers(NT)
         nf = np.zeros(n if want_fetched else 0, np.int64)
         self.cnt[:] = 0
-        run = _kernel(self.pol, self.P, self.touch, self.alloc)
-        steps = run(row, hrow, np.ascontiguousarray(tag, np.int64), np.ascontiguousarray(sectors, np.uint32),
-                    np.ascontiguousarray(write, np.bool_), kernel, near, home, t0, self.cnt, self.T, self.S, self.V,
-                    self.D, self.K, self.B, self.W, self.PM, self.PV, self.L, acc, kr, kw, kh, nf)
-        for name, v in zip(_COUNTERS, acc.tolist()):
-            counts[name] += v
-        counts["k_read"] += kr
-        counts["k_write"] += kw
-        counts["k_hit"] += kh
-        return (nf if want_fetched else None), int(steps)
+        run = _lines_kernel(self.pol, self.P, self.touch, self.alloc, self.mtf)
+        row = c(row)
+        run(row, c(hrow) if self.pol == RANDOM else row, c(tag, np.int64), c(sectors), c(write, np.bool_), kernel,
+            near, home, t0, *self._args(), acc, kr, kw, kh, nf, NT)
+        self._add(counts, acc, kr, kw, kh)
+        return (nf if want_fetched else None), int(self.cnt.max(initial=0))
+
+    def run_ranges(self, counts: dict, geom, stride: int, addr, nbytes, write, sm, kernel, t0: int = 0,
+                   threads: int | None = None):
+        """Simulate the lines ≡ 0 (mod stride) of byte ranges (``iosim.memory.l2.expand_lines``, ``widen_loads``),
+        row = set // stride, stamps from t0, adding to ``counts`` (with accesses and k_acc). Returns (DRAM sectors
+        each range read, the longest per-row sequence)."""
+        c = np.ascontiguousarray
+        n = len(addr)
+        addr, nbytes = c(addr, np.int64), c(nbytes, np.int64)
+        kernel = np.zeros(0, np.int64) if kernel is None or self.nk == 1 else c(kernel, np.int64)
+        sm = c(sm, np.int64) if self.P > 1 else np.zeros(1, np.int64)
+        nsets = geom.sets_per_cache
+        hsh, G = HASHES.index(geom.hash), geom.hash_granule_lines
+        b = max((nsets - 1).bit_length(), 1)
+        if hsh == 2 and G & (G - 1):
+            raise IosimError(f"xor hash needs a power-of-two hash_granule_lines, got {G}")
+        if hsh == 1 and nsets % G:
+            raise IosimError(f"rotate hash needs hash_granule_lines ({G}) to divide the set count {nsets}")
+        hpos = np.zeros(0, np.int64)
+        if self.pol == RANDOM:   # the lockstep's row order: decreasing count in the chunk
+            cnt = np.zeros(self.rows, np.int64)
+            _count_rows(addr, nbytes, geom.line_bytes, nsets, hsh, G, b, stride, cnt)
+            hpos = np.empty(self.rows, np.int64)
+            hpos[np.argsort(-cnt, kind="stable")] = np.arange(self.rows)
+        fg = geom.dram_fetch_bytes // geom.sector_bytes if geom.dram_fetch_bytes else 1
+        NT = threads or _threads(n * 4)
+        acc, kr, kw, kh, ka = self._buffers(NT)
+        nf = np.zeros((NT, n), np.int64)
+        self.cnt[:] = 0
+        run = _ranges_kernel(self.pol, self.P, self.touch, self.alloc, self.mtf, hsh, geom.store_near)
+        run(addr, nbytes, c(write, np.bool_), sm, kernel, hpos, geom.line_bytes, geom.sector_bytes, fg, nsets, G, b,
+            geom.home_granule_lines, stride, t0, *self._args(), acc, kr, kw, kh, ka, nf, NT)
+        self._add(counts, acc, kr, kw, kh)
+        counts["accesses"] += int(acc[:, 7].sum())
+        counts["k_acc"] += ka[:, :self.nk].sum(axis=0)
+        return nf.sum(axis=0), int(self.cnt.max(initial=0))
 
     def flush(self, counts: dict) -> None:
         """Write back what is still dirty (counted as DRAM writes of the kernel that dirtied it), then forget it."""
-        nd = _popcount(self.D)
+        if self.mtf:
+            D = np.where(self.T >= 0, self.T & 0xFF, 0)
+            self.T[self.T >= 0] &= ~np.int64(0xFF)
+        else:
+            D = self.D.copy()
+            self.D[:] = 0
+        nd = _popcount(D)
         counts["dram_write_sectors"] += int(nd.sum())
-        counts["k_write"] += np.bincount(self.K, weights=nd, minlength=self.nk).astype(np.int64)
-        counts["flush_lines"] += int((self.D != 0).sum())
-        self.D[:] = 0
+        K = self.K if self.nk > 1 else np.zeros(len(nd), np.int32)
+        counts["k_write"] += np.bincount(K, weights=nd, minlength=self.nk).astype(np.int64)
+        counts["flush_lines"] += int((D != 0).sum())
 
 
-def run_lines(out: dict, row, tags, sectors, write, kernel, near, home, rows: int, ways: int, partitions: int,
-              policy: str, dis, pycachesim_stores: bool, store_allocate: bool, num_kernels: int) -> dict:
-    """``simulate_lines`` after its set grouping: row = the lockstep's row of each access's set (also what the
-    ``random`` hash sees), near = the partition each access looks up first, ways the physical ways."""
-    st = CompiledState(rows, ways, partitions, policy, num_kernels, store_allocate, pycachesim_stores)
+def run_lines(out: dict, row, hrow, tags, sectors, write, kernel, near, home, rows: int, ways: int, partitions: int,
+              policy: str, dis, pycachesim_stores: bool, store_allocate: bool, num_kernels: int,
+              sectors_per_line: int) -> dict:
+    """``simulate_lines`` on the compiled core: row = the state row of each access's set, hrow the lockstep's row
+    (what the ``random`` hash sees), near = the partition each access looks up first, ways the physical ways."""
+    st = CompiledState(rows, ways, partitions, policy, num_kernels, store_allocate, pycachesim_stores,
+                       sectors_per_line)
     if dis is not None:
         st.disable(dis)
-    st.run(out, row, row, tags, sectors, write, kernel, near, home)
+    st.run(out, row, hrow, tags, sectors, write, kernel, near, home)
     st.flush(out)
     return out
