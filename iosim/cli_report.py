@@ -12,7 +12,8 @@ COMMAND = "report"
 
 
 def add_parser(sub) -> None:
-    from iosim.report import DEFAULT_ALGORITHMS, DEFAULT_HARDWARE, DEFAULT_OUT, DEFAULT_SEQS
+    from iosim.cli_tiles import add_jobs_arg
+    from iosim.report import DEFAULT_ALGORITHMS, DEFAULT_HARDWARE, DEFAULT_JOBS, DEFAULT_OUT, DEFAULT_SEQS
     p = sub.add_parser(COMMAND, help="write an HTML/Markdown report with rooflines, IO and time sweeps, tile heatmaps")
     p.add_argument("--hardware", nargs="+", default=list(DEFAULT_HARDWARE), help="profiles (default: %(default)s)")
     p.add_argument("--algorithms", nargs="+", default=list(DEFAULT_ALGORITHMS), help="default: %(default)s")
@@ -24,18 +25,21 @@ def add_parser(sub) -> None:
     p.add_argument("--causal", action="store_true")
     p.add_argument("--out", default=DEFAULT_OUT, help="output folder (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_jobs_arg(p, "sweeps (the plots are drawn in this process)", "every core" if DEFAULT_JOBS is None else
+                 str(DEFAULT_JOBS))
 
 
 def run(args: argparse.Namespace, out: IO[str]) -> int:
     from iosim.atomic import writable_dir
-    from iosim.report import ReportConfig, generate
+    from iosim.cli_tiles import jobs_from_args
+    from iosim.report import DEFAULT_JOBS, ReportConfig, generate
     if args.head_dim < 1 or args.heads < 1 or args.batch < 1:
         raise IosimError("--head-dim, --heads and --batch must be positive")
     writable_dir(args.out)
     cfg = ReportConfig(hardware=tuple(args.hardware), algorithms=tuple(args.algorithms), seqs=tuple(args.seqs),
                        batch=args.batch, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype,
                        causal=args.causal, out=args.out)
-    res = generate(cfg, progress=not args.quiet)
+    res = generate(cfg, progress=not args.quiet, jobs=jobs_from_args(args, DEFAULT_JOBS))
     out.write(f"wrote {len(res.files)} files to {res.out}/ in {res.seconds:.1f} s: {', '.join(res.files)}\n")
     for f in res.failures:
         out.write(f"  failed: {f}\n")

@@ -40,13 +40,34 @@ def add_parser(sub) -> None:
     add_problem_args(p)
     p.add_argument("--top", type=int, default=5, help="how many configurations to show (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_jobs_arg(p, "configurations (one block_m × block_n per task)", "1: a default choice takes ~0.1 s, less than "
+                 "starting workers")
+
+
+def add_jobs_arg(p: argparse.ArgumentParser, what: str, default: str) -> None:
+    """``--jobs N`` (``iosim tiles``, ``iosim report``): worker processes; read by ``jobs_from_args``."""
+    p.add_argument("--jobs", default=None, help=f"worker processes for the {what}; 0 = every core (default {default})")
+
+
+def jobs_from_args(a: argparse.Namespace, default: int | None) -> int | None:
+    """--jobs as ``iosim.parallel.map_ordered`` takes it: None = every core; ``default`` when not given."""
+    if a.jobs is None:
+        return default
+    try:
+        n = int(a.jobs)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise IosimError(f"--jobs must be a whole number ≥ 0 (0 = every core), got {a.jobs!r}")
+    return n or None
 
 
 def run(args: argparse.Namespace, out: IO[str]) -> int:
-    from iosim.tiles import choose, format_table
+    from iosim.tiles import DEFAULT_JOBS, choose, format_table
     if args.top < 1:
         raise IosimError(f"--top must be at least 1, got {args.top}")
-    choice = choose(load_hardware(args.hardware), problem_from_args(args), args.algorithm, path=args.path)
+    choice = choose(load_hardware(args.hardware), problem_from_args(args), args.algorithm, path=args.path,
+                    jobs=jobs_from_args(args, DEFAULT_JOBS))
     if args.json:
         out.write(json.dumps(choice.to_dict(args.top), indent=1) + "\n")
     else:

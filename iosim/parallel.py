@@ -3,17 +3,28 @@ sweeps and the tile chooser (``map_ordered``).
 
 Workers are processes (``concurrent.futures.ProcessPoolExecutor``; forked on Linux, so a pool costs about 30 ms, not
 a fresh interpreter's imports): ``fn`` and the items must pickle (module-level functions, ``functools.partial`` of
-them). The results do not depend on ``jobs``: each item is computed alone, and they are returned in order whatever
+them; the read-only mappings of profiles and counts, ``types.MappingProxyType``, travel as copies). The results do
+not depend on ``jobs``: each item is computed alone, and they are returned in order whatever
 order they finish in. Ctrl-C drops pending items, stops the running workers and re-raises in the caller.
 """
 
 from __future__ import annotations
 
+import copyreg
 import os
 import signal
+from types import MappingProxyType
 from typing import Callable, Iterable, TypeVar
 
 from iosim.errors import IosimError
+
+
+
+def _mapping_proxy(d: dict) -> MappingProxyType:
+    return MappingProxyType(d)
+
+
+copyreg.pickle(MappingProxyType, lambda m: (_mapping_proxy, (dict(m),)))
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -28,6 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -40,6 +41,7 @@ DEFAULT_ALGORITHMS = ("flash2", "flash1", "standard", "square_tiling")
 DEFAULT_SEQS = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
 DEFAULT_OUT = "reports/default"
 PROGRESS_AFTER_S = 2.0
+DEFAULT_JOBS: int | None = None  # every core (benchmarks/bench_cli.py: report --jobs 1 vs --jobs 0)
 
 _RC = {"svg.hashsalt": "iosim", "font.size": 9, "axes.grid": True, "grid.alpha": 0.3, "figure.dpi": 100,
        "savefig.dpi": 100, "font.family": "DejaVu Sans"}
@@ -187,39 +189,53 @@ def _problem(cfg: ReportConfig, n: int, d: int | None = None):
     return Problem(cfg.batch, cfg.heads, cfg.heads, n, n, d or cfg.head_dim, cfg.dtype, cfg.causal)
 
 
-def sweep_n(cfg: ReportConfig, progress: Progress) -> tuple[list[dict], list[str]]:
-    """One row per (hardware, algorithm, N): predicted time and traffic, or the error."""
+def sweep_point(cfg: ReportConfig, point: tuple[str, str, int]) -> dict | str:
+    """One (hardware, algorithm, N) of ``sweep_n``: its row, or the failure line (a module-level function, so that
+    ``iosim.parallel.map_ordered`` can run it in a worker)."""
     from iosim.cost import estimate, tensor_dtype
     from iosim.counts import count
     from iosim.hwprofile import load_hardware
     from iosim.pipeline import build_schedule
     from iosim.problem import KernelConfig
+    hw_name, alg, n = point
+    try:
+        hw = load_hardware(hw_name)
+    except IosimError as e:
+        return f"hardware {hw_name}: {e}"
+    try:
+        s = build_schedule(alg, _problem(cfg, n), KernelConfig(), hw)
+        c = count(s)
+        e = estimate(s, c, hw)
+    except IosimError as ex:
+        return f"{hw_name} {alg} N={n}: {ex}"
+    peak = hw.tensor_flops(tensor_dtype(cfg.dtype))
+    return {"hardware": hw.name, "algorithm": alg, "N": n, "time_ms": e.time_s * 1e3,
+            "TFLOP/s": e.achieved_flops_per_s / 1e12, "pct_peak": 100 * e.achieved_flops_per_s / peak,
+            "bound": e.bound, "sm_bytes": c.sm_read_bytes + c.sm_write_bytes,
+            "dram_bytes": e.dram_read_bytes + e.dram_write_bytes, "kernels": len(s.kernels),
+            "ctas": ", ".join(str(k.programs) for k in e.kernels) + f" / {hw.sm_count}",
+            "_estimate": e, "_peak": peak, "_sms": hw.sm_count}
+
+
+def sweep_points(cfg: ReportConfig) -> list[tuple[str, str, int]]:
+    return [(h, a, n) for h in cfg.hardware for a in cfg.algorithms for n in cfg.seqs]
+
+
+def collect(results: list[dict | str]) -> tuple[list[dict], list[str]]:
+    """``sweep_point`` results → (rows, failure lines); an unloadable profile is one failure, not one per point."""
     rows, failures = [], []
-    for hw_name in cfg.hardware:
-        try:
-            hw = load_hardware(hw_name)
-        except IosimError as e:
-            failures.append(f"hardware {hw_name}: {e}")
-            progress.step(len(cfg.algorithms) * len(cfg.seqs))
-            continue
-        for alg in cfg.algorithms:
-            for n in cfg.seqs:
-                try:
-                    s = build_schedule(alg, _problem(cfg, n), KernelConfig(), hw)
-                    c = count(s)
-                    e = estimate(s, c, hw)
-                    peak = hw.tensor_flops(tensor_dtype(cfg.dtype))
-                    rows.append({"hardware": hw.name, "algorithm": alg, "N": n, "time_ms": e.time_s * 1e3,
-                                 "TFLOP/s": e.achieved_flops_per_s / 1e12,
-                                 "pct_peak": 100 * e.achieved_flops_per_s / peak, "bound": e.bound,
-                                 "sm_bytes": c.sm_read_bytes + c.sm_write_bytes,
-                                 "dram_bytes": e.dram_read_bytes + e.dram_write_bytes, "kernels": len(s.kernels),
-                                 "ctas": ", ".join(str(k.programs) for k in e.kernels) + f" / {hw.sm_count}",
-                                 "_estimate": e, "_peak": peak, "_sms": hw.sm_count})
-                except IosimError as ex:
-                    failures.append(f"{hw_name} {alg} N={n}: {ex}")
-                progress.step()
+    for r in results:
+        if isinstance(r, dict):
+            rows.append(r)
+        elif r not in failures:
+            failures.append(r)
     return rows, failures
+
+
+def sweep_n(cfg: ReportConfig, progress: Progress, jobs: int = 1) -> tuple[list[dict], list[str]]:
+    """One row per (hardware, algorithm, N): predicted time and traffic, or the error; ``jobs`` worker processes."""
+    from iosim.parallel import map_ordered
+    return collect(map_ordered(partial(sweep_point, cfg), sweep_points(cfg), jobs, progress.step))
 
 
 def _io_elements(schedule, counts) -> int:
@@ -231,6 +247,18 @@ def _io_elements(schedule, counts) -> int:
     return tot
 
 
+def sram_sizes(cfg: ReportConfig) -> list[int]:
+    """The SRAM sizes M (elements) of the IO-vs-M sweep: d²/4 … 32·d² in steps of √2, within [4d, N·d]."""
+    d = cfg.sram_head_dim
+    return sorted({m for m in (int(d * d * 2.0 ** k) for k in np.arange(-2.0, 5.01, 0.5)) if 4 * d <= m <= cfg.sram_seq * d})
+
+
+def bound_curves(cfg: ReportConfig) -> list[dict]:
+    """``io_bound_curves`` of the IO-vs-M plot (200 sizes over ``sram_sizes``)."""
+    ms = sram_sizes(cfg)
+    return io_bound_curves(cfg.sram_seq, cfg.sram_head_dim, np.logspace(math.log10(ms[0]), math.log10(ms[-1]), 200))
+
+
 def sweep_sram(cfg: ReportConfig, progress: Progress) -> tuple[dict, list[str]]:
     """IO (elements) of flash1 and square_tiling vs the SRAM size M (elements), d = sram_head_dim, N = sram_seq."""
     from iosim.counts import count
@@ -238,8 +266,7 @@ def sweep_sram(cfg: ReportConfig, progress: Progress) -> tuple[dict, list[str]]:
     from iosim.problem import DTYPE_BYTES, KernelConfig
     n, d = cfg.sram_seq, cfg.sram_head_dim
     e = DTYPE_BYTES[cfg.dtype]
-    ms = [int(d * d * 2.0 ** k) for k in np.arange(-2.0, 5.01, 0.5)]
-    ms = sorted({m for m in ms if 4 * d <= m <= n * d})
+    ms = sram_sizes(cfg)
     out: dict = {"M": ms, "N": n, "d": d}
     failures = []
     p = _problem(cfg, n, d)
@@ -362,16 +389,16 @@ def plot_roofline(rows: list[dict], cfg: ReportConfig, hw_name: str, path: Path)
         save_figure(fig, path)
 
 
-def plot_io_vs_sram(data: dict, cfg: ReportConfig, path: Path) -> None:
-    n, d = data["N"], data["d"]
+def plot_io_vs_sram(data: dict, curves: list[dict], cfg: ReportConfig, path: Path) -> None:
+    """data: ``sweep_sram``'s; curves: ``bound_curves(cfg)``."""
+    d = data["d"]
     ms = np.array(data["M"], dtype=float)
-    mm = np.logspace(math.log10(ms[0]), math.log10(ms[-1]), 200)
     with _rc():
         fig, (ax,) = _figure(8, 5.6)
         fig.subplots_adjust(bottom=0.30, top=0.9)
         ax.plot(ms, data["flash1"], "o-", color=_COLORS[0], label="FlashAttention Alg. 1 (counted)")
         ax.plot(ms, data["square_tiling"], "s-", color=_COLORS[1], label="Saha & Ye SquareTiling (counted)")
-        for i, c in enumerate(io_bound_curves(n, d, mm)):
+        for i, c in enumerate(curves):
             if c["upper"] is None:
                 ax.plot(c["M"], c["lower"], "-", color="black", lw=1.5, label=c["label"])
             else:
@@ -527,9 +554,29 @@ def _write_documents(out: Path, cfg: ReportConfig, sections: list[tuple[str, str
     atomic_write_bytes(out / "index.html", "\n".join(ht).encode())
 
 
-def generate(cfg: ReportConfig = ReportConfig(), *, progress: bool = True, stream=None) -> ReportResult:
-    """Run every sweep and write the report folder. Returns the files written and the failed points."""
+def _attempt(fn: Callable[[], object]) -> object:
+    """fn(), or the exception it raised: a failed computation fails its own section only (``generate``)."""
+    try:
+        return fn()
+    except Exception as e:
+        return e
+
+
+def _value(x):
+    if isinstance(x, Exception):
+        raise x
+    return x
+
+
+def generate(cfg: ReportConfig = ReportConfig(), *, progress: bool = True, stream=None,
+             jobs: int | None = DEFAULT_JOBS) -> ReportResult:
+    """Run every sweep and write the report folder. Returns the files written and the failed points.
+
+    jobs: worker processes for the computations (the bound curves, one tile sweep per hardware, the points of the
+    N sweep; ``iosim.parallel.map_ordered``: None = every core, 1 = in this process); the plots and documents are
+    drawn in this process afterwards, in order. The files do not depend on ``jobs``."""
     from iosim.hwprofile import load_hardware
+    from iosim.parallel import map_ordered
     from iosim.registry import algorithms as registered
     t0 = time.monotonic()
     out = Path(cfg.out)
@@ -558,9 +605,15 @@ def generate(cfg: ReportConfig = ReportConfig(), *, progress: bool = True, strea
             res.failures.append(f"section '{title}' failed: {type(e).__name__}: {e}")
             _write_documents(out, cfg, sections, tables, res.failures)
 
-    pr = Progress("sweep N", len(cfg.hardware) * len(cfg.algorithms) * len(cfg.seqs), stream, progress)
-    rows, fails = sweep_n(cfg, pr)
+    # computed first, on the worker processes (the bound curves first: the longest, sympy's certified constants)
+    points = sweep_points(cfg)
+    tasks = ([partial(bound_curves, cfg)] + [partial(sweep_tiles, cfg, h) for h in cfg.hardware]
+             + [partial(sweep_point, cfg, p) for p in points])
+    pr = Progress("sweeps", len(tasks), stream, progress)
+    curves, *done = map_ordered(_attempt, tasks, jobs, pr.step)
     pr.close()
+    tiles, n_results = done[:len(cfg.hardware)], done[len(cfg.hardware):]
+    rows, fails = collect([_value(r) for r in n_results])
     res.failures += fails
     table = _table(rows, cfg)
     if len(table):
@@ -603,7 +656,7 @@ def generate(cfg: ReportConfig = ReportConfig(), *, progress: bool = True, strea
         data, f = sweep_sram(cfg, p)
         p.close()
         res.failures.extend(f)
-        plot_io_vs_sram(data, cfg, out / "io_vs_sram.png")
+        plot_io_vs_sram(data, _value(curves), cfg, out / "io_vs_sram.png")
         emit("IO vs SRAM size", f"Problem: {_sram_problem_text(cfg)}.\n\nHBM accesses as the SRAM size M varies. "
              "Above M = d² FlashAttention's Θ(N²d²/M) is optimal; below it the square tiling's Θ(N²d/√M) is "
              "(Saha & Ye, arXiv 2402.07443, §3). Shaded: each Θ theorem's certified lower and upper constants over "
@@ -613,17 +666,14 @@ def generate(cfg: ReportConfig = ReportConfig(), *, progress: bool = True, strea
 
     def s_tiles():
         pngs = []
-        p = Progress("sweep tiles", len(cfg.hardware), stream, progress)
-        for h in cfg.hardware:
+        for h, t in zip(cfg.hardware, tiles):
             try:
-                grid, bms, bns, path_name = sweep_tiles(cfg, h)
+                grid, bms, bns, path_name = _value(t)
                 name = f"tiles_{load_hardware(h).name}.png"
                 plot_tiles(grid, bms, bns, load_hardware(h).name, path_name, cfg, out / name)
                 pngs.append(name)
             except IosimError as e:
                 res.failures.append(f"tiles {h}: {e}")
-            p.step()
-        p.close()
         emit("Tile heatmaps", f"Problem: {problem_text(cfg, cfg.point_seq)}.\n\n"
              "flash2's predicted time over block_m × block_n (best num_warps ∈ {2,4,8} and "
              "num_stages ∈ {1..4} per cell; ★ = fastest). See `iosim tiles` for the ranking and reasons.", pngs)

@@ -25,6 +25,7 @@ import dataclasses
 import itertools
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Iterable
 
 from iosim.cost import TimeEstimate, estimate, native_path
@@ -38,6 +39,7 @@ from iosim.problem import KernelConfig, Problem
 BLOCK_CHOICES = (16, 32, 64, 128, 256)
 WARP_CHOICES = (2, 4, 8)
 STAGE_CHOICES = (1, 2, 3, 4)
+DEFAULT_JOBS: int | None = 1  # in this process: a default choice takes ~0.1 s, less than a pool's start (see candidates)
 
 STAGE_TIE_BREAK = "deeper"
 """Once loads are pipelined (≥ 2 stages) the cost model gives 2, 3 and 4 stages the same time (memory fully
@@ -120,27 +122,18 @@ def shape_rule(path: str, block_m: int, block_n: int, num_warps: int) -> str:
     return ""
 
 
-def candidates(hw: Hardware, problem: Problem, algorithm: str = "flash2", *, path: str | None = None,
-               block_m: Iterable[int] = BLOCK_CHOICES, block_n: Iterable[int] = BLOCK_CHOICES,
-               num_warps: Iterable[int] = WARP_CHOICES, num_stages: Iterable[int] = STAGE_CHOICES,
-               base: KernelConfig | None = None, dram_model: Callable | None = None) -> list[Candidate]:
-    """Every configuration of the grid, legal or not, with an estimate for the legal ones (unsorted).
-
-    dram_model: optional ``f(schedule, counts) -> (dram_read_bytes, dram_write_bytes)`` (the L2 model); default
-    compulsory traffic.
-    """
-    path = path or native_path(hw)
-    base = base or KernelConfig(band_loop=True)
-    if not isinstance(problem.seq_q, int):
-        raise IosimError("the tile chooser needs concrete sizes (seq_q, seq_kv, head_dim as integers)")
-    cap_m, cap_n = max(16, _pow2_ceil(problem.seq_q)), max(16, _pow2_ceil(problem.seq_kv))
-    count_cache: dict[tuple[int, int], Counts] = {}
+def _tile_group(hw: Hardware, problem: Problem, algorithm: str, path: str, base: KernelConfig,
+                dram_model: Callable | None, caps: tuple[int, int], num_warps: tuple[int, ...],
+                num_stages: tuple[int, ...], tile: tuple[int, int]) -> list[Candidate]:
+    """The candidates of one (block_m, block_n), num_warps × num_stages in order: one schedule count, shared."""
+    bm, bn = tile
     out: list[Candidate] = []
-    for bm, bn, w, st in itertools.product(block_m, block_n, num_warps, num_stages):
+    c0 = None
+    for w, st in itertools.product(num_warps, num_stages):
         why = shape_rule(path, bm, bn, w)
-        if not why and bm > cap_m:
+        if not why and bm > caps[0]:
             why = f"block_m={bm} exceeds seq_q={problem.seq_q}"
-        if not why and bn > cap_n:
+        if not why and bn > caps[1]:
             why = f"block_n={bn} exceeds seq_kv={problem.seq_kv}"
         if why:
             out.append(Candidate(bm, bn, w, st, False, why))
@@ -148,9 +141,8 @@ def candidates(hw: Hardware, problem: Problem, algorithm: str = "flash2", *, pat
         cfg = dataclasses.replace(base, block_m=bm, block_n=bn, num_warps=w, num_stages=st)
         try:
             sched = build_schedule(algorithm, problem, cfg, hw)
-            if (bm, bn) not in count_cache:
-                count_cache[(bm, bn)] = count(sched)
-            c0 = count_cache[(bm, bn)]
+            if c0 is None:
+                c0 = count(sched)
             cnt = Counts(c0.algorithm, tuple(dataclasses.replace(kc, sram_bytes=sram_bytes(k, st))
                                              for kc, k in zip(c0.kernels, sched.kernels)))
             for k in sched.kernels:
@@ -166,6 +158,29 @@ def candidates(hw: Hardware, problem: Problem, algorithm: str = "flash2", *, pat
             continue
         out.append(Candidate(bm, bn, w, st, True, "", est))
     return out
+
+
+def candidates(hw: Hardware, problem: Problem, algorithm: str = "flash2", *, path: str | None = None,
+               block_m: Iterable[int] = BLOCK_CHOICES, block_n: Iterable[int] = BLOCK_CHOICES,
+               num_warps: Iterable[int] = WARP_CHOICES, num_stages: Iterable[int] = STAGE_CHOICES,
+               base: KernelConfig | None = None, dram_model: Callable | None = None,
+               jobs: int | None = DEFAULT_JOBS) -> list[Candidate]:
+    """Every configuration of the grid, legal or not, with an estimate for the legal ones (unsorted; in the order
+    of the grid, block_m slowest).
+
+    dram_model: optional ``f(schedule, counts) -> (dram_read_bytes, dram_write_bytes)`` (the L2 model; a
+    module-level function where jobs ≠ 1); default compulsory traffic. jobs: worker processes, one
+    (block_m, block_n) at a time (``iosim.parallel.map_ordered``; None = every core); the result does not depend on it.
+    """
+    from iosim.parallel import map_ordered
+    path = path or native_path(hw)
+    base = base or KernelConfig(band_loop=True)
+    if not isinstance(problem.seq_q, int):
+        raise IosimError("the tile chooser needs concrete sizes (seq_q, seq_kv, head_dim as integers)")
+    caps = max(16, _pow2_ceil(problem.seq_q)), max(16, _pow2_ceil(problem.seq_kv))
+    group = partial(_tile_group, hw, problem, algorithm, path, base, dram_model, caps, tuple(num_warps),
+                    tuple(num_stages))
+    return [c for g in map_ordered(group, itertools.product(block_m, block_n), jobs) for c in g]
 
 
 def explain(best: Candidate, c: Candidate) -> str:
@@ -233,7 +248,7 @@ class TileChoice:
 
 def choose(hw: Hardware, problem: Problem, algorithm: str = "flash2", *, path: str | None = None, **kw) -> TileChoice:
     """Rank the legal configurations by predicted time (ties: larger tiles, fewer warps, more resident CTAs, deeper
-    pipelines first; ``STAGE_TIE_BREAK``)."""
+    pipelines first; ``STAGE_TIE_BREAK``). kw: ``candidates``' grid, base, dram_model and jobs."""
     from iosim.registry import get
     get(algorithm)  # an unknown name fails here, with the list of known ones
     path = path or native_path(hw)

@@ -16,8 +16,9 @@ SMALL = dict(hardware=("h100",), algorithms=("flash2", "standard"), seqs=(1024, 
 
 
 def test_report_files_exist_and_are_deterministic(tmp_path):
-    a = generate(ReportConfig(**SMALL, out=str(tmp_path / "a")), progress=False)
-    b = generate(ReportConfig(**SMALL, out=str(tmp_path / "b")), progress=False)
+    """Byte-identical files run after run, whether the sweeps run in this process or on worker processes."""
+    a = generate(ReportConfig(**SMALL, out=str(tmp_path / "a")), progress=False, jobs=1)
+    b = generate(ReportConfig(**SMALL, out=str(tmp_path / "b")), progress=False, jobs=2)
     assert not a.failures
     expected = {"index.html", "report.md", "table.csv", "io_time_vs_n.png", "roofline_h100.png", "io_vs_sram.png",
                 "tiles_h100.png"}
@@ -43,6 +44,21 @@ def test_failed_points_are_recorded_and_the_rest_is_written(tmp_path):
     assert rc == 0 and "failed: v100 flash2 N=1024" in out.getvalue() and "failed: roofline v100" in out.getvalue()
     assert (tmp_path / "r" / "roofline_h100.png").exists() and not (tmp_path / "r" / "roofline_v100.png").exists()
     assert "Failed points" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_a_failed_computation_fails_its_section_only(tmp_path):
+    # sram_seq=1 leaves no SRAM size in [4d, N·d]: the bound curves fail on a worker, the other sections are written
+    res = generate(ReportConfig(**{**SMALL, "sram_seq": 1}, out=str(tmp_path)), progress=False, jobs=2)
+    assert [f for f in res.failures if f.startswith("section")] == [
+        "section 'IO vs SRAM size' failed: IndexError: list index out of range"]
+    assert "tiles_h100.png" in res.files and "io_vs_sram.png" not in res.files
+
+
+def test_jobs_flag(tmp_path):
+    with pytest.raises(IosimError, match="--jobs must be a whole number"):
+        run(["report", "--jobs", "two", "--out", str(tmp_path)], io.StringIO())
+    with pytest.raises(IosimError, match="--jobs must be a whole number"):
+        run(["tiles", "--jobs", "-1"], io.StringIO())
 
 
 def test_bad_arguments_raise_iosim_error(tmp_path):
@@ -121,3 +137,19 @@ def test_time_vs_bytes_explains_square_tiling_against_flash2():
         if said:
             assert "256× the DRAM bytes" in said[0] and "square_tiling_scores: compute" in said[0]
     assert time_vs_bytes(rows, ReportConfig(algorithms=("flash2",))) == []
+
+
+def _sleep_then_square(x: int) -> int:
+    import time
+    time.sleep(0.05 * (3 - x))  # the first items finish last
+    return x * x
+
+
+def test_map_ordered_keeps_the_items_order_and_checks_jobs():
+    from iosim.parallel import map_ordered
+    ticks = []
+    assert map_ordered(_sleep_then_square, range(4), jobs=4, progress=lambda: ticks.append(1)) == [0, 1, 4, 9]
+    assert len(ticks) == 4 and map_ordered(_sleep_then_square, [2, 3], jobs=1) == [4, 9]
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(IosimError, match="jobs must be a positive integer"):
+            map_ordered(_sleep_then_square, [1], jobs=bad)

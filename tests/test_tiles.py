@@ -91,3 +91,18 @@ def test_stage_ties_prefer_the_deeper_pipeline_that_keeps_occupancy():
         if len(tied) > 1:
             pos = [ch.ranked.index(c) for c in tied]
             assert pos == sorted(pos, reverse=True), (bm, bn, w, [c.num_stages for c in tied])
+
+
+def test_parallel_candidates_equal_serial():
+    """Worker processes (one block_m × block_n each) give the same candidates, in the grid's order."""
+    import itertools
+
+    from iosim.tiles import BLOCK_CHOICES, STAGE_CHOICES, WARP_CHOICES
+    hw, p = load_hardware("h100"), Problem(1, 8, 8, 3000, 3000, 128, "bf16", True)
+    serial, parallel = candidates(hw, p, jobs=1), candidates(hw, p, jobs=3)
+    assert [c.key for c in serial] == list(itertools.product(BLOCK_CHOICES, BLOCK_CHOICES, WARP_CHOICES, STAGE_CHOICES))
+    assert parallel == serial
+    out1, out2 = io.StringIO(), io.StringIO()
+    run(["tiles", "--seq-q", "3000", "--causal", "--jobs", "1", "--json"], out1)
+    run(["tiles", "--seq-q", "3000", "--causal", "--jobs", "2", "--json"], out2)
+    assert out1.getvalue() == out2.getvalue()
