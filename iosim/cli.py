@@ -181,10 +181,11 @@ def _print_prediction(pred, out: IO[str]) -> None:
     else:
         l2 = d["l2"]
         from iosim.memory.sampling import describe
+        sampling = describe(l2["sampling_stride"], l2["exact"])
         out.write(f"L2: hit rate {100 * d['l2_hit_rate']:.2f}%; {l2['size_bytes'] / 2**20:g} MiB, {l2['policy']}, "
-                  f"{l2['sharing']}\n  {describe(l2['sampling_stride'], l2['exact'])}"
-                  f"{'' if l2['exact'] else '; --l2-exact simulates every set'}\n")
-    by_note: dict[str, list[str]] = {n: [] for n in d["notes"]}  # kernel notes: once, with the kernels they concern
+                  f"{l2['sharing']}\n  {sampling}{'' if l2['exact'] else '; --l2-exact simulates every set'}\n")
+    # kernel notes: once, with the kernels they concern; the sampling sentence is on the L2 line already
+    by_note: dict[str, list[str]] = {n: [] for n in d["notes"] if d["l2"] is None or n != sampling}
     for k, t in times.items():
         for n in t["notes"]:
             by_note.setdefault(n, []).append(k)
