@@ -1036,8 +1036,9 @@ def widen_loads(mask: np.ndarray, write: np.ndarray, geom: L2Geometry) -> np.nda
 
 def simulate_owned(holder: list, geom: L2Geometry, stride: int | None = None, num_kernels: int | None = None,
                    min_sets: int = 96) -> L2Result:
-    """``simulate`` for a trace passed as ``[trace]``: the list is emptied once the lines are expanded, so a caller
-    that keeps no other reference lets the byte ranges be freed before the simulation (peak memory)."""
+    """``simulate`` for a trace passed as ``[trace]``: the list is emptied once the ranges are simulated (compiled
+    core: ``iosim.memory.l2stream.L2Stream.feed_ranges`` walks their lines in place) or expanded into lines (NumPy
+    loops), so a caller that keeps no other reference lets them be freed as soon as possible (peak memory)."""
     tr = holder[0]
     if stride is None:
         stride = choose_stride(tr, geom, min_sets)
@@ -1046,6 +1047,27 @@ def simulate_owned(holder: list, geom: L2Geometry, stride: int | None = None, nu
     nk = int(tr.kernel.max()) + 1 if num_kernels is None and len(tr.kernel) else (num_kernels or 1)
     # 'random' hashes the simulated row, so isomorphic sets need not evict alike: sampling it is never exact
     exact = stride == 1 or (geom.policy != "random" and geom.exact_stride(stride) and aligned(tr, geom, stride))
+    if compiled_core() is not None:   # the compiled core walks the ranges' lines in place
+        from iosim.memory.l2stream import L2Stream
+        st = L2Stream(geom, geom.sets_per_cache // stride, nk, stride=stride)
+        st.feed_ranges(tr.addr, tr.nbytes, tr.write, tr.sm, tr.kernel if nk > 1 else None)
+        holder.clear()
+        del tr
+        r = st.finish()
+    else:
+        r = _simulate_expanded(holder, geom, stride, nk)
+    k = stride
+    per_kernel = tuple((int(r["k_read"][i]) * k, int(r["k_write"][i]) * k, int(r["k_acc"][i]) * k, int(r["k_hit"][i]) * k)
+                       for i in range(nk))
+    return L2Result(accesses=r["accesses"] * k, hits=r["hits"] * k, misses=r["misses"] * k,
+                    evictions=r["evictions"] * k, dirty_evictions=r["dirty_evictions"] * k,
+                    dram_read_sectors=r["dram_read_sectors"] * k, dram_write_sectors=r["dram_write_sectors"] * k,
+                    stride=k, exact=exact, per_kernel=per_kernel)
+
+
+def _simulate_expanded(holder: list, geom: L2Geometry, stride: int, nk: int) -> dict:
+    """``simulate_owned``'s NumPy path: the lines expanded, the ranges freed, then ``simulate_lines``."""
+    tr = holder[0]
     line, mask, w, sm, kern = expand_lines(tr, geom, stride)
     mask = widen_loads(mask, w, geom)
     holder.clear()
@@ -1059,10 +1081,4 @@ def simulate_owned(holder: list, geom: L2Geometry, stride: int | None = None, nu
     r = simulate_lines(sets, line, mask, w, geom.ways, geom.policy, kern if nk > 1 else None, nk, near, home, P,
                        store_allocate=geom.store_allocate, store_near=geom.store_near, way_spread=geom.way_spread,
                        spread_granule_sets=geom.hash_granule_lines)
-    k = stride
-    per_kernel = tuple((int(r["k_read"][i]) * k, int(r["k_write"][i]) * k, int(r["k_acc"][i]) * k, int(r["k_hit"][i]) * k)
-                       for i in range(nk))
-    return L2Result(accesses=r["accesses"] * k, hits=r["hits"] * k, misses=r["misses"] * k,
-                    evictions=r["evictions"] * k, dirty_evictions=r["dirty_evictions"] * k,
-                    dram_read_sectors=r["dram_read_sectors"] * k, dram_write_sectors=r["dram_write_sectors"] * k,
-                    stride=k, exact=exact, per_kernel=per_kernel)
+    return r

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from iosim.memory.l2 import (L2Geometry, PartitionedState, _active_counts, _popcount, _State, compiled_core, disabled_ways,
-                      partitioned_steps)
+from iosim.memory.l2 import (L2Geometry, PartitionedState, RunTrace, _active_counts, _popcount, _State, compiled_core,
+                             disabled_ways, expand_lines, partitioned_steps, widen_loads)
 
 
 class L2Stream:
@@ -41,7 +41,8 @@ class L2Stream:
         jit = compiled_core()
         self.cs = None   # the compiled core's state (``iosim.memory.l2_jit``), else one of the NumPy lockstep's
         if jit is not None:
-            self.cs = jit.CompiledState(rows, ways, self.P, geom.policy, num_kernels, geom.store_allocate)
+            self.cs = jit.CompiledState(rows, ways, self.P, geom.policy, num_kernels, geom.store_allocate,
+                                        sectors_per_line=geom.sectors_per_line)
         elif self.fast:
             self.ps = PartitionedState(rows, ways, self.P, geom.policy, self.mask_dtype, np.int64)
         else:
@@ -51,6 +52,7 @@ class L2Stream:
             dis = disabled_ways(np.arange(rows, dtype=np.int64) * stride, self.P, geom.ways, geom.way_spread,
                                 geom.hash_granule_lines)
             (self.cs or (self.ps if self.fast else self.st)).disable(dis)
+        self.stride = stride
         self.pos_row = np.arange(rows)   # state position → row
         self.t = 0                       # global step: replacement stamps keep their order across chunks
         z = np.zeros(num_kernels, np.int64)
@@ -164,6 +166,28 @@ class L2Stream:
             c["k_write"] += np.bincount(wk if multi else np.zeros(len(b), np.int64), weights=_popcount(b),
                                         minlength=self.nk).astype(np.int64)
         return nf[within, col]
+
+    def feed_ranges(self, addr, nbytes, write, sm=None, kernel=None) -> np.ndarray:
+        """``feed`` for one chunk of byte ranges (``iosim.memory.l2.RunTrace``'s fields; sm and kernel may be None
+        for all 0): their lines ≡ 0 (mod stride) as ``expand_lines`` gives them, loads widened by ``widen_loads``,
+        row set // stride, near partition sm mod P, home ``geom.home``; the same counts as expanding them and
+        feeding the lines (tests/test_l2_jit.py). The compiled core walks the lines in place (no per-line arrays).
+        Returns the DRAM sectors each range read."""
+        n = len(addr)
+        sm = np.zeros(n, np.int64) if sm is None else sm
+        if self.cs is not None:
+            nf, steps = self.cs.run_ranges(self.counts, self.geom, self.stride, addr, nbytes, write, sm, kernel, self.t)
+            self.t += steps
+            return nf
+        line, mask, w, near, rid = expand_lines(RunTrace(np.asarray(addr, np.int64), np.asarray(nbytes, np.int64),
+                                                         np.asarray(write, bool), np.asarray(sm, np.int64),
+                                                         np.arange(n)), self.geom, self.stride)
+        home = None
+        if self.P > 1:
+            near, home = (near % self.P).astype(np.int8), self.geom.home(line).astype(np.int8)
+        nf = self.feed(self.geom.set_index(line) // self.stride, line, widen_loads(mask, w, self.geom), w,
+                       None if kernel is None else np.asarray(kernel, np.int64)[rid], near, home)
+        return np.bincount(rid, weights=nf, minlength=n).astype(np.int64)
 
     def _feed_compiled(self, row, tag, sectors, write, kernel, near, home):
         """``feed`` through the compiled core (``iosim.memory.l2_jit``): the state rows stay in place; stamps count from
