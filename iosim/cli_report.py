@@ -25,8 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("--causal", action="store_true")
     p.add_argument("--out", default=DEFAULT_OUT, help="output folder (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_jobs_arg(p, "sweeps (the plots are drawn in this process)", "every core" if DEFAULT_JOBS is None else
-                 str(DEFAULT_JOBS))
+    add_jobs_arg(p, "sweeps (the plots are drawn in this process)", DEFAULT_JOBS)
 
 
 def run(args: argparse.Namespace, out: IO[str]) -> int:

@@ -36,17 +36,18 @@ def problem_from_args(a: argparse.Namespace) -> Problem:
 
 
 def add_parser(sub) -> None:
+    from iosim.tiles import DEFAULT_JOBS
     p = sub.add_parser(COMMAND, help="rank legal (block_m, block_n, num_warps, num_stages) by predicted time")
     add_problem_args(p)
     p.add_argument("--top", type=int, default=5, help="how many configurations to show (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    add_jobs_arg(p, "configurations (one block_m × block_n per task)", "1: a default choice takes ~0.1 s, less than "
-                 "starting workers")
+    add_jobs_arg(p, "configurations (one block_m × block_n per task)", DEFAULT_JOBS)
 
 
-def add_jobs_arg(p: argparse.ArgumentParser, what: str, default: str) -> None:
+def add_jobs_arg(p: argparse.ArgumentParser, what: str, default: int | None) -> None:
     """``--jobs N`` (``iosim tiles``, ``iosim report``): worker processes; read by ``jobs_from_args``."""
-    p.add_argument("--jobs", default=None, help=f"worker processes for the {what}; 0 = every core (default {default})")
+    p.add_argument("--jobs", default=None, help=f"worker processes for the {what}; 0 = every core (default "
+                   f"{'every core' if default is None else default}; the output does not depend on it)")
 
 
 def jobs_from_args(a: argparse.Namespace, default: int | None) -> int | None:

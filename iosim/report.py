@@ -27,8 +27,8 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from functools import partial
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -41,7 +41,7 @@ DEFAULT_ALGORITHMS = ("flash2", "flash1", "standard", "square_tiling")
 DEFAULT_SEQS = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
 DEFAULT_OUT = "reports/default"
 PROGRESS_AFTER_S = 2.0
-DEFAULT_JOBS: int | None = None  # every core (benchmarks/bench_cli.py: report --jobs 1 vs --jobs 0)
+DEFAULT_JOBS: int | None = 1  # in this process: on every core it ran slower here (benchmarks/bench_cli.py)
 
 _RC = {"svg.hashsalt": "iosim", "font.size": 9, "axes.grid": True, "grid.alpha": 0.3, "figure.dpi": 100,
        "savefig.dpi": 100, "font.family": "DejaVu Sans"}
@@ -250,7 +250,8 @@ def _io_elements(schedule, counts) -> int:
 def sram_sizes(cfg: ReportConfig) -> list[int]:
     """The SRAM sizes M (elements) of the IO-vs-M sweep: d²/4 … 32·d² in steps of √2, within [4d, N·d]."""
     d = cfg.sram_head_dim
-    return sorted({m for m in (int(d * d * 2.0 ** k) for k in np.arange(-2.0, 5.01, 0.5)) if 4 * d <= m <= cfg.sram_seq * d})
+    ms = (int(d * d * 2.0 ** k) for k in np.arange(-2.0, 5.01, 0.5))
+    return sorted({m for m in ms if 4 * d <= m <= cfg.sram_seq * d})
 
 
 def bound_curves(cfg: ReportConfig) -> list[dict]:

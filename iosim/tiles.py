@@ -39,7 +39,7 @@ from iosim.problem import KernelConfig, Problem
 BLOCK_CHOICES = (16, 32, 64, 128, 256)
 WARP_CHOICES = (2, 4, 8)
 STAGE_CHOICES = (1, 2, 3, 4)
-DEFAULT_JOBS: int | None = 1  # in this process: a default choice takes ~0.1 s, less than a pool's start (see candidates)
+DEFAULT_JOBS: int | None = 1  # in this process: a default-size choice takes ~0.1 s (benchmarks/bench_cli.py)
 
 STAGE_TIE_BREAK = "deeper"
 """Once loads are pipelined (≥ 2 stages) the cost model gives 2, 3 and 4 stages the same time (memory fully
