@@ -175,6 +175,24 @@ class _Sink:
                         stride=k, exact=exact, per_kernel=per_kernel)
 
 
+def _time_order(tl: Timeline, tr, t0, t1, slots: int):
+    """(indices of ``tr``'s accesses at times in [t0, t1), sorted by (time, slot, statement order, trace order); the
+    slot of every access). One stable sort of an int64 key where it fits: whole-number times relative to t0, or the
+    bits of non-negative float times (ordered as the floats) relative to t0's; else a lexsort of the three keys."""
+    t = tl.times(tr.prog, tr.tick)
+    sl = tl.slot[tr.prog]
+    nord = int(tr.order.max()) + 1 if len(tr.order) else 1
+    if tl.speed is None and tl.disorder <= 0:   # integer times, tick windows exact: nothing to drop
+        return np.argsort(((t - t0) * slots + sl) * nord + tr.order, kind="stable"), sl
+    idx = np.flatnonzero((t >= t0) & (t < t1))
+    t, o, s = t[idx], tr.order[idx], sl[idx]
+    base = np.float64(t0).view(np.int64)
+    span = int(np.float64(t1).view(np.int64) - base) + 1
+    if span * slots * nord < 2**62:
+        return idx[np.argsort(((t.view(np.int64) - base) * slots + s) * nord + o, kind="stable")], sl
+    return idx[np.lexsort((o, s, t))], sl
+
+
 def stream_kernel(schedule: Schedule, kernel, lay, tl: Timeline, kid: int, num_sms: int, sink: _Sink,
                   chunk_ranges: int, on_progress=None) -> None:
     """Feed one kernel's accesses to ``sink`` window by window of global time [t0, t1): only the CTAs running then
@@ -182,6 +200,7 @@ def stream_kernel(schedule: Schedule, kernel, lay, tl: Timeline, kid: int, num_s
     sorted by (time, slot, statement order, trace order), the key ``order_trace`` sorts the whole trace by, so
     the L2 sees the same sequence. The window's length adapts so that it holds about ``chunk_ranges`` ranges."""
     P = len(tl.start)
+    slots = int(tl.slot.max()) + 1 if P else 1
     by_start = np.argsort(tl.start, kind="stable")
     start_sorted = tl.start[by_start]
     last = tl.last_time()
@@ -200,15 +219,12 @@ def stream_kernel(schedule: Schedule, kernel, lay, tl: Timeline, kid: int, num_s
         nxt = k
         lo, hi = tl.tick_window(live, t0, t1)
         tr = expand_kernel(schedule, kernel, lay, live, lo, hi)
-        t = tl.times(tr.prog, tr.tick)
-        keep = (t >= t0) & (t < t1)
-        sl = tl.slot[tr.prog]
-        perm = np.flatnonzero(keep)[np.lexsort((tr.order[keep], sl[keep], t[keep]))]
+        perm, sl = _time_order(tl, tr, t0, t1, slots)
         n = len(perm)
         if n:
             sink.feed(RunTrace(tr.addr[perm], tr.nbytes[perm], tr.write[perm], (sl[perm] % num_sms).astype(np.int16),
                                np.full(n, kid, dtype=kd)))
-        del tr, t, keep, sl, perm
+        del tr, perm, sl
         live = live[last[live] > t1]
         t0 = t1
         grow = chunk_ranges / max(n, 1)
