@@ -4,8 +4,9 @@ sweeps and the tile chooser (``map_ordered``).
 Workers are processes (``concurrent.futures.ProcessPoolExecutor``; forked on Linux, so a pool costs about 30 ms, not
 a fresh interpreter's imports): ``fn`` and the items must pickle (module-level functions, ``functools.partial`` of
 them; the read-only mappings of profiles and counts, ``types.MappingProxyType``, travel as copies). The results do
-not depend on ``jobs``: each item is computed alone, and they are returned in order whatever
-order they finish in. Ctrl-C drops pending items, stops the running workers and re-raises in the caller.
+not depend on ``jobs``: each item is computed alone and they come back in the items' order. Each worker fills its
+own caches (sympy's, the schedules'), so small batches run faster in one process (benchmarks/bench_cli.py). Ctrl-C
+drops pending items, stops the running workers and re-raises in the caller.
 """
 
 from __future__ import annotations
