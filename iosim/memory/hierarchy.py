@@ -153,10 +153,19 @@ class _Sink:
         self.l2 = L2Stream(geom, geom.sets_per_cache // stride, num_kernels, stride=stride)
         self.aligned = True
 
+    def sampled(self, addr: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
+        """Indices of the ranges that touch a sampled line (≡ 0 mod stride; the others add nothing to the counts),
+        noting whether every range covers whole aligned groups (``aligned``: then sampling is exact)."""
+        k, lb = self.stride, self.geom.line_bytes
+        if k == 1:
+            return np.arange(len(addr))
+        if self.aligned:
+            self.aligned = aligned(RunTrace(addr, nbytes, None, None, None), self.geom, k)
+        fl = addr // lb
+        return np.flatnonzero((fl + (-fl) % k) * lb < addr + nbytes)
+
     def feed(self, tr: RunTrace) -> None:
         g = self.geom
-        if self.aligned and self.stride > 1:
-            self.aligned = aligned(tr, g, self.stride)
         line, mask, w, sm, kern = expand_lines(tr, g, self.stride)
         mask = widen_loads(mask, w, g)
         near = home = None
@@ -175,22 +184,26 @@ class _Sink:
                         stride=k, exact=exact, per_kernel=per_kernel)
 
 
-def _time_order(tl: Timeline, tr, t0, t1, slots: int):
-    """(indices of ``tr``'s accesses at times in [t0, t1), sorted by (time, slot, statement order, trace order); the
-    slot of every access). One stable sort of an int64 key where it fits: whole-number times relative to t0, or the
-    bits of non-negative float times (ordered as the floats) relative to t0's; else a lexsort of the three keys."""
-    t = tl.times(tr.prog, tr.tick)
-    sl = tl.slot[tr.prog]
+def _time_order(tl: Timeline, tr, idx: np.ndarray, t0, t1, slots: int):
+    """(indices among ``idx`` into ``tr`` of the accesses at times in [t0, t1), sorted by (time, slot, statement
+    order, trace order); their slots, aligned). One stable sort of an int64 key where it fits: whole-number times
+    relative to t0, or the bits of non-negative float times (ordered as the floats) relative to t0's; else a lexsort
+    of the three keys."""
+    prog = tr.prog[idx]
+    t, o, s = tl.times(prog, tr.tick[idx]), tr.order[idx], tl.slot[prog]
     nord = int(tr.order.max()) + 1 if len(tr.order) else 1
     if tl.speed is None and tl.disorder <= 0:   # integer times, tick windows exact: nothing to drop
-        return np.argsort(((t - t0) * slots + sl) * nord + tr.order, kind="stable"), sl
-    idx = np.flatnonzero((t >= t0) & (t < t1))
-    t, o, s = t[idx], tr.order[idx], sl[idx]
+        p = np.argsort(((t - t0) * slots + s) * nord + o, kind="stable")
+        return idx[p], s[p]
+    keep = np.flatnonzero((t >= t0) & (t < t1))
+    t, o, s = t[keep], o[keep], s[keep]
     base = np.float64(t0).view(np.int64)
     span = int(np.float64(t1).view(np.int64) - base) + 1
     if span * slots * nord < 2**62:
-        return idx[np.argsort(((t.view(np.int64) - base) * slots + s) * nord + o, kind="stable")], sl
-    return idx[np.lexsort((o, s, t))], sl
+        p = np.argsort(((t.view(np.int64) - base) * slots + s) * nord + o, kind="stable")
+    else:
+        p = np.lexsort((o, s, t))
+    return idx[keep[p]], s[p]
 
 
 def stream_kernel(schedule: Schedule, kernel, lay, tl: Timeline, kid: int, num_sms: int, sink: _Sink,
@@ -219,15 +232,16 @@ def stream_kernel(schedule: Schedule, kernel, lay, tl: Timeline, kid: int, num_s
         nxt = k
         lo, hi = tl.tick_window(live, t0, t1)
         tr = expand_kernel(schedule, kernel, lay, live, lo, hi)
-        perm, sl = _time_order(tl, tr, t0, t1, slots)
+        perm, sl = _time_order(tl, tr, sink.sampled(tr.addr, tr.nbytes), t0, t1, slots)
         n = len(perm)
         if n:
-            sink.feed(RunTrace(tr.addr[perm], tr.nbytes[perm], tr.write[perm], (sl[perm] % num_sms).astype(np.int16),
+            sink.feed(RunTrace(tr.addr[perm], tr.nbytes[perm], tr.write[perm], (sl % num_sms).astype(np.int16),
                                np.full(n, kid, dtype=kd)))
+        expanded = len(tr.addr)
         del tr, perm, sl
         live = live[last[live] > t1]
         t0 = t1
-        grow = chunk_ranges / max(n, 1)
+        grow = chunk_ranges / max(expanded, 1)
         width = width * min(max(grow, 0.5), 4.0)
         if tl.speed is None:
             width = max(int(width), 1)
