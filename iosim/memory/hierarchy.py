@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from iosim.errors import IosimError
-from iosim.memory.l2 import L2Geometry, L2Result, RunTrace, aligned, choose_stride, expand_lines, widen_loads
+from iosim.memory.l2 import L2Geometry, L2Result, RunTrace, aligned, choose_stride
 from iosim.memory.l2stream import L2Stream
 from iosim.memory.layout import layout
 from iosim.memory.scheduler import Timeline, order_trace, timeline
@@ -146,7 +146,7 @@ class Progress:
 
 
 class _Sink:
-    """The L2 fed chunk by chunk (``iosim.memory.l2stream.L2Stream``): ordered byte ranges → sampled lines."""
+    """The L2 fed chunk by chunk (``iosim.memory.l2stream.L2Stream``) with ordered byte ranges."""
 
     def __init__(self, geom: L2Geometry, stride: int, num_kernels: int):
         self.geom, self.stride, self.nk = geom, stride, num_kernels
@@ -165,13 +165,8 @@ class _Sink:
         return np.flatnonzero((fl + (-fl) % k) * lb < addr + nbytes)
 
     def feed(self, tr: RunTrace) -> None:
-        g = self.geom
-        line, mask, w, sm, kern = expand_lines(tr, g, self.stride)
-        mask = widen_loads(mask, w, g)
-        near = home = None
-        if g.num_partitions > 1:
-            near, home = (sm % g.num_partitions).astype(np.int8), g.home(line).astype(np.int8)
-        self.l2.feed(g.set_index(line) // self.stride, line, mask, w, kern, near, home)
+        """One time-ordered chunk of byte ranges: the L2 walks their sampled lines (``L2Stream.feed_ranges``)."""
+        self.l2.feed_ranges(tr.addr, tr.nbytes, tr.write, tr.sm, tr.kernel if self.nk > 1 else None)
 
     def result(self) -> L2Result:
         c, k, g = self.l2.finish(), self.stride, self.geom
