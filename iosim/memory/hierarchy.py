@@ -237,7 +237,7 @@ def stream_kernel(schedule: Schedule, kernel, lay, tl: Timeline, kid: int, num_s
         live = live[last[live] > t1]
         t0 = t1
         grow = chunk_ranges / max(expanded, 1)
-        width = width * min(max(grow, 0.5), 4.0)
+        width = min(width * min(max(grow, 0.5), 4.0), t_end + 1)   # no wider than the kernel: keys stay small
         if tl.speed is None:
             width = max(int(width), 1)
         if on_progress is not None:
