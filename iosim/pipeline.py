@@ -3,8 +3,9 @@
 ``predict`` runs the hierarchy model (``iosim.memory.hierarchy``: layout, CTA scheduler, shared L2) unless ``l2=False``,
 which gives the SRAM ↔ HBM-only model (DRAM fields None). The L2 is simulated exactly on a sample of its sets
 (``iosim.memory.l2``: exact whenever every access covers whole aligned groups of the sampling stride, which holds for Q, K,
-V and O tiles; the result says so). Its cost grows with line accesses ÷ sets: ~0.1 s at the CLI's default sizes,
-seconds at 16K–32K tokens, about half a minute for a causal 64K-token, 16-head FA2 run on the H100 profile.
+V and O tiles; the result says so). The trace is streamed window by window of the CTA timeline, so memory stays
+bounded (under half a GiB at 128K tokens) and time grows with the byte ranges: ~0.1 s at the CLI's default sizes,
+about 20 s for FA2 causal GQA 32/8 at 128K tokens, d=128, on the H100 profile (benchmarks/bench_long_context.py).
 """
 
 from __future__ import annotations
