@@ -1,5 +1,7 @@
 """The compiled L2 core (iosim.memory.l2_jit) against the NumPy loops of iosim.memory.l2 and iosim.memory.l2stream: random traces over
-every policy, sectors, kernels, partitions, store rules and way spreads give identical counts, every one of them."""
+every policy, sectors, kernels, partitions, store rules and way spreads give identical counts, every one of them; so do
+the recency layout against the stamp layout, several threads against one, and byte ranges walked in place
+(L2Stream.feed_ranges) against their lines expanded in NumPy."""
 
 from __future__ import annotations
 
@@ -8,11 +10,12 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from iosim.errors import IosimError
-from iosim.memory.l2 import POLICIES, L2Geometry, compiled_core, simulate_lines
+from iosim.memory import l2_jit
+from iosim.memory.l2 import POLICIES, L2Geometry, RunTrace, compiled_core, expand_lines, simulate_lines, widen_loads
 from iosim.memory.l2stream import L2Stream
 
 pytest.importorskip("numba")
@@ -138,3 +141,95 @@ def test_engine_variable_is_checked(monkeypatch):
         simulate_lines(np.zeros(1, np.int64), np.zeros(1, np.int64), np.ones(1, np.uint8), np.zeros(1, bool), 2)
     monkeypatch.setenv("IOSIM_L2_ENGINE", "numpy")
     assert compiled_core() is None
+
+
+def _counts(s: L2Stream) -> dict:
+    return _plain(s.finish())
+
+
+@st.composite
+def range_traces(draw):
+    policy = draw(st.sampled_from(["lru", "fifo", "lip", "srrip", "random"]))
+    P = draw(st.sampled_from([1, 2]))
+    sector = draw(st.sampled_from([16, 32]))   # 8 or 4 sectors per 128-B line
+    hsh = draw(st.sampled_from(["modulo", "rotate", "xor"]))
+    geom = L2Geometry(size_bytes=16 * 4 * 128 * P, line_bytes=128, sector_bytes=sector, ways=4, partitions=P,
+                      sharing="duplicated" if P > 1 else "shared", policy=policy, hash=hsh, hash_granule_lines=4,
+                      home_granule_lines=draw(st.sampled_from([1, 2, 8])), store_near=draw(st.booleans()),
+                      store_allocate=draw(st.booleans()), dram_fetch_bytes=draw(st.sampled_from([0, 64, 128])),
+                      way_spread=draw(st.sampled_from([0, 2])))
+    stride = draw(st.sampled_from([1, 2, 4]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n = draw(st.integers(1, 200))
+    addr = rng.integers(0, 64 * 128 * 6, n)
+    nbytes = rng.choice([0, 1, 16, 32, 100, 128, 300, 1024], n)
+    nk = draw(st.integers(1, 2))
+    return geom, stride, nk, (addr, nbytes, rng.random(n) < 0.3, rng.integers(0, 7, n), rng.integers(0, nk, n))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(range_traces(), st.integers(1, 3))
+def test_feed_ranges_equals_expand_then_feed(monkeypatch, case, threads):
+    # the compiled walk over ranges against the lines expanded in NumPy (expand_lines, widen_loads, set_index,
+    # home) and fed to the NumPy engine, in three chunks: every count and the DRAM sectors of every range agree
+    geom, stride, nk, (addr, nbytes, write, sm, kern) = case
+    rows = geom.sets_per_cache // stride
+    cuts = [0, len(addr) // 3, len(addr) // 2, len(addr)]
+
+    def ranges():
+        s = L2Stream(geom, rows, nk, stride=stride)
+        nf = [s.feed_ranges(addr[a:b], nbytes[a:b], write[a:b], sm[a:b], kern[a:b] if nk > 1 else None)
+              for a, b in itertools.pairwise(cuts)]
+        return _counts(s), np.concatenate(nf).tolist()
+
+    def lines():
+        line, mask, w, near, rid = expand_lines(RunTrace(addr, nbytes, write, sm, np.arange(len(addr))), geom,
+                                                stride)
+        s = L2Stream(geom, rows, nk, stride=stride)
+        P = geom.num_partitions
+        nf = np.zeros(len(addr), np.int64)
+        for a, b in itertools.pairwise(cuts):
+            i = (rid >= a) & (rid < b)
+            f = s.feed(geom.set_index(line[i]) // stride, line[i], widen_loads(mask[i], w[i], geom), w[i],
+                       kern[rid[i]], (near[i] % P).astype(np.int8), geom.home(line[i]).astype(np.int8))
+            np.add.at(nf, rid[i], f)
+        return _counts(s), nf.tolist()
+
+    with monkeypatch.context() as m:
+        m.setenv("IOSIM_L2_ENGINE", "numpy")
+        ref = lines()
+        assert ranges() == ref   # the NumPy feed_ranges expands and feeds
+    with monkeypatch.context() as m:
+        m.setattr(l2_jit, "_threads", lambda n: threads)   # every chunk split over this many row blocks
+        assert ranges() == ref
+
+
+@settings(max_examples=60, deadline=None)
+@given(traces(), st.integers(2, 4))
+def test_recency_layout_and_threads_equal_stamps_serial(case, threads):
+    # lru, fifo and lip on the recency layout (≤ 8 sectors) against the stamp layout (forced by 32 sectors per
+    # line), and the rows split over several threads against one
+    (sets, tags, mask, write, ways, policy), kw = case
+    if mask.dtype != np.uint8:
+        return
+    P = kw.get("partitions", 1)
+    rows = int(sets.max()) + 1
+    near = kw.get("near")
+    home = kw.get("home")
+    nr = None if P == 1 else (near if kw["store_near"] else np.where(write, home, near))
+    kern = kw["kernel"]
+    nk = kw["num_kernels"]
+
+    def run(spl, nt):
+        cs = l2_jit.CompiledState(rows, ways, P, policy, nk, kw["store_allocate"], kw["pycachesim_stores"], spl)
+        c = {k: 0 for k in l2_jit._COUNTERS}
+        c.update(k_read=np.zeros(nk, np.int64), k_write=np.zeros(nk, np.int64), k_hit=np.zeros(nk, np.int64),
+                 flush_lines=0)
+        nf, steps = cs.run(c, sets, sets, tags, mask, write, kern, nr, home, want_fetched=True, threads=nt)
+        cs.flush(c)
+        return _plain(c), nf.tolist(), steps
+
+    ref = run(32, 1)
+    assert run(8, 1) == ref
+    assert run(8, threads) == ref
+    assert run(32, threads) == ref

@@ -139,7 +139,7 @@ class L2Stream:
                     fab += int(h2.sum())
                     ev2 += int(e2.sum())
                     if wb2.any():
-                        wb2_sectors.append((wb2, wk2))
+                        wb2_sectors.append((wb2, wk2, e2))
             HIT[t, :m] = h
             FET[t, :m] = f
             EV[t, :m] = ev
@@ -153,16 +153,17 @@ class L2Stream:
         c["hits"] += int(HIT.sum())
         c["misses"] += int((valid & ~HIT).sum())
         c["evictions"] += int(EV.sum()) + ev2
-        c["dirty_evictions"] += int((EV & (WB != 0)).sum()) + sum(int((b != 0).sum()) for b, _ in wb2_sectors)
+        c["dirty_evictions"] += int((EV & (WB != 0)).sum()) + sum(int((e & (b != 0)).sum())
+                                                                  for b, _, e in wb2_sectors)
         c["fabric_reads"] += fab
         c["dram_read_sectors"] += int(nf.sum())
-        c["dram_write_sectors"] += int(nw.sum()) + sum(int(_popcount(b).sum()) for b, _ in wb2_sectors)
+        c["dram_write_sectors"] += int(nw.sum()) + sum(int(_popcount(b).sum()) for b, _, _ in wb2_sectors)
         kv = KI[valid] if multi else np.zeros(n, np.int64)
         c["k_read"] += np.bincount(kv, weights=nf[valid], minlength=self.nk).astype(np.int64)
         c["k_hit"] += np.bincount(kv, weights=HIT[valid], minlength=self.nk).astype(np.int64)
         c["k_write"] += np.bincount(WBK.ravel() if multi else np.zeros(nw.size, np.int64), weights=nw.ravel(),
                                     minlength=self.nk).astype(np.int64)
-        for b, wk in wb2_sectors:
+        for b, wk, _ in wb2_sectors:
             c["k_write"] += np.bincount(wk if multi else np.zeros(len(b), np.int64), weights=_popcount(b),
                                         minlength=self.nk).astype(np.int64)
         return nf[within, col]
