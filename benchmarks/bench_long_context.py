@@ -3,6 +3,7 @@ profile, default settings, FA2 preset (``kernel="fa2"``), each case in a fresh p
 of that process alone; time of the ``predict`` call, imports excluded).
 
     .venv/bin/python benchmarks/bench_long_context.py [--max-seconds 600] [--sweep-max-n 262144] [--quick]
+    .venv/bin/python benchmarks/bench_long_context.py --only "non-causal H32 1M" --max-seconds 2400
 
 Targets: causal GQA 32/8 128K d128 < 30 s and < 1 GiB; non-causal H16 128K d128 < 60 s; non-causal H32 N=2^20 d128
 completes with < 2 GiB (a case stopped at --max-seconds reports its projected time from the progress it had
@@ -75,11 +76,24 @@ def run_case(spec: dict, max_s: float) -> dict:
     return row
 
 
+def run_target(target: tuple, max_s: float) -> dict:
+    label, B, H, Hkv, N, causal, t_s, rss = target
+    r = run_case(dict(label=label, B=B, H=H, Hkv=Hkv, N=N, causal=causal), max_s)
+    r.update(target_seconds=t_s, target_rss_gib=rss,
+             met=r["completed"] and (t_s is None or r["seconds"] < t_s) and (rss is None or r["peak_rss_gib"] < rss))
+    return r
+
+
 def fmt(r: dict) -> str:
     t = f"{r['seconds']:8.1f}" if r.get("completed") else (
         f"~{r['projected_seconds']:7.0f}" if r.get("projected_seconds") else "       -")
     ratio = f"{r['dram_read_over_qkv']:8.2f}" if r.get("completed") else "       -"
-    return f"{r['label']:<26} {r['N']:>8} {t} s {r['peak_rss_gib']:7.2f} GiB {ratio}"
+    line = f"{r['label']:<26} {r['N']:>8} {t} s {r['peak_rss_gib']:7.2f} GiB {ratio}"
+    if "met" in r:
+        t_s, rss = r["target_seconds"], r["target_rss_gib"]
+        line += (f"   target {'<' + str(t_s) + ' s ' if t_s else ''}{'<' + str(rss) + ' GiB ' if rss else ''}"
+                 f"{'met' if r['met'] else 'NOT met'}")
+    return line
 
 
 def main(argv=None) -> int:
@@ -88,6 +102,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-seconds", type=float, default=600, help="stop a case after this long (projected time)")
     ap.add_argument("--sweep-max-n", type=int, default=262144, help="largest N of the table against N")
     ap.add_argument("--quick", action="store_true", help="only the table up to 32K (a smoke run)")
+    ap.add_argument("--only", default=None, metavar="LABEL",
+                    help="run only this target case and update its entry in an existing --out JSON")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "bench_long_context.json"))
     a = ap.parse_args(argv)
     if a.one:
@@ -98,15 +114,21 @@ def main(argv=None) -> int:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     head = f"{'case':<26} {'N':>8} {'time':>10} {'peak RSS':>11} {'DRAM/QKV':>8}"
     rows, targets = [], []
+    if a.only:
+        with open(a.out) as f:
+            doc = json.load(f)
+        r = run_target(next(t for t in TARGETS if t[0] == a.only), a.max_seconds)
+        print(head + "\n" + fmt(r), flush=True)
+        doc["targets"] = [r if t["label"] == a.only else t for t in doc["targets"]]
+        doc[f"commit_{a.only}"] = commit.strip()
+        atomic_write_text(a.out, json.dumps(doc, indent=1) + "\n")
+        return 0
     if not a.quick:
         print("targets (H100 profile, FA2 preset, d128)\n" + head, flush=True)
-        for label, B, H, Hkv, N, causal, t_s, rss in TARGETS:
-            r = run_case(dict(label=label, B=B, H=H, Hkv=Hkv, N=N, causal=causal), a.max_seconds)
-            r.update(target_seconds=t_s, target_rss_gib=rss,
-                     met=r["completed"] and (t_s is None or r["seconds"] < t_s) and (rss is None or r["peak_rss_gib"] < rss))
+        for target in TARGETS:
+            r = run_target(target, a.max_seconds)
             targets.append(r)
-            print(fmt(r) + f"   target {'<' + str(t_s) + ' s' if t_s else ''} {'<' + str(rss) + ' GiB' if rss else ''}"
-                  f" {'met' if r['met'] else 'NOT met'}", flush=True)
+            print(fmt(r), flush=True)
     print("\nagainst N\n" + head, flush=True)
     for label, H, Hkv, causal in SWEEP:
         N = 16384
