@@ -352,12 +352,12 @@ def _set_of(line, n, hsh, G, b):
 
 
 @njit(cache=True, inline="always")
-def _line_mask(line, a0, e, lb, sb, spl, fg, w):
-    """``expand_lines``' sector mask of the range [a0, e) in one line, widened to ``fg``-sector DRAM fetch groups for
-    a load (``widen_loads``)."""
-    base = line * lb
-    s0 = (max(a0, base) - base) // sb
-    s1 = (min(e, base + lb) - base - 1) // sb
+def _line_mask(line, a0, e, lbs, sbs, spl, fg, w):
+    """``expand_lines``' sector mask of the range [a0, e) in one line (2^lbs bytes, sectors of 2^sbs), widened to
+    ``fg``-sector DRAM fetch groups for a load (``widen_loads``)."""
+    base = line << lbs
+    s0 = (max(a0, base) - base) >> sbs
+    s1 = (min(e, base + (np.int64(1) << lbs)) - base - 1) >> sbs
     m = ((np.int64(1) << (s1 + 1)) - 1) ^ ((np.int64(1) << s0) - 1)
     if fg > 1 and not w:
         full = (np.int64(1) << fg) - 1
@@ -370,17 +370,16 @@ def _line_mask(line, a0, e, lb, sb, spl, fg, w):
 
 
 @njit(cache=True)
-def _count_rows(addr, nbytes, lb, n, hsh, G, b, stride, cnt):
-    """Lines ≡ 0 (mod stride) of the ranges per row (set // stride): the order the ``random`` hash sees."""
+def _count_rows(addr, nbytes, lbs, n, hsh, G, b, ks, cnt):
+    """Lines ≡ 0 (mod 2^ks) of the ranges per row (set ≫ ks): the order the ``random`` hash sees."""
     for i in range(len(addr)):
         if nbytes[i] <= 0:
             continue
-        fl = addr[i] // lb
-        line = fl + ((-fl) % stride)
-        last = (addr[i] + nbytes[i] - 1) // lb
+        line = ((addr[i] >> lbs) + (1 << ks) - 1) >> ks << ks
+        last = (addr[i] + nbytes[i] - 1) >> lbs
         while line <= last:
-            cnt[_set_of(line, n, hsh, G, b) // stride] += 1
-            line += stride
+            cnt[_set_of(line, n, hsh, G, b) >> ks] += 1
+            line += 1 << ks
 
 
 @functools.cache
@@ -388,13 +387,14 @@ def _ranges_kernel(pol: int, P: int, touch: bool, alloc: bool, mtf: bool, hsh: i
     """``_lines_kernel`` over byte ranges: their lines ≡ 0 (mod stride) walked in place."""
 
     @njit(cache=True, parallel=True)
-    def run(addr, nbytes, wr, sm, kern, hpos, lb, sb, fg, n, G, b, hg, stride, t0, cnt, T, S, V, D, K, B, PM, PV,
+    def run(addr, nbytes, wr, sm, kern, hpos, lbs, sbs, fg, n, G, b, hg, ks, t0, cnt, T, S, V, D, K, B, PM, PV,
             CAP, W, L, acc, kr, kw, kh, ka, nf, NT):
-        """nf[g, i] = DRAM sectors the lines of range i in thread g's rows read."""
+        """nf[g, i] = DRAM sectors the lines of range i in thread g's rows read; line, sector and stride sizes
+        2^lbs, 2^sbs, 2^ks (powers of two: shifts, not divisions)."""
         R = len(cnt)
         multi = len(kern) > 0
         rnd = len(hpos) > 0
-        spl = lb // sb
+        spl = 1 << (lbs - sbs)
         for g in prange(NT):
             r0, r1 = g * R // NT, (g + 1) * R // NT
             a, kr_, kw_, kh_, ka_, nf_ = acc[g], kr[g], kw[g], kh[g], ka[g], nf[g]
@@ -403,17 +403,16 @@ def _ranges_kernel(pol: int, P: int, touch: bool, alloc: bool, mtf: bool, hsh: i
                     continue
                 a0 = addr[i]
                 e = a0 + nbytes[i]
-                fl = a0 // lb
-                line = fl + ((-fl) % stride)
-                last = (e - 1) // lb
+                line = ((a0 >> lbs) + (1 << ks) - 1) >> ks << ks   # the first line ≡ 0 (mod 2^ks)
+                last = (e - 1) >> lbs
                 w = wr[i]
                 k = np.int64(kern[i]) if multi else 0
                 near = np.int64(sm[i]) % P if P > 1 else 0
                 tot = 0
                 while line <= last:
-                    r = _set_of(line, n, hsh, G, b) // stride
+                    r = _set_of(line, n, hsh, G, b) >> ks
                     if r >= r0 and r < r1:
-                        s = _line_mask(line, a0, e, lb, sb, spl, fg, w)
+                        s = _line_mask(line, a0, e, lbs, sbs, spl, fg, w)
                         h = (((line // hg) * 0x9E3779B1) >> 16) % P if P > 1 else 0
                         q = h if (P > 1 and w and not store_near) else near
                         t = t0 + cnt[r]
@@ -426,7 +425,7 @@ def _ranges_kernel(pol: int, P: int, touch: bool, alloc: bool, mtf: bool, hsh: i
                                                  s, w, k, q, h, a, kr_, kw_, kh_, pol, P, touch, alloc)
                         a[7] += 1
                         ka_[k] += 1
-                    line += stride
+                    line += 1 << ks
                 nf_[i] = tot
 
     return run
@@ -529,10 +528,11 @@ class CompiledState:
             raise IosimError(f"xor hash needs a power-of-two hash_granule_lines, got {G}")
         if hsh == 1 and nsets % G:
             raise IosimError(f"rotate hash needs hash_granule_lines ({G}) to divide the set count {nsets}")
+        lbs, sbs, ks = (v.bit_length() - 1 for v in (geom.line_bytes, geom.sector_bytes, stride))
         hpos = np.zeros(0, np.int64)
         if self.pol == RANDOM:   # the lockstep's row order: decreasing count in the chunk
             cnt = np.zeros(self.rows, np.int64)
-            _count_rows(addr, nbytes, geom.line_bytes, nsets, hsh, G, b, stride, cnt)
+            _count_rows(addr, nbytes, lbs, nsets, hsh, G, b, ks, cnt)
             hpos = np.empty(self.rows, np.int64)
             hpos[np.argsort(-cnt, kind="stable")] = np.arange(self.rows)
         fg = geom.dram_fetch_bytes // geom.sector_bytes if geom.dram_fetch_bytes else 1
@@ -541,8 +541,8 @@ class CompiledState:
         nf = np.zeros((NT, n), np.int64)
         self.cnt[:] = 0
         run = _ranges_kernel(self.pol, self.P, self.touch, self.alloc, self.mtf, hsh, geom.store_near)
-        run(addr, nbytes, c(write, np.bool_), sm, kernel, hpos, geom.line_bytes, geom.sector_bytes, fg, nsets, G, b,
-            geom.home_granule_lines, stride, t0, *self._args(), acc, kr, kw, kh, ka, nf, NT)
+        run(addr, nbytes, c(write, np.bool_), sm, kernel, hpos, lbs, sbs, fg, nsets, G, b, geom.home_granule_lines, ks,
+            t0, *self._args(), acc, kr, kw, kh, ka, nf, NT)
         self._add(counts, acc, kr, kw, kh)
         counts["accesses"] += int(acc[:, 7].sum())
         counts["k_acc"] += ka[:, :self.nk].sum(axis=0)
