@@ -7,7 +7,9 @@ FA2 causal B=1, H=16, N=65536, d=128 end-to-end run (time and peak memory).
 Rows:
 * pycachesim: the trace's byte ranges fed to pycachesim's C backend (``Cache.load/store(addr, length)`` per range),
   one LRU level with the H100 L2 geometry (25,600 sets × 16 ways × 128 B), shared.
-* iosim exact: every set simulated (stride 1), same geometry and trace: hit/miss counts must equal pycachesim's.
+* iosim exact: every set simulated (stride 1), same geometry and trace: hit/miss counts must equal pycachesim's;
+  once with the lines expanded in NumPy (``expand_lines`` + ``simulate_lines``), once with the compiled core walking
+  the byte ranges in place (``iosim.memory.l2_jit.CompiledState.run_ranges``, the path of ``simulate``).
 * iosim default: the model as ``iosim predict`` runs it (set sampling, duplicated partitions).
 ``--policy`` (lru, fifo, mru, random, plru, srrip, brrip, lip) and ``--hash`` (modulo, rotate, xor) set the replacement
 policy and set hash of the sampled rows and of the big run; the pycachesim and exact rows stay LRU (pycachesim has no
@@ -62,6 +64,23 @@ def run_pycachesim(tr, geom):
     return dt, st["HIT_count"], st["MISS_count"]
 
 
+def exact_ranges(tr, geom):
+    """Every set, the compiled core walking the ranges' lines in place, pycachesim's store accounting."""
+    from iosim.memory import l2_jit
+    cs = l2_jit.CompiledState(geom.sets, geom.ways, 1, "lru", 1, pycachesim_stores=True,
+                              sectors_per_line=geom.sectors_per_line)
+    c = {k: 0 for k in l2_jit._COUNTERS}
+    c.update(k_read=0, k_write=0, k_hit=0, k_acc=0)
+    cs.run_ranges(c, geom, 1, tr.addr[:1000], tr.nbytes[:1000], tr.write[:1000], tr.sm[:1000], None)  # compile
+    cs = l2_jit.CompiledState(geom.sets, geom.ways, 1, "lru", 1, pycachesim_stores=True,
+                              sectors_per_line=geom.sectors_per_line)
+    c = {k: 0 for k in l2_jit._COUNTERS}
+    c.update(k_read=0, k_write=0, k_hit=0, k_acc=0)
+    t = time.perf_counter()
+    cs.run_ranges(c, geom, 1, tr.addr, tr.nbytes, tr.write, tr.sm, None)
+    return time.perf_counter() - t, c["hits"], c["misses"]
+
+
 def _over(policy: str, hash_: str) -> dict:
     """Geometry overrides: 'profile' keeps the H100 profile's (calibrated) value."""
     return {k: v for k, v in (("policy", policy), ("hash", hash_)) if v != "profile"}
@@ -111,6 +130,7 @@ def main() -> None:
     res["line_accesses"] = n_lines
 
     t_py, hit_py, miss_py = run_pycachesim(tr, shared)
+    t_ranges, hit_r, miss_r = exact_ranges(tr, shared)
 
     t = time.perf_counter()
     shared_sampled = simulate(tr, L2Geometry.from_hardware(hw, sharing="shared", **_over(a.policy, a.hash)))
@@ -122,8 +142,10 @@ def main() -> None:
 
     rows = [
         ("pycachesim (C backend, per range)", t_py, n_lines, "reference"),
-        ("iosim exact, every set", t_exact, n_lines,
+        ("iosim exact, every set, lines expanded", t_exact, n_lines,
          "identical" if (r["hits"], r["misses"]) == (hit_py, miss_py) else f"DIFFERENT hits {r['hits']} vs {hit_py}"),
+        ("iosim exact, every set, ranges (compiled)", t_ranges, n_lines,
+         "identical" if (hit_r, miss_r) == (hit_py, miss_py) else f"DIFFERENT hits {hit_r} vs {hit_py}"),
         (f"iosim shared {a.policy}, 1 in {shared_sampled.stride} sets", t_shared_sampled, shared_sampled.accesses,
          f"hits {shared_sampled.hits / max(hit_py, 1) - 1:+.4%} vs pycachesim LRU"),
         (f"iosim default (duplicated) {a.policy}, 1 in {dup_sampled.stride} sets", t_dup, dup_sampled.accesses,

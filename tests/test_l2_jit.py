@@ -233,3 +233,21 @@ def test_recency_layout_and_threads_equal_stamps_serial(case, threads):
     assert run(8, 1) == ref
     assert run(8, threads) == ref
     assert run(32, threads) == ref
+
+
+def _lru_misses_two_threads() -> int:
+    cs = l2_jit.CompiledState(100, 4, 1, "lru", 1, sectors_per_line=4)
+    c = {k: 0 for k in l2_jit._COUNTERS}
+    c.update(k_read=0, k_write=0, k_hit=0)
+    r = np.arange(1000) % 100
+    cs.run(c, r, r, r, np.full(1000, 15, np.uint8), np.zeros(1000, bool), None, None, None, threads=2)
+    return c["misses"]
+
+
+def test_parallel_core_survives_fork():
+    # iosim.parallel forks worker processes: a child runs the threaded core after its parent did (1000 distinct
+    # lines over 100 sets of 4 ways: every access misses)
+    from concurrent.futures import ProcessPoolExecutor
+    assert _lru_misses_two_threads() == 1000
+    with ProcessPoolExecutor(2) as ex:
+        assert [f.result() for f in [ex.submit(_lru_misses_two_threads) for _ in range(2)]] == [1000, 1000]

@@ -59,10 +59,11 @@ sequence, i.e. about line accesses ÷ sets, independent of sampling. With few sa
 test (tests/test_l2.py), including pycachesim's accounting of stores (``pycachesim_stores=True``); every policy is
 checked against an independent per-set reference model and hand-worked traces (tests/test_l2_policies.py). Whole-line
 single-kernel traces take a leaner loop (``_fast_lockstep*``) for every policy but ``random``. Where numba imports,
-``simulate_lines`` (after the grouping by set) and ``iosim.memory.l2stream`` run the compiled core ``iosim.memory.l2_jit`` instead:
-the same model one access at a time in array order, bit-identical (tests/test_l2_jit.py); faster where sampled sets
-see long sequences (FA2 causal 64K ``predict``: 7.6 → 3.5 s, benchmarks/bench_l2.py), about as fast as the lockstep
-and pycachesim's C loop on an exact run of every set (benchmarks/bench_l2_engine.py). ``IOSIM_L2_ENGINE=numpy``
+``simulate_lines``, ``simulate`` and ``iosim.memory.l2stream`` run the compiled core ``iosim.memory.l2_jit`` instead:
+the same model one access at a time in array order, bit-identical (tests/test_l2_jit.py), with lru/fifo/lip kept as
+recency-ordered ways (one int64 per way) and the rows split over the CPU's threads; ``simulate`` and
+``L2Stream.feed_ranges`` hand it the byte ranges, whose lines it walks itself (no per-line arrays). Speed beside
+pycachesim on one exact trace, and on an FA2-like range trace: benchmarks/bench_l2_engine.py. ``IOSIM_L2_ENGINE=numpy``
 forces the NumPy loops.
 
 Set sampling (``stride`` k > 1): only sets whose index ≡ 0 (mod k) are simulated (for every index function the set of

@@ -32,9 +32,10 @@ counts are those of one thread (tests/test_l2_jit.py). The range path (``run_ran
 from __future__ import annotations
 
 import functools
+import os
 
-import numpy as np
 import numba
+import numpy as np
 from numba import njit, prange
 
 from iosim.errors import IosimError
@@ -49,6 +50,10 @@ _COUNTERS = ("hits", "misses", "evictions", "dirty_evictions", "dram_read_sector
 _ERR = 8      # counter slot flagging a line number outside 0 … 2^47 (the recency layout's tag field)
 _PAD = 16     # per-thread counter rows padded to 128 B: no false sharing between threads
 MAX_LINE = 1 << 47
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    # workqueue survives fork(); GNU OpenMP, numba's first choice where TBB is missing, aborts a forked child that
+    # runs a parallel loop after its parent did (iosim.parallel's process pools fork)
+    numba.config.THREADING_LAYER = "workqueue"
 PARALLEL_MIN = 100_000   # accesses (or ranges) below which one thread runs the chunk (thread start-up ~ 20 µs)
 
 
@@ -211,14 +216,17 @@ def _tally(a, kr, kw, kh, hit, ev, wb, wk, f, w, k, touch):
 @njit(cache=True, inline="always")
 def _mtf_find(E, lo, cap, x):
     """Position of line x among the recency-ordered ways at lo and whether it is there; on a miss the number of
-    valid ways (lines are never invalidated, so they are a prefix), cap when all are."""
+    valid ways (lines are never invalidated, so they are a prefix), cap when all are. Branch-free over the ways
+    (an empty way, −1, never matches: x ≥ 0), so the loop vectorizes."""
+    p = cap
+    nv = 0
     for j in range(cap):
         e = E[lo + j]
-        if e < 0:
-            return j, False
-        if (e >> 16) == x:
-            return j, True
-    return cap, False
+        p = j if (e >> 16) == x else p
+        nv += e >= 0
+    if p < cap:
+        return p, True
+    return nv, False
 
 
 @njit(cache=True, inline="always")

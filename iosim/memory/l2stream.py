@@ -6,9 +6,10 @@ Same model and accounting as the general loop of ``iosim.memory.l2.simulate_line
 duplicated partitions, store allocation and ``store_near``). A chunk is grouped by set like a whole trace there
 (a (steps × sets) matrix, sets ordered by decreasing length so the active ones are a prefix); the state rows are
 permuted to that order at the start of each chunk, and replacement stamps keep counting across chunks, so feeding a
-trace in any number of chunks gives exactly the counts of feeding it at once (tests/test_l2_coupled.py).
+trace in any number of chunks gives exactly the counts of feeding it at once (tests/test_l2stream.py).
 With the compiled core (``iosim.memory.l2_jit``, unless ``IOSIM_L2_ENGINE=numpy``) the state rows stay in place and the
-chunk goes through in time order, with the same stamps and the same results (tests/test_l2_jit.py).
+chunk goes through in time order, with the same stamps and the same results (tests/test_l2_jit.py); ``feed_ranges`` takes
+a chunk as byte ranges and the compiled core walks their lines itself (no per-line arrays; the NumPy engine expands them).
 Set sampling as in ``iosim.memory.l2``: the caller passes lines ≡ 0 (mod stride) and their row (set // stride); counts
 come back unscaled.
 """
@@ -29,7 +30,7 @@ class L2Stream:
                  stride: int = 1):
         """whole_lines: the caller promises that every access covers whole lines (after ``widen_loads``); with one
         kernel, store allocation and a deterministic policy the NumPy engine takes the leaner state of
-        ``iosim.memory.l2.partitioned_steps`` (same results, tests/test_l2_coupled.py); the compiled core has one state. stride: the sampling stride (row r
+        ``iosim.memory.l2.partitioned_steps`` (same results, tests/test_l2stream.py); the compiled core has one state. stride: the sampling stride (row r
         is set r·stride), which places the rows in ``geom.way_spread``'s groups."""
         self.geom = geom
         self.P = geom.num_partitions
