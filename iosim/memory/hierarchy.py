@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from iosim.errors import IosimError
+from iosim.memory.sampling import describe
 from iosim.memory.l2 import L2Geometry, L2Result, RunTrace, aligned, choose_stride
 from iosim.memory.l2stream import L2Stream
 from iosim.memory.layout import layout
@@ -285,5 +286,5 @@ def simulate_schedule(schedule: Schedule, hw, geometry: L2Geometry | None = None
                     for (name, occ, end), (r, w, acc, hit) in zip(info, res.per_kernel))
     notes = []
     if res.stride > 1:
-        notes.append(f"L2 simulated on 1 in {res.stride} sets ({'exact: every access covers whole aligned groups' if res.exact else 'set-sampling estimate'})")
+        notes.append(describe(res.stride, res.exact))
     return HierarchyResult(geom, res, kernels, tuple(notes))
