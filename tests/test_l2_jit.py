@@ -239,8 +239,9 @@ def _lru_misses_two_threads() -> int:
     cs = l2_jit.CompiledState(100, 4, 1, "lru", 1, sectors_per_line=4)
     c = {k: 0 for k in l2_jit._COUNTERS}
     c.update(k_read=0, k_write=0, k_hit=0)
-    r = np.arange(1000) % 100
-    cs.run(c, r, r, r, np.full(1000, 15, np.uint8), np.zeros(1000, bool), None, None, None, threads=2)
+    line = np.arange(1000)
+    cs.run(c, line % 100, line % 100, line, np.full(1000, 15, np.uint8), np.zeros(1000, bool), None, None, None,
+           threads=2)
     return c["misses"]
 
 
