@@ -216,17 +216,14 @@ def _tally(a, kr, kw, kh, hit, ev, wb, wk, f, w, k, touch):
 @njit(cache=True, inline="always")
 def _mtf_find(E, lo, cap, x):
     """Position of line x among the recency-ordered ways at lo and whether it is there; on a miss the number of
-    valid ways (lines are never invalidated, so they are a prefix), cap when all are. Branch-free over the ways
-    (an empty way, −1, never matches: x ≥ 0), so the loop vectorizes."""
-    p = cap
-    nv = 0
+    valid ways (lines are never invalidated, so they are a prefix), cap when all are."""
     for j in range(cap):
         e = E[lo + j]
-        p = j if (e >> 16) == x else p
-        nv += e >= 0
-    if p < cap:
-        return p, True
-    return nv, False
+        if e < 0:
+            return j, False
+        if (e >> 16) == x:
+            return j, True
+    return cap, False
 
 
 @njit(cache=True, inline="always")
