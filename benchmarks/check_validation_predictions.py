@@ -1,5 +1,6 @@
 """Recompute the committed validation predictions and compare: every run of
-``reports/validation/*/l2_validation*/compare_l2.csv`` is predicted again (``compare_l2.predict_case``: the matching
+``reports/validation/*/l2_validation*/compare_l2.csv`` and of the session-1 FA2 table
+``reports/validation/h100/sdpa_flash_fa2.csv`` is predicted again (``compare_l2.predict_case``: the matching
 preset, Flex block masks rebuilt from density and seed, the built-in profile of the measured GPU = the "calibrated"
 column) and its DRAM read bytes are set beside ``pred_dram_read_calibrated``.
 
@@ -46,6 +47,16 @@ def committed_runs(max_n: int | None) -> list[dict]:
                 c.update(impl=r["impl"], density=float(r["density"] or 0), gpu=r["gpu"])
                 runs.append({"file": os.path.relpath(path, ROOT), "case": c, "committed": pred,
                              "profile": "h200" if "H200" in r["gpu"].upper() else "h100"})
+    # the session-1 FA2 runs (H100, SDPA flash = the fa2 preset, MHA)
+    path = os.path.join(ROOT, "reports/validation/h100/sdpa_flash_fa2.csv")
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            c = {"id": int(r["case"]), "B": int(r["batch"]), "Hq": int(r["heads"]), "Hkv": int(r["heads"]),
+                 "N": int(r["seq"]), "d": int(r["head_dim"]), "causal": int(r["causal"]), "seed": 0,
+                 "impl": "sdpa", "density": 0.0, "gpu": "NVIDIA H100"}
+            if not (max_n and c["N"] > max_n):
+                runs.append({"file": os.path.relpath(path, ROOT), "case": c,
+                             "committed": float(r["predicted_dram_read_bytes"]), "profile": "h100"})
     return runs
 
 
