@@ -1,6 +1,6 @@
 """The L2 of ``iosim.memory.l2`` fed in chunks: the cache state carries over from one chunk to the next, and every chunk
-returns which of its accesses read DRAM, so a caller can decide the next chunk from the outcome of the last one
-(``iosim.memory.coupled``: CTAs whose loads hit in L2 run faster).
+returns which of its accesses read DRAM. ``iosim.memory.hierarchy`` streams every kernel through it in windows of the
+CTA timeline, so memory stays bounded by the window, not the trace.
 
 Same model and accounting as the general loop of ``iosim.memory.l2.simulate_lines`` (its ``_State``: every policy, sectors,
 duplicated partitions, store allocation and ``store_near``). A chunk is grouped by set like a whole trace there
