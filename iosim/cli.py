@@ -11,10 +11,11 @@ from iosim.errors import IosimError
 from iosim.hwprofile import load_hardware
 from iosim.problem import DTYPE_BYTES, KernelConfig, Problem
 from iosim.registry import algorithms
-from iosim.textfmt import format_table
+from iosim.textfmt import fmt_bytes, fmt_time, format_table
 
 
-def _add_problem_args(p: argparse.ArgumentParser) -> None:
+def add_problem_flags(p: argparse.ArgumentParser) -> None:
+    """The hardware, the algorithm and the problem (not the tiling): every command that predicts takes these."""
     p.add_argument("--hardware", default="h100", help="built-in profile name or path to a .toml profile (default h100)")
     p.add_argument("--algorithm", default="flash2", help="algorithm family (see `iosim algorithms`)")
     p.add_argument("--batch", default=1)
@@ -25,6 +26,16 @@ def _add_problem_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head-dim", default=128)
     p.add_argument("--dtype", default="bf16", choices=sorted(DTYPE_BYTES))
     p.add_argument("--causal", action="store_true")
+
+
+def problem_of(a: argparse.Namespace) -> Problem:
+    """The Problem of ``add_problem_flags``' flags (sizes already read by ``read_sizes``)."""
+    return Problem(a.batch, a.heads, a.kv_heads if a.kv_heads is not None else a.heads, a.seq_q,
+                   a.seq_kv if a.seq_kv is not None else a.seq_q, a.head_dim, a.dtype, a.causal)
+
+
+def _add_problem_args(p: argparse.ArgumentParser) -> None:
+    add_problem_flags(p)
     p.add_argument("--block-m", default=None, help="query rows per tile (default: the algorithm's)")
     p.add_argument("--block-n", default=None, help="keys per tile (default: the algorithm's)")
     p.add_argument("--num-warps", type=int, default=4)
@@ -48,8 +59,7 @@ def read_sizes(a: argparse.Namespace) -> argparse.Namespace:
 
 def problem_from_args(a: argparse.Namespace) -> tuple[Problem, KernelConfig]:
     a = read_sizes(a)
-    problem = Problem(a.batch, a.heads, a.kv_heads if a.kv_heads is not None else a.heads, a.seq_q,
-                      a.seq_kv if a.seq_kv is not None else a.seq_q, a.head_dim, a.dtype, a.causal)
+    problem = problem_of(a)
     config = KernelConfig(a.block_m, a.block_n, a.num_warps, a.num_stages,
                           tuple(x.strip() for x in a.grid_order.split(",")), a.kv_order, a.q_order, a.sram_bytes)
     return problem, config
@@ -109,16 +119,11 @@ def create_parser(load: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 def _fmt_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.3f} {unit}"
-    return f"{n} B"
+    return fmt_bytes(n, ".3f")
 
 
 def _fmt_s(t: float | None) -> str:
-    return "-" if t is None else f"{t * 1e3:.4g} ms" if t >= 1e-3 else f"{t * 1e6:.4g} µs"
+    return fmt_time(t, micro=True)
 
 
 def _tiles_line(d: dict) -> str:

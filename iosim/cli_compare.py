@@ -132,7 +132,7 @@ def table_rows(matched, pts) -> list[dict]:
 
 
 def _cell(v, kind: str) -> str:
-    from iosim.cli_sweep import fmt_bytes, fmt_time
+    from iosim.textfmt import fmt_bytes, fmt_time
     if v is None:
         return "-"
     return {"bytes": fmt_bytes, "time": fmt_time, "pct": lambda e: f"{e:+.3f}"}[kind](v)

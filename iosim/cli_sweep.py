@@ -10,6 +10,7 @@ import sys
 from typing import IO
 
 from iosim.errors import IosimError
+from iosim.textfmt import fmt_bytes, fmt_time
 
 COMMAND = "sweep"
 SUMMARY_ROWS = 20
@@ -40,19 +41,6 @@ def add_parser(sub) -> None:
     p.add_argument("--jobs", type=int, default=None, help="worker processes (default: every core; 1 = in-process)")
     p.add_argument("--no-l2", action="store_true", help="SM<->HBM counts only: skip the L2/DRAM model (fast)")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
-
-
-def fmt_bytes(n) -> str:
-    if n is None:
-        return "-"
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.4g} {unit}"
-    return f"{int(n)} B"
-
-
-def fmt_time(t) -> str:
-    return "-" if t is None else f"{t * 1e3:.4g} ms"
 
 
 def table_bytes(df, path: str) -> bytes:

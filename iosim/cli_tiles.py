@@ -9,30 +9,21 @@ from typing import IO
 from iosim.cost import PATHS
 from iosim.errors import IosimError
 from iosim.hwprofile import load_hardware
-from iosim.problem import DTYPE_BYTES, Problem
+from iosim.cli import add_problem_flags, problem_of, read_sizes
+from iosim.problem import Problem
 
 COMMAND = "tiles"
 
 
 def add_problem_args(p: argparse.ArgumentParser) -> None:
-    """The problem (not the tiling) and the hardware: shared by ``tiles`` and ``hints``."""
-    p.add_argument("--hardware", default="h100", help="built-in profile name or path to a .toml profile (default h100)")
-    p.add_argument("--algorithm", default="flash2", help="algorithm family (see `iosim algorithms`)")
-    p.add_argument("--batch", default=1)
-    p.add_argument("--heads", default=16)
-    p.add_argument("--kv-heads", default=None, help="KV heads (default = --heads)")
-    p.add_argument("--seq-q", default=4096)
-    p.add_argument("--seq-kv", default=None, help="default = --seq-q")
-    p.add_argument("--head-dim", default=128)
-    p.add_argument("--dtype", default="bf16", choices=sorted(DTYPE_BYTES))
-    p.add_argument("--causal", action="store_true")
+    """The problem (not the tiling), the hardware and the instruction path: shared by ``tiles`` and ``hints``."""
+    add_problem_flags(p)
     p.add_argument("--path", default=None, choices=PATHS,
                    help="tensor-core instruction path (default: the chip's native one; FA2's CUDA kernel = mma.sync)")
 
 
 def problem_from_args(a: argparse.Namespace) -> Problem:
-    return Problem(a.batch, a.heads, a.kv_heads if a.kv_heads is not None else a.heads, a.seq_q,
-                   a.seq_kv if a.seq_kv is not None else a.seq_q, a.head_dim, a.dtype, a.causal)
+    return problem_of(read_sizes(a))
 
 
 def add_parser(sub) -> None:

@@ -232,3 +232,19 @@ def test_second_resident_cta_hides_more_softmax():
     t8 = estimate_problem(H100, p, KernelConfig(128, 128, 8, 3), path="wgmma").kernels[0]
     assert t8.ctas_per_sm == 1
     assert t8.compute_s - t8.step_s == pytest.approx(t8.tensor_s + (1 - ov) * (t8.sfu_s + t8.fp32_s))
+
+
+def test_bound_names_the_side_that_sets_the_time():
+    """square_tiling on the A100 at 64K: its scores kernel moves more DRAM time than tensor time, yet its pipelined
+    body is max(compute, memory) with compute (tensor + exposed softmax) the larger: the bound must be a compute
+    resource, not DRAM (the largest raw time)."""
+    hw = load_hardware("a100")
+    s = build_schedule("square_tiling", Problem(1, 16, 16, 65536, 65536, 128, "bf16"), KernelConfig(), hw)
+    t = estimate(s, count(s), hw)
+    k = next(k for k in t.kernels if k.name == "square_tiling_scores")
+    assert k.dram_s > k.tensor_s * k.sm_scale               # DRAM is the largest single resource ...
+    assert k.compute_s * k.sm_scale > k.dram_s              # ... but compute sets the body
+    assert k.resource == "tensor" and k.bound == "tensor"
+    for k in t.kernels:  # every kernel: the named resource lies on the side that is longer
+        compute, memory = k.compute_s * k.sm_scale, max(k.smem_s * k.sm_scale, k.l2_s, k.dram_s)
+        assert k.resource in (("tensor", "sfu", "fp32") if compute >= memory else ("smem", "l2", "dram"))
