@@ -23,12 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 
-import numpy as np
 
 from iosim.memory.hierarchy import build_trace
 from iosim.hwprofile import load_hardware

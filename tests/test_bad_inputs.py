@@ -5,7 +5,6 @@
 import json
 import os
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np

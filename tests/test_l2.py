@@ -12,7 +12,7 @@ import pytest
 from iosim.cli import run
 from iosim.counts import count
 from iosim.errors import IosimError
-from iosim.memory.hierarchy import build_trace, simulate_schedule
+from iosim.memory.hierarchy import build_trace
 from iosim.hwprofile import load_hardware
 from iosim.memory.l2 import L2Geometry, RunTrace, expand_lines, simulate, simulate_lines
 from iosim.memory.layout import layout

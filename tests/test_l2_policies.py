@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iosim.errors import IosimError
-from iosim.memory.l2 import POLICIES, L2Geometry, RunTrace, expand_lines, simulate, simulate_lines
+from iosim.memory.l2 import POLICIES, L2Geometry, RunTrace, simulate, simulate_lines
 
 KEYS = ("hits", "misses", "evictions", "dirty_evictions", "dram_read_sectors", "dram_write_sectors", "flush_lines",
         "fabric_reads")
