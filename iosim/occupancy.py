@@ -109,17 +109,22 @@ def smem_allocated_bytes(smem_bytes: int, hw: Hardware, pipelined: bool) -> int:
 def occupancy(kernel: Kernel, hw: Hardware, num_stages: int = 1, regs_per_thread: int | None = None) -> Occupancy:
     """Resident CTAs per SM of ``kernel`` launched with ``num_stages`` pipeline stages on ``hw`` (module docstring).
 
-    regs_per_thread: the kernel preset's register count (None: estimated, ``registers_per_thread``).
+    regs_per_thread: the kernel preset's register count (None: estimated, ``registers_per_thread``); a kernel's own
+    measured ``Kernel.regs_per_thread`` / ``Kernel.smem_bytes`` take precedence (a preset's count is its main kernel's).
     Raises IosimError when the CTA's shared memory exceeds the per-block maximum or one CTA fits on no SM."""
     threads = int(kernel.threads_per_cta)
-    smem = sram_bytes(kernel, num_stages)
+    smem = sram_bytes(kernel, num_stages) if kernel.smem_bytes is None else int(kernel.smem_bytes)
     if smem > hw.smem_per_block_bytes:
         raise IosimError(f"{kernel.name}: {smem:,} B of shared memory per CTA exceeds {hw.name}'s "
                          f"{hw.smem_per_block_bytes:,} B per block; use smaller tiles or fewer stages")
     nvidia = hw.vendor == "nvidia"
     spills = False
+    if kernel.regs_per_thread is not None:
+        regs_per_thread, source = kernel.regs_per_thread, "measured (kernel)"
+    else:
+        source = "preset"
     if regs_per_thread is not None:
-        regs, source = int(regs_per_thread), "preset"
+        regs = int(regs_per_thread)
         if hw.max_registers_per_thread and regs > hw.max_registers_per_thread:
             raise IosimError(f"{kernel.name}: the preset's {regs} registers per thread exceed {hw.name}'s "
                              f"{hw.max_registers_per_thread}")

@@ -136,10 +136,13 @@ class Load:
 
 @dataclass(frozen=True)
 class Store:
-    """On-chip → HBM: ``buffer`` is written to the tile."""
+    """On-chip → HBM: ``buffer`` is written to the tile. atomic: an fp32 atomic add (``red.global.add``) of the buffer
+    into the tile instead of a plain write (FA2's dQ accumulation, flash_bwd_kernel.h): SM → L2 bytes like a write, no
+    bytes back to the SM, a read-modify-write at the L2."""
 
     buffer: str
     tile: Tile
+    atomic: bool = False
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,8 @@ class Kernel:
     buffers: tuple[Buffer, ...]
     body: tuple[Stmt, ...]
     threads_per_cta: int = 128
+    regs_per_thread: int | None = None  # measured registers of this launch (ncu); None: the preset's or estimated
+    smem_bytes: int | None = None  # measured dynamic shared memory per CTA (ncu); None: the schedule's smem buffers
 
     @property
     def num_programs(self) -> Expr:
