@@ -12,7 +12,7 @@ enumerates 8,192 query blocks, not 8,192 × 16,384 tile pairs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
@@ -28,7 +28,10 @@ MAX_POINTS = 50_000_000  # enumerated (program, outer-iteration) points; beyond 
 
 @dataclass(frozen=True)
 class KernelCounts:
-    """Totals for one kernel launch. *_bytes are SM ↔ global-memory (L2) traffic; flops are executed work."""
+    """Totals for one kernel launch. *_bytes are SM ↔ global-memory (L2) traffic; flops are executed work.
+
+    atomic_bytes: the part of write_bytes that atomic stores (``Store(atomic=True)``, fp32 RED) send to the L2; they
+    are SM → L2 writes and return nothing to the SM, so they never count as SM read bytes."""
 
     name: str
     programs: int
@@ -38,6 +41,11 @@ class KernelCounts:
     exp_ops: int
     other_flops: int
     sram_bytes: int
+    atomic_bytes: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def sm_atomic_bytes(self) -> int:
+        return sum(self.atomic_bytes.values())
 
     @property
     def sm_read_bytes(self) -> int:
@@ -63,6 +71,7 @@ class Counts:
 
     sm_read_bytes = property(lambda self: self._sum("sm_read_bytes"))
     sm_write_bytes = property(lambda self: self._sum("sm_write_bytes"))
+    sm_atomic_bytes = property(lambda self: self._sum("sm_atomic_bytes"))
     matmul_flops = property(lambda self: self._sum("matmul_flops"))
     exp_ops = property(lambda self: self._sum("exp_ops"))
     other_flops = property(lambda self: self._sum("other_flops"))
@@ -84,6 +93,8 @@ def _quantities(stmt, schedule: Schedule):
         yield ("read", stmt.tile.tensor), schedule.tensors[stmt.tile.tensor].elem_bytes, stmt.tile.spans
     elif isinstance(stmt, Store):
         yield ("write", stmt.tile.tensor), schedule.tensors[stmt.tile.tensor].elem_bytes, stmt.tile.spans
+        if stmt.atomic:
+            yield ("atomic", stmt.tile.tensor), schedule.tensors[stmt.tile.tensor].elem_bytes, stmt.tile.spans
     elif isinstance(stmt, Compute):
         for key, works in (("matmul", stmt.matmul), ("exp", stmt.exp), ("other", stmt.other)):
             for w in works:
@@ -250,6 +261,9 @@ def count_kernel(schedule: Schedule, kernel: Kernel) -> KernelCounts:
     for st in walk(kernel.body):
         if isinstance(st, Loop):
             used |= _free(st.start) | _free(st.stop)
+        if isinstance(st, Store) and st.atomic and schedule.tensors[st.tile.tensor].elem_bytes != 4:
+            raise IosimError(f"{kernel.name}: atomic store into {st.tile.tensor}, which is not fp32; atomics here "
+                             f"are fp32 adds (make the tensor's elem_bytes 4)")
         for _, coeff, spans in _quantities(st, schedule):
             used |= _free(coeff)
             for s in spans:
@@ -274,6 +288,7 @@ def count_kernel(schedule: Schedule, kernel: Kernel) -> KernelCounts:
         exp_ops=tot.get(("exp", ""), 0),
         other_flops=tot.get(("other", ""), 0),
         sram_bytes=sram_bytes(kernel, getattr(cfg, "num_stages", 1)),
+        atomic_bytes=MappingProxyType({t: v for (k, t), v in tot.items() if k == "atomic"}),
     )
 
 

@@ -5,7 +5,7 @@ program walks its loop nest (bounds evaluated exactly with ``iosim.expr.evaluate
 
 * ``Load``  copies a tile of an "HBM" array into an explicit on-chip buffer of the kernel's declared shape,
 * ``Compute`` dispatches on ``op`` through ``OPS`` (a name → function table) and touches only buffers,
-* ``Store`` copies a buffer region back into the HBM array.
+* ``Store`` copies a buffer region back into the HBM array; an atomic ``Store`` (fp32 RED) adds it into the array.
 
 Every byte moved between HBM arrays and buffers is tallied per kernel and per tensor, as
 ``elements(tile) × TensorSpec.elem_bytes``; the tallies equal ``iosim.counts.count(schedule)`` exactly (that is
@@ -341,9 +341,10 @@ def op_bwd_dk(ctx, ds, q, dk):
 
 
 def op_bwd_dq(ctx, ds, k, dq):
-    """dQ_i += dS K_j (into the dQ_accum tile just loaded; written back at once: atomic-add semantics)."""
+    """dQ partial = dS K_j: this CTA's contribution, which an atomic Store adds into dQ_accum."""
     r, c = ds.ext
-    dq.data[:r] += ds.data[:r, :c] @ k.data[:c]
+    dq.data[:r] = ds.data[:r, :c] @ k.data[:c]
+    dq.set((ds.origin[0], 0), (r, dq.data.shape[1]))
 
 
 def op_scale(ctx, *bufs):
@@ -449,7 +450,10 @@ class _Compiled:
             if t.tensor not in self.schedule.tensors:
                 raise IosimError(f"{self.kernel.name}: tile of unknown tensor {t.tensor!r}")
             self._declare(st.buffer, t)
-            kind = "load" if isinstance(st, Load) else "store"
+            if isinstance(st, Store) and st.atomic and self.schedule.tensors[t.tensor].elem_bytes != 4:
+                raise IosimError(f"{self.kernel.name}: atomic store into {t.tensor}, which is not fp32; atomics "
+                                 f"here are fp32 adds (make the tensor's elem_bytes 4)")
+            kind = "load" if isinstance(st, Load) else ("atomic" if st.atomic else "store")
             return (kind, st.buffer, t.tensor, [_span_fn(s) for s in t.spans], self.schedule.tensors[t.tensor].elem_bytes)
         if isinstance(st, Compute):
             if st.op not in OPS:
@@ -535,7 +539,8 @@ class _Executor:
             read_bytes=MappingProxyType({t: v for (k, t), v in tally.items() if k == "read"}),
             write_bytes=MappingProxyType({t: v for (k, t), v in tally.items() if k == "write"}),
             matmul_flops=work[0], exp_ops=work[1], other_flops=work[2],
-            sram_bytes=kernel_sram_bytes(kernel, getattr(self.schedule.config, "num_stages", 1)))
+            sram_bytes=kernel_sram_bytes(kernel, getattr(self.schedule.config, "num_stages", 1)),
+            atomic_bytes=MappingProxyType({t: v for (k, t), v in tally.items() if k == "atomic"}))
 
     def _block(self, stmts, env, bufs, tally, work, kname):
         hbm = self.hbm
@@ -566,6 +571,8 @@ class _Executor:
                 nelem = math.prod(exts)
                 key = ("read" if kind == "load" else "write", tname)
                 tally[key] = tally.get(key, 0) + nelem * eb
+                if kind == "atomic":
+                    tally[("atomic", tname)] = tally.get(("atomic", tname), 0) + nelem * eb
                 arr = hbm[tname]
                 gsl = tuple(slice(s, s + e) for s, e in se)
                 buf = bufs[bname]
@@ -577,6 +584,8 @@ class _Executor:
                         buf.set(origin, tuple(sl.stop for sl in bsl))
                     else:
                         buf.set(origin, tuple(max(a, sl.stop) for a, sl in zip(buf.ext, bsl)))
+                elif kind == "atomic":
+                    arr[gsl] += buf.data[bsl].reshape(exts)
                 else:
                     arr[gsl] = buf.data[bsl].reshape(exts)
 
@@ -691,12 +700,12 @@ def run(schedule: Schedule, inputs: Mapping[str, np.ndarray], *, sram_bytes: int
 
 def count_mismatches(result: Result, counts) -> list[str]:
     """Differences between an execution's tallies and ``iosim.counts.count(schedule)`` (empty = exactly equal):
-    per kernel, bytes read and written per tensor, programs, matmul/exp/other work and SRAM bytes."""
+    per kernel, bytes read, written and atomically added per tensor, programs, matmul/exp/other work and SRAM bytes."""
     out = []
     if [k.name for k in result.kernels] != [k.name for k in counts.kernels]:
         return [f"kernels differ: executed {[k.name for k in result.kernels]}, counted {[k.name for k in counts.kernels]}"]
     for t, c in zip(result.kernels, counts.kernels):
-        for which in ("read_bytes", "write_bytes"):
+        for which in ("read_bytes", "write_bytes", "atomic_bytes"):
             a = {n: v for n, v in getattr(t, which).items() if v}
             b = {n: v for n, v in getattr(c, which).items() if v}
             if a != b:

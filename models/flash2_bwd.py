@@ -138,9 +138,8 @@ def build(p: Problem, cfg: KernelConfig, hw=None, block_mask=None) -> Schedule:
         Load("delta", row_tile(p, "D", b, h, rows)),
         Compute("bwd_ds", ("s", "dp", "delta"), other=(Work(2, (rows, cols)),)),
         Compute("bwd_dk", ("dp", "q", "dk"), matmul=(Work(2 * d, (rows, cols)),)),
-        Load("dq", q_tile(p, "dQ_accum", b, h, rows)),
         Compute("bwd_dq", ("dp", "k", "dq"), matmul=(Work(2 * d, (rows, cols)),), other=(Work(d, (rows,)),)),
-        Store("dq", q_tile(p, "dQ_accum", b, h, rows)),
+        Store("dq", q_tile(p, "dQ_accum", b, h, rows), atomic=True),
     )
     dk_name, dv_name = ("dK_expanded", "dV_expanded") if g else ("dK", "dV")
     # the expanded gradients are per query head h; without GQA, h is the KV head too
