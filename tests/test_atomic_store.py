@@ -10,7 +10,7 @@ from iosim.problem import KernelConfig, Problem
 from iosim.reference import count_mismatches, run
 from iosim.schedule import Buffer, GridAxis, Kernel, Load, Schedule, Span, Store, TensorSpec, Tile, full, point, var
 
-P, W = 3, 40  # programs, row width (fp32: 160 B a row)
+P, W = 3, 64  # programs, row width (fp32: 256 B a row, two 128-B lines)
 
 
 def _schedule(y_elem_bytes: int = 4) -> Schedule:
@@ -29,7 +29,7 @@ def test_atomic_store_adds_into_memory_and_counts_as_writes_not_reads():
     x, y0 = rng.standard_normal((P, W)), rng.standard_normal((1, W))
     s = _schedule()
     res = run(s, {"X": x, "Y": y0})
-    np.testing.assert_allclose(res.tensors["Y"], y0 + x.sum(axis=0, keepdims=True), rtol=1e-14)
+    np.testing.assert_allclose(res.tensors["Y"], y0 + x.sum(axis=0, keepdims=True), rtol=0, atol=1e-13)
     c = count(s)
     k = c.kernels[0]
     assert dict(k.read_bytes) == {"X": P * W * 4}  # the RED returns nothing: Y is never read by the SM
@@ -52,3 +52,33 @@ def test_atomic_store_into_a_non_fp32_tensor_is_refused():
         count(s)
     with pytest.raises(IosimError, match="atomic store into Y, which is not fp32"):
         run(s, {"X": np.zeros((P, W)), "Y": np.zeros((1, W))})
+
+
+def test_atomic_trace_is_an_l2_read_then_a_write_and_not_an_sm_read():
+    from iosim.memory.layout import layout
+    from iosim.memory.trace import expand_kernel
+    s = _schedule()
+    tr = expand_kernel(s, s.kernels[0], layout(s))
+    # per program: load X row, RMW read of Y, write of Y at one tick; the read is ordered before the write
+    for pid in range(P):
+        mine = tr.prog == pid
+        kinds = sorted(zip(tr.order[mine], tr.write[mine], tr.rmw[mine]))
+        assert [(w, r) for _, w, r in kinds] == [(False, False), (False, True), (True, False)]
+        assert len(set(tr.tick[mine])) == 1
+    assert tr.read_bytes == P * W * 4 and tr.write_bytes == P * W * 4
+
+
+@pytest.mark.parametrize("atomic", [True, False])
+def test_atomic_to_a_line_not_in_l2_reads_it_from_dram(atomic):
+    from iosim.hwprofile import load_hardware
+    from iosim.memory import simulate
+    s = _schedule()
+    k = s.kernels[0]
+    store = Store("x", k.body[1].tile, atomic=atomic)
+    # only the store: Y (256 B, whole 64-B DRAM fetch groups) was never touched, so it is not in the L2
+    s1 = Schedule(s.algorithm, s.problem, s.config, s.tensors, (Kernel(k.name, k.grid, k.buffers, (store,)),))
+    r = simulate(s1, load_hardware("h100"), stride=1)
+    y_bytes = W * 4
+    # an atomic fetches Y's sectors from DRAM once (later atomics hit); a plain full-sector store fetches nothing
+    assert r.dram_read_bytes == (y_bytes if atomic else 0)
+    assert r.dram_write_bytes == y_bytes

@@ -6,6 +6,10 @@ Ticks: every iteration of a loop is one tick (plus the ticks of the loops nested
 happen at the current tick without advancing it. So FA2's CTA issues Q with its first KV step (tick 0), K_j and V_j
 at ticks 0…trips−1, and O, LSE at tick ``trips``; its duration is trips + 1 ticks. The scheduler
 (``iosim.memory.scheduler``) turns ticks into global time.
+
+An atomic store (``Store(atomic=True)``, fp32 RED) is a read-modify-write done at the L2: it becomes a read of the
+range (``rmw``: the L2 needs the line, a miss fetches it from DRAM; no bytes go back to the SM) and then a write
+(the line is dirtied), at the same tick, the read ordered first. Traces of schedules without atomics are unchanged.
 """
 
 from __future__ import annotations
@@ -32,10 +36,13 @@ class KernelTrace:
     write: np.ndarray      # bool
     addr: np.ndarray       # int64 byte address
     nbytes: np.ndarray     # int64
+    rmw: np.ndarray | None = None  # bool: the L2-side read of an atomic (no bytes to the SM); None: no atomics
 
     @property
     def read_bytes(self) -> int:
-        return int(self.nbytes[~self.write].sum())
+        """SM read bytes: loads (an atomic's L2-side read excluded)."""
+        sm_read = ~self.write if self.rmw is None else ~self.write & ~self.rmw
+        return int(self.nbytes[sm_read].sum())
 
     @property
     def write_bytes(self) -> int:
@@ -136,13 +143,15 @@ class _Expander:
         self.order: dict[int, int] = {}
 
     def block(self, stmts, env: dict, npts: int, win=None):
-        """Events of ``stmts`` at every point: list of (point, tick, order, write, addr, nbytes) and ticks used.
+        """Events of ``stmts`` at every point: list of (point, tick, order, write, addr, nbytes, rmw) and ticks used.
         win: None (every tick) or per-point (lo, hi): only the events at ticks lo ≤ tick < hi (relative to the start
         of the block) are expanded; the ticks used are the same either way."""
         events = []
         cursor = np.zeros(npts, dtype=np.int64)
         for st in stmts:
             if isinstance(st, (Load, Store)):
+                atomic = isinstance(st, Store) and st.atomic
+                o_rmw = self.order.setdefault((id(st), "rmw"), len(self.order)) if atomic else None
                 o = self.order.setdefault(id(st), len(self.order))
                 if win is None:
                     pts, addr, nb = tile_runs(st.tile, self.lay, env, npts)
@@ -150,7 +159,9 @@ class _Expander:
                     sel = np.flatnonzero((cursor >= win[0]) & (cursor < win[1]))
                     pts, addr, nb = tile_runs(st.tile, self.lay, _gather(env, sel), len(sel))
                     pts = sel[pts]
-                events.append((pts, cursor[pts], o, isinstance(st, Store), addr, nb))
+                if atomic:
+                    events.append((pts, cursor[pts], o_rmw, False, addr, nb, True))
+                events.append((pts, cursor[pts], o, isinstance(st, Store), addr, nb, False))
             elif isinstance(st, Loop):
                 lo, hi, trips = _trips(st, env, npts)
                 if not _has_loop(st.body):   # one tick per iteration: the window picks iterations directly
@@ -177,9 +188,9 @@ class _Expander:
                     else:
                         sub_win = None
                     sub_events, _ = self.block(st.body, sub_env, total, sub_win)
-                for pts, tk, o, w, addr, nb in sub_events:
+                for pts, tk, o, w, addr, nb, rmw in sub_events:
                     own = owner[pts]
-                    events.append((own, cursor[own] + iter_start[pts] + tk, o, w, addr, nb))
+                    events.append((own, cursor[own] + iter_start[pts] + tk, o, w, addr, nb, rmw))
                 cursor = cursor + loop_ticks
         return events, cursor
 
@@ -223,11 +234,15 @@ def expand_kernel(schedule: Schedule, kernel: Kernel, lay: Layout, programs: np.
         write = np.concatenate([np.full(len(e[0]), e[3], dtype=bool) for e in events])
         addr = np.concatenate([e[4] for e in events])
         nb = np.concatenate([e[5] for e in events])
+        rmw = np.concatenate([np.full(len(e[0]), e[6], dtype=bool) for e in events]) if any(e[6] for e in events) \
+            else None
         del events
     else:
         prog = tick = order = addr = nb = np.zeros(0, dtype=np.int64)
         write = np.zeros(0, dtype=bool)
+        rmw = None
     keep = nb > 0
     if not keep.all():
         prog, tick, order, write, addr, nb = (a[keep] for a in (prog, tick, order, write, addr, nb))
-    return KernelTrace(kernel.name, P, cursor + 1, prog, tick, order, write, addr, nb)
+        rmw = None if rmw is None else rmw[keep]
+    return KernelTrace(kernel.name, P, cursor + 1, prog, tick, order, write, addr, nb, rmw)
