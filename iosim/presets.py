@@ -17,7 +17,14 @@
     K tile j+1 before the softmax/PV of tile j and the V load under QKᵀ (``flash_fwd_kernel.h``,
     ``compute_attn_1rowblock``), so the cost model overlaps its loads with compute as for a ≥ 2-stage pipeline.
   * 255 registers per thread, 128 threads (ncu on the validation H100, ../shared/devices.md) → 2 CTAs per SM.
-  Not modeled: the split-KV path PyTorch takes for few query blocks (decode), dropout.
+  * the launch decision (``models/splitkv.py``, ``fa2_launch``): PyTorch's ``mha_fwd`` (flash_api.cpp) packs the G
+    query heads of a KV head into the rows of one tile for Nq = 1 GQA (``seqlenq_ngroups_swapped``) and always asks
+    ``set_params_splitkv`` for a split count (``num_splits_heuristic`` on 2·SMs); ``run_mha_fwd`` takes the split-KV
+    kernel iff num_splits > 1 → algorithm ``splitkv`` with FA2's split tiles (kBlockM 64, kBlockN 256/128/64 by
+    head dim, 4 warps, KV descending; its registers and shared memory are the split kernel's own, measured), else
+    ``flash2`` with the tiles above.
+  * backward (``direction="bwd"``): ``flash2_bwd`` with ``fa2_bwd_tiles`` below.
+  Not modeled: dropout.
 ``triton-tutorial`` — Triton's fused-attention tutorial (triton-lang/triton ``python/tutorials/06-fused-attention.py``,
   Triton 3.x): grid (ceil(N/BLOCK_M), Z·H) with off_hz = z·H + h, so query block fastest, then head, then batch;
   the KV loop ascends (off-band blocks [0, start_m·BLOCK_M), then the diagonal band when causal). Its autotuner picks
@@ -88,6 +95,8 @@ class KernelPreset:
     instruction_path: str | None = None  # tensor-core path for the cost model (None = the chip's native one)
     prefetch: bool = False  # loads overlap compute inside the CTA although num_stages = 1 (cost.estimate's prefetch)
     schedule: Callable | None = None  # (problem, config, hw, block_mask) -> Schedule; None = the algorithm's builder
+    launch: Callable | None = None  # (problem, hw, config) -> (algorithm, config, preset): a run-time kernel choice
+    backward: "KernelPreset | None" = None  # what the kernel's backward pass launches (apply(..., direction="bwd"))
 
 
 def fa2_tiles(head_dim: int, hw=None) -> tuple[int, int, int]:
@@ -114,6 +123,50 @@ def _fa2_config(p: Problem, hw, base: KernelConfig) -> KernelConfig:
     bm, bn, warps = fa2_tiles(p.head_dim, hw)
     return replace(base, block_m=bm, block_n=bn, num_warps=warps, num_stages=1, grid_order=("m", "b", "h"),
                    kv_order="descending", q_order="ascending")
+
+
+def fa2_bwd_tiles(head_dim: int, hw=None) -> tuple[int, int, int, int]:
+    """(kBlockM, kBlockN, warps, smem stages) of FA2's backward (no dropout), ``flash_bwd_launch_template.h``
+    ``run_mha_bwd_hdim*`` (PyTorch's copy): the branch taken depends on the opt-in shared memory per block
+    (cudaDevAttrMaxSharedMemoryPerBlockOptin = ``hw.smem_per_block_bytes``; without a profile: an sm90 GPU's).
+    Stages: 2 when the traits' No_double_buffer is false (Q double-buffered), 1 otherwise. All launch 8 warps."""
+    smem = hw.smem_per_block_bytes if hw is not None else 232448
+    k = 1024
+    if head_dim <= 32:
+        return 128, 128, 8, 2
+    if head_dim <= 64:
+        return (128, 128, 8, 2) if smem >= 144 * k else (64, 128, 8, 2)
+    if head_dim <= 96:
+        return 64, 128, 8, 2
+    if head_dim <= 128:
+        return (64, 128, 8, 2) if smem >= 144 * k else (64, 64, 8, 2)
+    if head_dim <= 160:
+        return 64, 64, 8, 2 if smem >= 116 * k else 1
+    if head_dim <= 192:
+        return 64, 64, 8, 2 if smem >= 136 * k else 1
+    if head_dim <= 224:
+        return 64, 64, 8, 2
+    if head_dim <= 256:
+        return 64, 64, 8, 2 if smem >= 176 * k else 1
+    raise IosimError(f"FlashAttention-2 backward supports head_dim ≤ 256, got {head_dim}")
+
+
+def _fa2_bwd_config(p: Problem, hw, base: KernelConfig) -> KernelConfig:
+    bm, bn, warps, stages = fa2_bwd_tiles(p.head_dim, hw)
+    # grid_n (num_n_block, b, h) in run_flash_bwd_seqk_parallel: KV block fastest, then batch, then head
+    return replace(base, block_m=bm, block_n=bn, num_warps=warps, num_stages=stages, grid_order=("m", "b", "h"))
+
+
+def _fa2_launch(p: Problem, hw, base: KernelConfig):
+    """FA2 forward as PyTorch's flash backend runs it: split-KV (GQA-packed for Nq = 1) when num_splits > 1."""
+    from iosim.models.splitkv import fa2_launch, split_tiles
+    pre = PRESETS["fa2"]
+    if fa2_launch(p, hw).num_splits == 1:
+        return "flash2", _fa2_config(p, hw, base), pre
+    bm, bn = split_tiles(p.head_dim)
+    cfg = replace(base, block_m=bm, block_n=bn, num_warps=4, num_stages=1, grid_order=("m", "b", "h"),
+                  kv_order="descending", q_order="ascending")
+    return "splitkv", cfg, replace(pre, algorithm="splitkv", regs_per_thread=None, launch=None)
 
 
 def _triton_tutorial_config(p: Problem, hw, base: KernelConfig) -> KernelConfig:
@@ -244,8 +297,11 @@ def flex_schedule(p: Problem, cfg: KernelConfig, hw=None, block_mask=None):
 
 
 PRESETS: dict[str, KernelPreset] = {
-    "fa2": KernelPreset("fa2", "flash2", "FlashAttention-2 CUDA as in PyTorch SDPA (grid m,b,h; KV descending; 255 regs)",
-                        _fa2_config, regs_per_thread=255, instruction_path="mma.sync", prefetch=True),
+    "fa2": KernelPreset("fa2", "flash2", "FlashAttention-2 CUDA as in PyTorch SDPA (grid m,b,h; KV descending; 255 regs; "
+                        "split-KV for decode)", _fa2_config, regs_per_thread=255, instruction_path="mma.sync",
+                        prefetch=True, launch=_fa2_launch,
+                        backward=KernelPreset("fa2", "flash2_bwd", "FlashAttention-2 CUDA backward as in PyTorch SDPA "
+                                              "(grid n,b,h; 8 warps)", _fa2_bwd_config, instruction_path="mma.sync")),
     "triton-tutorial": KernelPreset("triton-tutorial", "flash2",
                                     "Triton fused-attention tutorial (grid m, z·h; KV ascending; 128×64, 2 stages)",
                                     _triton_tutorial_config),
@@ -265,7 +321,22 @@ def get_preset(name: str) -> KernelPreset:
         raise IosimError(f"unknown kernel preset {name!r}; known: {', '.join(PRESETS)}") from None
 
 
-def apply(name: str, problem: Problem, hw, config: KernelConfig) -> tuple[str, KernelConfig, KernelPreset]:
-    """(algorithm, config, preset): the preset pins tiles, warps, stages and the orders; sram_bytes is kept."""
+DIRECTIONS = ("fwd", "bwd")
+
+
+def apply(name: str, problem: Problem, hw, config: KernelConfig,
+          direction: str = "fwd") -> tuple[str, KernelConfig, KernelPreset]:
+    """(algorithm, config, preset) of the kernel ``name`` launches for ``direction`` ('fwd' or 'bwd'): the preset
+    pins tiles, warps, stages and the orders; sram_bytes is kept. The returned preset carries the registers,
+    instruction path and prefetch of that launch."""
     pre = get_preset(name)
+    if direction not in DIRECTIONS:
+        raise IosimError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    if direction == "bwd":
+        if pre.backward is None:
+            have = ", ".join(n for n, p in PRESETS.items() if p.backward is not None)
+            raise IosimError(f"kernel preset {name!r} has no backward pass modelled; use one of: {have}")
+        pre = pre.backward
+    if pre.launch is not None:
+        return pre.launch(problem, hw, config)
     return pre.algorithm, pre.config(problem, hw, config), pre

@@ -22,6 +22,7 @@ Work: per visited tile as flash2; finalize as flash2; combine per row per split:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import sympy as sp
 
@@ -62,6 +63,36 @@ def num_splits_heuristic(batch_nheads_mblocks: int, num_sms: int, num_n_blocks: 
         if eligible(s) and eff[s - 1] >= 0.85 * best:
             return s
     return 1
+
+
+@dataclass(frozen=True)
+class Fa2Launch:
+    """What PyTorch's ``mha_fwd`` (flash_api.cpp) decides for a forward: packed = ``seqlenq_ngroups_swapped`` (q
+    reshaped (B, H_k, G, d) → (B, G, H_k, d)), then rows = seqlen_q and heads = num_heads as the kernels see them
+    (G and H_k when packed), and num_splits from ``set_params_splitkv`` (1 → ``run_mha_fwd`` runs the plain kernel)."""
+
+    packed: bool
+    rows: int
+    heads: int
+    num_splits: int
+
+
+def gqa_packs(p: Problem) -> bool:
+    """``seqlenq_ngroups_swapped`` (mha_fwd): seqlen_q == 1, H > H_k, no window, no dropout, d % 8 == 0, no ALiBi.
+    A causal mask makes no window here: mha_fwd sets is_causal = false when seqlen_q == 1 before the test."""
+    return p.seq_q == 1 and p.heads > p.kv_heads and p.head_dim % 8 == 0
+
+
+def fa2_launch(p: Problem, hw) -> Fa2Launch:
+    """PyTorch's flash forward decision for ``p`` on ``hw`` (None: no GPU → 1 split): ``set_params_splitkv`` runs
+    on every ``mha_fwd`` with num_splits = 0, after the swap: num_m_blocks = ⌈seqlen_q/64⌉, num_n_blocks with the
+    split kernel's block_n, ``num_splits_heuristic(B·H·num_m_blocks, 2·SMs, num_n_blocks, 128)``."""
+    packed = gqa_packs(p)
+    rows, heads = (p.group, p.kv_heads) if packed else (p.seq_q, p.heads)
+    bm, bn = split_tiles(p.head_dim)
+    ns = 1 if hw is None else num_splits_heuristic(p.batch * heads * cdiv(rows, bm), 2 * hw.sm_count,
+                                                   cdiv(p.seq_kv, bn), 128)
+    return Fa2Launch(packed, rows, heads, ns)
 
 
 def default_num_splits(p: Problem, bm: int, bn: int, hw) -> int:
