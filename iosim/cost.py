@@ -10,7 +10,8 @@ fp32        other FLOPs / (fp32_flops_per_s / 2): the datasheet FP32 rate counts
 smem        shared-memory bytes / (smem_bandwidth_bytes_per_clock_per_sm × sm_count × boost_clock_hz): operand bytes
             the MMAs read from shared memory, as FA4's roofline counts them (rule in ``smem_bytes``)
 l2          SM↔L2 bytes (the counts' read + write bytes) / l2_bandwidth_bytes_per_s (profile; if absent,
-            4 × HBM bandwidth, the assumption of Triton's old matmul_perf_model)
+            4 × HBM bandwidth, the assumption of Triton's old matmul_perf_model); atomic stores (fp32 RED, counted
+            among the writes) add atomic bytes / (L2 bandwidth × L2_ATOMIC_EFFICIENCY): their read-modify-write
 dram        DRAM bytes / (hbm_bandwidth_bytes_per_s × DRAM_EFFICIENCY); DRAM bytes come from the L2 model when the
             caller passes them, else the compulsory traffic (``compulsory_dram_bytes``: every tensor a kernel reads
             is read from DRAM once, every tensor it writes is written once; re-reads are assumed to hit in L2)
@@ -157,6 +158,11 @@ SMEM_EFFICIENCY = Efficiency(1.0, "paper", "FA4 (arXiv 2603.05451) §2.2: 128 B/
 
 SFU_EFFICIENCY = Efficiency(1.0, "documentation", "MUFU.EX2 at the CUDA guide's 16 results/clk/SM (FA3 footnote); "
                             "iosim calibrate measures it")
+
+L2_ATOMIC_EFFICIENCY = Efficiency(1.0, "assumed",
+    "an fp32 RED is a read-modify-write in the L2 slice: besides the write's L2 bandwidth (counted with the writes), "
+    "its read of the line is charged once more at the full L2 bandwidth. No published or measured RED throughput for "
+    "the H100/H200 was found; to be measured (ncu lts__t_sectors_op_red against FA2's backward)")
 
 LAUNCH_OVERHEAD_S = 3e-6
 """Per kernel launch (host launch + GPU front end), assumed 3 µs (typical CUDA launch latency 2–5 µs); iosim
@@ -487,9 +493,13 @@ def tensor_bytes(schedule: Schedule, name: str) -> int:
 
 
 def compulsory_dram_bytes(schedule: Schedule, kc: KernelCounts) -> tuple[int, int]:
-    """(read, write) DRAM bytes of one kernel when no L2 model is given: each tensor the kernel reads is read from
-    DRAM once (min(SM bytes, tensor size)), each tensor it writes is written once; all re-reads hit in L2."""
-    r = sum(min(v, tensor_bytes(schedule, t)) for t, v in kc.read_bytes.items())
+    """(read, write) DRAM bytes of one kernel when no L2 model is given: each tensor the kernel reads, or updates
+    atomically (the L2 fetches the line to add into it), is read from DRAM once (min(SM bytes, tensor size)), each
+    tensor it writes is written once; all re-reads hit in L2."""
+    fetched = dict(kc.read_bytes)
+    for t, v in kc.atomic_bytes.items():
+        fetched[t] = fetched.get(t, 0) + v
+    r = sum(min(v, tensor_bytes(schedule, t)) for t, v in fetched.items())
     w = sum(min(v, tensor_bytes(schedule, t)) for t, v in kc.write_bytes.items())
     return r, w
 
@@ -660,6 +670,10 @@ def estimate_kernel(schedule: Schedule, kernel: Kernel, kc: KernelCounts, hw: Ha
         notes.append(f"{hw.name} has no shared-memory bandwidth: smem time not modeled")
     sm_bytes = kc.sm_read_bytes + kc.sm_write_bytes
     l2_s = sm_bytes / l2_bandwidth(hw)
+    if kc.sm_atomic_bytes:
+        l2_s += kc.sm_atomic_bytes / (l2_bandwidth(hw) * L2_ATOMIC_EFFICIENCY.value)
+        notes.append(f"{kc.sm_atomic_bytes:,} B of fp32 atomics: L2 read-modify-write charged "
+                     f"({L2_ATOMIC_EFFICIENCY.kind}: L2_ATOMIC_EFFICIENCY {L2_ATOMIC_EFFICIENCY.value:g})")
     if hw.l2_bandwidth_bytes_per_s is None:
         notes.append(f"L2 bandwidth assumed {L2_FALLBACK_FACTOR:g} × HBM ({hw.name} profile has none)")
     assumed = dram_read_bytes is None or dram_write_bytes is None

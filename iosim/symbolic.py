@@ -335,6 +335,7 @@ def _io_terms(stmts, subs: dict) -> dict:
                 for t in terms:
                     out.extend(_sum_term(t, st.var, lo, hi))
         elif isinstance(st, (Load, Store)):
+            # an atomic Store (fp32 RED) is a write: SM → L2 bytes, nothing back to the SM (as iosim.counts)
             key = ("read" if isinstance(st, Load) else "write", st.tile.tensor)
             spans = tuple(Span(sp.sympify(s.index).xreplace(subs), sp.sympify(s.block).xreplace(subs),
                                sp.sympify(s.length).xreplace(subs)) for s in st.tile.spans)

@@ -82,3 +82,18 @@ def test_atomic_to_a_line_not_in_l2_reads_it_from_dram(atomic):
     # an atomic fetches Y's sectors from DRAM once (later atomics hit); a plain full-sector store fetches nothing
     assert r.dram_read_bytes == (y_bytes if atomic else 0)
     assert r.dram_write_bytes == y_bytes
+
+
+def test_cost_charges_the_atomic_read_modify_write_at_the_l2():
+    from iosim.cost import L2_ATOMIC_EFFICIENCY, estimate
+    from iosim.hwprofile import load_hardware
+    hw = load_hardware("h100")
+    s = _schedule()
+    k = s.kernels[0]
+    plain = Schedule(s.algorithm, s.problem, s.config, s.tensors,
+                     (Kernel(k.name, k.grid, k.buffers, (k.body[0], Store("x", k.body[1].tile))),))
+    ta, tp = estimate(s, count(s), hw).kernels[0], estimate(plain, count(plain), hw).kernels[0]
+    red_bytes = P * W * 4
+    assert ta.l2_s - tp.l2_s == pytest.approx(red_bytes / (hw.l2_bandwidth_bytes_per_s * L2_ATOMIC_EFFICIENCY.value))
+    # compulsory DRAM: the atomic's L2 fetches Y (W·4 B) once; a plain store reads nothing of Y
+    assert ta.dram_read_bytes - tp.dram_read_bytes == W * 4
