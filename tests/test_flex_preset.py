@@ -69,7 +69,8 @@ def test_causal_bytes_and_order():
 
 
 def test_causal_matches_fa2_bytes_for_same_tiles():
-    p = Problem(1, 2, 2, 1024, 1024, 64, causal=True)  # BLOCK_M = BLOCK_N = 128 = sparse block: same tiles as FA2
+    p = Problem(8, 2, 2, 1024, 1024, 64, causal=True)  # BLOCK_M = BLOCK_N = 128 = sparse block: same tiles as FA2
+    # (B·H·⌈N/64⌉ = 256 ≥ 0.8·2·132 CTAs: FA2 runs its plain kernel, no split-KV)
     fa2 = predict(H100, p, KernelConfig(), kernel="fa2", l2=False)
     fl = predict(H100, p, KernelConfig(), kernel="flex", l2=False)
     assert fl.counts.sm_read_bytes == fa2.counts.sm_read_bytes
