@@ -39,8 +39,8 @@ import triton.language as tl
 
 from iosim.errors import IosimError
 from iosim.problem import KernelConfig
-from iosim.triton_kernels.schedule import (DEFAULT_CONFIGS, check_head_dim, decode_splits,  # noqa: F401
-                                           default_config, launch_config, launch_grid, use_decode)
+from iosim.triton_kernels.schedule import (DEFAULT_CONFIGS, backward_config, check_head_dim,  # noqa: F401
+                                           decode_splits, default_config, launch_config, launch_grid, use_decode)
 
 LOG2E = 1.4426950408889634
 
@@ -296,6 +296,120 @@ def _combine_kernel(OP, LP, O, LSE,
     lse = tl.where(tot > 0.0, (m_sub + tl.math.log2(tl.where(tot > 0.0, tot, 1.0))) / 1.4426950408889634,
                    float("-inf"))
     tl.store(LSE + b * stride_eb + h * stride_eh + n, lse)
+
+
+# --- backward: FA2 Algorithm 2 in three launches (Dao-AILab/flash-attention flash_bwd_launch_template.h) ---------
+
+
+@triton.jit
+def _bwd_preprocess(O, DO, DELTA, DQA,
+                    stride_ob, stride_oh, stride_om, stride_db, stride_dh, stride_dm,
+                    Nq, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Query block i of head (b, h): D_i = rowsum(dO_i ∘ O_i) (fp32) and dQ_accum_i = 0."""
+    i = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    h = tl.program_id(2).to(tl.int64)
+    offs_m = i * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = offs_m < Nq
+    o = _load_tile(None, O + b * stride_ob + h * stride_oh, i * BLOCK_M, Nq, stride_om, BLOCK_M, HEAD_DIM, False, True)
+    do = _load_tile(None, DO + b * stride_db + h * stride_dh, i * BLOCK_M, Nq, stride_dm, BLOCK_M, HEAD_DIM,
+                    False, True)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    row = (b * tl.num_programs(2) + h) * Nq  # DELTA [B, H, Nq] and DQA [B, H, Nq, HEAD_DIM]: contiguous
+    tl.store(DELTA + row + offs_m, delta, mask=rmask)
+    tl.store(DQA + (row + offs_m[:, None]) * HEAD_DIM + tl.arange(0, HEAD_DIM)[None, :],
+             tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32), mask=rmask[:, None])
+
+
+@triton.jit
+def _bwd_range(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dqa_base, lo, hi, offs_n, stride_qm, stride_dm,
+               Nq, Nkv, qk_scale, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, MASK: tl.constexpr,
+               CAUSAL: tl.constexpr):
+    """Query blocks i in [lo, hi) against the program's KV block, KV-major as Triton's tutorial (Sᵀ = K Qᵀ,
+    BLOCK_N × BLOCK_M): dV += Pᵀ dO, dK += dSᵀ Q (unscaled), dQ_accum_i += dS K (unscaled; fp32 atomic add).
+    MASK applies the causal and Nkv masks (the diagonal band; every block of a ragged KV block)."""
+    for i in tl.range(lo, hi):
+        offs_m = i * BLOCK_M + tl.arange(0, BLOCK_M)
+        rmask = offs_m < Nq
+        q = _load_tile(None, q_base, i * BLOCK_M, Nq, stride_qm, BLOCK_M, HEAD_DIM, False, True)
+        do = _load_tile(None, do_base, i * BLOCK_M, Nq, stride_dm, BLOCK_M, HEAD_DIM, False, True)
+        lse = tl.load(lse_base + offs_m, mask=rmask, other=float("-inf"))
+        delta = tl.load(delta_base + offs_m, mask=rmask, other=0.0)
+        lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)  # no key seen, past Nq: P = 0
+        pt = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse2[None, :])
+        if MASK:
+            valid = offs_n[:, None] < Nkv
+            if CAUSAL:
+                valid = valid & (offs_n[:, None] <= offs_m[None, :] + (Nkv - Nq))
+            pt = tl.where(valid, pt, 0.0)
+        dv += tl.dot(pt.to(do.dtype), do)
+        dst = (pt * (tl.dot(v, tl.trans(do)) - delta[None, :])).to(q.dtype)
+        dk += tl.dot(dst, q)
+        dq = tl.dot(tl.trans(dst), k)
+        tl.atomic_add(dqa_base + offs_m[:, None] * HEAD_DIM + tl.arange(0, HEAD_DIM)[None, :], dq,
+                      mask=rmask[:, None], sem="relaxed")
+    return dk, dv
+
+
+@triton.jit
+def _bwd_kernel(Q, K, V, DO, LSE, DELTA, DQA, DK, DV,
+                stride_qb, stride_qh, stride_qm,
+                stride_kb, stride_kh, stride_kn,
+                stride_vb, stride_vh, stride_vn,
+                stride_db, stride_dh, stride_dm,
+                stride_lb, stride_lh,
+                stride_gb, stride_gh, stride_gn,
+                H, G, Nq, Nkv, qk_scale, sm_scale,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr):
+    """KV block j of KV head (b, hk): K_j, V_j loaded once, dK_j, dV_j (fp32) kept on chip over the G query heads
+    of the group and their query blocks, stored once (DK, DV share the strides stride_g*)."""
+    j = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    hk = tl.program_id(2).to(tl.int64)
+    offs_n = j * BLOCK_N + tl.arange(0, BLOCK_N)
+    k = _load_tile(None, K + b * stride_kb + hk * stride_kh, j * BLOCK_N, Nkv, stride_kn, BLOCK_N, HEAD_DIM, False,
+                   True)
+    v = _load_tile(None, V + b * stride_vb + hk * stride_vh, j * BLOCK_N, Nkv, stride_vn, BLOCK_N, HEAD_DIM, False,
+                   True)
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    tm = tl.cdiv(Nq, BLOCK_M)
+    if CAUSAL:
+        # [lo, mid): blocks with a row that sees a key of block j and a row that misses one; [mid, tm): all see all
+        lo = tl.minimum(tl.maximum(j * BLOCK_N - (Nkv - Nq), 0) // BLOCK_M, tm)
+        mid = tl.minimum(tl.maximum(tl.cdiv(tl.maximum((j + 1) * BLOCK_N - 1 - (Nkv - Nq), 0), BLOCK_M), lo), tm)
+    else:
+        lo = 0
+        mid = tl.where((j + 1) * BLOCK_N > Nkv, tm, 0)
+    for g in range(0, G):
+        h = hk * G + g
+        q_base = Q + b * stride_qb + h * stride_qh
+        do_base = DO + b * stride_db + h * stride_dh
+        lse_base = LSE + b * stride_lb + h * stride_lh
+        row = (b * H + h) * Nq
+        dk, dv = _bwd_range(dk, dv, k, v, q_base, do_base, lse_base, DELTA + row, DQA + row * HEAD_DIM, lo, mid,
+                            offs_n, stride_qm, stride_dm, Nq, Nkv, qk_scale, BLOCK_M, HEAD_DIM, True, CAUSAL)
+        dk, dv = _bwd_range(dk, dv, k, v, q_base, do_base, lse_base, DELTA + row, DQA + row * HEAD_DIM, mid, tm,
+                            offs_n, stride_qm, stride_dm, Nq, Nkv, qk_scale, BLOCK_M, HEAD_DIM, False, CAUSAL)
+    nmask = offs_n[:, None] < Nkv
+    out = b * stride_gb + hk * stride_gh + offs_n[:, None] * stride_gn + tl.arange(0, HEAD_DIM)[None, :]
+    tl.store(DK + out, (dk * sm_scale).to(DK.dtype.element_ty), mask=nmask)
+    tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=nmask)
+
+
+@triton.jit
+def _bwd_convert(DQA, DQ, stride_qb, stride_qh, stride_qm, Nq, sm_scale,
+                 BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Query block i of head (b, h): dQ_i = sm_scale · dQ_accum_i in dQ's dtype."""
+    i = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    h = tl.program_id(2).to(tl.int64)
+    offs_m = i * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = offs_m[:, None] < Nq
+    cols = tl.arange(0, HEAD_DIM)[None, :]
+    acc = tl.load(DQA + ((b * tl.num_programs(2) + h) * Nq + offs_m[:, None]) * HEAD_DIM + cols, mask=rmask)
+    tl.store(DQ + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + cols,
+             (acc * sm_scale).to(DQ.dtype.element_ty), mask=rmask)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -615,3 +729,71 @@ def _decode(q, k, v, causal, scale, kc: KernelConfig, tcfg: TritonConfig):
         o.stride(0), o.stride(1), o.stride(2), lse.stride(0), lse.stride(1),
         G, Nq, S, S_POW2=max(2, triton.next_power_of_2(S)), HEAD_DIM=D, num_warps=1)
     return o, lse
+
+
+def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
+                       do: torch.Tensor, causal: bool = False, config=None, sm_scale: float | None = None):
+    """(dQ, dK, dV) of O = attention(q, k, v, causal, sm_scale) for the output gradient dO.
+
+    o, lse: the forward's output and logsumexp (``attention(..., return_lse=True)``; fp32 [B, H, Nq], natural log,
+    −∞ for rows that see no key); do: [B, H, Nq, d] in q's dtype. config: a ``KernelConfig`` (tiles, warps, stages;
+    None: ``backward_config``'s defaults). Launches exactly the three kernels of ``schedule.backward_schedule``
+    (outputs and scratch by torch.empty, so no other kernel runs). dK, dV are [B, Hkv, Nkv, d] (GQA: summed over
+    the group inside the main kernel)."""
+    B, H, Hk, Nq, Nkv, D = _check_inputs(q, k, v)
+    for name, t in (("o", o), ("do", do)):
+        if tuple(t.shape) != tuple(q.shape) or t.dtype != q.dtype or t.stride(-1) != 1:
+            raise IosimError(f"{name} must be [B, H, Nq, d] = {tuple(q.shape)} in {q.dtype} with a contiguous last "
+                             f"dimension; got {tuple(t.shape)} {t.dtype} (call .contiguous())")
+    if tuple(lse.shape) != (B, H, Nq) or lse.dtype != torch.float32 or lse.stride(-1) != 1:
+        raise IosimError(f"lse must be the forward's fp32 logsumexp [B, H, Nq] = {(B, H, Nq)}; got "
+                         f"{tuple(lse.shape)} {lse.dtype} (use attention(..., return_lse=True))")
+    kc = backward_config(D, _as_kernel_config(config).kernel)
+    for name, val in (("block_m", kc.block_m), ("block_n", kc.block_n)):
+        if val < 16 or val & (val - 1):
+            raise IosimError(f"{name}={val}: the Triton kernel needs a power of two >= 16")
+    scale = (1.0 / math.sqrt(D)) if sm_scale is None else float(sm_scale)
+    bm, bn = kc.block_m, kc.block_n
+    tm, tn = triton.cdiv(Nq, bm), triton.cdiv(Nkv, bn)
+    delta = torch.empty((B, H, Nq), dtype=torch.float32, device=q.device)
+    dqa = torch.empty((B, H, Nq, D), dtype=torch.float32, device=q.device)
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    _bwd_preprocess[(tm, B, H)](o, do, delta, dqa, *o.stride()[:3], *do.stride()[:3], Nq,
+                                BLOCK_M=bm, HEAD_DIM=D, num_warps=4)
+    _bwd_kernel[(tn, B, Hk)](
+        q, k, v, do, lse, delta, dqa, dk, dv,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *lse.stride()[:2], *dk.stride()[:3],
+        H, H // Hk, Nq, Nkv, scale * LOG2E, scale,
+        BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=D, CAUSAL=bool(causal), num_warps=kc.num_warps, num_stages=kc.num_stages)
+    _bwd_convert[(tm, B, H)](dqa, dq, *dq.stride()[:3], Nq, scale, BLOCK_M=bm, HEAD_DIM=D, num_warps=4)
+    return dq, dk, dv
+
+
+def backward_launch(q, k, v, o, lse, do, causal: bool = False, config=None):
+    """GPU measurement hook (ncu): ``attention_backward`` with the default scale — exactly the launches
+    _bwd_preprocess, _bwd_kernel, _bwd_convert, no torch kernel between them; inputs must already be valid."""
+    return attention_backward(q, k, v, o, lse, do, causal, config)
+
+
+class _Attention(torch.autograd.Function):
+    """attention() with a backward pass: forward saves O and LSE, backward runs ``attention_backward``."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal, sm_scale):
+        o, lse = attention(q, k, v, causal=causal, sm_scale=sm_scale, return_lse=True)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.causal, ctx.sm_scale = causal, sm_scale
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = attention_backward(q, k, v, o, lse, do.contiguous(), ctx.causal, sm_scale=ctx.sm_scale)
+        return dq, dk, dv, None, None
+
+
+def attention_autograd(q, k, v, causal: bool = False, sm_scale: float | None = None) -> torch.Tensor:
+    """``attention(q, k, v, causal, sm_scale)`` that torch.autograd differentiates with ``attention_backward``."""
+    return _Attention.apply(q, k, v, causal, sm_scale)

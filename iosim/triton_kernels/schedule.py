@@ -30,7 +30,7 @@ import sympy as sp
 from iosim.errors import IosimError
 from iosim.problem import STAT_BYTES, KernelConfig, Problem
 from iosim.schedule import (Buffer, Compute, GridAxis, Kernel, Load, Loop, Schedule, Span, Store, TensorSpec, Tile,
-                            Work, cdiv, full, point, var)
+                            Work, cdiv, clamp, full, point, var)
 
 
 # Forward configs per (head_dim, causal) on the H100 (BLOCK_M, BLOCK_N, num_warps, num_stages): the configs closest to
@@ -254,3 +254,138 @@ def decode_schedule(p: Problem, cfg: KernelConfig, num_splits: int) -> Schedule:
     notes = (f"GQA-packed split-KV decode: {M} query rows (G={G} heads × Nq={Nq}) per KV head, {S} splits of "
              f"{bps} KV blocks of {bn}",)
     return Schedule("iosim-triton-decode", p, cfg, tensors, (split_k, combine), notes)
+
+
+# --- backward ----------------------------------------------------------------------------------------------------
+
+# Backward tiles per head dim (BLOCK_M query rows, BLOCK_N keys, num_warps, num_stages): legal and reasonable, NOT
+# tuned (no GPU timing yet). FA2's own choice for d 64/128 (flash_bwd_launch_template.h: 64×128, 8 warps); shared
+# memory (Q, dO pipelined × stages, K, V): d=128 bf16 2·2·64·128·2 + 2·128·128·2 = 128 KiB ≤ 227 KiB (H100/H200);
+# registers: dK, dV fp32 128×d over 256 threads = d regs/thread.
+BWD_DEFAULT_CONFIGS: dict[int, tuple[int, int, int, int]] = {64: (64, 128, 8, 2), 128: (64, 128, 8, 2)}
+BWD_OTHER_CONFIG = (64, 64, 8, 2)  # other head dims (d=256: 2·2·64·256·2 + 2·64·256·2 = 192 KiB of shared memory)
+BWD_MASK_FLOPS = 2  # per element of a diagonal-band tile: the causal compare and the select (as flash2.MASK_FLOPS)
+
+
+def backward_config(head_dim: int, kc: KernelConfig | None = None) -> KernelConfig:
+    """The KernelConfig ``attention_backward`` launches for a caller's ``kc``: missing tiles from
+    ``BWD_DEFAULT_CONFIGS``, and warps/stages too unless the caller gave block_m. The launch order is fixed (grid
+    (n|m, b, h), query blocks ascending): a kc asking for other orders is refused."""
+    kc = KernelConfig() if kc is None else kc
+    if kc.grid_order != ("m", "b", "h") or kc.kv_order != "ascending" or kc.q_order != "ascending":
+        raise IosimError(f"the Triton backward has a fixed launch order; got grid_order={kc.grid_order}, "
+                         f"kv_order={kc.kv_order!r}, q_order={kc.q_order!r}: leave them at their defaults")
+    bm, bn, w, s = BWD_DEFAULT_CONFIGS.get(head_dim, BWD_OTHER_CONFIG)
+    return replace(kc, block_m=kc.block_m or bm, block_n=kc.block_n or bn,
+                   num_warps=kc.num_warps if kc.block_m else w, num_stages=kc.num_stages if kc.block_m else s,
+                   band_loop=True)
+
+
+def backward_preset_config(p: Problem, sram_bytes: int | None = None) -> KernelConfig:
+    """The config of ``attention_backward(..., config=None)`` for the ``iosim-triton`` preset's backward."""
+    if isinstance(p.head_dim, int):
+        check_head_dim(p.head_dim)
+    return replace(backward_config(p.head_dim), sram_bytes=sram_bytes)
+
+
+def backward_schedule(p: Problem, cfg: KernelConfig) -> Schedule:
+    """The three launches of ``kernels.attention_backward`` (FA2 Algorithm 2; Dao-AILab/flash-attention's split
+    into preprocess / main / convert_dQ), statement for statement.
+
+    1. ``_bwd_preprocess``, grid (query block i, b, h): loads O_i, dO_i; stores D_i = rowsum(dO_i ∘ O_i) (fp32) and
+       a zero dQ_accum tile (fp32).
+    2. ``_bwd_kernel``, grid (KV block j, b, KV head hk): loads K_j, V_j once; for each query head h = hk·G + g of
+       the group (GQA: no expanded dK/dV) and each query block i ≥ lo(j) (causal: the first block with a row that
+       sees a key of block j) loads Q_i, dO_i, LSE_i, D_i, recomputes P, accumulates dV_j, dK_j (fp32) and
+       atomically adds its dS K_j into the dQ_accum tile (``Store(atomic=True)``: fp32 RED, nothing returns to the
+       SM); stores dK_j (× scale) and dV_j once in the problem dtype. Causal: blocks [lo, mid) are the masked band
+       (a row misses a key of block j), [mid, T_r) unmasked, two loops as in the kernel. (The kernel also masks
+       every step of a ragged last KV block for Nkv; like ``flash2``'s non-causal loop, the schedule counts no mask
+       work for it.)
+    3. ``_bwd_convert``, grid (i, b, h): loads dQ_accum_i, stores dQ_i = scale · dQ_accum_i (problem dtype).
+
+    Work per (i, j) tile of r×c valid elements, as ``models/flash2_bwd.py`` counts it: matmul 5 × 2·r·c·d; exp
+    r·c; other 4·r·c (+ ``BWD_MASK_FLOPS``·r·c in the band); the dQ add happens at the L2 (no SM work).
+    LSE of a row that sees no key: the kernel reads −∞ (the forward's) as +∞, so P = 0 (``iosim.reference``'s
+    convention is +∞)."""
+    if cfg.block_m is None or cfg.block_n is None:
+        raise IosimError("backward_schedule needs config.block_m and config.block_n (use backward_config)")
+    from iosim.models.flash2_bwd import tensors
+    B, H, Hk, Nq, Nkv, d, e = p.batch, p.heads, p.kv_heads, p.seq_q, p.seq_kv, p.head_dim, p.elem_bytes
+    G, bm, bn = H // Hk, cfg.block_m, cfg.block_n
+    tm, tn = cdiv(Nq, bm), cdiv(Nkv, bn)
+    pm, pn, b, h, hk, g, i = (var(n) for n in ("pid_m", "pid_n", "b", "h", "hk", "g", "i"))
+
+    def q_tile(name, head, rows):
+        return Tile(name, (point(b, B), point(head, H), rows, full(d)))
+
+    def row_tile(name, head, rows):
+        return Tile(name, (point(b, B), point(head, H), rows))
+
+    rows_p = Span(pm, bm, Nq)
+    grid_q = (GridAxis("m", pm, tm), GridAxis("b", b, B), GridAxis("h", h, H))
+    pre = Kernel("_bwd_preprocess", grid_q, (
+        Buffer("o", (bm, d), e, space="reg"), Buffer("do", (bm, d), e, space="reg"),
+        Buffer("delta", (bm,), STAT_BYTES, space="reg"), Buffer("dq", (bm, d), 4, space="reg")), (
+        Load("o", q_tile("O", h, rows_p)),
+        Load("do", q_tile("dO", h, rows_p)),
+        Compute("bwd_delta", ("o", "do", "delta"), other=(Work(2 * d, (rows_p,)),)),
+        Store("delta", row_tile("D", h, rows_p)),
+        Compute("zero", ("dq",)),
+        Store("dq", q_tile("dQ_accum", h, rows_p)),
+    ), threads_per_cta=128)
+
+    head = hk * G + g
+    rows, cols = Span(i, bm, Nq), Span(pn, bn, Nkv)
+
+    def step(masked: bool) -> tuple:
+        return (
+            Load("q", q_tile("Q", head, rows)),
+            Load("do", q_tile("dO", head, rows)),
+            Load("lse", row_tile("LSE", head, rows)),
+            Load("delta", row_tile("D", head, rows)),
+            Compute("qk", ("q", "k", "s"), matmul=(Work(2 * d, (rows, cols)),), other=(Work(1, (rows, cols)),)),
+            Compute("bwd_p", ("s", "lse"), exp=(Work(1, (rows, cols)),),
+                    other=(Work(1 + (BWD_MASK_FLOPS if masked else 0), (rows, cols)),)),
+            Compute("bwd_dv", ("s", "do", "dv"), matmul=(Work(2 * d, (rows, cols)),)),
+            Compute("bwd_dp", ("do", "v", "dp"), matmul=(Work(2 * d, (rows, cols)),)),
+            Compute("bwd_ds", ("s", "dp", "delta"), other=(Work(2, (rows, cols)),)),
+            Compute("bwd_dk", ("dp", "q", "dk"), matmul=(Work(2 * d, (rows, cols)),)),
+            Compute("zero", ("dq",)),
+            Compute("bwd_dq", ("dp", "k", "dq"), matmul=(Work(2 * d, (rows, cols)),)),
+            Store("dq", q_tile("dQ_accum", head, rows), atomic=True),
+        )
+
+    if p.causal:
+        shift = Nkv - Nq  # row r sees key c iff c ≤ r + shift (bottom-right)
+        lo = clamp(sp.floor(sp.Max(pn * bn - shift, 0) / bm), 0, tm)
+        mid = clamp(cdiv(sp.Max((pn + 1) * bn - 1 - shift, 0), bm), lo, tm)
+        q_loops = (Loop(i, lo, mid, step(True)), Loop(i, mid, tm, step(False)))
+    else:
+        q_loops = (Loop(i, 0, tm, step(False)),)
+    kv = (point(b, B), point(hk, Hk), cols, full(d))
+    main = Kernel("_bwd_kernel", (GridAxis("n", pn, tn), GridAxis("b", b, B), GridAxis("h", hk, Hk)), (
+        Buffer("q", (bm, d), e, pipelined=True), Buffer("do", (bm, d), e, pipelined=True),
+        Buffer("k", (bn, d), e), Buffer("v", (bn, d), e),
+        Buffer("lse", (bm,), STAT_BYTES, space="reg"), Buffer("delta", (bm,), STAT_BYTES, space="reg"),
+        Buffer("s", (bm, bn), 4, space="reg"), Buffer("dp", (bm, bn), 4, space="reg"),
+        Buffer("p", (bm, bn), e, space="reg", transient=True), Buffer("ds", (bm, bn), e, space="reg", transient=True),
+        Buffer("dq", (bm, d), 4, space="reg"), Buffer("dk", (bn, d), 4, space="reg"),
+        Buffer("dv", (bn, d), 4, space="reg")), (
+        Load("k", Tile("K", kv)),
+        Load("v", Tile("V", kv)),
+        Loop(g, 0, G, q_loops),
+        Compute("scale", ("dk",), other=(Work(d, (cols,)),)),
+        Store("dk", Tile("dK", kv)),
+        Store("dv", Tile("dV", kv)),
+    ), threads_per_cta=32 * cfg.num_warps)
+
+    convert = Kernel("_bwd_convert", grid_q, (Buffer("dq", (bm, d), 4, space="reg"),), (
+        Load("dq", q_tile("dQ_accum", h, rows_p)),
+        Compute("scale", ("dq",), other=(Work(d, (rows_p,)),)),
+        Store("dq", q_tile("dQ", h, rows_p)),
+    ), threads_per_cta=128)
+    tensors_ = {n: t for n, t in tensors(p).items() if not n.endswith("_expanded")}
+    notes = (f"Triton backward: tiles {bm}×{bn}, {cfg.num_warps} warps; dQ by fp32 atomic adds"
+             + (f"; GQA: each program walks the {G} query heads of its KV head" if G > 1 else ""),)
+    return Schedule("iosim-triton-bwd", p, cfg, tensors_, (pre, main, convert), notes)
