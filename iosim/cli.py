@@ -28,6 +28,14 @@ def add_problem_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--causal", action="store_true")
 
 
+def add_pass_flag(p: argparse.ArgumentParser) -> None:
+    """--pass (``args.direction``): predict, compare and sweep take it."""
+    from iosim.passes import DIRECTIONS
+    p.add_argument("--pass", dest="direction", default="fwd", choices=DIRECTIONS,
+                   help="the forward (default), the backward (the preset's, or the algorithm's: flash2 → flash2_bwd), "
+                        "or both launched one after the other (one L2 trace; per-pass subtotals)")
+
+
 def problem_of(a: argparse.Namespace) -> Problem:
     """The Problem of ``add_problem_flags``' flags (sizes already read by ``read_sizes``)."""
     return Problem(a.batch, a.heads, a.kv_heads if a.kv_heads is not None else a.heads, a.seq_q,
@@ -93,6 +101,7 @@ def create_parser(load: Sequence[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("predict", help="count bytes and FLOPs of one attention configuration")
     _add_problem_args(p)
+    add_pass_flag(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--kernel", default=None, choices=["fa2", "triton-tutorial", "iosim-triton", "flex"],
                    help="preset of a real kernel's launch choices (tiles, warps, grid and KV order, registers); "
@@ -126,13 +135,11 @@ def _fmt_s(t: float | None) -> str:
     return fmt_time(t, micro=True)
 
 
-def _tiles_line(d: dict) -> str:
+def _tiles_line(preset: str | None, algorithm: str, cfg: dict) -> str:
     """Preset/algorithm, tiles, warps, stages, grid and loop orders."""
-    cfg = d["config"]
     tiles = (f"{cfg['block_m']} × {cfg['block_n']}" if cfg["block_m"] and cfg["block_n"]
              else "from the algorithm's rule (see notes)")
-    who = (f"kernel preset {d['kernel_preset']} (algorithm {d['algorithm']})" if d["kernel_preset"]
-           else f"algorithm {d['algorithm']}")
+    who = f"kernel preset {preset} (algorithm {algorithm})" if preset else f"algorithm {algorithm}"
     stages = f"{cfg['num_stages']} stage{'s' if cfg['num_stages'] != 1 else ''}"
     return (f"{who}: tiles block_m × block_n = {tiles}, {cfg['num_warps']} warps, {stages}, "
             f"grid order {','.join(cfg['grid_order'])} (fastest first), KV order {cfg['kv_order']}, "
@@ -147,10 +154,14 @@ def _print_prediction(pred, out: IO[str]) -> None:
     d = pred.to_dict()
     hw = pred.hardware
     pr = d["problem"]
-    out.write(f"{d['algorithm']} on {hw.full_name} ({hw.name}): B={pr['batch']} H={pr['heads']} Hkv={pr['kv_heads']} "
+    out.write(f"{d['algorithm']}, pass {d['pass']}, on {hw.full_name} ({hw.name}): B={pr['batch']} H={pr['heads']} Hkv={pr['kv_heads']} "
               f"Nq={pr['seq_q']} Nkv={pr['seq_kv']} d={pr['head_dim']} {pr['dtype']}"
               f"{' causal' if pr['causal'] else ' non-causal'}\n")
-    out.write(_tiles_line(d) + "\n\n")
+    if len(d["passes"]) > 1:
+        out.write("".join(f"{n}: {_tiles_line(d['kernel_preset'], p['algorithm'], p['config'])}\n"
+                          for n, p in d["passes"].items()) + "\n")
+    else:
+        out.write(_tiles_line(d["kernel_preset"], d["algorithm"], d["config"]) + "\n\n")
     times = {k["name"]: k for k in (d["time"] or {}).get("kernels", [])}
     work = [(k["name"], f"{k['programs']:,}", _fmt_bytes(k["sm_read_bytes"]), _fmt_bytes(k["sm_write_bytes"]),
              _fmt_bytes(k["dram_read_bytes"]), _fmt_bytes(k["dram_write_bytes"]), f"{k['flops']:.4g}",
@@ -181,6 +192,12 @@ def _print_prediction(pred, out: IO[str]) -> None:
         f = d["achieved_flops_per_s"]
         out.write(f"achieved {f / 1e12:.1f} TFLOP/s (matmul FLOPs / time) = {100 * f / peak:.1f}% of the "
                   f"{hw.name} {tensor_dtype(pr['dtype'])} tensor peak {peak / 1e12:.1f} TFLOP/s\n")
+    if len(d["passes"]) > 1:
+        out.write("per pass:\n" + format_table(
+            ("pass", "kernels", "time", "SM read", "SM write", "DRAM read", "DRAM write"),
+            [(n, ", ".join(p["kernels"]), _fmt_s(p["time_s"]), _fmt_bytes(p["sm_read_bytes"]),
+              _fmt_bytes(p["sm_write_bytes"]), _fmt_bytes(p["dram_read_bytes"]), _fmt_bytes(p["dram_write_bytes"]))
+             for n, p in d["passes"].items()], "llrrrrr"))
     if d["l2"] is None:
         out.write("L2: not modeled (--no-l2): DRAM bytes in the time are compulsory traffic\n")
     else:
@@ -212,7 +229,8 @@ def run(argv: Sequence[str], out: IO[str]) -> int:
                                       ("way_spread", args.l2_way_spread)) if v is not None}
             geom = L2Geometry.from_hardware(hw, **over)
         pred = predict(hw, problem, config, args.algorithm, kernel=args.kernel, l2=not args.no_l2, l2_geometry=geom,
-                       l2_stride=1 if args.l2_exact else None, cta_jitter=args.cta_jitter, progress=True)
+                       l2_stride=1 if args.l2_exact else None, cta_jitter=args.cta_jitter, progress=True,
+                       direction=args.direction)
         if args.json:
             out.write(json.dumps(pred.to_dict(), indent=1) + "\n")
         else:

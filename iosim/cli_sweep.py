@@ -26,7 +26,8 @@ varies fastest). Optional [[grid]] tables are grids of their own, over the top-l
 fields (default): hardware ("h100"), kernel (none), algorithm ("flash2"), batch (1), heads (16),
 kv_heads (= heads), seq_q (4096), seq_kv (= seq_q), head_dim (128), dtype ("bf16"), causal (false),
 block_m, block_n (the algorithm's), num_warps (4), num_stages (2), grid_order ("m,b,h"),
-kv_order, q_order ("ascending"), sram_bytes (the hardware's), band_loop (false).
+kv_order, q_order ("ascending"), sram_bytes (the hardware's), band_loop (false),
+pass ("fwd"; "bwd", "fwd+bwd"; --pass sets it where the spec does not).
 
 Columns: the fields as the kernel ran (presets resolved), flops, matmul_flops, sm_read_bytes, sm_write_bytes,
 dram_read_bytes, dram_write_bytes, l2_hit_rate, time_s, bound, achieved_flops_per_s, error.
@@ -41,6 +42,8 @@ def add_parser(sub) -> None:
     p.add_argument("--jobs", type=int, default=None, help="worker processes (default: every core; 1 = in-process)")
     p.add_argument("--no-l2", action="store_true", help="SM<->HBM counts only: skip the L2/DRAM model (fast)")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    from iosim.cli import add_pass_flag
+    add_pass_flag(p)
 
 
 def table_bytes(df, path: str) -> bytes:
@@ -80,9 +83,9 @@ def summary(rows: list[dict], pts: list[dict]) -> str:
 
 def run(args: argparse.Namespace, out: IO[str]) -> int:
     from iosim.atomic import atomic_write_bytes
-    from iosim.sweeps import frame, load_spec, points, run_points
+    from iosim.sweeps import frame, load_spec, points, run_points, with_pass
     check_out(args.out)
-    pts = points(load_spec(args.spec))
+    pts = points(with_pass(load_spec(args.spec), args.direction))
     try:
         rows = run_points(pts, jobs=args.jobs, progress=False if args.no_progress else None, l2=not args.no_l2)
     except KeyboardInterrupt:

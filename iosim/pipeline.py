@@ -21,6 +21,7 @@ from iosim.errors import IosimError, IosimWarning
 from iosim.memory.hierarchy import HierarchyResult, simulate_schedule
 from iosim.hwprofile import Hardware, load_hardware
 from iosim.memory.l2 import L2Geometry
+from iosim.passes import Pass, backward_of, concat_estimates, concat_schedules, pass_totals, passes_of, pin_launch
 from iosim.limits import prediction_warnings
 from iosim.problem import KernelConfig, Problem
 from iosim.registry import get
@@ -38,6 +39,8 @@ class Prediction:
     l2: HierarchyResult | None = None
     kernel_preset: str | None = None
     time: TimeEstimate | None = None
+    direction: str = "fwd"  # the pass: "fwd", "bwd" or "fwd+bwd" (``iosim.passes``)
+    passes: tuple[Pass, ...] = ()  # the passes in launch order, each with its algorithm, config and kernels
 
     @property
     def l2_hit_rate(self) -> float | None:
@@ -70,8 +73,10 @@ class Prediction:
             }
 
         c = self.counts
+        kernels = [kernel_dict(k) for k in c.kernels]
         return {
             "algorithm": s.algorithm,
+            "pass": self.direction,
             "hardware": self.hardware.name,
             "problem": asdict(s.problem),
             "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(s.config).items()},
@@ -87,7 +92,8 @@ class Prediction:
             "kernel_preset": self.kernel_preset,
             "l2": None if self.l2 is None else self._l2_dict(),
             "notes": list(s.notes) + (list(self.l2.notes) if self.l2 is not None else []),
-            "kernels": [kernel_dict(k) for k in c.kernels],
+            "kernels": kernels,
+            "passes": pass_totals(kernels, self.passes),
         }
 
 
@@ -125,10 +131,42 @@ def _check_args(hardware, problem, config, algorithm: str, cta_jitter, l2_geomet
     return hardware, config
 
 
+@dataclass(frozen=True)
+class _Pass:
+    """One pass as built: its schedule and the preset's launch facts that the L2 timeline and the cost read."""
+
+    name: str
+    schedule: Schedule
+    regs: int | None = None
+    persistent: bool = False
+    path: str | None = None
+    prefetch: bool = False
+
+
+def _build_pass(name: str, hardware: Hardware, problem: Problem, config: KernelConfig, algorithm: str,
+                kernel: str | None, block_mask) -> _Pass:
+    """The forward ("fwd") or the backward ("bwd"): a preset decides both, else ``iosim.passes.BACKWARD``."""
+    pre = None
+    if kernel is not None:
+        from iosim.presets import apply
+        algorithm, config, pre = apply(kernel, problem, hardware, config, direction=name)
+    elif name == "bwd":
+        algorithm = backward_of(algorithm)
+    if pre is not None and pre.schedule is not None:
+        schedule = pre.schedule(problem, config, hardware, block_mask)
+    elif block_mask is not None:
+        schedule = get(algorithm).build(problem, config, hardware, block_mask=block_mask)
+    else:
+        schedule = build_schedule(algorithm, problem, config, hardware)
+    if pre is None:
+        return _Pass(name, schedule)
+    return _Pass(name, schedule, pre.regs_per_thread, pre.persistent, pre.instruction_path, pre.prefetch)
+
+
 def predict(hardware: Hardware | str, problem: Problem, config: KernelConfig | None, algorithm: str = "flash2", *,
             kernel: str | None = None, l2: bool = True, l2_geometry: L2Geometry | None = None,
             l2_stride: int | None = None, cta_jitter: float | None = None, block_mask=None,
-            progress: bool | None = None) -> Prediction:
+            progress: bool | None = None, direction: str = "fwd") -> Prediction:
     """Counts, and (unless ``l2`` is False) DRAM traffic through the shared L2.
 
     kernel: a preset name (``iosim.presets``: fa2, triton-tutorial, iosim-triton, flex) that pins the algorithm, tiles,
@@ -142,33 +180,33 @@ def predict(hardware: Hardware | str, problem: Problem, config: KernelConfig | N
     (``iosim.limits.prediction_warnings``) is predicted with an IosimWarning and a note. The L2 trace is streamed
     (``iosim.memory.hierarchy.simulate_schedule``): memory stays bounded at any size, time grows with the accesses;
     progress: a progress line on stderr once the L2 model has run a few seconds (None: when stderr is a terminal).
+    direction: "fwd" (the algorithm or preset as given), "bwd" (its backward: the preset's, else
+    ``iosim.passes.BACKWARD``) or "fwd+bwd" (both, one schedule: ``iosim.passes.concat_schedules``; the L2 runs them
+    as one trace, each pass is timed with its own config, instruction path and registers).
     """
     hardware, config = _check_args(hardware, problem, config, algorithm, cta_jitter, l2_geometry)
-    regs, persistent, path, prefetch, pre = None, False, None, False, None
-    if kernel is not None:
-        from iosim.presets import apply
-        algorithm, config, pre = apply(kernel, problem, hardware, config)
-        regs, persistent, path, prefetch = pre.regs_per_thread, pre.persistent, pre.instruction_path, pre.prefetch
-    if pre is not None and pre.schedule is not None:
-        schedule = pre.schedule(problem, config, hardware, block_mask)
-    elif block_mask is not None:
-        schedule = get(algorithm).build(problem, config, hardware, block_mask=block_mask)
+    parts = [_build_pass(d, hardware, problem, config, algorithm, kernel, block_mask) for d in passes_of(direction)]
+    if len(parts) == 1:
+        schedule, regs = parts[0].schedule, parts[0].regs
     else:
-        schedule = build_schedule(algorithm, problem, config, hardware)
-    counts = count(schedule)
+        schedule, regs = concat_schedules(*(pin_launch(p.schedule, p.regs) for p in parts)), None
+    part_counts = [count(p.schedule) for p in parts]
+    counts = Counts(schedule.algorithm, tuple(k for c in part_counts for k in c.kernels))
     notes = prediction_warnings(schedule, hardware, kernel)
     for n in notes:
         warnings.warn(n, IosimWarning, stacklevel=2)
     schedule = replace(schedule, notes=schedule.notes + tuple(notes))
-    if not l2:
-        # time from compulsory DRAM traffic (each tensor a kernel touches read/written once; the estimate says so)
-        t = estimate(schedule, counts, hardware, path=path, prefetch=prefetch, regs_per_thread=regs)
-        return Prediction(hardware, schedule, counts, time_s=t.time_s, kernel_preset=kernel, time=t)
-    kw = {} if cta_jitter is None else {"jitter": cta_jitter}
-    res = simulate_schedule(schedule, hardware, l2_geometry, regs_per_thread=regs, persistent=persistent,
-                            stride=l2_stride, progress=progress, **kw)
-    t = estimate(schedule, counts, hardware, {k.name: k.dram_read_bytes for k in res.kernels},
-                 {k.name: k.dram_write_bytes for k in res.kernels}, path=path, prefetch=prefetch,
-                 regs_per_thread=regs)
-    return Prediction(hardware, schedule, counts, res.dram_read_bytes, res.dram_write_bytes, t.time_s, l2=res,
-                      kernel_preset=kernel, time=t)
+    passes = tuple(Pass.of(p.name, p.schedule) for p in parts)
+    res = None
+    if l2:
+        kw = {} if cta_jitter is None else {"jitter": cta_jitter}
+        res = simulate_schedule(schedule, hardware, l2_geometry, regs_per_thread=regs,
+                                persistent=any(p.persistent for p in parts), stride=l2_stride, progress=progress, **kw)
+    # without the L2, time from compulsory DRAM traffic (each tensor a kernel touches read/written once; it says so)
+    dram = ({k.name: k.dram_read_bytes for k in res.kernels}, {k.name: k.dram_write_bytes for k in res.kernels}) \
+        if res is not None else (None, None)
+    t = concat_estimates([estimate(p.schedule, c, hardware, *dram, path=p.path, prefetch=p.prefetch,
+                                   regs_per_thread=p.regs) for p, c in zip(parts, part_counts)], schedule.algorithm)
+    return Prediction(hardware, schedule, counts, None if res is None else res.dram_read_bytes,
+                      None if res is None else res.dram_write_bytes, t.time_s, l2=res, kernel_preset=kernel, time=t,
+                      direction=direction, passes=passes)

@@ -9,7 +9,9 @@ A grid is a mapping from field to a value or a list of values; lists are crossed
   ``head_dim`` (128) — ints; ``dtype`` (str, "bf16"); ``causal`` (bool, false);
 * the KernelConfig: ``block_m``, ``block_n`` (ints, default: the algorithm's), ``num_warps`` (4), ``num_stages`` (2),
   ``sram_bytes`` (default: the hardware's) — ints; ``grid_order`` (str "m,b,h": axes fastest first), ``kv_order``,
-  ``q_order`` (str, "ascending"/"descending"); ``band_loop`` (bool, false).
+  ``q_order`` (str, "ascending"/"descending"); ``band_loop`` (bool, false);
+* ``pass`` (str, "fwd"): "fwd", "bwd" or "fwd+bwd" (``iosim.pipeline.predict``'s direction; with "fwd+bwd" the
+  config columns are the forward's, the results the sum of both passes).
 
 Point order: the product of the lists in ``KEYS`` order with the last key varying fastest (``itertools.product``),
 each list in its given order. A list of grids gives their points one grid after another.
@@ -51,10 +53,10 @@ DEFAULTS: dict[str, object] = {
     "batch": 1, "heads": 16, "kv_heads": None, "seq_q": 4096, "seq_kv": None, "head_dim": 128, "dtype": "bf16",
     "causal": False,
     "block_m": None, "block_n": None, "num_warps": 4, "num_stages": 2, "grid_order": "m,b,h",
-    "kv_order": "ascending", "q_order": "ascending", "sram_bytes": None, "band_loop": False,
+    "kv_order": "ascending", "q_order": "ascending", "sram_bytes": None, "band_loop": False, "pass": "fwd",
 }
 KEYS: tuple[str, ...] = tuple(DEFAULTS)
-_STR = {"hardware", "kernel", "algorithm", "dtype", "grid_order", "kv_order", "q_order"}
+_STR = {"hardware", "kernel", "algorithm", "dtype", "grid_order", "kv_order", "q_order", "pass"}
 _BOOL = {"causal", "band_loop"}
 RESULTS: tuple[str, ...] = ("flops", "matmul_flops", "sm_read_bytes", "sm_write_bytes", "dram_read_bytes",
                             "dram_write_bytes", "l2_hit_rate", "time_s", "bound", "achieved_flops_per_s")
@@ -69,6 +71,9 @@ def _check_value(key: str, v) -> None:
         ok, want = isinstance(v, bool), "true or false"
     else:
         ok, want = isinstance(v, int) and not isinstance(v, bool), "an integer"
+    if key == "pass":
+        from iosim.passes import DIRECTIONS
+        ok, want = v in DIRECTIONS, " or ".join(map(repr, DIRECTIONS))
     if not ok:
         raise IosimError(f"sweep key {key!r}: expected {want} or a list of them, got {v!r}")
 
@@ -143,7 +148,8 @@ def prediction(point: Mapping[str, object], l2: bool = True):
     config = KernelConfig(p["block_m"], p["block_n"], p["num_warps"], p["num_stages"],
                           tuple(x.strip() for x in p["grid_order"].split(",")), p["kv_order"], p["q_order"],
                           p["sram_bytes"], p["band_loop"])
-    return predict(_hardware(p["hardware"]), problem, config, p["algorithm"], kernel=p["kernel"], l2=l2)
+    return predict(_hardware(p["hardware"]), problem, config, p["algorithm"], kernel=p["kernel"], l2=l2,
+                   direction=p["pass"])
 
 
 def predict_point(point: Mapping[str, object], l2: bool = True) -> dict:
@@ -212,11 +218,21 @@ def frame(rows: Sequence[Mapping[str, object]]):
 
 
 def sweep(grid: Mapping[str, object] | Sequence[Mapping[str, object]], *, jobs: int | None = None,
-          progress: bool | None = None, l2: bool = True):
+          progress: bool | None = None, l2: bool = True, direction: str | None = None):
     """Predictions over ``grid`` (see the module docstring) as a pandas DataFrame, one row per point in order.
 
     jobs: worker processes (default ``os.cpu_count()``; 1 = in this process); progress: a progress line on stderr
     (default: when stderr is a terminal); l2: run the L2/DRAM model (False: SM↔HBM counts only, much faster).
+    direction: the pass ("fwd", "bwd", "fwd+bwd") of every grid that has no ``pass`` key of its own.
     A point whose prediction raises IosimError keeps its row, with the message in ``error``."""
-    return frame(run_points(points(grid), jobs=jobs, progress=progress, l2=l2))
+    return frame(run_points(points(with_pass(grid, direction)), jobs=jobs, progress=progress, l2=l2))
+
+
+def with_pass(grid: Mapping[str, object] | Sequence[Mapping[str, object]], direction: str | None):
+    """``grid`` (or each grid of a list) with ``pass`` = direction where it names none; unchanged for None."""
+    if direction is None:
+        return grid
+    if isinstance(grid, Mapping):
+        return {"pass": direction} | dict(grid)
+    return [{"pass": direction} | dict(g) for g in grid]
 
