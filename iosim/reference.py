@@ -341,23 +341,30 @@ def op_bwd_dk(ctx, ds, q, dk):
 
 
 def op_bwd_dq(ctx, ds, k, dq):
-    """dQ partial = dS K_j: this CTA's contribution, which an atomic Store adds into dQ_accum."""
+    """dQ partial = dS K_j: this CTA's contribution, which an atomic Store adds into dQ_accum. The buffer may be wider
+    (kHeadDim ≥ d) and taller than the valid rows; the rest is 0 (FA2 adds whole tiles)."""
     r, c = ds.ext
-    dq.data[:r] = ds.data[:r, :c] @ k.data[:c]
-    dq.set((ds.origin[0], 0), (r, dq.data.shape[1]))
+    dq.data.fill(0.0)
+    dq.data[:r, :k.data.shape[1]] = ds.data[:r, :c] @ k.data[:c]
+    dq.set((ds.origin[0], 0), dq.data.shape)
+
+
+def op_convert_dq(ctx, acc, dq):
+    """dQ = scale · dQ_accum (its first d columns; fp32 → the problem dtype in FA2's convert_dQ)."""
+    dq.data[...] = ctx.scale * acc.data[:dq.data.shape[0], :dq.data.shape[1]]
+    dq.set(acc.origin, dq.data.shape)
+
+
+def op_group_sum(ctx, x, acc):
+    """acc = Σ_g x[:, g, :] (GQA: ATen's sum of the expanded dK/dV over a KV head's group of query heads)."""
+    acc.data[...] = x.data.sum(axis=1)
+    acc.set((x.origin[0], 0), (x.ext[0], acc.data.shape[1]))
 
 
 def op_scale(ctx, *bufs):
     """x ·= softmax scale (dK after the loop; dQ in the convert kernel)."""
     for b in bufs:
         b.data *= ctx.scale
-
-
-def op_accumulate(ctx, x, acc):
-    """acc += x (GQA: sum the per-query-head dK/dV of a group into the KV head's gradient)."""
-    a = acc.value(0.0)
-    a += x.data
-    acc.set(x.origin, x.ext)
 
 
 def op_square_qk_accumulate(ctx, q, k, a):
@@ -400,7 +407,8 @@ OPS: dict[str, Callable] = {
     "softmax": op_softmax, "softmax_stats": op_softmax_stats, "softmax_normalize": op_softmax_normalize,
     # flash2_bwd
     "zero": op_zero, "bwd_delta": op_bwd_delta, "bwd_p": op_bwd_p, "bwd_dv": op_bwd_dv, "bwd_dp": op_bwd_dp,
-    "bwd_ds": op_bwd_ds, "bwd_dk": op_bwd_dk, "bwd_dq": op_bwd_dq, "scale": op_scale, "accumulate": op_accumulate,
+    "bwd_ds": op_bwd_ds, "bwd_dk": op_bwd_dk, "bwd_dq": op_bwd_dq, "scale": op_scale,
+    "convert_dq": op_convert_dq, "group_sum": op_group_sum,
     # square_tiling (Saha & Ye)
     "square_qk_accumulate": op_square_qk_accumulate, "square_exp_rowsum": op_square_exp_rowsum,
     "square_pv_accumulate": op_square_pv_accumulate,
@@ -454,7 +462,8 @@ class _Compiled:
                 raise IosimError(f"{self.kernel.name}: atomic store into {t.tensor}, which is not fp32; atomics "
                                  f"here are fp32 adds (make the tensor's elem_bytes 4)")
             kind = "load" if isinstance(st, Load) else ("atomic" if st.atomic else "store")
-            return (kind, st.buffer, t.tensor, [_span_fn(s) for s in t.spans], self.schedule.tensors[t.tensor].elem_bytes)
+            return (kind, st.buffer, t.tensor, [_span_fn(s) for s in t.spans], self.schedule.tensors[t.tensor].elem_bytes,
+                    self._axes(st.buffer, t))
         if isinstance(st, Compute):
             if st.op not in OPS:
                 raise IosimError(f"{self.kernel.name}: no NumPy implementation for op {st.op!r}; "
@@ -481,6 +490,13 @@ class _Compiled:
         if self.implicit.setdefault(name, shape) != shape:
             raise IosimError(f"{self.kernel.name}: undeclared buffer {name!r} is used with tiles of shapes "
                              f"{self.implicit[name]} and {shape}")
+
+    def _axes(self, name: str, tile: Tile):
+        """Tile axes that map onto the buffer's when points (one-element spans) sit between them (a [B, S, H, D]
+        tensor's (b, rows, h, cols) tile into a rows × cols buffer); None: the trailing axes (``_place``)."""
+        rank = len(self.shapes()[name])
+        axes = tuple(k for k, s in enumerate(tile.spans) if compile_expr(s.block)({}) != 1)
+        return axes if len(axes) == rank and axes != tuple(range(len(tile.spans) - rank, len(tile.spans))) else None
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         out = {b.name: tuple(int(compile_expr(x)({})) for x in b.shape) for b in self.kernel.buffers}
@@ -564,7 +580,7 @@ class _Executor:
                             val *= sp_(env)[1]
                         work[slot] += val
             else:
-                _, bname, tname, spans, eb = st
+                _, bname, tname, spans, eb, axes = st
                 se = [f(env) for f in spans]
                 starts = tuple(s for s, _ in se)
                 exts = tuple(e for _, e in se)
@@ -577,7 +593,10 @@ class _Executor:
                 gsl = tuple(slice(s, s + e) for s, e in se)
                 buf = bufs[bname]
                 what = f"{kname}: {kind} {tname}{list(gsl)}"
-                bsl, te, origin = _place(buf, starts, exts, what)
+                if axes is None:
+                    bsl, te, origin = _place(buf, starts, exts, what)
+                else:
+                    bsl, te, origin = _place(buf, tuple(starts[k] for k in axes), tuple(exts[k] for k in axes), what)
                 if kind == "load":
                     buf.data[bsl] = arr[gsl].reshape(te)
                     if buf.fresh or buf.origin != origin:
