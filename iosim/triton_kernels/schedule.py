@@ -310,7 +310,6 @@ def backward_schedule(p: Problem, cfg: KernelConfig) -> Schedule:
     convention is +∞)."""
     if cfg.block_m is None or cfg.block_n is None:
         raise IosimError("backward_schedule needs config.block_m and config.block_n (use backward_config)")
-    from iosim.models.flash2_bwd import tensors
     B, H, Hk, Nq, Nkv, d, e = p.batch, p.heads, p.kv_heads, p.seq_q, p.seq_kv, p.head_dim, p.elem_bytes
     G, bm, bn = H // Hk, cfg.block_m, cfg.block_n
     tm, tn = cdiv(Nq, bm), cdiv(Nkv, bn)
@@ -351,7 +350,6 @@ def backward_schedule(p: Problem, cfg: KernelConfig) -> Schedule:
             Compute("bwd_dp", ("do", "v", "dp"), matmul=(Work(2 * d, (rows, cols)),)),
             Compute("bwd_ds", ("s", "dp", "delta"), other=(Work(2, (rows, cols)),)),
             Compute("bwd_dk", ("dp", "q", "dk"), matmul=(Work(2 * d, (rows, cols)),)),
-            Compute("zero", ("dq",)),
             Compute("bwd_dq", ("dp", "k", "dq"), matmul=(Work(2 * d, (rows, cols)),)),
             Store("dq", q_tile("dQ_accum", head, rows), atomic=True),
         )
@@ -385,7 +383,12 @@ def backward_schedule(p: Problem, cfg: KernelConfig) -> Schedule:
         Compute("scale", ("dq",), other=(Work(d, (rows_p,)),)),
         Store("dq", q_tile("dQ", h, rows_p)),
     ), threads_per_cta=128)
-    tensors_ = {n: t for n, t in tensors(p).items() if not n.endswith("_expanded")}
+    q_shape, kv_shape = (B, H, Nq, d), (B, Hk, Nkv, d)
+    tensors = {n: TensorSpec(n, shape, eb, role) for n, shape, eb, role in (
+        ("Q", q_shape, e, "input"), ("K", kv_shape, e, "input"), ("V", kv_shape, e, "input"),
+        ("O", q_shape, e, "input"), ("dO", q_shape, e, "input"), ("LSE", (B, H, Nq), STAT_BYTES, "input"),
+        ("D", (B, H, Nq), STAT_BYTES, "scratch"), ("dQ_accum", q_shape, 4, "scratch"),
+        ("dQ", q_shape, e, "output"), ("dK", kv_shape, e, "output"), ("dV", kv_shape, e, "output"))}
     notes = (f"Triton backward: tiles {bm}×{bn}, {cfg.num_warps} warps; dQ by fp32 atomic adds"
              + (f"; GQA: each program walks the {G} query heads of its KV head" if G > 1 else ""),)
-    return Schedule("iosim-triton-bwd", p, cfg, tensors_, (pre, main, convert), notes)
+    return Schedule("iosim-triton-bwd", p, cfg, tensors, (pre, main, convert), notes)
