@@ -1,21 +1,32 @@
-"""Split-KV forward (Flash-Decoding; FlashAttention-2's ``num_splits > 1`` path, ``flash_api.cpp`` and
-``flash_fwd_kernel.h``), for decode and other launches with too few query blocks to fill the GPU.
+"""Split-KV forward (Flash-Decoding) as PyTorch's vendored FlashAttention-2 runs it (``flash_api.cpp``: ``mha_fwd``,
+``set_params_splitkv``, ``num_splits_heuristic``; ``flash_fwd_launch_template.h``: ``run_mha_fwd_splitkv_dispatch``,
+``run_flash_splitkv_fwd``; ``flash_fwd_kernel.h``: ``compute_attn_1rowblock_splitkv``, ``combine_attn_seqk_parallel``;
+all under ``aten/src/ATen/native/transformers/cuda/flash_attn/``).
 
-Kernel 1, ``splitkv_fwd``: one CTA per (query block i, split s, b, h) — FA2's grid (m_blocks, num_splits, b·h).
-Split s walks KV blocks j ∈ [s·n_per, min((s+1)·n_per, n_stop(i))) with n_per = ⌈T_c/num_splits⌉ and n_stop the
-causal limit (as flash2), runs FA2's inner loop, and writes its partial O_s = acc/ℓ (fp32, ``out_accum``
-[S, B, H, N_q, d]) and LSE_s = m + log ℓ (fp32, ``lse_accum`` [S, B, H, N_q]). An empty split writes O_s = 0,
-LSE_s = −∞ (as FA2 does when n_block_max ≤ n_block_min).
-Kernel 2, ``splitkv_combine`` (``combine_attn_seqk_parallel``): one CTA per (query block, b, h) reads every split's
-LSE_s and O_s and writes O = Σ_s e^{LSE_s − LSE} O_s with LSE = log Σ_s e^{LSE_s}. It is written here as an online
-merge over s (running max; same reads and writes, one pass: FA2 stages the S LSE values in shared memory first).
-With num_splits = 1 FA2 launches no combine and writes O directly: the schedule is then flash2's.
+GQA packing (``gqa_packed``, default ``gqa_packs``: mha_fwd's ``seqlenq_ngroups_swapped`` — Nq = 1, H > H_k, head_dim
+% 8 == 0): q is viewed as (B, G, H_k, d), so the kernels see seqlen_q = G rows and H_k heads; a tile's rows are the
+G query heads of one KV head, whose K and V it reads once. Tiles here address the real [B, H, 1, d] Q/O and
+[B, H, 1] LSE: row r of KV head hk's tile is query head hk·G + r (G > block_m needs block_m | G). Unpacked, the rows
+are the Nq queries of one query head (K/V read once per query head). Nq = 1 is never causal (mha_fwd drops it).
 
-Per head, extra HBM traffic over flash2 (Flash-Decoding blog; attention-io-facts §E): S·N_q·(d + 1)·4 B written
-and read back; the padded d_rounded of FA2's out_accum is not modelled (d is a multiple of 8 here).
+Kernel 1, ``splitkv_fwd`` (``flash_fwd_splitkv_kernel``; num_splits > 1): grid (m_block, split, b·h) with
+blockIdx.z = b·h_count + h, so m fastest, then split, head, batch. Split s walks KV blocks
+[s·n_per, min((s+1)·n_per, n_stop)) descending (n_per = ⌈T_c/S⌉, n_stop the causal limit, as flash2), and writes
+its fp32 partial O_s = acc/ℓ (``out_accum`` [S, B, H, Nq, d_rounded], d columns written) and LSE_s = m + log ℓ
+(``lse_accum`` [S, B, H, Nq]); these are FA2's [S, B, H', seqlen_q', …] buffers (same bytes when packed). An empty
+split (n_block_max ≤ n_block_min) loads no Q and writes O_s = 0, LSE_s = −∞ (its finalize is counted).
+Tiles kBlockM 64, kBlockN 256 (d ≤ 64) / 128 (d ≤ 128) / 64, 4 warps, one smem stage: (64 + 2·kBlockN)·d·2 B.
+Measured (ncu, H200, d = 128, ../shared/devices.md): 81,920 B shared memory, 246 registers → ``Kernel`` fields.
+Kernel 2, ``splitkv_combine`` (``flash_fwd_splitkv_combine_kernel``): kBlockM = 4 (kHeadDim % 128 == 0), 8
+(% 64), else 16 rows per CTA, 128 threads, a 1-D grid of ⌈B·H·Nq/kBlockM⌉ CTAs over the flattened (b, h, q) rows.
+Per CTA it reads the S LSE_s of its rows (into shared memory), then O_s split by split (its d columns), and writes
+O and LSE once. Modelled as an online merge over s (same reads and writes, interleaved per split). The CTA grid is
+exact when kBlockM | Nq or (Nq = 1 and kBlockM | H); otherwise it is ⌈Nq/kBlockM⌉ CTAs per (b, h) (a note says so).
+num_splits = 1: PyTorch runs its plain kernel: flash2's schedule, or (packed) the same packed tiles writing O
+directly (``flash2_fwd``, one CTA per (m_block, b, KV head)).
 
-num_splits default: ``num_splits_heuristic(b·h·m_blocks, 2·SMs, n_blocks, 128)`` (flash_api.cpp), with FA2's
-split tiles kBlockM = 64, kBlockN = 256 (d ≤ 64), 128 (d ≤ 128), 64 otherwise; without a hardware profile 1.
+num_splits default: ``fa2_launch`` — FA2's heuristic on PyTorch's own numbers (kBlockM 64 and the split kBlockN,
+whatever the config's tiles), ``num_splits_heuristic(B·H'·⌈Nq'/64⌉, 2·SMs, ⌈Nkv/kBlockN⌉, 128)``; no hardware → 1.
 Work: per visited tile as flash2; finalize as flash2; combine per row per split: exp 2, other 2·d + 4.
 """
 
@@ -95,75 +106,142 @@ def fa2_launch(p: Problem, hw) -> Fa2Launch:
     return Fa2Launch(packed, rows, heads, ns)
 
 
-def default_num_splits(p: Problem, bm: int, bn: int, hw) -> int:
-    if hw is None:
-        return 1
-    tm, tn = cdiv(p.seq_q, bm), cdiv(p.seq_kv, bn)
-    return num_splits_heuristic(p.batch * p.heads * tm, 2 * hw.sm_count, tn, 128)
+def combine_rows(head_dim: int) -> int:
+    """Rows per combine CTA (``run_flash_splitkv_fwd``): 4 if kHeadDim % 128 == 0, 8 if % 64 == 0, else 16; kHeadDim
+    is head_dim rounded up to 32, 64, 96, 128, 160, 192, 224 or 256 (``HEADDIM_SWITCH``)."""
+    kd = next(x for x in (32, 64, 96, 128, 160, 192, 224, 256) if head_dim <= x)
+    return 4 if kd % 128 == 0 else 8 if kd % 64 == 0 else 16
 
 
-@register("splitkv", "Split-KV forward (flash-decoding): KV range split over CTAs, fp32 partial O + LSE per split, combine kernel")
-def build(p: Problem, cfg: KernelConfig, hw=None, num_splits: int | None = None) -> Schedule:
-    """num_splits: KV splits (None = FA2's heuristic for ``hw``, 1 without hardware)."""
+def rounded_head_dim(head_dim: int) -> int:
+    """``head_size_rounded`` of mha_fwd: d rounded up to 32 (d ≤ 128) or 64 — the row stride of out_accum."""
+    m = 32 if head_dim <= 128 else 64
+    return -(-head_dim // m) * m
+
+
+MEASURED_SPLIT_KERNEL = {128: (246, 81920)}
+"""kHeadDim → (registers, dynamic shared memory bytes) of flash_fwd_splitkv_kernel<…<kHeadDim, 64, kBlockN, 4>>, ncu
+on the validation H200 (../shared/devices.md); other head dims: estimated."""
+
+
+@register("splitkv", "Split-KV forward (flash-decoding, FA2's decode path): GQA-packed rows, KV range split over CTAs, "
+          "fp32 partial O + LSE per split, combine kernel")
+def build(p: Problem, cfg: KernelConfig, hw=None, num_splits: int | None = None,
+          gqa_packed: bool | None = None) -> Schedule:
+    """num_splits: KV splits (None = PyTorch's heuristic for ``hw``, 1 without hardware); gqa_packed: pack the G
+    query heads of a KV head into one tile's rows (None = PyTorch's ``seqlenq_ngroups_swapped`` rule)."""
     check_head_dim(p, "splitkv")
     if not all(isinstance(getattr(p, n), int) for n in ("batch", "heads", "seq_q", "seq_kv", "head_dim")):
         raise IosimError("splitkv: needs concrete sizes (the number of splits depends on them)")
+    packed = gqa_packs(p) if gqa_packed is None else gqa_packed
+    if not isinstance(packed, bool) or (packed and not (p.seq_q == 1 and p.heads > p.kv_heads)):
+        raise IosimError(f"splitkv: gqa_packed={gqa_packed!r} needs True/False, and True needs seq_q = 1 and "
+                         f"heads > kv_heads (got seq_q={p.seq_q}, heads={p.heads}, kv_heads={p.kv_heads})")
     if cfg.block_m is None or cfg.block_n is None:
         dm, dn = split_tiles(p.head_dim)
         cfg = cfg.with_tiles(cfg.block_m or dm, cfg.block_n or dn)
     bm, bn, d, e = cfg.block_m, cfg.block_n, p.head_dim, p.elem_bytes
-    tm, tn = cdiv(p.seq_q, bm), cdiv(p.seq_kv, bn)
-    ns = default_num_splits(p, bm, bn, hw) if num_splits is None else num_splits
+    B, H, Hk, Nq, G = p.batch, p.heads, p.kv_heads, p.seq_q, p.group
+    Hx, Mq = (Hk, G) if packed else (H, Nq)  # heads and rows per head as the kernels see them
+    tm, tn = cdiv(Mq, bm), cdiv(p.seq_kv, bn)
+    if packed and tm > 1 and G % bm:
+        raise IosimError(f"splitkv: a packed group of G={G} query heads over {tm} row blocks needs block_m={bm} to "
+                         f"divide G; use block_m ≥ {G} or a divisor of G")
+    if num_splits is None:
+        launch = fa2_launch(p, hw) if packed == gqa_packs(p) else None
+        ns = launch.num_splits if launch else (1 if hw is None else num_splits_heuristic(
+            B * Hx * cdiv(Mq, 64), 2 * hw.sm_count, cdiv(p.seq_kv, split_tiles(d)[1]), 128))
+    else:
+        ns = num_splits
     if isinstance(ns, bool) or not isinstance(ns, int) or ns < 1:
         raise IosimError(f"splitkv: num_splits must be a positive integer, got {ns!r}")
-    if ns == 1:
+    if ns == 1 and not packed:
         sched = flash2.build(p, cfg, hw)
         return Schedule("splitkv", p, sched.config, sched.tensors, sched.kernels,
                         sched.notes + ("num_splits = 1: no partials, no combine (FA2 writes O directly)",))
     n_per = cdiv(tn, ns)
-    b, h, pm, s, j = var("b"), var("h"), var("pid_m"), var("split"), var("j")
-    i = pm
-    rows, cols = Span(i, bm, p.seq_q), Span(j, bn, p.seq_kv)
-    stop = flash2.kv_stop(p, i, bm, bn, tn)
-    lo = s * n_per
+    b, h, i, s, j, z = var("b"), var("h"), var("pid_m"), var("split"), var("j"), var("q_loaded")
+    rows, cols = Span(i, bm, Mq), Span(j, bn, p.seq_kv)
+    if packed:  # row r of KV head h's tile = query head h·G + r (Nq = 1)
+        heads = Span(h, G, H) if tm == 1 else Span(h * tm + i, bm, H)
+        q_t, lse_t = Tile("Q", (point(b, B), heads, full(1), full(d))), Tile("LSE", (point(b, B), heads, full(1)))
+        step, stop = flash2.kv_step(p, b, h * G, rows, cols), tn
+        o_t = Tile("O", q_t.spans)
+    else:
+        heads = point(h, H)
+        q_t, lse_t, o_t = q_tile(p, "Q", b, h, rows), row_tile(p, "LSE", b, h, rows), q_tile(p, "O", b, h, rows)
+        step, stop = flash2.kv_step(p, b, h, rows, cols), flash2.kv_stop(p, i, bm, bn, tn)
+    dr = rounded_head_dim(d)
+
+    def part(name, s_, head, row, *rest):
+        return Tile(name, (point(s_, ns), point(b, B), head, row) + rest)
+    lo = s * n_per if ns > 1 else 0
     hi = clamp(sp.Min(lo + n_per, stop), lo, tn)  # empty split when the causal stop is below its start
+    loop = Loop(j, lo, hi, step, reverse=cfg.kv_order == "descending")
+    grid = (GridAxis("m", i, tm), GridAxis("n", s, ns), GridAxis("h", h, Hx), GridAxis("b", b, B))
+    if ns == 1:  # packed, one split: PyTorch's plain kernel on the swapped layout, O and LSE written directly
+        k = Kernel("flash2_fwd", grid[:1] + grid[2:], flash2.buffers(bm, bn, d, e), (
+            Load("q", q_t), loop, flash2.finalize(p, rows), Store("acc", o_t), Store("lse", lse_t),
+        ), threads_per_cta=32 * cfg.num_warps)
+        check_fit(k, cfg, hw, f"block_m={bm}, block_n={bn}, head_dim={d}, num_stages={cfg.num_stages}")
+        return Schedule("splitkv", p, cfg, qkvo_tensors(p) | {"LSE": lse_tensor(p)}, (k,),
+                        (f"GQA-packed (seqlenq_ngroups_swapped): {G} query heads per tile, K/V read once per KV "
+                         "head; num_splits = 1: FA2's plain kernel, no partials, no combine",))
+    regs, smem = (MEASURED_SPLIT_KERNEL.get(128 if 96 < d <= 128 else 0, (None, None))
+                  if (bm, bn) == split_tiles(d) and cfg.num_warps == 4 else (None, None))
+    split_k = Kernel("splitkv_fwd", grid, flash2.buffers(bm, bn, d, e), (
+        Loop(z, 0, sp.Min(1, hi - lo), (Load("q", q_t),)),  # an empty split exits before loading Q
+        loop,
+        flash2.finalize(p, rows, "finalize_split"),
+        Store("acc", part("O_accum", s, heads, full(1) if packed else rows, Span(0, d, dr))),
+        Store("lse", part("LSE_accum", s, heads, full(1) if packed else rows)),
+    ), threads_per_cta=32 * cfg.num_warps, regs_per_thread=regs, smem_bytes=smem)
+    check_fit(split_k, cfg, hw, f"block_m={bm}, block_n={bn}, head_dim={d}, num_stages={cfg.num_stages}")
+    combine, how = _combine(p, ns, dr)
+    tensors = qkvo_tensors(p) | {
+        "LSE": lse_tensor(p),
+        "O_accum": TensorSpec("O_accum", (ns, B, H, Nq, dr), 4, "scratch"),
+        "LSE_accum": TensorSpec("LSE_accum", (ns, B, H, Nq), STAT_BYTES, "scratch"),
+    }
+    src = "given" if num_splits is not None else "FA2 num_splits_heuristic"
+    notes = ((f"GQA-packed (seqlenq_ngroups_swapped): {G} query heads per tile, K/V read once per KV head"
+              if packed else f"unpacked: K/V read once per query head"),
+             f"num_splits={ns} ({src}), {n_per} KV blocks of {bn} per split", how)
+    return Schedule("splitkv", p, cfg, tensors, (split_k, combine), notes)
+
+
+def _combine(p: Problem, ns: int, dr: int) -> tuple[Kernel, str]:
+    """FA2's combine kernel (``combine_attn_seqk_parallel``) for ``ns`` splits, and a note on its CTA grid."""
+    B, H, Nq, d = p.batch, p.heads, p.seq_q, p.head_dim
+    k = combine_rows(d)
+    b, h, c, s = var("b"), var("h"), var("pid_m"), var("split")
+    flat = -(-B * H * Nq // k)
+    if Nq == 1 and H % k == 0:  # k consecutive heads of one batch
+        grid, head, rows = (GridAxis("m", c, H // k), GridAxis("b", b, B)), Span(c, k, H), full(1)
+    else:  # k consecutive queries of one head (exact when k | Nq)
+        grid, head, rows = (GridAxis("m", c, cdiv(Nq, k)), GridAxis("h", h, H), GridAxis("b", b, B)), point(h, H), Span(c, k, Nq)
+    ctas = math.prod(g.extent for g in grid)
+    how = (f"combine: {ctas:,} CTAs of {k} rows" + ("" if ctas == flat else
+           f" (FA2 runs {flat:,} over the flattened B·H·Nq rows; same bytes)"))
 
     def part(name, *rest):
-        return Tile(name, (point(s, ns), point(b, p.batch), point(h, p.heads), rows) + rest)
-    split_k = Kernel("splitkv_fwd", (GridAxis("m", pm, tm), GridAxis("n", s, ns), GridAxis("b", b, p.batch),
-                                     GridAxis("h", h, p.heads)), flash2.buffers(bm, bn, d, e), (
-        Load("q", q_tile(p, "Q", b, h, rows)),
-        Loop(j, lo, hi, flash2.kv_step(p, b, h, rows, cols), reverse=cfg.kv_order == "descending"),
-        flash2.finalize(p, rows, "finalize_split"),
-        Store("acc", part("O_accum", full(d))),
-        Store("lse", part("LSE_accum")),
-    ), threads_per_cta=32 * cfg.num_warps)
-    combine = Kernel("splitkv_combine", (GridAxis("m", pm, tm), GridAxis("b", b, p.batch), GridAxis("h", h, p.heads)), (
-        Buffer("lse_s", (bm,), STAT_BYTES),
-        Buffer("o_s", (bm, d), 4, space="reg"),
-        Buffer("m", (bm,), STAT_BYTES, space="reg"),
-        Buffer("l", (bm,), STAT_BYTES, space="reg"),
-        Buffer("acc", (bm, d), 4, space="reg"),
-        Buffer("lse", (bm,), STAT_BYTES, space="reg"),
+        return Tile(name, (point(s, ns), point(b, B), head, rows) + rest)
+    kernel = Kernel("splitkv_combine", grid, (
+        Buffer("lse_s", (k,), STAT_BYTES),
+        Buffer("o_s", (k, d), 4, space="reg"),
+        Buffer("m", (k,), STAT_BYTES, space="reg"),
+        Buffer("l", (k,), STAT_BYTES, space="reg"),
+        Buffer("acc", (k, d), 4, space="reg"),
+        Buffer("lse", (k,), STAT_BYTES, space="reg"),
     ), (
         Loop(s, 0, ns, (
             Load("lse_s", part("LSE_accum")),
-            Load("o_s", part("O_accum", full(d))),
+            Load("o_s", part("O_accum", Span(0, d, dr))),
             Compute("combine_step", ("lse_s", "o_s", "m", "l", "acc"),
-                    exp=(Work(2, (rows,)),), other=(Work(2 * d + 4, (rows,)),)),
+                    exp=(Work(2, (head, rows)),), other=(Work(2 * d + 4, (head, rows)),)),
         )),
-        flash2.finalize(p, rows),
-        Store("acc", q_tile(p, "O", b, h, rows)),
-        Store("lse", row_tile(p, "LSE", b, h, rows)),
+        Compute("finalize", ("acc", "m", "l", "lse"), exp=(Work(1, (head, rows)),), other=(Work(d + 1, (head, rows)),)),
+        Store("acc", Tile("O", (point(b, B), head, rows, full(d)))),
+        Store("lse", Tile("LSE", (point(b, B), head, rows))),
     ), threads_per_cta=128)
-    check_fit(split_k, cfg, hw, f"block_m={bm}, block_n={bn}, head_dim={d}, num_stages={cfg.num_stages}")
-    B, H, Nq = p.batch, p.heads, p.seq_q
-    tensors = qkvo_tensors(p) | {
-        "LSE": lse_tensor(p),
-        "O_accum": TensorSpec("O_accum", (ns, B, H, Nq, d), 4, "scratch"),
-        "LSE_accum": TensorSpec("LSE_accum", (ns, B, H, Nq), STAT_BYTES, "scratch"),
-    }
-    notes = (f"num_splits={ns} ({'given' if num_splits is not None else 'FA2 num_splits_heuristic'}), "
-             f"{n_per} KV blocks of {bn} per split",)
-    return Schedule("splitkv", p, cfg, tensors, (split_k, combine), notes)
-
+    return kernel, how
