@@ -182,7 +182,8 @@ def predict(hardware: Hardware | str, problem: Problem, config: KernelConfig | N
     progress: a progress line on stderr once the L2 model has run a few seconds (None: when stderr is a terminal).
     direction: "fwd" (the algorithm or preset as given), "bwd" (its backward: the preset's, else
     ``iosim.passes.BACKWARD``) or "fwd+bwd" (both, one schedule: ``iosim.passes.concat_schedules``; the L2 runs them
-    as one trace, each pass is timed with its own config, instruction path and registers).
+    as one trace, each pass is timed with its own config, instruction path and registers; the CTA drift of the
+    timeline is the forward's KV walk direction's).
     """
     hardware, config = _check_args(hardware, problem, config, algorithm, cta_jitter, l2_geometry)
     parts = [_build_pass(d, hardware, problem, config, algorithm, kernel, block_mask) for d in passes_of(direction)]

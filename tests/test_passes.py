@@ -135,3 +135,11 @@ def test_compare_points_take_the_pass():
     args = create_parser(load=["compare"]).parse_args(["compare", "--ncu", "x.csv", *SMALL, "--pass", "bwd"])
     pts = _points(args)
     assert [p["pass"] for p in pts] == ["bwd"] and problem_text(pts[0]).endswith(" bwd")
+
+
+def test_sweep_cli_pass_sets_the_spec_default(tmp_path):
+    import pandas as pd
+    spec, out = tmp_path / "s.toml", tmp_path / "s.csv"
+    spec.write_text('seq_q = 512\nheads = 2\nhead_dim = 64\n[[grid]]\ncausal = false\n[[grid]]\npass = "fwd"\n')
+    run_cli(["sweep", str(spec), "--pass", "bwd", "--jobs", "1", "--no-l2", "--no-progress", "--out", str(out)])
+    assert list(pd.read_csv(out)["pass"]) == ["bwd", "fwd"]
