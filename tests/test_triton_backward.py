@@ -152,14 +152,15 @@ def tally_accesses(monkeypatch) -> dict:
     return tally
 
 
-@pytest.mark.parametrize("case", CASES[1:3])
+@pytest.mark.parametrize("case", CASES[:3])
 def test_kernel_accesses_equal_the_schedule(case, monkeypatch):
     B, H, Hk, Nq, Nkv, d, causal, tiles = case
     q, k, v, do = inputs(B, H, Hk, Nq, Nkv, d)
     o, lse = K.attention(q, k, v, causal=causal, return_lse=True, decode=False)
     tally = tally_accesses(monkeypatch)
-    K.attention_backward(q, k, v, o, lse, do, causal, config=KernelConfig(*tiles))
-    c = count(backward_schedule(Problem(B, H, Hk, Nq, Nkv, d, "fp32", causal), backward_config(d, KernelConfig(*tiles))))
+    cfg = backward_config(d, KernelConfig(*tiles))
+    K.attention_backward(q, k, v, o, lse, do, causal, config=cfg)
+    c = count(backward_schedule(Problem(B, H, Hk, Nq, Nkv, d, "fp32", causal), cfg))
     want = {}
     for kc in c.kernels:
         for kind, table in (("load", kc.read_bytes), ("write", kc.write_bytes), ("atomic", kc.atomic_bytes)):

@@ -23,6 +23,14 @@ Split-KV decode (``_decode_kernel`` + ``_combine_kernel``), for few queries per 
 so K/V are read once per KV head, not once per query head), walks the KV blocks of its split and writes a partial
 O (fp32) and logsumexp; the combine kernel merges the splits by their logsumexps.
 
+Backward (``attention_backward``; FA2 Algorithm 2 in the three launches of Dao-AILab/flash-attention's
+flash_bwd_launch_template.h): ``_bwd_preprocess`` (grid (⌈Nq/BLOCK_M⌉, B, H): D = rowsum(dO ∘ O), dQ_accum = 0, both
+fp32), ``_bwd_kernel`` (grid (⌈Nkv/BLOCK_N⌉, B, Hkv): K_j, V_j loaded once, dK_j, dV_j in fp32 registers over the G
+query heads of the KV head and their query blocks — under causal masking from the first block with a row that sees
+a key of block j, the masked band first — each step adding dS K_j into dQ_accum by a relaxed fp32 ``tl.atomic_add``;
+dK_j, dV_j stored once, no expanded GQA gradients) and ``_bwd_convert`` (dQ = sm_scale · dQ_accum). Pointer loads
+only (no TMA descriptors), so the bytes are exactly ``schedule.backward_schedule``'s.
+
 Numerics: scores are scaled by sm_scale·log2(e) and exponentiated with exp2; fp32 accumulators; P is cast to V's
 dtype before the second product (as FA2 and Triton's tutorial do). Rows that see no key give O = 0, LSE = −inf.
 """

@@ -7,7 +7,9 @@
   masking the kernel, like that model, skips tiles wholly above the diagonal);
 * split-KV decode — ``decode_schedule`` below: unlike ``models/splitkv.py`` (FA2, one CTA per query head), our
   decode kernel packs the G query heads that share a KV head into one program, so K/V are read once per KV head
-  and split, not once per query head.
+  and split, not once per query head;
+* backward — ``backward_schedule`` below: the three launches of ``kernels.attention_backward`` (preprocess, main
+  kernel with fp32 atomic dQ adds and GQA summed in the program, convert), with ``backward_config``'s tiles.
 
 Launch choices (also here, so ``iosim predict --kernel iosim-triton`` needs no torch or triton; ``kernels.py``
 imports them): ``DEFAULT_CONFIGS`` / ``default_config`` (tiles, warps, stages per head dim), ``launch_config`` (how
