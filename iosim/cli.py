@@ -154,8 +154,8 @@ def _print_prediction(pred, out: IO[str]) -> None:
     d = pred.to_dict()
     hw = pred.hardware
     pr = d["problem"]
-    out.write(f"{d['algorithm']}, pass {d['pass']}, on {hw.full_name} ({hw.name}): B={pr['batch']} H={pr['heads']} Hkv={pr['kv_heads']} "
-              f"Nq={pr['seq_q']} Nkv={pr['seq_kv']} d={pr['head_dim']} {pr['dtype']}"
+    out.write(f"{d['algorithm']}, pass {d['pass']}, on {hw.full_name} ({hw.name}): B={pr['batch']} H={pr['heads']} "
+              f"Hkv={pr['kv_heads']} Nq={pr['seq_q']} Nkv={pr['seq_kv']} d={pr['head_dim']} {pr['dtype']}"
               f"{' causal' if pr['causal'] else ' non-causal'}\n")
     if len(d["passes"]) > 1:
         out.write("".join(f"{n}: {_tiles_line(d['kernel_preset'], p['algorithm'], p['config'])}\n"
