@@ -22,7 +22,7 @@
     ``set_params_splitkv`` for a split count (``num_splits_heuristic`` on 2·SMs); ``run_mha_fwd`` takes the split-KV
     kernel iff num_splits > 1 → algorithm ``splitkv`` with FA2's split tiles (kBlockM 64, kBlockN 256/128/64 by
     head dim, 4 warps, KV descending; its registers and shared memory are the split kernel's own, measured), else
-    ``flash2`` with the tiles above.
+    the plain kernel with the tiles above: ``flash2``, or ``splitkv``'s packed one-split schedule when packed.
   * backward (``direction="bwd"``): ``flash2_bwd`` with ``fa2_bwd_tiles`` below.
   Not modeled: dropout.
 ``triton-tutorial`` — Triton's fused-attention tutorial (triton-lang/triton ``python/tutorials/06-fused-attention.py``,
@@ -160,9 +160,9 @@ def _fa2_bwd_config(p: Problem, hw, base: KernelConfig) -> KernelConfig:
 def _fa2_launch(p: Problem, hw, base: KernelConfig):
     """FA2 forward as PyTorch's flash backend runs it: split-KV (GQA-packed for Nq = 1) when num_splits > 1."""
     from iosim.models.splitkv import fa2_launch, split_tiles
-    pre = PRESETS["fa2"]
-    if fa2_launch(p, hw).num_splits == 1:
-        return "flash2", _fa2_config(p, hw, base), pre
+    pre, launch = PRESETS["fa2"], fa2_launch(p, hw)
+    if launch.num_splits == 1:  # the plain kernel, on the swapped (GQA-packed) layout when packed
+        return "splitkv" if launch.packed else "flash2", _fa2_config(p, hw, base), pre
     bm, bn = split_tiles(p.head_dim)
     cfg = replace(base, block_m=bm, block_n=bn, num_warps=4, num_stages=1, grid_order=("m", "b", "h"),
                   kv_order="descending", q_order="ascending")
