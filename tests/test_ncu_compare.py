@@ -170,5 +170,11 @@ def test_launch_grid_folds_like_the_real_launches():
     p = Problem(2, 4, 4, 512, 512, 64)
     tut = predict(hw, p, KernelConfig(), kernel="triton-tutorial", l2=False).schedule.kernels[0]
     assert launch_grid(tut, "triton-tutorial") == (512 // 128, 2 * 4, 1)  # (ceil(N/BLOCK_M), Z*H, 1)
+    # PyTorch's mha_fwd splits this small launch (flash_api.cpp num_splits_heuristic, worked by hand): d=64 → split
+    # tiles 64×256, B·H·m_blocks = 2·4·8 = 64 < 0.8·2·132; splits ≤ min(128, 264, 2 n-blocks): eff(1) = 64/264,
+    # eff(2) = 128/264 → 2 splits. Split kernel grid (m blocks, splits, B·H) (flash_fwd_launch_template.h).
     fa2 = predict(hw, p, KernelConfig(), kernel="fa2", l2=False).schedule.kernels[0]
-    assert launch_grid(fa2, "fa2") == (512 // 128, 2, 4)  # FA2 d=64: BLOCK_M 128; grid (m blocks, B, H)
+    assert launch_grid(fa2, "fa2") == (512 // 64, 2, 2 * 4)
+    big = Problem(2, 16, 16, 4096, 4096, 64)  # B·H·m_blocks = 2·16·64 ≥ 0.8·264: one split, the plain forward
+    fa2 = predict(hw, big, KernelConfig(), kernel="fa2", l2=False).schedule.kernels[0]
+    assert launch_grid(fa2, "fa2") == (4096 // 128, 2, 16)  # FA2 d=64: BLOCK_M 128; grid (m blocks, B, H)
