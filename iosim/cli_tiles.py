@@ -28,11 +28,40 @@ def problem_from_args(a: argparse.Namespace) -> Problem:
 
 def add_parser(sub) -> None:
     from iosim.tiles import DEFAULT_JOBS
-    p = sub.add_parser(COMMAND, help="rank legal (block_m, block_n, num_warps, num_stages) by predicted time")
+    p = sub.add_parser(COMMAND, help="rank legal (block_m, block_n, num_warps, num_stages) by predicted time; "
+                          "decode shapes: FA2's (num_splits, block_n); --pass bwd: the backward's tiles")
     add_problem_args(p)
     p.add_argument("--top", type=int, default=5, help="how many configurations to show (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_mode_args(p)
     add_jobs_arg(p, "configurations (one block_m × block_n per task)", DEFAULT_JOBS)
+
+
+def add_mode_args(p: argparse.ArgumentParser) -> None:
+    """--pass, --decode, --kernel: which chooser runs (``mode_of``); shared by ``tiles`` and ``hints``."""
+    p.add_argument("--pass", dest="direction", default="fwd", choices=("fwd", "bwd"),
+                   help="bwd: rank the backward's (block_m, block_n, num_warps, stages) beside --kernel's own")
+    p.add_argument("--decode", default="auto", choices=("auto", "on", "off"),
+                   help="rank FA2's split-KV (num_splits, block_n) (auto: on a decode shape: FA2 packs GQA rows or "
+                        "splits KV, or seq_q ≤ 64; or --algorithm splitkv)")
+    p.add_argument("--kernel", default="fa2", help="--pass bwd: the preset whose backward tiles are shown (default fa2)")
+
+
+def mode_of(a: argparse.Namespace, problem: Problem, hw) -> str:
+    """'bwd', 'decode' or 'fwd' (the Triton forward chooser)."""
+    from iosim.tiles import decode_applies
+    if a.direction == "bwd":
+        if a.decode == "on":
+            raise IosimError("--decode on ranks FA2's split-KV forward; drop it for --pass bwd")
+        return "bwd"
+    if a.decode == "on" or (a.decode == "auto" and (a.algorithm == "splitkv" or (
+            a.algorithm == "flash2" and isinstance(problem.seq_q, int) and decode_applies(problem, hw)))):
+        if a.algorithm not in ("flash2", "splitkv"):
+            raise IosimError(f"--decode on ranks FA2's split-KV path (flash2/splitkv), not --algorithm {a.algorithm}")
+        return "decode"
+    if a.algorithm == "splitkv":
+        raise IosimError("--algorithm splitkv is ranked by the decode chooser; drop --decode off")
+    return "fwd"
 
 
 def add_jobs_arg(p: argparse.ArgumentParser, what: str, default: int | None) -> None:
@@ -55,13 +84,20 @@ def jobs_from_args(a: argparse.Namespace, default: int | None) -> int | None:
 
 
 def run(args: argparse.Namespace, out: IO[str]) -> int:
-    from iosim.tiles import DEFAULT_JOBS, choose, format_table
+    from iosim.tiles import (DEFAULT_JOBS, choose, choose_bwd, choose_decode, format_bwd, format_decode,
+                             format_table)
     if args.top < 1:
         raise IosimError(f"--top must be at least 1, got {args.top}")
-    choice = choose(load_hardware(args.hardware), problem_from_args(args), args.algorithm, path=args.path,
-                    jobs=jobs_from_args(args, DEFAULT_JOBS))
+    hw, problem = load_hardware(args.hardware), problem_from_args(args)
+    mode = mode_of(args, problem, hw)
+    if mode == "decode":
+        choice, fmt = choose_decode(hw, problem), format_decode
+    elif mode == "bwd":
+        choice, fmt = choose_bwd(hw, problem, args.algorithm, kernel=args.kernel), format_bwd
+    else:
+        choice, fmt = choose(hw, problem, args.algorithm, path=args.path, jobs=jobs_from_args(args, DEFAULT_JOBS)), format_table
     if args.json:
         out.write(json.dumps(choice.to_dict(args.top), indent=1) + "\n")
     else:
-        out.write(format_table(choice, args.top))
+        out.write(fmt(choice, args.top))
     return 0

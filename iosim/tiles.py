@@ -281,3 +281,306 @@ def format_table(choice: TileChoice, top: int = 5) -> str:
                      f"{c.time_s * 1e3:>8.4f} ms {c.estimate.achieved_flops_per_s / 1e12:>8.1f} {c.estimate.bound:>7} "
                      f"{t['ctas_per_sm']:>6} {t['smem_per_cta']:>9,} {t['registers']:>4}  {c.reason}")
     return "\n".join(lines) + "\n"
+
+
+# --- decode: FA2's split-KV (num_splits, block_n) ------------------------------------------------------------------
+
+DECODE_BLOCK_N = (64, 128, 256)
+MAX_SPLITS = 128
+"""flash_api.cpp ``set_params_splitkv``: ``num_splits_heuristic(B·H·m, 2·SMs, n_blocks, 128)``: at most 128 splits,
+2·SMs slots (FA2 assumes two split CTAs per SM), n_blocks = ⌈Nkv/kBlockN⌉."""
+
+
+def eligible_splits(n_blocks: int, sm_count: int) -> tuple[int, ...]:
+    """Split counts FA2's heuristic considers: s ≤ min(128, 2·SMs, n_blocks), and s = 1 or ⌈n/s⌉ ≠ ⌈n/(s−1)⌉ (a
+    count that leaves the blocks per split unchanged only adds empty splits)."""
+    top = min(MAX_SPLITS, 2 * sm_count, n_blocks)
+    return tuple(s for s in range(1, top + 1) if s == 1 or -(-n_blocks // s) != -(-n_blocks // (s - 1)))
+
+
+def wave_efficiency(ctas: int, splits: int, sm_count: int) -> float:
+    """FA2's wave efficiency w/⌈w⌉, w = B·H·m·s / (2·SMs) (``num_splits_heuristic``)."""
+    w = ctas * splits / (2 * sm_count)
+    return w / math.ceil(w)
+
+
+def sm_share_time_s(k, hw: Hardware) -> float:
+    """A kernel's time, at least its SM↔L2 bytes moved at the busy SMs' share of L2 bandwidth (l2_bandwidth /
+    sm_count per SM, the share ``cost.cta_overhead`` uses): ``cost.estimate`` treats L2 and DRAM as chip-wide, so
+    8 CTAs on 132 SMs would stream K/V at the whole chip's rate — the very thing split-KV exists to avoid."""
+    from iosim.cost import l2_bandwidth
+    return max(k.time_s, k.launch_s + k.sm_bytes / (l2_bandwidth(hw) * max(1, k.sms_busy) / hw.sm_count))
+
+
+def decode_applies(problem: Problem, hw: Hardware) -> bool:
+    """PyTorch's split-KV path decides the launch: FA2 packs GQA rows or splits KV (``fa2_launch``), or seq_q ≤ 64
+    (one kBlockM row block per head)."""
+    from iosim.models.splitkv import fa2_launch
+    launch = fa2_launch(problem, hw)
+    return launch.packed or launch.num_splits > 1 or problem.seq_q <= 64
+
+
+@dataclass(frozen=True)
+class DecodeCandidate:
+    num_splits: int
+    block_n: int
+    legal: bool
+    reason: str = ""  # why illegal, or (ranked) why slower than the first
+    estimate: TimeEstimate | None = None
+    time_s: float = math.inf  # the estimate's kernels at ``sm_share_time_s``
+    wave_efficiency: float = 0.0
+    combine_s: float = 0.0
+    partial_bytes: int = 0  # O_accum + LSE_accum written (and read back by the combine): S·B·H·Nq·(d+1)·4
+    kv_bytes: int = 0  # K and V read by the attention kernel
+
+    def facts(self) -> str:
+        return (f"waves {self.wave_efficiency:.0%}, combine {self.combine_s * 1e6:.1f} µs, partial O "
+                f"{self.partial_bytes:,} B, K/V {self.kv_bytes:,} B")
+
+    def to_dict(self) -> dict:
+        return {"num_splits": self.num_splits, "block_n": self.block_n, "legal": self.legal, "reason": self.reason,
+                "time_s": self.time_s if self.legal else None, "wave_efficiency": self.wave_efficiency,
+                "combine_s": self.combine_s, "partial_bytes": self.partial_bytes, "kv_bytes": self.kv_bytes}
+
+
+def _decode_candidate(hw: Hardware, problem: Problem, packed: bool, ctas: int, s: int, bn: int) -> DecodeCandidate:
+    from iosim.models import splitkv
+    from iosim.presets import PRESETS
+    pre = PRESETS["fa2"]  # FA2's CUDA kernel: mma.sync, K/V prefetched in-CTA
+    cfg = KernelConfig(64, bn, 4, 1, ("m", "b", "h"), "descending", "ascending")  # split kernel: kBlockM 64, 4 warps
+    try:
+        sched = splitkv.build(problem, cfg, hw, num_splits=s, gqa_packed=packed)
+    except IosimError as e:
+        return DecodeCandidate(s, bn, False, str(e))
+    cnt = count(sched)
+    est = estimate(sched, cnt, hw, path=pre.instruction_path, prefetch=pre.prefetch)
+    attn = cnt.kernels[0]
+    comb = [k.time_s for k in est.kernels if k.name == "splitkv_combine"]
+    partial = sum(kc.write_bytes.get(t, 0) for kc in cnt.kernels for t in ("O_accum", "LSE_accum"))
+    return DecodeCandidate(s, bn, True, "", est, sum(sm_share_time_s(k, hw) for k in est.kernels),
+                           wave_efficiency(ctas, s, hw.sm_count), sum(comb), partial,
+                           attn.read_bytes.get("K", 0) + attn.read_bytes.get("V", 0))
+
+
+def explain_decode(best: DecodeCandidate, c: DecodeCandidate) -> str:
+    if (c.num_splits, c.block_n) == (best.num_splits, best.block_n):
+        return "fastest: " + c.facts()
+    parts = []
+    if c.wave_efficiency < best.wave_efficiency - 0.005:
+        parts.append(f"waves {c.wave_efficiency:.0%} vs {best.wave_efficiency:.0%}")
+    if c.combine_s > best.combine_s * 1.01:
+        parts.append(f"combine {c.combine_s * 1e6:.1f} vs {best.combine_s * 1e6:.1f} µs")
+    if c.partial_bytes > best.partial_bytes:
+        parts.append(f"partial O {c.partial_bytes:,} vs {best.partial_bytes:,} B")
+    if c.kv_bytes > best.kv_bytes:
+        parts.append(f"K/V {c.kv_bytes / best.kv_bytes:.2f}× bytes")
+    if c.num_splits < best.num_splits:
+        parts.append(f"{c.num_splits} split(s): fewer CTAs stream K/V")
+    if c.block_n != best.block_n:
+        parts.append(f"block_n {c.block_n} vs {best.block_n}")
+    return f"{c.time_s / best.time_s:.3f}× time: " + ("; ".join(parts[:3]) or "same resources")
+
+
+@dataclass(frozen=True)
+class Fa2DecodePick:
+    num_splits: int
+    block_n: int
+    time_s: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class DecodeChoice:
+    hardware: str
+    problem: Problem
+    packed: bool
+    ctas: int  # B·H'·⌈rows/64⌉: the split kernel's CTAs per split
+    ranked: tuple[DecodeCandidate, ...]
+    illegal: tuple[DecodeCandidate, ...]
+    pruned: dict  # block_n → split counts of 1..128 FA2 would never try (not predicted)
+    fa2: Fa2DecodePick
+
+    @property
+    def best(self) -> DecodeCandidate:
+        return self.ranked[0]
+
+    def to_dict(self, top: int | None = None) -> dict:
+        f = self.fa2
+        return {"mode": "decode", "hardware": self.hardware, "problem": dataclasses.asdict(self.problem),
+                "gqa_packed": self.packed, "ctas_per_split": self.ctas, "legal_count": len(self.ranked),
+                "pruned_split_counts": {str(k): v for k, v in self.pruned.items()},
+                "fa2": {"num_splits": f.num_splits, "block_n": f.block_n, "time_s": f.time_s, "why": f.reason},
+                "candidates": [c.to_dict() for c in self.ranked[:top]],
+                "illegal_examples": [c.to_dict() for c in self.illegal[:10]]}
+
+
+def _fa2_decode_pick(hw: Hardware, problem: Problem) -> Fa2DecodePick:
+    """What PyTorch launches (``presets.apply('fa2')``), predicted as a candidate is, and the heuristic's reasons."""
+    from iosim.models.splitkv import fa2_launch, split_tiles
+    from iosim.presets import apply
+    alg, cfg, pre = apply("fa2", problem, hw, KernelConfig())
+    sched = build_schedule(alg, problem, cfg, hw)
+    est = estimate(sched, count(sched), hw, path=pre.instruction_path, prefetch=pre.prefetch,
+                   regs_per_thread=pre.regs_per_thread)
+    launch, bn = fa2_launch(problem, hw), split_tiles(problem.head_dim)[1]
+    ctas, slots, n = problem.batch * launch.heads * -(-launch.rows // 64), 2 * hw.sm_count, -(-problem.seq_kv // bn)
+    if ctas >= 0.8 * slots:
+        why = f"B·H·m = {ctas} CTAs ≥ 0.8 × 2·SMs = {0.8 * slots:g}: the launch fills the GPU, no split"
+    else:
+        effs = {s: wave_efficiency(ctas, s, hw.sm_count) for s in eligible_splits(n, hw.sm_count)}
+        why = (f"B·H·m = {ctas} CTAs < 0.8 × 2·SMs = {0.8 * slots:g}: the smallest eligible split count (of "
+               f"{len(effs)}, n = {n} blocks of {bn}) with wave efficiency ≥ 85% of the best {max(effs.values()):.0%}: "
+               f"{launch.num_splits} splits at {effs.get(launch.num_splits, 1.0):.0%}")
+    shown_bn = bn if launch.num_splits > 1 else cfg.block_n
+    kind = "split kernel" if launch.num_splits > 1 else f"plain kernel {cfg.block_m}×{cfg.block_n}"
+    return Fa2DecodePick(launch.num_splits, shown_bn, sum(sm_share_time_s(k, hw) for k in est.kernels),
+                         f"{why} ({kind}{', GQA-packed' if launch.packed else ''})")
+
+
+def choose_decode(hw: Hardware, problem: Problem, *, block_n: Iterable[int] = DECODE_BLOCK_N) -> DecodeChoice:
+    """Rank (num_splits, block_n) of FA2's split-KV decode path (GQA-packed as PyTorch packs) by predicted time
+    (compulsory DRAM traffic, as ``choose``; kernels at ``sm_share_time_s``). Split counts FA2 never tries
+    (``eligible_splits``) are pruned, not predicted."""
+    from iosim.models.splitkv import fa2_launch
+    if not all(isinstance(getattr(problem, n), int) for n in ("batch", "heads", "seq_q", "seq_kv", "head_dim")):
+        raise IosimError("the decode chooser needs concrete sizes (seq_q, seq_kv, head_dim as integers)")
+    launch = fa2_launch(problem, hw)
+    ctas = problem.batch * launch.heads * -(-launch.rows // 64)
+    cands, pruned = [], {}
+    for bn in block_n:
+        splits = eligible_splits(-(-problem.seq_kv // bn), hw.sm_count)
+        pruned[bn] = MAX_SPLITS - len(splits)
+        cands += [_decode_candidate(hw, problem, launch.packed, ctas, s, bn) for s in splits]
+    legal = sorted((c for c in cands if c.legal), key=lambda c: (round(c.time_s, 12), c.num_splits, -c.block_n))
+    if not legal:
+        raise IosimError(f"no legal split-KV configuration on {hw.name}: "
+                         + " | ".join(sorted({c.reason for c in cands})[:3]))
+    ranked = tuple(dataclasses.replace(c, reason=explain_decode(legal[0], c)) for c in legal)
+    return DecodeChoice(hw.name, problem, launch.packed, ctas, ranked, tuple(c for c in cands if not c.legal), pruned,
+                        _fa2_decode_pick(hw, problem))
+
+
+def format_decode(choice: DecodeChoice, top: int = 5) -> str:
+    p, f = choice.problem, choice.fa2
+    pruned = ", ".join(f"{n} at block_n {bn}" for bn, n in choice.pruned.items())
+    lines = [f"split-KV decode (FA2 as in PyTorch) on {choice.hardware}: B={p.batch} H={p.heads} Hkv={p.kv_heads} "
+             f"Nq={p.seq_q} Nkv={p.seq_kv} d={p.head_dim} {p.dtype}{', GQA-packed' if choice.packed else ''}; "
+             f"{choice.ctas} CTAs per split",
+             f"{len(choice.ranked)} legal (num_splits, block_n), {len(choice.illegal)} rejected; of split counts "
+             f"1..{MAX_SPLITS} pruned as FA2 never tries them (s > min(128, 2·SMs, n_blocks) or ⌈n/s⌉ = ⌈n/(s−1)⌉): "
+             f"{pruned}",
+             f"{'#':>3} {'splits':>6} {'BN':>4} {'time':>11}  why"]
+    for i, c in enumerate(choice.ranked[:top], 1):
+        lines.append(f"{i:>3} {c.num_splits:>6} {c.block_n:>4} {c.time_s * 1e3:>8.4f} ms  {c.reason}")
+    lines.append(f"FA2 {f.num_splits:>6} {f.block_n:>4} {f.time_s * 1e3:>8.4f} ms  "
+                 f"{f.time_s / choice.best.time_s:.3f}× the chosen; heuristic: {f.reason}")
+    return "\n".join(lines) + "\n"
+
+
+# --- backward: FA2's flash2_bwd (block_m, block_n, num_warps) --------------------------------------------------------
+
+BWD_WARPS = (4, 8)
+BWD_STAGES = (1, 2)  # Q (and dO) single- or double-buffered: the traits' No_double_buffer
+
+
+def bwd_warp_rule(block_m: int, block_n: int, num_warps: int) -> str:
+    """'' if FA2's backward can lay num_warps over the block_m × block_n S/dP tile: TiledMmaSdP is
+    AtomLayoutMSdP × (warps / AtomLayoutMSdP) warps of 16×16 (``Flash_bwd_kernel_traits``, kernel_traits.h)."""
+    for wm in (1, 2, 4, 8):
+        if num_warps % wm == 0 and block_m % (16 * wm) == 0 and block_n % (16 * (num_warps // wm)) == 0:
+            return ""
+    return f"{num_warps} warps cannot tile {block_m}×{block_n} in 16×16 MMA atoms (AtomLayoutMSdP × the rest)"
+
+
+@dataclass(frozen=True)
+class BwdChoice:
+    hardware: str
+    problem: Problem
+    ranked: tuple[Candidate, ...]
+    illegal: tuple[Candidate, ...]
+    fa2: Candidate  # FA2's own tiles (presets.fa2_bwd_tiles), predicted alike; reason = vs the chosen
+    seq_parallel: str  # seqk-parallel vs one CTA per (b, h): CTA counts and wave efficiency
+
+    @property
+    def best(self) -> Candidate:
+        return self.ranked[0]
+
+    def to_dict(self, top: int | None = None) -> dict:
+        return {"mode": "bwd", "hardware": self.hardware, "problem": dataclasses.asdict(self.problem),
+                "legal_count": len(self.ranked), "illegal_count": len(self.illegal), "fa2": self.fa2.to_dict(),
+                "sequence_parallel": self.seq_parallel, "candidates": [c.to_dict() for c in self.ranked[:top]],
+                "illegal_examples": [c.to_dict() for c in self.illegal[:10]]}
+
+
+def _bwd_candidate(hw: Hardware, problem: Problem, algorithm: str, base: KernelConfig, path: str | None,
+                   caps: tuple[int, int], bm: int, bn: int, w: int, st: int) -> Candidate:
+    why = bwd_warp_rule(bm, bn, w)
+    if not why and (bm > caps[0] or bn > caps[1]):
+        why = f"{bm}×{bn} exceeds seq_q={problem.seq_q} or seq_kv={problem.seq_kv}"
+    if why:
+        return Candidate(bm, bn, w, st, False, why)
+    cfg = dataclasses.replace(base, block_m=bm, block_n=bn, num_warps=w, num_stages=st)
+    try:  # legality: check_fit (shared memory); register estimates are not a rule here (FA2's own tiles exceed them)
+        sched = build_schedule(algorithm, problem, cfg, hw)
+        est = estimate(sched, count(sched), hw, path=path)
+    except IosimError as e:
+        return Candidate(bm, bn, w, st, False, str(e))
+    return Candidate(bm, bn, w, st, True, "", est)
+
+
+def _seq_parallel(hw: Hardware, problem: Problem, c: Candidate) -> str:
+    main = max(c.estimate.kernels, key=lambda k: k.time_s)
+    slots = hw.sm_count * main.ctas_per_sm
+    bh = problem.batch * problem.heads
+    alt = bh / slots / math.ceil(bh / slots)
+    return (f"sequence-parallel (FA2: one CTA per KV block, dQ by fp32 atomics): {main.programs:,} CTAs, "
+            f"{main.waves:.2f} waves, tail {main.tail_efficiency:.0%}; one CTA per (b, h) looping every KV block "
+            f"(flash_bwd_dq_dk_dv_loop_kernel, no atomics): {bh:,} CTAs on {slots} slots, wave efficiency {alt:.0%}. "
+            "PyTorch's run_flash_bwd always launches run_flash_bwd_seqk_parallel (the loop kernel is never chosen); "
+            "iosim does not build the loop schedule, so this is the CTA-count comparison only")
+
+
+def choose_bwd(hw: Hardware, problem: Problem, algorithm: str = "flash2", *, kernel: str = "fa2",
+               block_m: Iterable[int] = BLOCK_CHOICES, block_n: Iterable[int] = BLOCK_CHOICES,
+               num_warps: Iterable[int] = BWD_WARPS, num_stages: Iterable[int] = BWD_STAGES) -> BwdChoice:
+    """Rank the backward's (block_m, block_n, num_warps, stages) by predicted time; ``kernel``'s backward preset
+    gives the grid order, instruction path and its own tiles (shown beside)."""
+    from iosim.passes import backward_of
+    from iosim.presets import apply
+    if not isinstance(problem.seq_q, int):
+        raise IosimError("the tile chooser needs concrete sizes (seq_q, seq_kv, head_dim as integers)")
+    bwd_alg = backward_of(algorithm)
+    alg, own, pre = apply(kernel, problem, hw, KernelConfig(), direction="bwd")
+    if alg != bwd_alg:
+        raise IosimError(f"kernel preset {kernel!r} runs {alg} for the backward, not {bwd_alg}; use --algorithm "
+                         f"{alg.removesuffix('_bwd')}")
+    caps = max(16, _pow2_ceil(problem.seq_q)), max(16, _pow2_ceil(problem.seq_kv))
+    make = partial(_bwd_candidate, hw, problem, alg, own, pre.instruction_path, caps)
+    cands = [make(*k) for k in itertools.product(block_m, block_n, num_warps, num_stages)]
+    legal = [c for c in cands if c.legal]
+    if not legal:
+        raise IosimError(f"no legal backward tiles on {hw.name}: " + " | ".join(sorted({c.reason for c in cands})[:3]))
+    legal.sort(key=lambda c: (round(c.time_s, 12), -c.block_m * c.block_n, c.num_warps, -c.num_stages))
+    best = legal[0]
+    ranked = tuple(dataclasses.replace(c, reason=explain(best, c)) for c in legal)
+    fa2 = make(own.block_m, own.block_n, own.num_warps, own.num_stages)
+    fa2 = dataclasses.replace(fa2, reason=(explain(best, fa2) if fa2.legal else fa2.reason)
+                              + f" ({kernel}'s own backward tiles for d={problem.head_dim})")
+    return BwdChoice(hw.name, problem, ranked, tuple(c for c in cands if not c.legal), fa2,
+                     _seq_parallel(hw, problem, best))
+
+
+def format_bwd(choice: BwdChoice, top: int = 5) -> str:
+    p = choice.problem
+    lines = [f"backward (flash2_bwd) on {choice.hardware}: B={p.batch} H={p.heads} Hkv={p.kv_heads} Nq={p.seq_q} "
+             f"Nkv={p.seq_kv} d={p.head_dim} {p.dtype}{' causal' if p.causal else ''}",
+             f"{len(choice.ranked)} legal configurations, {len(choice.illegal)} rejected (warp layout, size, "
+             "shared memory: Q, dO × stages + K, V + LSE, D)",
+             f"{'#':>3} {'BM':>4} {'BN':>4} {'warps':>5} {'stages':>6} {'time':>11} {'smem/CTA':>9}  why slower than #1"]
+    rows = [(f"{i:>3}", c) for i, c in enumerate(choice.ranked[:top], 1)] + [("FA2", choice.fa2)]
+    for tag, c in rows:
+        t = f"{c.time_s * 1e3:>8.4f} ms" if c.legal else f"{'—':>11}"
+        smem = f"{c.totals()['smem_per_cta']:>9,}" if c.legal else f"{'—':>9}"
+        lines.append(f"{tag:>3} {c.block_m:>4} {c.block_n:>4} {c.num_warps:>5} {c.num_stages:>6} {t} {smem}  {c.reason}")
+    lines.append(choice.seq_parallel)
+    return "\n".join(lines) + "\n"
