@@ -1,7 +1,8 @@
 """``iosim hints``: autotune hints for kernels.
 
 ``--format triton`` writes a JSON list of ``triton.Config``-style entries (kwargs BLOCK_M/BLOCK_N, num_warps,
-num_stages, num_ctas, maxnreg, and an ``iosim`` block with the predicted time); ``--format blockmask`` turns a
+num_stages, num_ctas, maxnreg, and an ``iosim`` block with the predicted time and why); a decode shape gives FA2's
+split-KV (NUM_SPLITS, BLOCK_N) beside FA2's heuristic choice, ``--pass bwd`` the backward's tiles beside FA2's; ``--format blockmask`` turns a
 boolean block pattern (.npy, [Qb, Kb] or [B, H, Qb, Kb]) into FlexAttention BlockMask inputs (.npz).
 """
 
@@ -15,7 +16,7 @@ from typing import IO
 
 import numpy as np
 
-from iosim.cli_tiles import add_problem_args, problem_from_args
+from iosim.cli_tiles import add_mode_args, add_problem_args, mode_of, problem_from_args
 from iosim.atomic import atomic_write_bytes
 from iosim.errors import IosimError
 from iosim.hwprofile import load_hardware
@@ -28,6 +29,7 @@ def add_parser(sub) -> None:
     add_problem_args(p)
     p.add_argument("--format", default="triton", choices=["triton", "blockmask"])
     p.add_argument("--top", type=int, default=5, help="configurations to export (default 5)")
+    add_mode_args(p)
     p.add_argument("--mask", default=None, help="blockmask: boolean block pattern, .npy")
     p.add_argument("--full", default=None, help="blockmask: optional .npy of blocks that need no mask_mod")
     p.add_argument("--out", default=None, help="output file (default: stdout for triton; required for blockmask)")
@@ -42,10 +44,16 @@ def _load_bool(path: str, what: str) -> np.ndarray:
 
 
 def run(args: argparse.Namespace, out: IO[str]) -> int:
-    from iosim.hints import block_mask_inputs, config_entries
+    from iosim.hints import backward_entries, block_mask_inputs, config_entries, decode_entries
     if args.format == "triton":
-        entries = config_entries(load_hardware(args.hardware), problem_from_args(args), args.algorithm,
-                                 top=args.top, path=args.path)
+        hw, problem = load_hardware(args.hardware), problem_from_args(args)
+        mode = mode_of(args, problem, hw)
+        if mode == "decode":
+            entries = decode_entries(hw, problem, top=args.top)
+        elif mode == "bwd":
+            entries = backward_entries(hw, problem, args.algorithm, top=args.top, kernel=args.kernel)
+        else:
+            entries = config_entries(hw, problem, args.algorithm, top=args.top, path=args.path)
         text = json.dumps(entries, indent=1) + "\n"
         if args.out:
             atomic_write_bytes(Path(args.out), text.encode())

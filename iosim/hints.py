@@ -54,6 +54,40 @@ def config_entries(hw: Hardware, problem: Problem, algorithm: str = "flash2", *,
     return out
 
 
+def decode_entries(hw: Hardware, problem: Problem, *, top: int = 5) -> list[dict]:
+    """The ``top`` fastest (num_splits, block_n) of FA2's split-KV decode (``iosim.tiles.choose_decode``): kwargs
+    NUM_SPLITS, BLOCK_N (kBlockM 64, 4 warps, one stage), the reason, and FA2's own heuristic choice with its reason."""
+    from iosim.tiles import choose_decode
+    if top < 1:
+        raise IosimError(f"top must be at least 1, got {top}")
+    ch = choose_decode(hw, problem)
+    fa2 = {"num_splits": ch.fa2.num_splits, "block_n": ch.fa2.block_n, "predicted_time_s": ch.fa2.time_s,
+           "why": ch.fa2.reason}
+    return [{"kwargs": {"NUM_SPLITS": c.num_splits, "BLOCK_M": 64, "BLOCK_N": c.block_n}, "num_warps": 4,
+             "num_stages": 1, "num_ctas": 1, "maxnreg": None,
+             "iosim": {"rank": rank, "pass": "fwd", "mode": "decode", "predicted_time_s": c.time_s,
+                       "hardware": hw.name, "algorithm": "splitkv", "gqa_packed": ch.packed, "why": c.reason,
+                       "fa2": fa2}} for rank, c in enumerate(ch.ranked[:top], 1)]
+
+
+def backward_entries(hw: Hardware, problem: Problem, algorithm: str = "flash2", *, top: int = 5,
+                     kernel: str = "fa2") -> list[dict]:
+    """The ``top`` fastest backward tiles (``iosim.tiles.choose_bwd``) with reasons, ``kernel``'s own tiles beside
+    and the sequence-parallel comparison."""
+    from iosim.tiles import choose_bwd
+    if top < 1:
+        raise IosimError(f"top must be at least 1, got {top}")
+    ch = choose_bwd(hw, problem, algorithm, kernel=kernel)
+    f = ch.fa2
+    own = {"BLOCK_M": f.block_m, "BLOCK_N": f.block_n, "num_warps": f.num_warps, "num_stages": f.num_stages,
+           "predicted_time_s": f.time_s if f.legal else None, "why": f.reason}
+    return [{"kwargs": {"BLOCK_M": c.block_m, "BLOCK_N": c.block_n}, "num_warps": c.num_warps,
+             "num_stages": c.num_stages, "num_ctas": 1, "maxnreg": None,
+             "iosim": {"rank": rank, "pass": "bwd", "predicted_time_s": c.time_s, "bound": c.estimate.bound,
+                       "hardware": hw.name, "algorithm": "flash2_bwd", "why": c.reason, kernel: own,
+                       "sequence_parallel": ch.seq_parallel}} for rank, c in enumerate(ch.ranked[:top], 1)]
+
+
 def to_triton_configs(entries: Sequence[Mapping]) -> list:
     """``triton.Config`` objects from ``config_entries`` output (needs triton)."""
     try:
