@@ -190,6 +190,25 @@ FLEX_SM80 = {("bf16", 64): (128, 64, 3, 4), ("bf16", 128): (128, 64, 3, 8), ("bf
 """The same on sm80 (``a100_default_flex_config``)."""
 
 
+def _iosim_triton_schedule(p: Problem, cfg: KernelConfig, hw, block_mask=None):
+    """What ``iosim.triton_kernels.attention`` launches: the dense/block-sparse forward or, for ``use_decode`` shapes,
+    the split-KV decode (splits from the chip's SM count, as the launcher computes them on that GPU)."""
+    from iosim.triton_kernels.schedule import kernel_schedule
+    return kernel_schedule(p, cfg, block_mask, hw=hw, num_sms=hw.sm_count if hw is not None else 132)
+
+
+def _iosim_triton_bwd_config(p: Problem, hw, base: KernelConfig) -> KernelConfig:
+    from iosim.triton_kernels.schedule import backward_preset_config
+    return backward_preset_config(p, base.sram_bytes)
+
+
+def _iosim_triton_bwd_schedule(p: Problem, cfg: KernelConfig, block_mask=None):
+    if block_mask is not None:
+        raise IosimError("iosim-triton's backward has no block-sparse variant; drop the block mask for --pass bwd")
+    from iosim.triton_kernels.schedule import backward_schedule
+    return backward_schedule(p, cfg)
+
+
 def flex_tiles(dtype: str, head_dim: int, hw=None) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_stages, num_warps) FlexAttention's forward uses by default (``get_flex_attn_fwd_configs``)."""
     if head_dim > 256:
@@ -306,8 +325,14 @@ PRESETS: dict[str, KernelPreset] = {
                                     "Triton fused-attention tutorial (grid m, z·h; KV ascending; 128×64, 2 stages)",
                                     _triton_tutorial_config),
     "iosim-triton": KernelPreset("iosim-triton", "flash2",
-                                 "iosim's Triton kernel (default_config tiles; grid m,b,h; KV ascending; wgmma on sm90)",
-                                 _iosim_triton_config),
+                                 "iosim's Triton kernel (default_config tiles; grid m,b,h; KV ascending; wgmma on sm90; "
+                                 "split-KV decode for few rows per KV head)", _iosim_triton_config,
+                                 schedule=lambda p, cfg, hw, block_mask=None: _iosim_triton_schedule(p, cfg, hw, block_mask),
+                                 backward=KernelPreset("iosim-triton", "iosim-triton-bwd",
+                                                       "iosim's Triton backward (preprocess, KV-parallel main with atomic "
+                                                       "dQ, convert; not tuned)", _iosim_triton_bwd_config,
+                                                       schedule=lambda p, cfg, hw, block_mask=None:
+                                                       _iosim_triton_bwd_schedule(p, cfg, block_mask))),
     "flex": KernelPreset("flex", "flex", "PyTorch FlexAttention Triton forward (grid m,b,h; partial then full blocks, "
                          "ascending; h100_default_flex_config tiles)", _flex_config,
                          schedule=lambda p, cfg, hw, block_mask=None: flex_schedule(p, cfg, hw, block_mask)),

@@ -201,9 +201,12 @@ def test_iosim_triton_predict_l2_equals_flash2_with_kernel_config():
     assert (a.dram_read_bytes, a.dram_write_bytes, a.time_s) == (b.dram_read_bytes, b.dram_write_bytes, b.time_s)
 
 
-def test_iosim_triton_preset_refuses_what_the_kernel_runs_differently():
-    with pytest.raises(IosimError, match="split-KV decode"):
-        predict(H100, Problem(1, 32, 8, 1, 8192, 128), KernelConfig(), kernel="iosim-triton", l2=False)
+def test_iosim_triton_preset_runs_decode_and_refuses_what_the_kernel_refuses():
+    # decode shape (G·Nq = 4 ≤ 64, Nkv ≥ 256): the launcher's split-KV path, two kernels; one packed program per
+    # (KV head, split): K and V read once per KV head (8 heads × 8192 keys × 128 × 2 B each)
+    dec = predict(H100, Problem(1, 32, 8, 1, 8192, 128), KernelConfig(), kernel="iosim-triton", l2=False)
+    assert [k.name for k in dec.counts.kernels] == ["iosim_decode_split", "iosim_decode_combine"]
+    assert dec.counts.kernels[0].read_bytes["K"] == dec.counts.kernels[0].read_bytes["V"] == 8 * 8192 * 128 * 2
     with pytest.raises(IosimError, match="head_dim=96"):
         predict(H100, Problem(1, 4, 4, 1024, 1024, 96), KernelConfig(), kernel="iosim-triton", l2=False)
     with pytest.raises(IosimError, match="65535"):

@@ -103,17 +103,13 @@ def instruction_path(arch: str, block_m: int, num_warps: int) -> str:
 
 def preset_config(p: Problem, sram_bytes: int | None = None) -> KernelConfig:
     """The config of ``attention(q, k, v, causal=p.causal)`` (config=None, no block mask) for the ``iosim-triton``
-    preset: ``launch_config`` of an empty config; refuses what the kernel refuses or runs differently (a head dim
-    that is not a power of two in 16..256, a grid over the y/z limit, and split-KV decode shapes, which launch
-    ``decode_schedule``'s two kernels: predict those with ``kernel_schedule(..., decode=True)``)."""
+    preset: ``launch_config`` of an empty config; refuses what the kernel refuses (a head dim that is not a power of
+    two in 16..256, a grid over the y/z limit). Split-KV decode shapes (``use_decode``) take the same config: the
+    preset's schedule (``kernel_schedule``) launches ``decode_schedule``'s two kernels for them."""
     concrete = all(isinstance(v, int) for v in (p.batch, p.heads, p.kv_heads, p.seq_q, p.seq_kv, p.head_dim))
     if not concrete:
         return replace(launch_config(p.head_dim, p.causal), sram_bytes=sram_bytes)
     check_head_dim(p.head_dim)
-    if use_decode(p.seq_q, p.heads, p.kv_heads, p.seq_kv):
-        raise IosimError(f"iosim-triton runs split-KV decode for this shape (G·Nq = {(p.heads // p.kv_heads) * p.seq_q}"
-                         f" ≤ 64, Nkv = {p.seq_kv} ≥ 256); the preset models the dense forward only: use "
-                         "iosim.triton_kernels.schedule.kernel_schedule(problem, config, decode=True)")
     kc = replace(launch_config(p.head_dim, p.causal), sram_bytes=sram_bytes)
     launch_grid(kc, cdiv(p.seq_q, kc.block_m), p.batch, p.heads)
     return kc
