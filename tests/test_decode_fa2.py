@@ -66,7 +66,7 @@ def test_backward_config():
 
 def test_backward_errors():
     p = Problem(1, 4, 4, 512, 512, 64)
-    with pytest.raises(IosimError, match="^kernel preset 'flex' has no backward pass modelled; use one of: fa2$"):
+    with pytest.raises(IosimError, match="^kernel preset 'flex' has no backward pass modelled; use one of: fa2, iosim-triton$"):
         apply("flex", p, H100, KernelConfig(), direction="bwd")
     with pytest.raises(IosimError, match="direction must be one of"):
         apply("fa2", p, H100, KernelConfig(), direction="backward")
