@@ -28,8 +28,7 @@ def problem_from_args(a: argparse.Namespace) -> Problem:
 
 def add_parser(sub) -> None:
     from iosim.tiles import DEFAULT_JOBS
-    p = sub.add_parser(COMMAND, help="rank legal (block_m, block_n, num_warps, num_stages) by predicted time; "
-                          "decode shapes: FA2's (num_splits, block_n); --pass bwd: the backward's tiles")
+    p = sub.add_parser(COMMAND, help="rank legal (block_m, block_n, num_warps, num_stages) by predicted time")
     add_problem_args(p)
     p.add_argument("--top", type=int, default=5, help="how many configurations to show (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
