@@ -114,25 +114,35 @@ class _Buf:
 
 
 class _Ctx:
-    """What ops may read besides buffers: the problem (for causal masks), the softmax scale, per-program registers."""
+    """What ops may read besides buffers: the problem and the mask, the softmax scale, per-program registers.
 
-    def __init__(self, problem, scale: float, dtype):
-        self.problem = problem
-        self.scale = scale
-        self.dtype = dtype
+    The mask is FA2's window (left, right) from the schedule's table ``window`` (causal = (−1, 0), none = (−1, −1));
+    with tables ``cu_seqlens_q``/``cu_seqlens_k`` (varlen) rows and keys are packed and each sequence's lengths apply."""
+
+    def __init__(self, problem, scale: float, dtype, tables=None):
+        t = tables or {}
+        self.problem, self.scale, self.dtype, self.regs = problem, scale, dtype, {}
         self.causal = bool(getattr(problem, "causal", False))
-        self.shift = int(problem.seq_kv) - int(problem.seq_q) if self.causal else 0
-        self.regs: dict = {}
+        left, right = (int(x) for x in t["window"]) if "window" in t else (-1, -1)
+        self.window = (left, 0) if self.causal else (left, right)
+        self.shift = int(problem.seq_kv) - int(problem.seq_q)
+        self.cu = (np.asarray(t["cu_seqlens_q"]), np.asarray(t["cu_seqlens_k"])) if "cu_seqlens_q" in t else None
 
     def masked(self, x: np.ndarray, row0: int, col0: int) -> np.ndarray:
-        """x with −∞ where key col0+c is invisible to query row0+r (bottom-right causal: c ≤ r + N_kv − N_q)."""
-        if not self.causal:
+        """x with −∞ where key col0+c is invisible to query row0+r: with δ = c − (r + N_kv − N_q) (bottom-right
+        aligned), visible iff −left ≤ δ ≤ right (a negative bound is unbounded; FA2's mask.h)."""
+        left, right = self.window
+        if left < 0 and right < 0:
             return x
         r, c = x.shape
-        if col0 + c - 1 <= row0 + self.shift:  # whole tile visible
-            return x
-        vis = (np.arange(col0, col0 + c)[None, :] <= (np.arange(row0, row0 + r) + self.shift)[:, None])
-        return np.where(vis, x, NEG_INF)
+        rows, cols, shift = np.arange(row0, row0 + r), np.arange(col0, col0 + c), self.shift
+        if self.cu is not None:  # packed varlen: this tile's sequence b, its own offsets and lengths
+            cq, ck = self.cu
+            b = int(np.searchsorted(cq, row0, side="right")) - 1
+            rows, cols, shift = rows - cq[b], cols - ck[b], int(ck[b + 1] - ck[b] - cq[b + 1] + cq[b])
+        d = cols[None, :] - (rows[:, None] + shift)
+        vis = ((left < 0) | (d >= -left)) & ((right < 0) | (d <= right))
+        return x if vis.all() else np.where(vis, x, NEG_INF)
 
 
 def _safe(m: np.ndarray) -> np.ndarray:
@@ -419,11 +429,11 @@ OPS: dict[str, Callable] = {
 # --- compilation of a kernel's statements into closures ------------------------------------------------------------
 
 def _span_fn(s: Span):
-    fi, fb, fl = compile_expr(s.index), compile_expr(s.block), compile_expr(s.length)
+    fi, fb, fl, fo = compile_expr(s.index), compile_expr(s.block), compile_expr(s.length), compile_expr(s.offset)
 
     def span(env):
         k, B, L = int(fi(env)), int(fb(env)), int(fl(env))
-        return k * B, min(max(L - k * B, 0), B)
+        return int(fo(env)) + k * B, min(max(L - k * B, 0), B)
     return span
 
 
@@ -703,7 +713,7 @@ def run(schedule: Schedule, inputs: Mapping[str, np.ndarray], *, sram_bytes: int
                                   for b in k.buffers if b.space == "smem")
                 raise IosimError(f"{k.name}: live on-chip buffers need {need_b:,} B of shared memory ({parts}), "
                                  f"more than the {limit:,} B given; use smaller tiles or fewer stages")
-    ctx = _Ctx(p, (1.0 / math.sqrt(int(p.head_dim))) if scale is None else float(scale), dtype)
+    ctx = _Ctx(p, (1.0 / math.sqrt(int(p.head_dim))) if scale is None else float(scale), dtype, schedule.tables)
     ex = _Executor(schedule, hbm, ctx)
     notes = list(schedule.notes)
     tallies = []

@@ -44,11 +44,14 @@ def clamp(x: Expr, lo: Expr, hi: Expr) -> Expr:
 
 @dataclass(frozen=True)
 class Span:
-    """Elements [index·block, min((index+1)·block, length)) of one tensor axis; extent = clamp(length − index·block, 0, block)."""
+    """Elements offset + [index·block, min((index+1)·block, length)) of one tensor axis; extent = clamp(length −
+    index·block, 0, block). offset moves the tile without changing its extent (a varlen sequence packed at
+    cu_seqlens[b], a paged KV block in its physical page); counting never reads it, addresses do."""
 
     index: Expr
     block: Expr
     length: Expr
+    offset: Expr = 0
 
     @property
     def extent(self) -> Expr:
@@ -56,7 +59,7 @@ class Span:
 
     @property
     def start(self) -> Expr:
-        return sp.sympify(self.index) * self.block
+        return sp.sympify(self.offset) + sp.sympify(self.index) * self.block
 
 
 def full(length: Expr) -> Span:

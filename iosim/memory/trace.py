@@ -69,7 +69,7 @@ def tile_runs(tile: Tile, lay: Layout, env: dict, npts: int):
         L = evaluate(s.length, env)
         st = k * b
         ext = np.clip(np.asarray(L - st), 0, b)
-        starts.append(_bcast(st, npts))
+        starts.append(_bcast(st + evaluate(s.offset, env), npts))
         exts.append(_bcast(ext, npts))
     nd = len(t.dims)
     # c: first dim of the contiguous run; every dim after it must be complete at every point.
