@@ -3,6 +3,8 @@ with concrete sizes, the numeric IO against the best lower bound for any algorit
 
     iosim bounds --algorithm flash1 [--json] [--latex]
     iosim bounds --algorithm flash1 --seq-q 4096 --head-dim 64 --sram-bytes 65536
+    iosim bounds --mask sliding:1024 --seq-q 8192 --head-dim 64 --sram-bytes 65536
+    iosim bounds --mask document:4096,2048,2048 [--causal]
 
 Sizes use ``iosim predict``'s flag names. M in the theorems is SRAM in elements (FlashAttention §3.1); with
 concrete sizes the lower bound uses the schedule's own fast memory (Σ of its on-chip buffers, in elements).
@@ -33,7 +35,11 @@ TILE_RULES = {
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(COMMAND, help="symbolic IO, theorems with constants, and lower bounds of an algorithm")
-    p.add_argument("--algorithm", default="flash1", help="algorithm family (see `iosim algorithms`), or flash1_bwd")
+    p.add_argument("--algorithm", default=None, help="algorithm family (see `iosim algorithms`), or flash1_bwd "
+                   "(default flash1; with --mask block_sparse, FA2's loop over the mask's blocks)")
+    p.add_argument("--mask", default=None, metavar="SPEC",
+                   help="structured mask: sliding:W (causal window of W keys) or document:L1,L2,... (--causal: "
+                        "causal within each document); IO of FA2's loop order (iosim.mask_bounds)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--latex", action="store_true", help="print expressions as LaTeX")
     p.add_argument("--causal", action="store_true", help="the causal variant of the expression")
@@ -164,7 +170,143 @@ def _problem(args) -> tuple[Problem, KernelConfig]:
     return p, cfg
 
 
+MASK_ALGORITHMS = ("block_sparse", "flash2")
+
+
+def parse_mask(spec: str, causal: bool = False):
+    """sliding:W or document:L1,L2,... → ``iosim.mask_bounds.SlidingWindow`` / ``Documents``."""
+    from iosim.mask_bounds import Documents, SlidingWindow
+    kind, _, rest = spec.partition(":")
+    try:
+        if kind == "sliding":
+            return SlidingWindow(int(rest))
+        if kind == "document":
+            return Documents(tuple(int(x) for x in rest.split(",")), causal)
+    except ValueError:
+        pass
+    raise IosimError(f"bad --mask {spec!r}; use sliding:W (e.g. sliding:4096) or document:L1,L2,... "
+                     "(e.g. document:4096,4096)")
+
+
+def mask_io(mask):
+    from iosim import mask_bounds as mb
+    return mb.sliding_io() if isinstance(mask, mb.SlidingWindow) else mb.documents_io(mask)
+
+
+def describe_mask(mask, latex: bool = False) -> dict:
+    """What ``iosim bounds --mask`` prints without sizes (``iosim.mask_bounds.MaskIO``)."""
+    io = mask_io(mask)
+    f = (lambda e: None if e is None else _fmt(e, latex))
+    return {"mask": mask.spec, "algorithm": "block_sparse", "io_bytes": f(io.exact_bytes),
+            "io_elements": f(io.exact_elements), "closed_form_elements": f(io.closed_elements),
+            "at_tile_rule_elements": f(io.tile_rule_elements), "upper_elements": f(io.upper_elements),
+            "theta": io.theta, "lower_bound_elements": f(io.lower_elements), "lower_class": io.lower_class,
+            "conditions": list(io.conditions)}
+
+
+def _mask_schedule(mask, problem: Problem, config: KernelConfig, hw):
+    """(block_m, block_n, block_sparse schedule of the mask's block mask); without --block-m/--block-n FA2's tiles
+    for the head dim, halved until they fit the on-chip memory."""
+    from iosim.mask_bounds import block_mask
+    from iosim.models.flash2 import default_tiles
+    from iosim.registry import get
+    dm, dn = default_tiles(problem.head_dim)
+    bm, bn = config.block_m or dm, config.block_n or dn
+    while True:
+        try:
+            return bm, bn, get("block_sparse").build(problem, config.with_tiles(bm, bn), hw,
+                                                     block_mask=block_mask(mask, problem.seq_q, bm, bn))
+        except IosimError:
+            if config.block_m or config.block_n or min(bm, bn) <= 16:
+                raise
+            bm, bn = bm // 2, bn // 2
+
+
+def evaluate_mask(mask, problem: Problem, config: KernelConfig, hw) -> dict:
+    """The mask's symbolic IO at these sizes against the counter's count of ``block_sparse`` with its block mask."""
+    from iosim import mask_bounds as mb
+    from iosim import symbolic as S
+    from iosim.counts import count
+    if problem.seq_kv != problem.seq_q:
+        raise IosimError("--mask models self-attention: drop --seq-kv or set it equal to --seq-q")
+    bm, bn, sched = _mask_schedule(mask, problem, config, hw)
+    c = count(sched)
+    engine = c.sm_read_bytes + c.sm_write_bytes
+    io = mask_io(mask)
+    env = {S.BATCH: problem.batch, S.HEADS: problem.heads, S.N: problem.seq_q, S.D: problem.head_dim,
+           S.ELEM_BYTES: problem.elem_bytes, S.BLOCK_M: bm, S.BLOCK_N: bn}
+    if isinstance(mask, mb.SlidingWindow):
+        env[mb.window_symbol()] = mask.window
+    aligned = mb.closed_form_exact(mask, problem.seq_q, bm, bn)
+    sym = S.evaluate_int(io.exact_bytes, env)
+    m = S.schedule_fast_memory_elements(sched)
+    lb = mb.lower_bounds(mask, problem.seq_q, problem.head_dim, m, problem.batch, problem.heads, problem.kv_heads)
+    io_el = S.schedule_io_elements(sched, c)
+    return {"problem": {"batch": problem.batch, "heads": problem.heads, "kv_heads": problem.kv_heads,
+                        "seq": problem.seq_q, "head_dim": problem.head_dim, "dtype": problem.dtype},
+            "tiles": {"block_m": bm, "block_n": bn}, "aligned": aligned, "tiles_visited": sched.notes[0],
+            "symbolic_io_bytes": sym, "engine_io_bytes": engine, "ratio_engine_to_symbolic": engine / sym,
+            "io_elements": io_el,
+            "closed_form_elements": int(S.evaluate(io.closed_elements, env)) if aligned else None,
+            "upper_elements": None if io.upper_elements is None else S.evaluate_int(io.upper_elements, env),
+            "fast_memory_elements": m,
+            "lower_bound_elements": {"trivial": lb.trivial, "saha_ye_large": lb.saha_ye_large,
+                                     "matmul_small": lb.matmul_small, "best": lb.best, "binding": lb.binding},
+            "ratio_io_to_lower_bound": io_el / lb.best if lb.best > 0 else None}
+
+
+def _write_mask(info: dict, out: IO[str]) -> None:
+    out.write(f"mask {info['mask']}: IO between SRAM and HBM of FA2's loop over the mask's blocks (block_sparse)\n")
+    for key, label in (("io_bytes", "bytes (exact)"), ("io_elements", "elements (exact)"),
+                       ("closed_form_elements", "elements, closed form"), ("at_tile_rule_elements",
+                       "elements at B_r = M/(4d)"), ("upper_elements", "elements, upper bound")):
+        if info[key] is not None:
+            out.write(f"  {label} = {info[key]}\n")
+    out.write(f"  class: {info['theta']}\n  lower bound (any exact algorithm), elements: "
+              f"{info['lower_bound_elements']}\n    {info['lower_class']}\n")
+    for c in info["conditions"]:
+        out.write(f"  note: {c}\n")
+    c = info.get("concrete")
+    if c:
+        pr = c["problem"]
+        out.write(f"at B={pr['batch']} H={pr['heads']} Hkv={pr['kv_heads']} N={pr['seq']} d={pr['head_dim']} "
+                  f"{pr['dtype']}, tiles {c['tiles']['block_m']}x{c['tiles']['block_n']} "
+                  f"({'aligned' if c['aligned'] else 'not aligned'}; {c['tiles_visited']}):\n")
+        out.write(f"  symbolic IO = {c['symbolic_io_bytes']:,} bytes\n  counter IO  = {c['engine_io_bytes']:,} bytes "
+                  f"(ratio counter / symbolic = {c['ratio_engine_to_symbolic']:.4f}) = {c['io_elements']:,} elements\n")
+        if c["closed_form_elements"] is not None:
+            out.write(f"  closed form = {c['closed_form_elements']:,} elements\n")
+        if c["upper_elements"] is not None:
+            out.write(f"  upper bound = {c['upper_elements']:,} elements\n")
+        lb = c["lower_bound_elements"]
+        out.write(f"  fast memory M = {c['fast_memory_elements']:,} elements; lower bound = {lb['best']:,.0f} "
+                  f"elements ({lb['binding']}); ratio IO / lower bound = {c['ratio_io_to_lower_bound']:.3f}\n")
+
+
+def run_mask(args, out: IO[str]) -> int:
+    if args.algorithm not in (None,) + MASK_ALGORITHMS:
+        raise IosimError(f"--mask is modelled for FA2's loop order; use --algorithm block_sparse (or flash2), "
+                         f"not {args.algorithm}")
+    mask = parse_mask(args.mask, args.causal)
+    info = describe_mask(mask, args.latex)
+    if args.seq_q is not None:
+        hw = None
+        if args.sram_bytes is None:
+            from iosim.hwprofile import load_hardware
+            hw = load_hardware(args.hardware)
+        problem, cfg = _problem(args)
+        info["concrete"] = evaluate_mask(mask, problem, cfg, hw)
+    if args.json:
+        out.write(json.dumps(info, indent=1, default=str) + "\n")
+    else:
+        _write_mask(info, out)
+    return 0
+
+
 def run(args, out: IO[str]) -> int:
+    if args.mask is not None:
+        return run_mask(args, out)
+    args.algorithm = args.algorithm or "flash1"
     info = describe(args.algorithm, args.causal, args.latex, concrete_only_ok=args.seq_q is not None)
     if args.seq_q is not None:
         hw = None
