@@ -21,8 +21,13 @@ stage uses (B_r + 2·B_c)·d·2 bytes, kernel_traits.h).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
 import sympy as sp
 
+from iosim.errors import IosimError
+from iosim.expr import evaluate
 from iosim.models._common import check_fit, check_head_dim, kv_tile, lse_tensor, q_tile, qkvo_tensors, row_tile
 from iosim.problem import STAT_BYTES, KernelConfig, Problem
 from iosim.registry import register
@@ -46,27 +51,67 @@ def kv_stop(p: Problem, i, bm: int, bn: int, tn):
     return clamp(cdiv((i + 1) * bm + p.seq_kv - p.seq_q, bn), 0, tn)
 
 
+def _fdiv(a, d):
+    return a // d if isinstance(a, int) else sp.floor(sp.sympify(a) / d)
+
+
 def band_start(p: Problem, i, bm: int, bn: int, tn):
     """First KV block of query block i that some of its rows may not see (causal): blocks below it are visible to
     every row, [band_start, kv_stop) cross the diagonal. = min(⌊max(i·B_r + N_kv − N_q + 1, 0)/B_c⌋, kv_stop,
     ⌊N_kv/B_c⌋) (the last partial block of a ragged N_kv is masked too), as iosim's Triton kernel computes n_full."""
-    def fdiv(a, d):
-        return a // d if isinstance(a, int) else sp.floor(sp.sympify(a) / d)
-    first = fdiv(clamp(i * bm + p.seq_kv - p.seq_q + 1, 0, p.seq_kv), bn)
-    return clamp(first, 0, clamp(kv_stop(p, i, bm, bn, tn), 0, fdiv(p.seq_kv, bn)))
+    first = _fdiv(clamp(i * bm + p.seq_kv - p.seq_q + 1, 0, p.seq_kv), bn)
+    return clamp(first, 0, clamp(kv_stop(p, i, bm, bn, tn), 0, _fdiv(p.seq_kv, bn)))
 
 
-def kv_loops(p: Problem, cfg: KernelConfig, b, h, i, rows: Span, j, bm: int, bn: int, tn) -> tuple:
-    """The KV loop(s) of one CTA: one loop over [0, kv_stop), or under causal masking with ``cfg.band_loop`` the
-    unmasked blocks [0, band_start) and the masked band [band_start, kv_stop) as two loops (descending: band first)."""
+def fa2_window(p: Problem, window) -> tuple[int, int] | None:
+    """FA2's (window_size_left, window_size_right) as the kernel gets them (flash_api.cpp: mha_fwd / mha_varlen_fwd
+    set right = 0 when causal and drop a bound ≥ seqlen_k to −1; set_params_fprop then, for a local window, turns a
+    −1 bound into seqlen_k). None: no mask; (−1, 0): causal (``Is_causal``); else both ≥ 0 (``Is_local``).
+    window=None follows ``p.causal``. seqlen_k is ``p.seq_kv`` (varlen: the longest sequence, max_seqlen_k)."""
+    if window is None:
+        return (-1, 0) if p.causal else None
+    ok = isinstance(window, (tuple, list)) and len(window) == 2
+    if not ok or not all(isinstance(w, int) and not isinstance(w, bool) and w >= -1 for w in window):
+        raise IosimError(f"window={window!r}: give (left, right), integers ≥ −1 (FA2's window_size_left/right; "
+                         "−1 = unbounded, causal = (−1, 0))")
+    if not isinstance(p.seq_kv, int) or not isinstance(p.seq_q, int):
+        raise IosimError("a local window needs concrete seq_q and seq_kv")
+    left, right = (-1 if w >= p.seq_kv else w for w in (window[0], 0 if p.causal else window[1]))
+    if left < 0 and right <= 0:
+        return None if right < 0 else (-1, 0)
+    return (p.seq_kv if left < 0 else left, p.seq_kv if right < 0 else right)
+
+
+def kv_range(p: Problem, i, bm: int, bn: int, tn, window=None):
+    """[n_block_min, n_block_max) of query block i (flash_fwd_kernel.h, compute_attn_1rowblock): a local window
+    (``fa2_window``) gives n_block_min = max(0, ⌊(i·B_r + N_kv − N_q − left)/B_c⌋) and n_block_max =
+    min(T_c, ⌈((i+1)·B_r + N_kv − N_q + right)/B_c⌉); otherwise [0, kv_stop)."""
+    if window is None or window == (-1, 0):
+        return 0, kv_stop(p, i, bm, bn, tn)
+    left, right = window
+    shift = p.seq_kv - p.seq_q
+    return clamp(_fdiv(i * bm + shift - left, bn), 0, tn), clamp(cdiv((i + 1) * bm + shift + right, bn), 0, tn)
+
+
+def kv_loops(p: Problem, cfg: KernelConfig, b, h, i, rows: Span, j, bm: int, bn: int, tn, window=None) -> tuple:
+    """The KV loop(s) of one CTA: one loop over [n_block_min, n_block_max) (``kv_range``), or with ``cfg.band_loop``
+    under a causal or local mask the blocks every row sees whole as a loop of their own between masked bands
+    (descending: walked from the right band down). A block is whole when its first key is at least last row +
+    N_kv − N_q − left (local) and its last key is at most first row + N_kv − N_q + right (causal: ``band_start``)."""
     cols = Span(j, bn, p.seq_kv)
     rev = cfg.kv_order == "descending"
-    stop = kv_stop(p, i, bm, bn, tn)
-    if not (p.causal and cfg.band_loop):
-        return (Loop(j, 0, stop, kv_step(p, b, h, rows, cols), reverse=rev),)
-    mid = band_start(p, i, bm, bn, tn)
-    loops = (Loop(j, 0, mid, kv_step(p, b, h, rows, cols), reverse=rev),
-             Loop(j, mid, stop, kv_step(p, b, h, rows, cols, masked=True), reverse=rev))
+    w = window if window is not None else fa2_window(p, None)
+    lo, hi = kv_range(p, i, bm, bn, tn, w)
+    if not (w and cfg.band_loop):
+        return (Loop(j, lo, hi, kv_step(p, b, h, rows, cols), reverse=rev),)
+    left, right = w
+    full_lo = lo if left < 0 else clamp(cdiv(clamp((i + 1) * bm, 0, p.seq_q) - 1 + p.seq_kv - p.seq_q - left, bn), lo, hi)
+    full_hi = band_start(p, i, bm, bn, tn) if left < 0 else clamp(sp.Min(_fdiv(clamp(
+        i * bm + p.seq_kv - p.seq_q + right + 1, 0, p.seq_kv), bn), _fdiv(p.seq_kv, bn)), full_lo, hi)
+    loops = (Loop(j, lo, full_lo, kv_step(p, b, h, rows, cols, masked=True), reverse=rev),
+             Loop(j, full_lo, full_hi, kv_step(p, b, h, rows, cols), reverse=rev),
+             Loop(j, full_hi, hi, kv_step(p, b, h, rows, cols, masked=True), reverse=rev))
+    loops = loops[1:] if left < 0 else loops
     return loops[::-1] if rev else loops
 
 
@@ -119,8 +164,15 @@ def buffers(bm: int, bn: int, d: int, elem_bytes: int) -> tuple[Buffer, ...]:
 
 
 @register("flash2", "FlashAttention-2 forward: outer loop over Q blocks (one CTA each), inner over K/V; O and LSE written once")
-def build(p: Problem, cfg: KernelConfig, hw=None) -> Schedule:
+def build(p: Problem, cfg: KernelConfig, hw=None, window=None) -> Schedule:
+    """window: FA2's (window_size_left, window_size_right), −1 = unbounded (None: ``p.causal`` decides; (−1, 0) is
+    causal, as FA2 makes it). A local window visits [n_block_min, n_block_max) (``kv_range``); a CTA whose range is
+    empty exits before loading Q and writes O = 0, LSE = +∞ (flash_fwd_kernel.h, compute_attn_1rowblock)."""
     check_head_dim(p, "flash2")
+    w = fa2_window(p, window)
+    if w == (-1, 0) and not p.causal:
+        p = replace(p, causal=True)  # FA2: is_causal = window_size_left < 0 && window_size_right == 0
+    local = w is not None and w != (-1, 0)
     if cfg.block_m is None or cfg.block_n is None:
         dm, dn = default_tiles(p.head_dim) if isinstance(p.head_dim, int) else (128, 64)
         cfg = cfg.with_tiles(cfg.block_m or dm, cfg.block_n or dn)
@@ -131,9 +183,18 @@ def build(p: Problem, cfg: KernelConfig, hw=None) -> Schedule:
     i = pid if cfg.q_order == "ascending" else tm - 1 - pid
     j = var("j")
     rows = Span(i, bm, p.seq_q)
+    load_q = Load("q", q_tile(p, "Q", b, h, rows))
+    notes, tables = (), {}
+    if local:
+        lo, hi = kv_range(p, i, bm, bn, tn, w)
+        if np.any(np.asarray(evaluate(hi - lo, {pid: np.arange(tm)})) <= 0):  # early exit: Q loaded only if blocks remain
+            load_q = Loop(var("q_loaded"), 0, sp.Min(1, hi - lo), (load_q,))
+        tables = {"window": np.array(w, dtype=np.int64)}
+        notes = (f"local window (left, right) = {w} (FA2's window_size_left/right after mha_fwd): KV blocks "
+                 "[n_block_min, n_block_max) per query block",)
     body = (
-        Load("q", q_tile(p, "Q", b, h, rows)),
-        *kv_loops(p, cfg, b, h, i, rows, j, bm, bn, tn),
+        load_q,
+        *kv_loops(p, cfg, b, h, i, rows, j, bm, bn, tn, w),
         finalize(p, rows),
         Store("acc", q_tile(p, "O", b, h, rows)),
         Store("lse", row_tile(p, "LSE", b, h, rows)),
@@ -141,4 +202,4 @@ def build(p: Problem, cfg: KernelConfig, hw=None) -> Schedule:
     kernel = Kernel("flash2_fwd", grid, buffers(bm, bn, d, e), body, threads_per_cta=32 * cfg.num_warps)
     check_fit(kernel, cfg, hw, f"block_m={bm}, block_n={bn}, head_dim={d}, num_stages={cfg.num_stages}")
     tensors = qkvo_tensors(p) | {"LSE": lse_tensor(p)}
-    return Schedule("flash2", p, cfg, tensors, (kernel,))
+    return Schedule("flash2", p, cfg, tensors, (kernel,), notes, tables)
