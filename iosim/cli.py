@@ -36,6 +36,26 @@ def add_pass_flag(p: argparse.ArgumentParser) -> None:
                         "or both launched one after the other (one L2 trace; per-pass subtotals)")
 
 
+def add_mask_flags(p: argparse.ArgumentParser) -> None:
+    """--mask SPEC (repeatable: the specs intersect) and --mask-block B (``iosim.maskspec``)."""
+    p.add_argument("--mask", action="append", default=None, metavar="SPEC",
+                   help="attention mask, repeatable (intersected; --causal adds causal): causal, causal:top-left, "
+                        "sliding:W, chunked:C, prefix:P, document:L1,L2,…|FILE, blocks:FILE (.npy/.npz bool blocks), "
+                        "flex:FILE.npz (a BlockMask's tables)")
+    p.add_argument("--mask-block", default="128", metavar="B",
+                   help="block size of blocks:/flex: files and of the mask's block density (default 128, "
+                        "FlexAttention's BLOCK_SIZE)")
+
+
+def mask_of(a: argparse.Namespace):
+    """The MaskSpec of --mask/--mask-block (None without --mask)."""
+    if not a.mask:
+        return None
+    from iosim.limits import parse_size
+    from iosim.maskspec import combine
+    return combine(a.mask, parse_size(a.mask_block, "--mask-block"))
+
+
 def problem_of(a: argparse.Namespace) -> Problem:
     """The Problem of ``add_problem_flags``' flags (sizes already read by ``read_sizes``)."""
     return Problem(a.batch, a.heads, a.kv_heads if a.kv_heads is not None else a.heads, a.seq_q,
@@ -118,6 +138,7 @@ def create_parser(load: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--cta-jitter", type=float, default=None,
                    help="spread of per-CTA speeds in the CTA timeline (default: by KV walk direction, "
                         "iosim.memory.hierarchy.DRIFT_BY_KV_ORDER: descending 0.15, ascending 0.03; 0 = lockstep)")
+    add_mask_flags(p)
     sub.add_parser("algorithms", help="list the algorithm families")
     for name, _, help_ in COMMANDS:
         if load is None or name in load:
@@ -162,6 +183,12 @@ def _print_prediction(pred, out: IO[str]) -> None:
                           for n, p in d["passes"].items()) + "\n")
     else:
         out.write(_tiles_line(d["kernel_preset"], d["algorithm"], d["config"]) + "\n\n")
+    if d["mask"]:
+        m = d["mask"]
+        el = "elements unknown (flex tables carry no mask_mod)" if m["element_density"] is None else \
+            f"{100 * m['element_density']:.2f}% of elements"
+        out.write(f"mask {m['spec']}: {100 * m['block_density']:.2f}% of {m['block']}×{m['block']} blocks visible "
+                  f"({m['partial_blocks']:,} partial, {m['full_blocks']:,} full of {m['blocks']:,}), {el}\n\n")
     times = {k["name"]: k for k in (d["time"] or {}).get("kernels", [])}
     work = [(k["name"], f"{k['programs']:,}", _fmt_bytes(k["sm_read_bytes"]), _fmt_bytes(k["sm_write_bytes"]),
              _fmt_bytes(k["dram_read_bytes"]), _fmt_bytes(k["dram_write_bytes"]), f"{k['flops']:.4g}",
@@ -230,7 +257,7 @@ def run(argv: Sequence[str], out: IO[str]) -> int:
             geom = L2Geometry.from_hardware(hw, **over)
         pred = predict(hw, problem, config, args.algorithm, kernel=args.kernel, l2=not args.no_l2, l2_geometry=geom,
                        l2_stride=1 if args.l2_exact else None, cta_jitter=args.cta_jitter, progress=True,
-                       direction=args.direction)
+                       direction=args.direction, block_mask=mask_of(args))
         if args.json:
             out.write(json.dumps(pred.to_dict(), indent=1) + "\n")
         else:

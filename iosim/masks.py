@@ -8,6 +8,8 @@
   ``torch.nn.attention.flex_attention.create_block_mask`` produces (``separate_full_blocks=True``) for the mask_mod
   "block listed in the table, and (causal) key ≤ query + N_kv − N_q". The harness hands these exact tables to
   ``BlockMask.from_kv_blocks``, and the model visits the same lists in the same order.
+* ``from_flex`` — a torch ``BlockMask`` (``create_block_mask``) as the same tables, for ``predict(..., block_mask=)``.
+  Masks by name (``--mask SPEC``) are ``iosim.maskspec``.
 
 Causal masks are bottom-right aligned (iosim's convention; equal to top-left for N_q = N_kv).
 Block indices are at the sparse block size (FlexAttention's BLOCK_SIZE, 128 by default), not the kernel's BLOCK_N.
@@ -108,6 +110,25 @@ def flex_block_tables(mask: np.ndarray | None, seq_q: int, seq_kv: int, causal: 
     full_num, full_idx = _compress(full)
     return {"kv_num_blocks": kv_num, "kv_indices": kv_idx, "full_kv_num_blocks": full_num,
             "full_kv_indices": full_idx, "block_size": block, "seq_q": seq_q, "seq_kv": seq_kv}
+
+
+def from_flex(block_mask) -> dict:
+    """A torch FlexAttention ``BlockMask`` → its tables as NumPy (int32 kv_num_blocks [B, H, T_q], kv_indices
+    [B, H, T_q, T_kv], full_kv_* or None) with block_size (``BLOCK_SIZE``) and seq_q, seq_kv (``seq_lengths``): the
+    dict ``predict(..., kernel="flex", block_mask=...)`` and ``iosim.maskspec.from_tables`` take."""
+    need = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices", "BLOCK_SIZE", "seq_lengths")
+    if not all(hasattr(block_mask, a) for a in need):
+        raise IosimError(f"from_flex: need a torch.nn.attention.flex_attention.BlockMask, got {type(block_mask).__name__}")
+    bq, bk = block_mask.BLOCK_SIZE
+    if bq != bk:
+        raise IosimError(f"from_flex: BLOCK_SIZE {(bq, bk)}: iosim's flex model takes one sparse block size for Q and KV; "
+                         "build the BlockMask with an int BLOCK_SIZE")
+
+    def arr(t):
+        return None if t is None else t.detach().cpu().numpy().astype(np.int32)
+    return {"kv_num_blocks": arr(block_mask.kv_num_blocks), "kv_indices": arr(block_mask.kv_indices),
+            "full_kv_num_blocks": arr(block_mask.full_kv_num_blocks), "full_kv_indices": arr(block_mask.full_kv_indices),
+            "block_size": int(bq), "seq_q": int(block_mask.seq_lengths[0]), "seq_kv": int(block_mask.seq_lengths[1])}
 
 
 def density(mask: np.ndarray) -> float:

@@ -19,6 +19,7 @@ from iosim.cost import TimeEstimate, estimate
 from iosim.counts import Counts, KernelCounts, count
 from iosim.errors import IosimError, IosimWarning
 from iosim.memory.hierarchy import HierarchyResult, simulate_schedule
+from iosim import maskspec
 from iosim.hwprofile import Hardware, load_hardware
 from iosim.memory.l2 import L2Geometry
 from iosim.passes import Pass, backward_of, concat_estimates, concat_schedules, pass_totals, passes_of, pin_launch
@@ -41,6 +42,7 @@ class Prediction:
     time: TimeEstimate | None = None
     direction: str = "fwd"  # the pass: "fwd", "bwd" or "fwd+bwd" (``iosim.passes``)
     passes: tuple[Pass, ...] = ()  # the passes in launch order, each with its algorithm, config and kernels
+    mask: dict | None = None  # a mask by name (``iosim.maskspec.describe``): spec, blocks, densities
 
     @property
     def l2_hit_rate(self) -> float | None:
@@ -94,6 +96,7 @@ class Prediction:
             "notes": list(s.notes) + (list(self.l2.notes) if self.l2 is not None else []),
             "kernels": kernels,
             "passes": pass_totals(kernels, self.passes),
+            "mask": self.mask,
         }
 
 
@@ -143,19 +146,49 @@ class _Pass:
     prefetch: bool = False
 
 
+MASK_HONOURED = ("--kernel flex, --kernel iosim-triton or --algorithm block_sparse (every mask); --kernel fa2 or "
+                 "--algorithm flash2 (causal, sliding:W: FA2's local window; causal:top-left when N_q ≥ N_kv); "
+                 "any algorithm (causal)")
+
+
+def _mask_args(spec, problem: Problem, config: KernelConfig, algorithm: str, kernel: str | None) -> tuple:
+    """(block_mask, build keywords) that make ``algorithm`` / preset ``kernel`` run the named mask ``spec``
+    (``iosim.maskspec``): the flex preset gets FlexAttention's exact tables, block-sparse kernels the tiles holding a
+    visible element, FA2 its local window; a causal mask is ``Problem.causal`` (set by ``predict``)."""
+    import inspect
+    if kernel == "flex":
+        return maskspec.flex_tables(spec, problem), {}
+    window = maskspec.fa2_window(spec, problem.seq_q, problem.seq_kv)
+    if window == (-1, 0):
+        return None, {}
+    if kernel == "iosim-triton" or (kernel is None and algorithm == "block_sparse"):
+        from iosim.models.flash2 import default_tiles
+        dm, dn = default_tiles(problem.head_dim)  # block_sparse's own defaults; the preset's config has its tiles
+        bm, bn = config.block_m or dm, config.block_n or dn
+        m = maskspec.tile_mask(spec, problem, bm, bn)
+        return (m, bm, bn) if kernel else m, {}
+    if window is not None and kernel in (None, "fa2") and "window" in inspect.signature(get(algorithm).build).parameters:
+        return None, {"window": window}
+    who = f"--kernel {kernel}" if kernel else f"--algorithm {algorithm}"
+    raise IosimError(f"mask {spec.text!r} cannot run on {who}; use {MASK_HONOURED}")
+
+
 def _build_pass(name: str, hardware: Hardware, problem: Problem, config: KernelConfig, algorithm: str,
                 kernel: str | None, block_mask) -> _Pass:
     """The forward ("fwd") or the backward ("bwd"): a preset decides both, else ``iosim.passes.BACKWARD``."""
-    pre = None
+    pre, kw = None, {}
     if kernel is not None:
         from iosim.presets import apply
         algorithm, config, pre = apply(kernel, problem, hardware, config, direction=name)
     elif name == "bwd":
         algorithm = backward_of(algorithm)
+    if isinstance(block_mask, maskspec.MaskSpec):
+        block_mask, kw = _mask_args(block_mask, problem, config, algorithm, kernel)
     if pre is not None and pre.schedule is not None:
         schedule = pre.schedule(problem, config, hardware, block_mask)
-    elif block_mask is not None:
-        schedule = get(algorithm).build(problem, config, hardware, block_mask=block_mask)
+    elif block_mask is not None or kw:
+        kw = kw if block_mask is None else kw | {"block_mask": block_mask}
+        schedule = get(algorithm).build(problem, config, hardware, **kw)
     else:
         schedule = build_schedule(algorithm, problem, config, hardware)
     if pre is None:
@@ -174,8 +207,10 @@ def predict(hardware: Hardware | str, problem: Problem, config: KernelConfig | N
     (``L2Geometry.from_hardware(hw, policy=..., ...)``); l2_stride: set-sampling stride (None automatic, 1 exact);
     cta_jitter: spread of per-CTA speeds in the CTA timeline (None = ``iosim.memory.hierarchy.drift_for`` the KV walk
     direction, 0 = lockstep);
-    block_mask: a block mask for the ``flex`` preset (``iosim.presets.flex_schedule``) or the ``block_sparse``
-    algorithm (its ``block_mask`` argument).
+    block_mask: a block mask for the ``flex`` preset (``iosim.presets.flex_schedule``: bool blocks or the tables of
+    ``iosim.masks.from_flex``) or the ``block_sparse`` algorithm (its ``block_mask`` argument); or a mask by name, a
+    ``--mask`` string or an ``iosim.maskspec.MaskSpec`` (``combine`` for several), run by every algorithm that can
+    (``MASK_HONOURED``), intersected with the causal mask when ``problem.causal``, and described in ``Prediction.mask``.
     hardware may be a profile name or path, config None (``KernelConfig()``). A problem the GPU could not run as given
     (``iosim.limits.prediction_warnings``) is predicted with an IosimWarning and a note. The L2 trace is streamed
     (``iosim.memory.hierarchy.simulate_schedule``): memory stays bounded at any size, time grows with the accesses;
@@ -186,6 +221,12 @@ def predict(hardware: Hardware | str, problem: Problem, config: KernelConfig | N
     timeline is the forward's KV walk direction's).
     """
     hardware, config = _check_args(hardware, problem, config, algorithm, cta_jitter, l2_geometry)
+    mask = None
+    if isinstance(block_mask, (str, maskspec.MaskSpec)):
+        block_mask = maskspec.combine([block_mask] + ([maskspec.CAUSAL] if problem.causal else []))
+        if maskspec.fa2_window(block_mask, problem.seq_q, problem.seq_kv) == (-1, 0):
+            problem = replace(problem, causal=True)
+        mask = maskspec.describe(block_mask, problem)
     parts = [_build_pass(d, hardware, problem, config, algorithm, kernel, block_mask) for d in passes_of(direction)]
     if len(parts) == 1:
         schedule, regs = parts[0].schedule, parts[0].regs
@@ -210,4 +251,4 @@ def predict(hardware: Hardware | str, problem: Problem, config: KernelConfig | N
                                    regs_per_thread=p.regs) for p, c in zip(parts, part_counts)], schedule.algorithm)
     return Prediction(hardware, schedule, counts, None if res is None else res.dram_read_bytes,
                       None if res is None else res.dram_write_bytes, t.time_s, l2=res, kernel_preset=kernel, time=t,
-                      direction=direction, passes=passes)
+                      direction=direction, passes=passes, mask=mask)
