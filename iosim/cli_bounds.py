@@ -178,12 +178,13 @@ def parse_mask(spec: str, causal: bool = False):
     from iosim.mask_bounds import Documents, SlidingWindow
     kind, _, rest = spec.partition(":")
     try:
-        if kind == "sliding":
-            return SlidingWindow(int(rest))
-        if kind == "document":
-            return Documents(tuple(int(x) for x in rest.split(",")), causal)
+        values = tuple(int(x) for x in rest.split(","))
     except ValueError:
-        pass
+        values = ()
+    if kind == "sliding" and len(values) == 1:
+        return SlidingWindow(values[0])
+    if kind == "document" and values:
+        return Documents(values, causal)
     raise IosimError(f"bad --mask {spec!r}; use sliding:W (e.g. sliding:4096) or document:L1,L2,... "
                      "(e.g. document:4096,4096)")
 
