@@ -93,24 +93,25 @@ def kv_range(p: Problem, i, bm: int, bn: int, tn, window=None):
     return clamp(_fdiv(i * bm + shift - left, bn), 0, tn), clamp(cdiv((i + 1) * bm + shift + right, bn), 0, tn)
 
 
-def kv_loops(p: Problem, cfg: KernelConfig, b, h, i, rows: Span, j, bm: int, bn: int, tn, window=None) -> tuple:
+def kv_loops(p: Problem, cfg: KernelConfig, b, h, i, rows: Span, j, bm: int, bn: int, tn, window=None,
+             kv=kv_tile) -> tuple:
     """The KV loop(s) of one CTA: one loop over [n_block_min, n_block_max) (``kv_range``), or with ``cfg.band_loop``
     under a causal or local mask the blocks every row sees whole as a loop of their own between masked bands
     (descending: walked from the right band down). A block is whole when its first key is at least last row +
-    N_kv − N_q − left (local) and its last key is at most first row + N_kv − N_q + right (causal: ``band_start``)."""
+    N_kv − N_q − left (local) and its last key is at most first row + N_kv − N_q + right (causal: ``band_start``). kv: the K/V tile of (p, name, b, h, cols) (varlen packs them)."""
     cols = Span(j, bn, p.seq_kv)
     rev = cfg.kv_order == "descending"
     w = window if window is not None else fa2_window(p, None)
     lo, hi = kv_range(p, i, bm, bn, tn, w)
     if not (w and cfg.band_loop):
-        return (Loop(j, lo, hi, kv_step(p, b, h, rows, cols), reverse=rev),)
+        return (Loop(j, lo, hi, kv_step(p, b, h, rows, cols, kv=kv), reverse=rev),)
     left, right = w
     full_lo = lo if left < 0 else clamp(cdiv(clamp((i + 1) * bm, 0, p.seq_q) - 1 + p.seq_kv - p.seq_q - left, bn), lo, hi)
     full_hi = band_start(p, i, bm, bn, tn) if left < 0 else clamp(sp.Min(_fdiv(clamp(
         i * bm + p.seq_kv - p.seq_q + right + 1, 0, p.seq_kv), bn), _fdiv(p.seq_kv, bn)), full_lo, hi)
-    loops = (Loop(j, lo, full_lo, kv_step(p, b, h, rows, cols, masked=True), reverse=rev),
-             Loop(j, full_lo, full_hi, kv_step(p, b, h, rows, cols), reverse=rev),
-             Loop(j, full_hi, hi, kv_step(p, b, h, rows, cols, masked=True), reverse=rev))
+    loops = (Loop(j, lo, full_lo, kv_step(p, b, h, rows, cols, masked=True, kv=kv), reverse=rev),
+             Loop(j, full_lo, full_hi, kv_step(p, b, h, rows, cols, kv=kv), reverse=rev),
+             Loop(j, full_hi, hi, kv_step(p, b, h, rows, cols, masked=True, kv=kv), reverse=rev))
     loops = loops[1:] if left < 0 else loops
     return loops[::-1] if rev else loops
 
@@ -126,18 +127,18 @@ MASK_FLOPS = 2
 (Triton tutorial STAGE 2: ``mask = offs_m[:, None] >= start_n + offs_n[None, :]``, ``tl.where``)."""
 
 
-def kv_step(p: Problem, b, h, rows: Span, cols: Span, masked: bool = False) -> tuple:
+def kv_step(p: Problem, b, h, rows: Span, cols: Span, masked: bool = False, kv=kv_tile) -> tuple:
     """One KV step of FA2's inner loop (Alg. 1 lines 8–10): load K_j, S = QKᵀ, online softmax, load V_j, O += PV.
     masked: the step applies the causal mask (MASK_FLOPS more per element)."""
     d = p.head_dim
     per_elem = 4 + (MASK_FLOPS if masked else 0)
     return (
-        Load("k", kv_tile(p, "K", b, h, cols)),
+        Load("k", kv(p, "K", b, h, cols)),
         Compute("qk", ("q", "k", "s"), matmul=(Work(2 * d, (rows, cols)),)),
         Compute("online_softmax", ("s", "m", "l", "acc"),
                 exp=(Work(1, (rows, cols)), Work(1, (rows,))),
                 other=(Work(per_elem, (rows, cols)), Work(d + 4, (rows,)))),
-        Load("v", kv_tile(p, "V", b, h, cols)),
+        Load("v", kv(p, "V", b, h, cols)),
         Compute("pv", ("s", "v", "acc"), matmul=(Work(2 * d, (rows, cols)),)),
     )
 
