@@ -169,8 +169,9 @@ def _mask_args(spec, problem: Problem, config: KernelConfig, algorithm: str, ker
         return (m, bm, bn) if kernel else m, {}
     if window is not None and kernel in (None, "fa2") and "window" in inspect.signature(get(algorithm).build).parameters:
         return None, {"window": window}
-    who = f"--kernel {kernel}" if kernel else f"--algorithm {algorithm}"
-    raise IosimError(f"mask {spec.text!r} cannot run on {who}; use {MASK_HONOURED}")
+    who = f"--kernel {kernel} (here {algorithm})" if kernel else f"--algorithm {algorithm}"
+    why = ", whose model takes no local window" if window is not None else ""
+    raise IosimError(f"mask {spec.text!r} cannot run on {who}{why}; use {MASK_HONOURED}")
 
 
 def _build_pass(name: str, hardware: Hardware, problem: Problem, config: KernelConfig, algorithm: str,
