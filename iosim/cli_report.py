@@ -13,7 +13,7 @@ COMMAND = "report"
 
 def add_parser(sub) -> None:
     from iosim.cli_tiles import add_jobs_arg
-    from iosim.report import DEFAULT_ALGORITHMS, DEFAULT_HARDWARE, DEFAULT_JOBS, DEFAULT_OUT, DEFAULT_SEQS
+    from iosim.report import DEFAULT_ALGORITHMS, DEFAULT_HARDWARE, DEFAULT_JOBS, DEFAULT_OUT, DEFAULT_SEQS, MASK_OUT
     p = sub.add_parser(COMMAND, help="write an HTML/Markdown report with rooflines, IO and time sweeps, tile heatmaps")
     p.add_argument("--hardware", nargs="+", default=list(DEFAULT_HARDWARE), help="profiles (default: %(default)s)")
     p.add_argument("--algorithms", nargs="+", default=list(DEFAULT_ALGORITHMS), help="default: %(default)s")
@@ -23,7 +23,9 @@ def add_parser(sub) -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--dtype", default="bf16", choices=sorted(DTYPE_BYTES))
     p.add_argument("--causal", action="store_true")
-    p.add_argument("--out", default=DEFAULT_OUT, help="output folder (default %(default)s)")
+    p.add_argument("--out", default=None, help=f"output folder (default {DEFAULT_OUT}; with --masks {MASK_OUT})")
+    p.add_argument("--masks", action="store_true", help="write the mask page instead: IO and time of FA2's loop "
+                   "over sliding-window, document and random block masks at N=32K on h100 (iosim.mask_bounds)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_jobs_arg(p, "sweeps (the plots are drawn in this process)", DEFAULT_JOBS)
 
@@ -31,14 +33,18 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace, out: IO[str]) -> int:
     from iosim.atomic import writable_dir
     from iosim.cli_tiles import jobs_from_args
-    from iosim.report import DEFAULT_JOBS, ReportConfig, generate
+    from iosim.report import DEFAULT_JOBS, DEFAULT_OUT, MASK_OUT, ReportConfig, generate, generate_masks
     if args.head_dim < 1 or args.heads < 1 or args.batch < 1:
         raise IosimError("--head-dim, --heads and --batch must be positive")
-    writable_dir(args.out)
+    folder = args.out or (MASK_OUT if args.masks else DEFAULT_OUT)
+    writable_dir(folder)
     cfg = ReportConfig(hardware=tuple(args.hardware), algorithms=tuple(args.algorithms), seqs=tuple(args.seqs),
                        batch=args.batch, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype,
-                       causal=args.causal, out=args.out)
-    res = generate(cfg, progress=not args.quiet, jobs=jobs_from_args(args, DEFAULT_JOBS))
+                       causal=args.causal, out=folder)
+    if args.masks:
+        res = generate_masks(cfg, progress=not args.quiet)
+    else:
+        res = generate(cfg, progress=not args.quiet, jobs=jobs_from_args(args, DEFAULT_JOBS))
     out.write(f"wrote {len(res.files)} files to {res.out}/ in {res.seconds:.1f} s: {', '.join(res.files)}\n")
     for f in res.failures:
         out.write(f"  failed: {f}\n")

@@ -13,6 +13,11 @@ Plots (matplotlib, Agg, no pyplot state):
 * ``tiles_<hw>.png`` — predicted time of flash2 over block_m × block_n (best num_warps/num_stages per cell);
   illegal cells are marked.
 
+``iosim report --masks`` writes a separate page (``generate_masks``: masks.png, masks.csv): IO and predicted time of
+FA2's loop over a block mask (``block_sparse``, l2=False) at N = 32K on the H100 profile against the sliding-window
+size, the number of equal documents and the density of a random block mask, beside the symbolic IO
+(``iosim.mask_bounds``) and the lower bound for any exact algorithm.
+
 Deterministic: the same arguments give byte-identical files (no timestamps; PNG metadata Software=None; fixed
 svg.hashsalt; sorted iteration). Each file is written to a temporary name and renamed. A sweep point that fails
 (IosimError) is recorded in the report and the rest continues; index.html and report.md are rewritten after every
@@ -26,7 +31,7 @@ import io
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -41,6 +46,11 @@ DEFAULT_ALGORITHMS = ("flash2", "flash1", "standard", "square_tiling")
 DEFAULT_SEQS = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
 DEFAULT_OUT = "reports/default"
 PROGRESS_AFTER_S = 2.0
+MASK_OUT = "reports/masks"
+MASK_HARDWARE = "h100"
+MASK_SEQ = 32768
+MASK_SWEEPS = (("window W", (1024, 2048, 4096, 8192, 16384, 32768)), ("documents", (1, 2, 4, 8, 16, 32, 64)),
+               ("density", (0.05, 0.1, 0.25, 0.5, 0.75, 1.0)))
 DEFAULT_JOBS: int | None = 1  # in this process: on every core it ran slower here (benchmarks/bench_cli.py)
 
 _RC = {"svg.hashsalt": "iosim", "font.size": 9, "axes.grid": True, "grid.alpha": 0.3, "figure.dpi": 100,
@@ -271,7 +281,6 @@ def sweep_sram(cfg: ReportConfig, progress: Progress) -> tuple[dict, list[str]]:
     out: dict = {"M": ms, "N": n, "d": d}
     failures = []
     p = _problem(cfg, n, d)
-    from dataclasses import replace
     p = replace(p, batch=1, heads=1, kv_heads=1, causal=False)
     for alg in ("flash1", "square_tiling"):
         vals = []
@@ -303,6 +312,123 @@ def sweep_tiles(cfg: ReportConfig, hw_name: str) -> tuple[np.ndarray, list[int],
                 grid[i, j] = t
     from iosim.cost import native_path
     return grid, bms, bns, native_path(hw)
+
+
+def mask_point(cfg: ReportConfig, sweep: str, value, hw_name: str = MASK_HARDWARE, n: int = MASK_SEQ) -> dict:
+    """One point of the mask page: block_sparse with the block mask of a sliding window of ``value`` keys (causal),
+    of ``value`` equal documents (causal if cfg.causal), or a random block mask keeping a ``value`` fraction of the
+    tiles (``default_rng(0)``, causal if cfg.causal); FA2's tiles for the head dim; counts and time with l2=False."""
+    from iosim import mask_bounds as mb
+    from iosim import symbolic as S
+    from iosim.models.flash2 import default_tiles
+    from iosim.pipeline import predict
+    from iosim.problem import KernelConfig, Problem
+    bm, bn = default_tiles(cfg.head_dim)
+    env = {S.BATCH: cfg.batch, S.HEADS: cfg.heads, S.N: n, S.D: cfg.head_dim, S.ELEM_BYTES: 0, S.BLOCK_M: bm,
+           S.BLOCK_N: bn}
+    mask = lb = None
+    if sweep == "window W":
+        mask, io = mb.SlidingWindow(value), mb.sliding_io(value)
+    elif sweep == "documents":
+        mask = mb.equal_documents(n, value, cfg.causal)
+        io = mb.documents_io(mask)
+    if mask is not None:
+        blocks = mb.block_mask(mask, n, bm, bn)
+    else:
+        tm, tn = -(-n // bm), -(-n // bn)
+        blocks = np.random.default_rng(0).random((tm, tn)) < value
+    p = Problem(cfg.batch, cfg.heads, cfg.heads, n, n, cfg.head_dim, cfg.dtype, cfg.causal or sweep == "window W")
+    pr = predict(hw_name, p, KernelConfig(block_m=bm, block_n=bn), "block_sparse", block_mask=blocks, l2=False)
+    c, e = pr.counts, p.elem_bytes
+    env[S.ELEM_BYTES] = e
+    if mask is not None:
+        sym = S.evaluate_int(io.exact_bytes, env)
+        m = S.schedule_fast_memory_elements(pr.schedule)
+        # every element is at least e bytes (fp32 LSE: 4), so e × the element bound bounds the bytes
+        lb = e * mb.lower_bounds(mask, n, cfg.head_dim, m, cfg.batch, cfg.heads).best
+    else:  # FA §3.3 Prop. 4's form: Q, O once, LSE, and K, V for a fraction s of the T_r × T_c tiles
+        s_frac = float(blocks.mean()) if not p.causal else None
+        sym = None if s_frac is None else round(cfg.batch * cfg.heads * (e * 2 * n * cfg.head_dim + 4 * n + e * 2 *
+                                                cfg.head_dim * s_frac * blocks.size * bn))
+    return {"sweep": sweep, "value": value, "tiles": f"{bm}x{bn}",
+            "tiles visited (%)": round(100 * int(pr.schedule.tables["kv_num_blocks"].sum()) / blocks.size, 2),
+            "IO (GB)": (c.sm_read_bytes + c.sm_write_bytes) / 1e9, "symbolic IO (GB)": None if sym is None else sym / 1e9,
+            "lower bound (GB)": None if lb is None else lb / 1e9, "time (ms)": pr.time_s * 1e3, "bound": pr.time.bound}
+
+
+def mask_rows(cfg: ReportConfig = ReportConfig(), progress: Progress | None = None) -> list[dict]:
+    """``mask_point`` over ``MASK_SWEEPS``."""
+    rows = []
+    for sweep, values in MASK_SWEEPS:
+        for v in values:
+            rows.append(mask_point(cfg, sweep, v))
+            if progress:
+                progress.step()
+    return rows
+
+
+def mask_figure(rows: list[dict], cfg: ReportConfig):
+    """Three panels (window W, documents, density): IO counted, symbolic, lower bound (left), time (right)."""
+    fig, axes = _figure(15, 4.4, 3, right=0.95)
+    fig.subplots_adjust(wspace=0.42)
+    for ax, (sweep, values) in zip(axes, MASK_SWEEPS):
+        r = [x for x in rows if x["sweep"] == sweep]
+        xs = [x["value"] for x in r]
+        ax.plot(xs, [x["IO (GB)"] for x in r], "-o", ms=3, color=_COLORS[0], label="IO counted")
+        for key, style, color in (("symbolic IO (GB)", "x", _COLORS[1]), ("lower bound (GB)", "--", "black")):
+            pts = [(x["value"], x[key]) for x in r if x[key] is not None]
+            if pts:
+                ax.plot(*zip(*pts), style, color=color, label=key.replace(" (GB)", ""))
+        tw = ax.twinx()
+        tw.plot(xs, [x["time (ms)"] for x in r], ":s", ms=3, color=_COLORS[2], label="time")
+        tw.set_ylabel("predicted time (ms)", color=_COLORS[2])
+        if sweep != "density":
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(xs, [_fmt_n(v) for v in xs])
+        ax.set_yscale("log")
+        tw.set_yscale("log")
+        ax.set_xlabel({"window W": "sliding window W (keys, causal)", "documents": "equal documents",
+                       "density": "fraction of tiles kept (random)"}[sweep])
+        ax.set_ylabel("SM↔L2 bytes (GB)")
+        ax.set_title(f"{sweep}: N={_fmt_n(MASK_SEQ)}, {MASK_HARDWARE}", fontsize=8)
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = tw.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="best")
+    return fig
+
+
+def generate_masks(cfg: ReportConfig = ReportConfig(out=MASK_OUT), *, progress: bool = True, stream=None) -> ReportResult:
+    """The mask page: masks.csv, masks.png, index.html, report.md in cfg.out."""
+    import pandas as pd
+    t0 = time.monotonic()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res = ReportResult(out)
+    pr = Progress("mask sweeps", sum(len(v) for _, v in MASK_SWEEPS), stream, progress)
+    rows = mask_rows(cfg, pr)
+    pr.close()
+    df = pd.DataFrame(rows, dtype=object)
+    atomic_write_bytes(out / "masks.csv", df.to_csv(index=False).encode())
+    with _rc():
+        save_figure(mask_figure(rows, cfg), out / "masks.png")
+    res.files += ["masks.csv", "masks.png"]
+    shown = df.copy()
+    for col in ("IO (GB)", "symbolic IO (GB)", "lower bound (GB)", "time (ms)"):
+        shown[col] = shown[col].map(lambda v: "-" if v is None or v != v else f"{v:.4g}")
+    page = replace(cfg, hardware=(MASK_HARDWARE,), algorithms=("block_sparse",), seqs=(MASK_SEQ,))
+    text = (f"Problem: {problem_text(page, MASK_SEQ)} (sliding windows are causal), on {MASK_HARDWARE}: FA2's loop "
+            "over the mask's blocks (block_sparse, FA2's tiles for d), counted, with time from iosim/cost.py "
+            "without the L2 model. symbolic IO: iosim.mask_bounds (sliding: the exact sum over query blocks; "
+            "documents: the sum of flash2's IO per document; density: FA §3.3 Prop. 4's form, Q and O once plus K "
+            "and V for the fraction s of tiles kept, non-causal only). lower bound: for any exact algorithm, "
+            "Saha & Ye's large-cache argument applied to the mask's needed pairs (iosim.mask_bounds; a derivation, "
+            "not a theorem of the paper), × e bytes per element. IO grows as Θ(N·W·d²/M) with the window, falls as "
+            "1/k with k equal documents, and grows linearly with the density.")
+    _write_documents(out, page, [("Masks: IO and time vs window, documents, density", text, ["masks.png"])],
+                     [("Mask table", "One row per point (masks.csv has the unformatted numbers).", shown)], [])
+    res.files += ["index.html", "report.md"]
+    res.seconds = time.monotonic() - t0
+    return res
 
 
 # --- plots --------------------------------------------------------------------------------------------------------
