@@ -35,15 +35,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import sympy as sp
 
 from iosim.errors import IosimError
-from iosim.models._common import check_fit, check_head_dim, lse_tensor, q_tile, qkvo_tensors, row_tile
+from iosim.models._common import check_fit, check_head_dim, kv_head, lse_tensor, q_tile, qkvo_tensors, row_tile
 from iosim.models import flash2
 from iosim.problem import STAT_BYTES, KernelConfig, Problem
 from iosim.registry import register
 from iosim.schedule import (Buffer, Compute, GridAxis, Kernel, Load, Loop, Schedule, Span, Store, TensorSpec, Tile,
-                            Work, cdiv, clamp, full, point, var)
+                            Work, cdiv, clamp, full, lookup, point, table, var)
 
 
 def split_tiles(head_dim: int) -> tuple[int, int]:
@@ -106,6 +107,54 @@ def fa2_launch(p: Problem, hw) -> Fa2Launch:
     return Fa2Launch(packed, rows, heads, ns)
 
 
+@dataclass(frozen=True)
+class PagedKV:
+    """A paged KV cache (vLLM / FlashInfer layout, FA2's ``mha_fwd_kvcache`` with ``block_table``): K and V are
+    [num_pages, page_size, H_k, d] pools (token-major, heads interleaved, as k_cache is), and sequence b's logical page
+    g lives in physical page block_table[b, g]. FA2 addresses a KV block through the table
+    (``compute_attn_1rowblock_splitkv``: row_offset_k = block_table[n_block·kBlockN / page_block_size]·k_batch_stride
+    + (n_block·kBlockN % page_block_size)·k_row_stride); a block of kBlockN keys lies inside one page, since kBlockN
+    divides page_size (a multiple of 256). Modelled as the flat [num_pages·page_size, H_k, d] pool with each tile moved
+    by (block_table[b, g] − g)·page_size rows: same elements, so the same counts; other addresses for the L2."""
+
+    page_size: int
+    block_table: np.ndarray
+    num_pages: int
+    note: str
+
+    def tile(self, p: Problem, name: str, b, h, cols: Span) -> Tile:
+        g = sp.floor(sp.sympify(cols.index) / (self.page_size // cols.block))
+        shift = (lookup(table("block_table"), b, g) - g) * self.page_size
+        return Tile(name, (Span(cols.index, cols.block, cols.length, shift), point(kv_head(p, h), p.kv_heads),
+                           full(p.head_dim)))
+
+
+def paged_kv(p: Problem, block_n: int, page_size: int | None, block_table=None, page_seed: int = 0) -> PagedKV | None:
+    """The paged cache of ``build`` (None without page_size): block_table [B, ≥ ⌈N_kv/page_size⌉] of physical pages,
+    default a seeded random permutation of the B·⌈N_kv/page_size⌉ pages (``default_rng(page_seed)``, vLLM-like)."""
+    if page_size is None:
+        if block_table is not None:
+            raise IosimError("splitkv: block_table needs page_size (the tokens per page)")
+        return None
+    if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size <= 0 or page_size % 256:
+        raise IosimError(f"splitkv: page_size={page_size!r} must be a positive multiple of 256 (FA2's paged KV: "
+                         "'Paged KV cache block size must be divisible by 256', flash_api.cpp)")
+    if page_size % block_n:
+        raise IosimError(f"splitkv: block_n={block_n} must divide page_size={page_size} (a KV block inside one page)")
+    npg = -(-p.seq_kv // page_size)
+    if block_table is None:
+        bt, src = np.random.default_rng(page_seed).permutation(p.batch * npg).reshape(p.batch, npg), f"seed {page_seed}"
+    else:
+        bt, src = np.asarray(block_table), "given"
+        if bt.ndim != 2 or bt.shape[0] != p.batch or bt.shape[1] < npg or bt.dtype.kind not in "iu" or bt.min() < 0:
+            raise IosimError(f"splitkv: block_table of shape {bt.shape} ({bt.dtype}); it must be nonnegative integers "
+                             f"[batch={p.batch}, ≥ {npg}] (pages of {page_size} tokens for seq_kv={p.seq_kv})")
+    bt = bt.astype(np.int64)
+    pages = max(int(bt.max()) + 1, p.batch * npg)
+    return PagedKV(page_size, bt, pages, f"paged KV: {pages:,} pages of {page_size} tokens, block table {src}; "
+                   "K/V tiles read their physical pages (the L2 sees them scattered)")
+
+
 def combine_rows(head_dim: int) -> int:
     """Rows per combine CTA (``run_flash_splitkv_fwd``): 4 if kHeadDim % 128 == 0, 8 if % 64 == 0, else 16; kHeadDim
     is head_dim rounded up to 32, 64, 96, 128, 160, 192, 224 or 256 (``HEADDIM_SWITCH``)."""
@@ -127,9 +176,11 @@ on the validation H200 (../shared/devices.md); other head dims: estimated."""
 @register("splitkv", "Split-KV forward (flash-decoding, FA2's decode path): GQA-packed rows, KV range split over CTAs, "
           "fp32 partial O + LSE per split, combine kernel")
 def build(p: Problem, cfg: KernelConfig, hw=None, num_splits: int | None = None,
-          gqa_packed: bool | None = None) -> Schedule:
+          gqa_packed: bool | None = None, page_size: int | None = None, block_table=None,
+          page_seed: int = 0) -> Schedule:
     """num_splits: KV splits (None = PyTorch's heuristic for ``hw``, 1 without hardware); gqa_packed: pack the G
-    query heads of a KV head into one tile's rows (None = PyTorch's ``seqlenq_ngroups_swapped`` rule)."""
+    query heads of a KV head into one tile's rows (None = PyTorch's ``seqlenq_ngroups_swapped`` rule);
+    page_size, block_table, page_seed: a paged KV cache (``paged_kv``)."""
     check_head_dim(p, "splitkv")
     if not all(isinstance(getattr(p, n), int) for n in ("batch", "heads", "seq_q", "seq_kv", "head_dim")):
         raise IosimError("splitkv: needs concrete sizes (the number of splits depends on them)")
@@ -155,7 +206,9 @@ def build(p: Problem, cfg: KernelConfig, hw=None, num_splits: int | None = None,
         ns = num_splits
     if isinstance(ns, bool) or not isinstance(ns, int) or ns < 1:
         raise IosimError(f"splitkv: num_splits must be a positive integer, got {ns!r}")
-    if ns == 1 and not packed:
+    paged = paged_kv(p, bn, page_size, block_table, page_seed)
+    kv = flash2.kv_tile if paged is None else paged.tile
+    if ns == 1 and not packed and paged is None:
         sched = flash2.build(p, cfg, hw)
         return Schedule("splitkv", p, sched.config, sched.tensors, sched.kernels,
                         sched.notes + ("num_splits = 1: no partials, no combine (FA2 writes O directly)",))
@@ -165,12 +218,12 @@ def build(p: Problem, cfg: KernelConfig, hw=None, num_splits: int | None = None,
     if packed:  # row r of KV head h's tile = query head h·G + r (Nq = 1)
         heads = Span(h, G, H) if tm == 1 else Span(h * tm + i, bm, H)
         q_t, lse_t = Tile("Q", (point(b, B), heads, full(1), full(d))), Tile("LSE", (point(b, B), heads, full(1)))
-        step, stop = flash2.kv_step(p, b, h * G, rows, cols), tn
+        step, stop = flash2.kv_step(p, b, h * G, rows, cols, kv=kv), tn
         o_t = Tile("O", q_t.spans)
     else:
         heads = point(h, H)
         q_t, lse_t, o_t = q_tile(p, "Q", b, h, rows), row_tile(p, "LSE", b, h, rows), q_tile(p, "O", b, h, rows)
-        step, stop = flash2.kv_step(p, b, h, rows, cols), flash2.kv_stop(p, i, bm, bn, tn)
+        step, stop = flash2.kv_step(p, b, h, rows, cols, kv=kv), flash2.kv_stop(p, i, bm, bn, tn)
     dr = rounded_head_dim(d)
 
     def part(name, s_, head, row, *rest):
@@ -179,14 +232,20 @@ def build(p: Problem, cfg: KernelConfig, hw=None, num_splits: int | None = None,
     hi = clamp(sp.Min(lo + n_per, stop), lo, tn)  # empty split when the causal stop is below its start
     loop = Loop(j, lo, hi, step, reverse=cfg.kv_order == "descending")
     grid = (GridAxis("m", i, tm), GridAxis("n", s, ns), GridAxis("h", h, Hx), GridAxis("b", b, B))
-    if ns == 1:  # packed, one split: PyTorch's plain kernel on the swapped layout, O and LSE written directly
-        k = Kernel("flash2_fwd", grid[:1] + grid[2:], flash2.buffers(bm, bn, d, e), (
+    tensors, tables = qkvo_tensors(p) | {"LSE": lse_tensor(p)}, {}
+    if paged is not None:
+        tensors |= {n: TensorSpec(n, (paged.num_pages * paged.page_size, p.kv_heads, d), e, "input") for n in "KV"}
+        tables = {"block_table": paged.block_table}
+    pnotes = () if paged is None else (paged.note,)
+    if ns == 1:  # one split: O and LSE written directly (packed: PyTorch's plain kernel on the swapped layout;
+        # paged: the split kernel, which mha_fwd_kvcache always runs, run_mha_fwd(…, force_split_kernel=true))
+        k = Kernel("flash2_fwd" if paged is None else "splitkv_fwd", grid[:1] + grid[2:], flash2.buffers(bm, bn, d, e), (
             Load("q", q_t), loop, flash2.finalize(p, rows), Store("acc", o_t), Store("lse", lse_t),
         ), threads_per_cta=32 * cfg.num_warps)
         check_fit(k, cfg, hw, f"block_m={bm}, block_n={bn}, head_dim={d}, num_stages={cfg.num_stages}")
-        return Schedule("splitkv", p, cfg, qkvo_tensors(p) | {"LSE": lse_tensor(p)}, (k,),
-                        (f"GQA-packed (seqlenq_ngroups_swapped): {G} query heads per tile, K/V read once per KV "
-                         "head; num_splits = 1: FA2's plain kernel, no partials, no combine",))
+        return Schedule("splitkv", p, cfg, tensors, (k,), ((
+            f"GQA-packed (seqlenq_ngroups_swapped): {G} query heads per tile, K/V read once per KV head; " if packed
+            else "") + "num_splits = 1: no partials, no combine",) + pnotes, tables)
     regs, smem = (MEASURED_SPLIT_KERNEL.get(128 if 96 < d <= 128 else 0, (None, None))
                   if (bm, bn) == split_tiles(d) and cfg.num_warps == 4 else (None, None))
     split_k = Kernel("splitkv_fwd", grid, flash2.buffers(bm, bn, d, e), (
@@ -198,8 +257,7 @@ def build(p: Problem, cfg: KernelConfig, hw=None, num_splits: int | None = None,
     ), threads_per_cta=32 * cfg.num_warps, regs_per_thread=regs, smem_bytes=smem)
     check_fit(split_k, cfg, hw, f"block_m={bm}, block_n={bn}, head_dim={d}, num_stages={cfg.num_stages}")
     combine, how = _combine(p, ns, dr)
-    tensors = qkvo_tensors(p) | {
-        "LSE": lse_tensor(p),
+    tensors |= {
         "O_accum": TensorSpec("O_accum", (ns, B, H, Nq, dr), 4, "scratch"),
         "LSE_accum": TensorSpec("LSE_accum", (ns, B, H, Nq), STAT_BYTES, "scratch"),
     }
@@ -207,7 +265,7 @@ def build(p: Problem, cfg: KernelConfig, hw=None, num_splits: int | None = None,
     notes = ((f"GQA-packed (seqlenq_ngroups_swapped): {G} query heads per tile, K/V read once per KV head"
               if packed else f"unpacked: K/V read once per query head"),
              f"num_splits={ns} ({src}), {n_per} KV blocks of {bn} per split", how)
-    return Schedule("splitkv", p, cfg, tensors, (split_k, combine), notes)
+    return Schedule("splitkv", p, cfg, tensors, (split_k, combine), notes + pnotes, tables)
 
 
 def _combine(p: Problem, ns: int, dr: int) -> tuple[Kernel, str]:
