@@ -28,8 +28,9 @@ never full; ``block_states`` and ``flex_tables`` follow it and equal ``create_bl
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from math import gcd
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -136,14 +137,14 @@ def _int(text: str, what: str, least: int) -> int:
 
 def _file(path: str, kind: str) -> str:
     if not os.path.isfile(path):
-        raise IosimError(f"mask {kind}:{path}: no such file; give the path of a .npy/.npz file")
+        raise IosimError(f"mask {kind}:{path}: no such file; give the path of an existing file")
     return path
 
 
 def _document(arg: str, spec: str) -> Document:
-    if os.path.isfile(arg):
-        vals = (np.load(arg).ravel().tolist() if arg.endswith(".npy") else
-                open(arg).read().replace(",", " ").split())
+    if os.path.isfile(arg) or not set(arg) <= set("0123456789,_ "):
+        path = Path(_file(arg, "document"))
+        vals = np.load(path).ravel().tolist() if path.suffix == ".npy" else path.read_text().replace(",", " ").split()
         vals = [_int(str(v), spec, 0) for v in vals]
     else:
         vals = [_int(v, spec, 1) for v in arg.split(",")]

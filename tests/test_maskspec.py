@@ -11,7 +11,7 @@ import pytest
 from iosim.cli import main, run
 from iosim.errors import IosimError
 from iosim.masks import from_flex
-from iosim.maskspec import block_states, combine, describe, flex_tables, parse_mask, tile_mask
+from iosim.maskspec import block_states, combine, describe, flex_tables, from_tables, parse_mask, tile_mask
 from iosim.pipeline import predict
 from iosim.problem import KernelConfig, Problem
 from iosim.registry import get
@@ -124,6 +124,9 @@ def test_create_block_mask_via_from_flex_counts_equal_mask_spec(nq, nkv, tmp_pat
                (by_torch.sm_read_bytes, by_torch.sm_write_bytes, by_torch.flops), text
         np.savez(tmp_path / "t.npz", **{k: tabs[k] for k in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks",
                                                               "full_kv_indices")})
+        wrapped = predict(hw, p, KernelConfig(), kernel="flex", block_mask=from_tables(tabs), l2=False)
+        assert wrapped.counts.sm_read_bytes == by_torch.sm_read_bytes and wrapped.mask["blocks"] == tabs["kv_indices"][
+            0, 0].size * heads
         by_file = predict(hw, p, KernelConfig(), kernel="flex", block_mask=f"flex:{tmp_path / 't.npz'}", l2=False)
         assert by_file.counts.sm_read_bytes == by_torch.sm_read_bytes, text
         assert by_file.mask["element_density"] is None
@@ -164,6 +167,7 @@ def test_fa2_window_from_sliding_and_causal_from_spec():
     ("sliding:0", "not a whole number ≥ 1"), ("sliding", "unknown mask"), ("bogus:3", "unknown mask"),
     ("causal:middle", "unknown mask"), ("chunked:-3", "not a whole number ≥ 1"), ("document:5,0", "≥ 1"),
     ("blocks:/no/such.npy", "no such file"), ("flex:/no/such.npz", "no such file"),
+    ("document:/no/such.txt", "no such file"),
 ])
 def test_bad_specs_one_line(spec, msg):
     with pytest.raises(IosimError, match=msg) as e:
