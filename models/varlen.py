@@ -85,7 +85,8 @@ def varlen_problem(seqlens_q, seqlens_kv=None, *, heads: int, kv_heads: int | No
 
 def _lengths(p: Problem, seqlens_q, seqlens_kv) -> tuple[np.ndarray, np.ndarray]:
     if seqlens_q is None:
-        raise IosimError("flash2_varlen: needs seqlens_q (the query length of every sequence, e.g. '100,37,512')")
+        raise IosimError("flash2_varlen: needs concrete seqlens_q (the query length of every sequence, e.g. '100,37,512'); "
+                         "it has no symbolic form")
     lq = _ints(seqlens_q, "seqlens_q") if not isinstance(seqlens_q, str) else parse_lengths(seqlens_q)
     lk = lq if seqlens_kv is None else (_ints(seqlens_kv, "seqlens_kv") if not isinstance(seqlens_kv, str)
                                         else parse_lengths(seqlens_kv))
