@@ -74,7 +74,8 @@ def _add_problem_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sram-bytes", default=None, help="on-chip memory per CTA (default: the hardware's)")
 
 
-_SIZE_FLAGS = ("batch", "heads", "kv_heads", "seq_q", "seq_kv", "head_dim", "block_m", "block_n", "sram_bytes")
+_SIZE_FLAGS = ("batch", "heads", "kv_heads", "seq_q", "seq_kv", "head_dim", "block_m", "block_n", "sram_bytes",
+               "page_size")
 
 
 def read_sizes(a: argparse.Namespace) -> argparse.Namespace:
@@ -139,6 +140,16 @@ def create_parser(load: Sequence[str] | None = None) -> argparse.ArgumentParser:
                    help="spread of per-CTA speeds in the CTA timeline (default: by KV walk direction, "
                         "iosim.memory.hierarchy.DRIFT_BY_KV_ORDER: descending 0.15, ascending 0.03; 0 = lockstep)")
     add_mask_flags(p)
+    p.add_argument("--varlen", default=None, metavar="LENS|FILE",
+                   help="a packed batch of sequences (FA2's mha_varlen_fwd): query lengths L1,L2,… or cu_seqlens "
+                        "0,L1,L1+L2,…, or a .npy/.txt/.csv file of them; --batch/--seq-q/--seq-kv come from them")
+    p.add_argument("--varlen-kv", default=None, metavar="LENS|FILE", help="key lengths of the same sequences "
+                   "(default: --varlen's)")
+    p.add_argument("--page-size", default=None, metavar="P",
+                   help="decode over a paged KV cache of P-token pages (a multiple of 256; FA2's mha_fwd_kvcache, "
+                        "its split-KV kernel), the pages in a seeded random physical order")
+    p.add_argument("--page-seed", type=int, default=0, metavar="S", help="seed of the physical page order (default 0)")
+    p.set_defaults(batch=None, seq_q=None)  # 1 and 4096 unless --varlen gives them (varlen_args)
     sub.add_parser("algorithms", help="list the algorithm families")
     for name, _, help_ in COMMANDS:
         if load is None or name in load:
@@ -146,6 +157,29 @@ def create_parser(load: Sequence[str] | None = None) -> argparse.ArgumentParser:
         else:
             sub.add_parser(name, help=help_)
     return parser
+
+
+def varlen_args(a: argparse.Namespace) -> tuple[argparse.Namespace, tuple | None]:
+    """--varlen/--varlen-kv: (args with --batch/--seq-q/--seq-kv from the lengths, (query, key lengths)); an explicit
+    size that disagrees is an error naming both. Without --varlen, --batch and --seq-q default to 1 and 4096."""
+    if a.varlen is None:
+        if a.varlen_kv is not None:
+            raise IosimError("--varlen-kv needs --varlen (the query lengths of the same sequences)")
+        return argparse.Namespace(**{**vars(a), "batch": 1 if a.batch is None else a.batch,
+                                     "seq_q": 4096 if a.seq_q is None else a.seq_q}), None
+    from iosim.models.varlen import parse_lengths
+    lq = parse_lengths(a.varlen)
+    lk = lq if a.varlen_kv is None else parse_lengths(a.varlen_kv)
+    if len(lk) != len(lq):
+        raise IosimError(f"--varlen-kv gives {len(lk)} lengths for the {len(lq)} sequences of --varlen; give one key "
+                         "length per sequence")
+    got = {"batch": len(lq), "seq_q": int(lq.max()), "seq_kv": max(int(lk.max()), 1)}
+    for k, v in got.items():
+        if getattr(a, k) is not None and getattr(a, k) != v:
+            flag = "--" + k.replace("_", "-")
+            raise IosimError(f"{flag} {getattr(a, k)} conflicts with --varlen ({len(lq)} sequences, longest "
+                             f"{lq.max()} queries / {lk.max()} keys: {flag} {v}); drop {flag}")
+    return argparse.Namespace(**{**vars(a), **got}), (lq, lk)
 
 
 def _fmt_bytes(n: int | None) -> str:
@@ -178,6 +212,14 @@ def _print_prediction(pred, out: IO[str]) -> None:
     out.write(f"{d['algorithm']}, pass {d['pass']}, on {hw.full_name} ({hw.name}): B={pr['batch']} H={pr['heads']} "
               f"Hkv={pr['kv_heads']} Nq={pr['seq_q']} Nkv={pr['seq_kv']} d={pr['head_dim']} {pr['dtype']}"
               f"{' causal' if pr['causal'] else ' non-causal'}\n")
+    if d["varlen"]:
+        v = d["varlen"]
+        out.write(f"varlen: {v['sequences']:,} sequences packed, {v['q_tokens']:,} query / {v['kv_tokens']:,} key "
+                  f"tokens, longest {v['max_seqlen_q']:,} / {v['max_seqlen_kv']:,}\n")
+    if d["paged"]:
+        pg = d["paged"]
+        out.write(f"paged KV: {pg['pages']:,} pages of {pg['page_size']:,} tokens, physical order seed "
+                  f"{pg['page_seed']}\n")
     if len(d["passes"]) > 1:
         out.write("".join(f"{n}: {_tiles_line(d['kernel_preset'], p['algorithm'], p['config'])}\n"
                           for n, p in d["passes"].items()) + "\n")
@@ -247,6 +289,7 @@ def run(argv: Sequence[str], out: IO[str]) -> int:
     args = read_sizes(create_parser(load=list(argv[:1])).parse_args(argv))
     if args.command == "predict":
         from iosim.pipeline import predict
+        args, lens = varlen_args(args)
         problem, config = problem_from_args(args)
         hw = load_hardware(args.hardware)
         geom = None
@@ -257,7 +300,8 @@ def run(argv: Sequence[str], out: IO[str]) -> int:
             geom = L2Geometry.from_hardware(hw, **over)
         pred = predict(hw, problem, config, args.algorithm, kernel=args.kernel, l2=not args.no_l2, l2_geometry=geom,
                        l2_stride=1 if args.l2_exact else None, cta_jitter=args.cta_jitter, progress=True,
-                       direction=args.direction, block_mask=mask_of(args))
+                       direction=args.direction, block_mask=mask_of(args), varlen=lens and lens[0],
+                       varlen_kv=lens and lens[1], page_size=args.page_size, page_seed=args.page_seed)
         if args.json:
             out.write(json.dumps(pred.to_dict(), indent=1) + "\n")
         else:

@@ -43,6 +43,8 @@ class Prediction:
     direction: str = "fwd"  # the pass: "fwd", "bwd" or "fwd+bwd" (``iosim.passes``)
     passes: tuple[Pass, ...] = ()  # the passes in launch order, each with its algorithm, config and kernels
     mask: dict | None = None  # a mask by name (``iosim.maskspec.describe``): spec, blocks, densities
+    varlen: dict | None = None  # a packed varlen batch: sequences, tokens, longest (``predict(varlen=...)``)
+    paged: dict | None = None  # a paged KV cache: page size, pages, seed (``predict(page_size=...)``)
 
     @property
     def l2_hit_rate(self) -> float | None:
@@ -97,6 +99,8 @@ class Prediction:
             "kernels": kernels,
             "passes": pass_totals(kernels, self.passes),
             "mask": self.mask,
+            "varlen": self.varlen,
+            "paged": self.paged,
         }
 
 
@@ -174,17 +178,59 @@ def _mask_args(spec, problem: Problem, config: KernelConfig, algorithm: str, ker
     raise IosimError(f"mask {spec.text!r} cannot run on {who}{why}; use {MASK_HONOURED}")
 
 
+VARLEN_RUNS = "--kernel fa2 or --algorithm flash2 (FA2's mha_varlen_fwd)"
+PAGED_RUNS = "--kernel fa2 or --algorithm splitkv (FA2's mha_fwd_kvcache)"
+
+
+def _layout_kernel(layout: dict, problem: Problem, config: KernelConfig, hardware: Hardware, algorithm: str,
+                   kernel: str | None):
+    """(algorithm, config, preset or None) that run a varlen batch (FA2's plain varlen forward with the fa2 tiles and
+    orders) or a paged KV cache (FA2's split-KV kernel, which mha_fwd_kvcache always runs, with its split tiles)."""
+    from iosim.presets import PRESETS
+    varlen = "seqlens_q" in layout
+    model, want, runs = ("flash2_varlen", ("flash2", "flash2_varlen"), VARLEN_RUNS) if varlen else \
+        ("splitkv", ("splitkv",), PAGED_RUNS)
+    if kernel not in (None, "fa2") or (kernel is None and algorithm not in want):
+        who = f"--kernel {kernel}" if kernel else f"--algorithm {algorithm}"
+        raise IosimError(f"{'varlen' if varlen else 'a paged KV cache (page_size)'} cannot run on {who}; use {runs}")
+    if kernel is None:
+        return model, config, None
+    fa2 = PRESETS["fa2"]
+    if varlen:
+        return model, fa2.config(problem, hardware, config), fa2
+    from iosim.models.splitkv import split_tiles
+    bm, bn = split_tiles(problem.head_dim)
+    return model, replace(fa2.config(problem, hardware, config), block_m=bm, block_n=bn, num_warps=4), \
+        replace(fa2, algorithm=model, regs_per_thread=None, launch=None)
+
+
+def _varlen_mask(spec: maskspec.MaskSpec, problem: Problem) -> None:
+    """FA2's varlen forward takes a causal mask or a local window (per sequence, bottom-right): nothing else."""
+    if maskspec.fa2_window(spec, problem.seq_q, problem.seq_kv) is None or \
+            any(isinstance(e, maskspec.Causal) and e.top_left for e in spec.elements):
+        raise IosimError(f"mask {spec.text!r} cannot run on a varlen batch: FA2's varlen forward takes causal or "
+                         "sliding:W (a window per sequence); give one of those, or drop varlen")
+
+
 def _build_pass(name: str, hardware: Hardware, problem: Problem, config: KernelConfig, algorithm: str,
-                kernel: str | None, block_mask) -> _Pass:
-    """The forward ("fwd") or the backward ("bwd"): a preset decides both, else ``iosim.passes.BACKWARD``."""
+                kernel: str | None, block_mask, layout: dict) -> _Pass:
+    """The forward ("fwd") or the backward ("bwd"): a preset decides both, else ``iosim.passes.BACKWARD``;
+    layout: the build keywords of a varlen batch or a paged KV cache (forward only)."""
     pre, kw = None, {}
-    if kernel is not None:
+    if layout:
+        if name == "bwd":
+            raise IosimError("varlen and paged KV are modelled for the forward only; use --pass fwd")
+        algorithm, config, pre = _layout_kernel(layout, problem, config, hardware, algorithm, kernel)
+        if "seqlens_q" in layout and isinstance(block_mask, maskspec.MaskSpec):
+            _varlen_mask(block_mask, problem)
+    elif kernel is not None:
         from iosim.presets import apply
         algorithm, config, pre = apply(kernel, problem, hardware, config, direction=name)
     elif name == "bwd":
         algorithm = backward_of(algorithm)
     if isinstance(block_mask, maskspec.MaskSpec):
         block_mask, kw = _mask_args(block_mask, problem, config, algorithm, kernel)
+    kw |= layout
     if pre is not None and pre.schedule is not None:
         schedule = pre.schedule(problem, config, hardware, block_mask)
     elif block_mask is not None or kw:
@@ -197,10 +243,42 @@ def _build_pass(name: str, hardware: Hardware, problem: Problem, config: KernelC
     return _Pass(name, schedule, pre.regs_per_thread, pre.persistent, pre.instruction_path, pre.prefetch)
 
 
+def _layout(varlen, varlen_kv, page_size, page_seed) -> dict:
+    """The build keywords of ``predict``'s varlen / page_size arguments."""
+    if varlen is None:
+        if varlen_kv is not None:
+            raise IosimError("varlen_kv (--varlen-kv) needs varlen (--varlen: the query lengths of the same sequences)")
+        return {} if page_size is None else {"page_size": page_size, "page_seed": page_seed}
+    if page_size is not None:
+        raise IosimError("varlen with a paged KV cache (mha_varlen_fwd's block_table) is not modelled; give varlen "
+                         "or page_size")
+    import numpy as np
+    from iosim.models.varlen import parse_lengths
+    lq, lk = (x if x is None or isinstance(x, np.ndarray) else parse_lengths(x) for x in (varlen, varlen_kv))
+    return {"seqlens_q": lq, "seqlens_kv": lk}
+
+
+def _layout_facts(schedule: Schedule, layout: dict) -> tuple[dict | None, dict | None, tuple[str, ...]]:
+    """(varlen, paged) descriptions for ``Prediction`` and the notes they add."""
+    t = schedule.tables
+    if "seqlens_q" in layout:
+        lq, lk = t["seqlens_q"], t["seqlens_k"]
+        return ({"sequences": len(lq), "q_tokens": int(lq.sum()), "kv_tokens": int(lk.sum()),
+                 "max_seqlen_q": int(lq.max()), "max_seqlen_kv": int(lk.max())}, None,
+                ("varlen: PyTorch's mha_varlen_fwd plain forward; its GQA swap and split-KV for max_seqlen_q = 1 "
+                 "(varlen decode) are not modelled",))
+    if "page_size" in layout:
+        ps = layout["page_size"]
+        return None, {"page_size": ps, "pages": int(schedule.tensors["K"].dims[0]) // ps,
+                      "page_seed": layout["page_seed"]}, ()
+    return None, None, ()
+
+
 def predict(hardware: Hardware | str, problem: Problem, config: KernelConfig | None, algorithm: str = "flash2", *,
             kernel: str | None = None, l2: bool = True, l2_geometry: L2Geometry | None = None,
-            l2_stride: int | None = None, cta_jitter: float | None = None, block_mask=None,
-            progress: bool | None = None, direction: str = "fwd") -> Prediction:
+            l2_stride: int | None = None, cta_jitter: float | None = None, block_mask=None, varlen=None,
+            varlen_kv=None, page_size: int | None = None, page_seed: int = 0, progress: bool | None = None,
+            direction: str = "fwd") -> Prediction:
     """Counts, and (unless ``l2`` is False) DRAM traffic through the shared L2.
 
     kernel: a preset name (``iosim.presets``: fa2, triton-tutorial, iosim-triton, flex) that pins the algorithm, tiles,
@@ -220,6 +298,12 @@ def predict(hardware: Hardware | str, problem: Problem, config: KernelConfig | N
     ``iosim.passes.BACKWARD``) or "fwd+bwd" (both, one schedule: ``iosim.passes.concat_schedules``; the L2 runs them
     as one trace, each pass is timed with its own config, instruction path and registers; the CTA drift of the
     timeline is the forward's KV walk direction's).
+    varlen: a packed batch of sequences (FA2's ``mha_varlen_fwd``): query lengths as an array, a list, "L1,L2,…" or a
+    file, cu_seqlens alike (``iosim.models.varlen.parse_lengths``); varlen_kv the key lengths (default varlen). The
+    problem's batch / seq_q / seq_kv must be their count and longest (``varlen_problem``). Runs ``flash2_varlen``
+    (the fa2 preset's tiles and orders with ``kernel="fa2"``); a causal or sliding mask applies per sequence.
+    page_size: decode over a paged KV cache of page_size-token pages (a multiple of 256), pages in the seeded random
+    physical order of page_seed: the fa2 preset's (or ``splitkv``'s) split-KV kernel (``splitkv``'s page_size).
     """
     hardware, config = _check_args(hardware, problem, config, algorithm, cta_jitter, l2_geometry)
     mask = None
@@ -228,17 +312,20 @@ def predict(hardware: Hardware | str, problem: Problem, config: KernelConfig | N
         if maskspec.fa2_window(block_mask, problem.seq_q, problem.seq_kv) == (-1, 0):
             problem = replace(problem, causal=True)
         mask = maskspec.describe(block_mask, problem)
-    parts = [_build_pass(d, hardware, problem, config, algorithm, kernel, block_mask) for d in passes_of(direction)]
+    layout = _layout(varlen, varlen_kv, page_size, page_seed)
+    parts = [_build_pass(d, hardware, problem, config, algorithm, kernel, block_mask, layout)
+             for d in passes_of(direction)]
     if len(parts) == 1:
         schedule, regs = parts[0].schedule, parts[0].regs
     else:
         schedule, regs = concat_schedules(*(pin_launch(p.schedule, p.regs) for p in parts)), None
     part_counts = [count(p.schedule) for p in parts]
     counts = Counts(schedule.algorithm, tuple(k for c in part_counts for k in c.kernels))
+    varlen_d, paged, layout_notes = _layout_facts(schedule, layout)
     notes = prediction_warnings(schedule, hardware, kernel)
     for n in notes:
         warnings.warn(n, IosimWarning, stacklevel=2)
-    schedule = replace(schedule, notes=schedule.notes + tuple(notes))
+    schedule = replace(schedule, notes=schedule.notes + layout_notes + tuple(notes))
     passes = tuple(Pass.of(p.name, p.schedule) for p in parts)
     res = None
     if l2:
@@ -252,4 +339,4 @@ def predict(hardware: Hardware | str, problem: Problem, config: KernelConfig | N
                                    regs_per_thread=p.regs) for p, c in zip(parts, part_counts)], schedule.algorithm)
     return Prediction(hardware, schedule, counts, None if res is None else res.dram_read_bytes,
                       None if res is None else res.dram_write_bytes, t.time_s, l2=res, kernel_preset=kernel, time=t,
-                      direction=direction, passes=passes, mask=mask)
+                      direction=direction, passes=passes, mask=mask, varlen=varlen_d, paged=paged)
