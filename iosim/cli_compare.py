@@ -35,7 +35,7 @@ PRESETS = ("fa2", "flex", "triton-tutorial", "iosim-triton")
 
 
 def add_parser(sub) -> None:
-    from iosim.cli import _add_problem_args, add_pass_flag
+    from iosim.cli import _add_problem_args, add_mask_flags, add_pass_flag
     p = sub.add_parser(COMMAND, help="measured (ncu CSV) vs predicted SM/DRAM bytes and time, per kernel launch",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ncu", required=True, metavar="FILE.csv", help="`ncu --csv` output, long or --page raw")
@@ -45,6 +45,7 @@ def add_parser(sub) -> None:
                    help="preset to predict with (default: every kernel family found in the CSV)")
     _add_problem_args(p)
     add_pass_flag(p)
+    add_mask_flags(p)
     p.add_argument("--no-l2", action="store_true", help="SM<->HBM counts only: no DRAM prediction (fast)")
     p.add_argument("--jobs", type=int, default=None, help="worker processes (default: every core)")
     p.add_argument("--out", default=None, metavar="FILE.csv", help="write the per-launch table as CSV")
@@ -80,7 +81,8 @@ def problem_text(p: Mapping[str, object]) -> str:
     kv = f"/{p['kv_heads']}" if p["kv_heads"] not in (None, p["heads"]) else ""
     nkv = f"x{p['seq_kv']}" if p["seq_kv"] not in (None, p["seq_q"]) else ""
     return (f"B{p['batch']} H{p['heads']}{kv} N{p['seq_q']}{nkv} d{p['head_dim']}"
-            f"{' causal' if p['causal'] else ''}{'' if p['pass'] == 'fwd' else ' ' + p['pass']}")
+            f"{' causal' if p['causal'] else ''}{' ' + p['mask'] if p['mask'] else ''}"
+            f"{'' if p['pass'] == 'fwd' else ' ' + p['pass']}")
 
 
 def match(launches, pts: list[dict], preds: list[dict]) -> tuple[list[tuple], list[tuple]]:
@@ -174,7 +176,12 @@ def report(rows: list[dict], unmatched, failed: list[str]) -> str:
 def _points(args) -> list[dict]:
     from iosim.cli import problem_from_args
     from iosim.sweeps import load_spec, points
-    base = {"hardware": args.hardware, "pass": args.direction} | ({"kernel": args.kernel} if args.kernel else {})
+    from iosim.limits import parse_size
+    if args.mask and len(args.mask) > 1:
+        raise IosimError(f"compare takes one --mask (a sweep's mask key is one spec), got {len(args.mask)}: "
+                         f"{', '.join(args.mask)}")
+    base = {"hardware": args.hardware, "pass": args.direction} | ({"kernel": args.kernel} if args.kernel else {}) | \
+        ({"mask": args.mask[0], "mask_block": parse_size(args.mask_block, "--mask-block")} if args.mask else {})
     if args.spec:
         return points([base | g for g in load_spec(args.spec)])
     problem, config = problem_from_args(args)

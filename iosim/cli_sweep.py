@@ -25,6 +25,7 @@ varies fastest). Optional [[grid]] tables are grids of their own, over the top-l
 
 fields (default): hardware ("h100"), kernel (none), algorithm ("flash2"), batch (1), heads (16),
 kv_heads (= heads), seq_q (4096), seq_kv (= seq_q), head_dim (128), dtype ("bf16"), causal (false),
+mask (none; one --mask spec, e.g. "sliding:1024"), mask_block (128),
 block_m, block_n (the algorithm's), num_warps (4), num_stages (2), grid_order ("m,b,h"),
 kv_order, q_order ("ascending"), sram_bytes (the hardware's), band_loop (false),
 pass ("fwd"; "bwd", "fwd+bwd"; --pass sets it where the spec does not).

@@ -7,6 +7,8 @@ A grid is a mapping from field to a value or a list of values; lists are crossed
   iosim-triton; pins the algorithm, tiles, warps, stages and orders; default none), ``algorithm`` (str, "flash2");
 * the Problem: ``batch`` (1), ``heads`` (16), ``kv_heads`` (= heads), ``seq_q`` (4096), ``seq_kv`` (= seq_q),
   ``head_dim`` (128) — ints; ``dtype`` (str, "bf16"); ``causal`` (bool, false);
+* ``mask`` (str, one ``iosim predict --mask`` spec such as "sliding:1024", ``iosim.maskspec``; default none) and
+  ``mask_block`` (int, 128: its ``--mask-block``);
 * the KernelConfig: ``block_m``, ``block_n`` (ints, default: the algorithm's), ``num_warps`` (4), ``num_stages`` (2),
   ``sram_bytes`` (default: the hardware's) — ints; ``grid_order`` (str "m,b,h": axes fastest first), ``kv_order``,
   ``q_order`` (str, "ascending"/"descending"); ``band_loop`` (bool, false);
@@ -51,12 +53,12 @@ from iosim.errors import IosimError
 DEFAULTS: dict[str, object] = {
     "hardware": "h100", "kernel": None, "algorithm": "flash2",
     "batch": 1, "heads": 16, "kv_heads": None, "seq_q": 4096, "seq_kv": None, "head_dim": 128, "dtype": "bf16",
-    "causal": False,
+    "causal": False, "mask": None, "mask_block": 128,
     "block_m": None, "block_n": None, "num_warps": 4, "num_stages": 2, "grid_order": "m,b,h",
     "kv_order": "ascending", "q_order": "ascending", "sram_bytes": None, "band_loop": False, "pass": "fwd",
 }
 KEYS: tuple[str, ...] = tuple(DEFAULTS)
-_STR = {"hardware", "kernel", "algorithm", "dtype", "grid_order", "kv_order", "q_order", "pass"}
+_STR = {"hardware", "kernel", "algorithm", "dtype", "mask", "grid_order", "kv_order", "q_order", "pass"}
 _BOOL = {"causal", "band_loop"}
 RESULTS: tuple[str, ...] = ("flops", "matmul_flops", "sm_read_bytes", "sm_write_bytes", "dram_read_bytes",
                             "dram_write_bytes", "l2_hit_rate", "time_s", "bound", "achieved_flops_per_s")
@@ -140,6 +142,7 @@ def resolved(point: Mapping[str, object]) -> dict:
 
 def prediction(point: Mapping[str, object], l2: bool = True):
     """``iosim.pipeline.predict`` of one point (a dict of every key, as ``points`` gives); IosimError on bad input."""
+    from iosim.maskspec import parse_mask
     from iosim.pipeline import predict
     from iosim.problem import KernelConfig, Problem
     p = resolved(point)
@@ -148,8 +151,9 @@ def prediction(point: Mapping[str, object], l2: bool = True):
     config = KernelConfig(p["block_m"], p["block_n"], p["num_warps"], p["num_stages"],
                           tuple(x.strip() for x in p["grid_order"].split(",")), p["kv_order"], p["q_order"],
                           p["sram_bytes"], p["band_loop"])
+    mask = None if p["mask"] is None else parse_mask(p["mask"], p["mask_block"])
     return predict(_hardware(p["hardware"]), problem, config, p["algorithm"], kernel=p["kernel"], l2=l2,
-                   direction=p["pass"])
+                   direction=p["pass"], block_mask=mask)
 
 
 def predict_point(point: Mapping[str, object], l2: bool = True) -> dict:
