@@ -40,6 +40,7 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.core.extending import intrinsic
 from numba.cpython.unsafe.numbers import trailing_zeros
 
@@ -61,6 +62,7 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 _BLOCK = 4096   # accesses a thread sifts for its own rows before simulating them
 PARALLEL_MIN = 100_000   # accesses (or ranges) below which one thread runs the chunk (thread start-up ~ 20 µs)
+GROUP_MIN = 100_000   # accesses (and at least one per row) from which ``CompiledState.run`` groups them by row first
 
 
 @njit(cache=True)
@@ -238,6 +240,35 @@ def _eq8(typingctx, arr, i, x):
     return types.int64(types.Array(types.int64, 1, "C"), types.int64, types.int64), codegen
 
 
+@intrinsic
+def _min8(typingctx, arr, i):
+    """The smallest of the 8 int64 at i (one vector load and a reduction)."""
+    def codegen(context, builder, sig, args):
+        ary, idx = args
+        i64, vt = ir.IntType(64), ir.VectorType(ir.IntType(64), 8)
+        p = builder.bitcast(builder.gep(context.make_array(sig.args[0])(context, builder, ary).data, [idx]),
+                            vt.as_pointer())
+        v = builder.load(p, align=8)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [vt]), "llvm.vector.reduce.smin.v8i64")
+        return builder.call(fn, [v])
+    return types.int64(types.Array(types.int64, 1, "C"), types.int64), codegen
+
+
+@intrinsic
+def _eqv8(typingctx, arr, i, x):
+    """Bits l (0 … 7): arr[i + l] = x, for the 8 int64 at i."""
+    def codegen(context, builder, sig, args):
+        ary, idx, xv = args
+        i64, vt = ir.IntType(64), ir.VectorType(ir.IntType(64), 8)
+        p = builder.bitcast(builder.gep(context.make_array(sig.args[0])(context, builder, ary).data, [idx]),
+                            vt.as_pointer())
+        v = builder.load(p, align=8)
+        xs = builder.insert_element(ir.Constant(vt, ir.Undefined), xv, ir.Constant(ir.IntType(32), 0))
+        xs = builder.shuffle_vector(xs, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8))
+        return builder.zext(builder.bitcast(builder.icmp_signed("==", v, xs), ir.IntType(8)), i64)
+    return types.int64(types.Array(types.int64, 1, "C"), types.int64, types.int64), codegen
+
+
 @njit(cache=True, inline="always")
 def _mtf_find(E, lo, cap, x):
     """Position of line x among the recency-ordered ways at lo and whether it is there; on a miss the number of
@@ -369,6 +400,245 @@ def _lines_kernel(pol: int, P: int, touch: bool, alloc: bool, mtf: bool):
                     a[7] += 1
                     if want:
                         nf[i] = nfa
+
+    return run
+
+
+@njit(cache=True, parallel=True)
+def _group(row, tag, sec, wr, packed, NT, out, start):
+    """Stable counting sort of the accesses by row (rows 0 … len(start) − 2): start[r] … start[r + 1] − 1 are the
+    places of row r's accesses in ``out``, in array order. Thread g counts, then places, the g-th block of accesses
+    (private counts per row: no atomics). ``out`` gets the access's index, or (``packed``) the access itself,
+    line·2^9 | sectors·2^1 | store (−1 for a line outside 0 … 2^47, which the access flags)."""
+    n = len(row)
+    R = len(start) - 1
+    H = np.zeros((NT, R), np.int64)
+    for g in prange(NT):
+        h = H[g]
+        for i in range(g * n // NT, (g + 1) * n // NT):
+            h[row[i]] += 1
+    tot = 0
+    for r in range(R):
+        start[r] = tot
+        for g in range(NT):
+            c = H[g, r]
+            H[g, r] = tot
+            tot += c
+    start[R] = tot
+    for g in prange(NT):
+        h = H[g]
+        for i in range(g * n // NT, (g + 1) * n // NT):
+            r = row[i]
+            p = h[r]
+            h[r] = p + 1
+            if packed:
+                x = np.int64(tag[i])
+                v = (x << 9) | (np.int64(sec[i]) << 1) | np.int64(wr[i])
+                out[p] = v if (x >= 0 and x < MAX_LINE) else -1
+            else:
+                out[p] = i
+
+
+@functools.cache
+def _grouped_kernel(pol: int, P: int, touch: bool, alloc: bool, mtf: bool, packed: bool):
+    """``_lines_kernel`` over the accesses grouped by row (``_group``): row after row, each row's accesses in array
+    order, thread g taking the rows rb[g] … rb[g + 1] − 1. Every set sees the same sequence, so the counts are the
+    same; the state is swept once, in order, instead of being touched at random."""
+
+    @njit(cache=True, parallel=True)
+    def run(grp, start, rb, hrow, tag, sec, wr, kern, nr, hm, t0, cnt, T, S, V, D, K, B, PM, PV, CAP, W, L, acc,
+            kr, kw, kh, nf, NT):
+        multi = len(kern) > 0
+        want = len(nf) > 0
+        for g in prange(NT):
+            a, kr_, kw_, kh_ = acc[g], kr[g], kw[g], kh[g]
+            for r in range(rb[g], rb[g + 1]):
+                u0, u1 = start[r], start[r + 1]
+                cnt[r] = u1 - u0
+                for u in range(u0, u1):
+                    if packed:
+                        pk = grp[u]
+                        i = 0
+                        x = pk >> 9
+                        s = (pk >> 1) & 0xFF
+                        w = (pk & 1) != 0
+                    else:
+                        i = grp[u]
+                        x = np.int64(tag[i])
+                        s = np.int64(sec[i])
+                        w = wr[i]
+                    k = np.int64(kern[i]) if multi else 0
+                    q = np.int64(nr[i]) if P > 1 else 0
+                    h = np.int64(hm[i]) if P > 1 else q
+                    if mtf:
+                        nfa = _mtf_access(T, K, CAP, W, r, x, s, w, k, q, h, a, kr_, kw_, kh_, pol, P, touch, alloc,
+                                          multi)
+                    else:
+                        nfa = _stamp_access(T, S, V, D, K, B, PM, PV, W, L, r, np.int64(hrow[i]), t0 + u - u0, x, s,
+                                            w, k, q, h, a, kr_, kw_, kh_, pol, P, touch, alloc)
+                    a[7] += 1
+                    if want:
+                        nf[i] = nfa
+
+    return run
+
+
+@functools.cache
+def _packed_kernel(pol: int, touch: bool, alloc: bool):
+    """``_grouped_kernel`` for one partition, one kernel, the recency layout and no per-access results (``_group``'s
+    packed accesses): the counters in registers."""
+
+    @njit(cache=True, parallel=True)
+    def run(grp, start, rb, cnt, E, K, CAP, W, acc, kr, kw, kh, NT):
+        for g in prange(NT):
+            hits = misses = evs = devs = rd = wrt = 0
+            err = False
+            for r in range(rb[g], rb[g + 1]):
+                u0, u1 = start[r], start[r + 1]
+                cnt[r] = u1 - u0
+                lo = r * W
+                cq = CAP[r]
+                for u in range(u0, u1):
+                    pk = grp[u]
+                    if pk < 0:
+                        err = True
+                        continue
+                    x = pk >> 9
+                    s = (pk >> 1) & 0xFF
+                    w = (pk & 1) != 0
+                    j, hit = _mtf_find(E, lo, cq, x)
+                    if w and not hit and not alloc:
+                        f, wb, ev = 0, s, False
+                    else:
+                        f, wb, _, ev, _ = _mtf_put(E, K, lo, j, cq, hit, x, s, w, 0, pol, touch, False)
+                    if hit:
+                        if touch or not w:
+                            hits += 1
+                    else:
+                        misses += 1
+                    evs += ev
+                    devs += ev and wb != 0
+                    rd += _pc(f)
+                    wrt += _pc(wb)
+            a = acc[g]
+            a[0] += hits
+            a[1] += misses
+            a[2] += evs
+            a[3] += devs
+            a[4] += rd
+            a[5] += wrt
+            a[7] += start[rb[g + 1]] - start[rb[g]]
+            a[_ERR] = err
+            kh[g, 0] += hits
+            kr[g, 0] += rd
+            kw[g, 0] += wrt
+
+    return run
+
+
+@functools.cache
+def _stamped_rows_kernel(pol: int, touch: bool, alloc: bool):
+    """``_packed_kernel`` for lru and fifo: each row's ways are copied into per-thread scratch as tags, sector masks
+    and stamps (the recency order as −1, −2, …; an empty way −2^62, a switched-off one 2^62), its accesses run
+    with a vector compare for the hit and a vector minimum for the victim (no shifting), and the ways go back in
+    recency order (largest stamp first). The same victims as the recency layout: stamps are unique, empty ways are
+    taken first, lowest first."""
+    BIGS = np.int64(1) << 62
+
+    @njit(cache=True, parallel=True)
+    def run(grp, start, rb, cnt, E, CAP, W, acc, kr, kw, kh, NT):
+        NW = (W + 7) // 8 * 8
+        for g in prange(NT):
+            TG = np.empty(NW, np.int64)
+            MD = np.empty(NW, np.int64)
+            ST = np.empty(NW, np.int64)
+            hits = misses = evs = devs = rd = wrt = 0
+            err = False
+            for r in range(rb[g], rb[g + 1]):
+                u0, u1 = start[r], start[r + 1]
+                cnt[r] = u1 - u0
+                if u1 == u0:
+                    continue
+                lo = r * W
+                cq = CAP[r]
+                for j in range(NW):
+                    e = E[lo + j] if j < cq else -2
+                    TG[j] = e >> 16 if e >= 0 else -1 - (j >= cq)
+                    MD[j] = e & 0xFFFF
+                    ST[j] = -1 - j if e >= 0 else (-BIGS if j < cq else BIGS)
+                for u in range(u0, u1):
+                    pk = grp[u]
+                    if pk < 0:
+                        err = True
+                        continue
+                    x = pk >> 9
+                    s = (pk >> 1) & 0xFF
+                    w = (pk & 1) != 0
+                    t = u - u0
+                    m = 0
+                    for c in range(0, NW, 8):
+                        m |= _eqv8(TG, c, x) << c
+                    hit = m != 0
+                    if hit:
+                        j = trailing_zeros(m)
+                        md = MD[j]
+                        v = md >> 8
+                        f = 0 if w else s & ~v
+                        MD[j] = ((v | s) << 8) | (md & 0xFF) | (s if w else 0)
+                        if pol == LRU and (touch or not w):
+                            ST[j] = t
+                        if touch or not w:
+                            hits += 1
+                        rd += _pc(f)
+                    else:
+                        misses += 1
+                        if w and not alloc:
+                            wrt += _pc(s)
+                            continue
+                        mn = _min8(ST, 0)
+                        for c in range(8, NW, 8):
+                            mn = min(mn, _min8(ST, c))
+                        mm = 0
+                        for c in range(0, NW, 8):
+                            mm |= _eqv8(ST, c, mn) << c
+                        j = trailing_zeros(mm)
+                        ev = TG[j] >= 0
+                        wb = MD[j] & 0xFF if ev else 0
+                        evs += ev
+                        devs += wb != 0
+                        wrt += _pc(wb)
+                        TG[j] = x
+                        MD[j] = (s << 8) | (s if w else 0)
+                        ST[j] = t
+                        rd += 0 if w else _pc(s)
+                # back in recency order: valid ways by decreasing stamp (insertion sort), then the empty ones
+                nv = 0
+                for j in range(cq):
+                    if TG[j] >= 0:
+                        e = (TG[j] << 16) | MD[j]
+                        st = ST[j]
+                        p = nv
+                        while p > 0 and ST[p - 1] < st:
+                            ST[p] = ST[p - 1]
+                            E[lo + p] = E[lo + p - 1]
+                            p -= 1
+                        ST[p] = st
+                        E[lo + p] = e
+                        nv += 1
+                for j in range(nv, cq):
+                    E[lo + j] = -1
+            a = acc[g]
+            a[0] += hits
+            a[1] += misses
+            a[2] += evs
+            a[3] += devs
+            a[4] += rd
+            a[5] += wrt
+            a[7] += start[rb[g + 1]] - start[rb[g]]
+            a[_ERR] = err
+            kh[g, 0] += hits
+            kr[g, 0] += rd
+            kw[g, 0] += wrt
 
     return run
 
@@ -528,7 +798,7 @@ class CompiledState:
         return (np.zeros((NT, _PAD), np.int64),) + tuple(np.zeros((NT, self.nk + _PAD), np.int64) for _ in range(4))
 
     def run(self, counts: dict, row, hrow, tag, sectors, write, kernel, near, home, t0: int = 0,
-            want_fetched: bool = False, threads: int | None = None):
+            want_fetched: bool = False, threads: int | None = None, grouped: bool | None = None):
         """Simulate the accesses (row: the state row of each; hrow: the row the ``random`` hash sees; near: the
         partition looked up first; home) with stamps from t0, adding to ``counts`` (``simulate_lines``' keys, but
         accesses and k_acc). Returns (DRAM sectors each access read or None, the longest per-row sequence)."""
@@ -543,10 +813,32 @@ class CompiledState:
         acc, kr, kw, kh, _ = self._buffers(NT)
         nf = np.zeros(n if want_fetched else 0, np.int64)
         self.cnt[:] = 0
-        run = _lines_kernel(self.pol, self.P, self.touch, self.alloc, self.mtf)
-        row = c(row)
-        run(row, c(hrow) if self.pol == RANDOM else row, c(tag, np.int64), c(sectors), c(write, np.bool_), kernel,
-            near, home, t0, *self._args(), acc, kr, kw, kh, nf, NT)
+        row, tag, sectors, write = c(row), c(tag), c(sectors), c(write, np.bool_)
+        hrow = c(hrow) if self.pol == RANDOM else row
+        if grouped is None:
+            grouped = n >= GROUP_MIN and n >= self.rows
+        if grouped:
+            packed = self.mtf and self.P == 1 and len(kernel) == 0 and not want_fetched and sectors.dtype.itemsize == 1
+            grp = np.empty(n, np.int64)
+            start = np.empty(self.rows + 1, np.int64)
+            _group(row, tag, sectors, write, packed, NT, grp, start)
+            # rows split where the accesses are, so the threads get about as many each
+            rb = np.searchsorted(start, np.arange(NT + 1) * n // NT)
+            rb[0], rb[-1] = 0, self.rows
+            if packed and self.pol in (LRU, FIFO):
+                _stamped_rows_kernel(self.pol, self.touch, self.alloc)(grp, start, rb, self.cnt, self.T, self.CAP,
+                                                                        self.W, acc, kr, kw, kh, NT)
+            elif packed:
+                _packed_kernel(self.pol, self.touch, self.alloc)(grp, start, rb, self.cnt, self.T, self.K, self.CAP,
+                                                                  self.W, acc, kr, kw, kh, NT)
+            else:
+                run = _grouped_kernel(self.pol, self.P, self.touch, self.alloc, self.mtf, packed)
+                run(grp, start, rb, hrow, tag, sectors, write, kernel, near, home, t0, *self._args(), acc, kr, kw, kh,
+                    nf, NT)
+        else:
+            run = _lines_kernel(self.pol, self.P, self.touch, self.alloc, self.mtf)
+            run(row, hrow, c(tag, np.int64), sectors, write, kernel, near, home, t0, *self._args(), acc, kr, kw, kh,
+                nf, NT)
         self._add(counts, acc, kr, kw, kh)
         return (nf if want_fetched else None), int(self.cnt.max(initial=0))
 
