@@ -84,9 +84,11 @@ def varlen_problem(seqlens_q, seqlens_kv=None, *, heads: int, kv_heads: int | No
 
 
 def _lengths(p: Problem, seqlens_q, seqlens_kv) -> tuple[np.ndarray, np.ndarray]:
-    if seqlens_q is None:
-        raise IosimError("flash2_varlen: needs concrete seqlens_q (the query length of every sequence, e.g. '100,37,512'); "
-                         "it has no symbolic form")
+    if seqlens_q is None:  # no lengths: every sequence as long as the problem's (batch × seq_q, batch × seq_kv)
+        if not all(isinstance(v, int) for v in (p.batch, p.seq_q, p.seq_kv)):
+            raise IosimError("flash2_varlen: needs concrete seqlens_q (the query length of every sequence, e.g. "
+                             "'100,37,512'); it has no symbolic form")
+        seqlens_q, seqlens_kv = [p.seq_q] * p.batch, [p.seq_kv] * p.batch if seqlens_kv is None else seqlens_kv
     lq = _ints(seqlens_q, "seqlens_q") if not isinstance(seqlens_q, str) else parse_lengths(seqlens_q)
     lk = lq if seqlens_kv is None else (_ints(seqlens_kv, "seqlens_kv") if not isinstance(seqlens_kv, str)
                                         else parse_lengths(seqlens_kv))
