@@ -197,6 +197,11 @@ class Kernel:
     threads_per_cta: int = 128
     regs_per_thread: int | None = None  # measured registers of this launch (ncu); None: the preset's or estimated
     smem_bytes: int | None = None  # measured dynamic shared memory per CTA (ncu); None: the schedule's smem buffers
+    persistent: bool = False  # one CTA per resident slot, each looping over work items (grid = workers; FA3, cuDNN)
+    pipeline: str | None = None  # warp specialization: None (every warp loads and computes), "ws" (producer warps
+    # load, consumer warpgroups compute; FA3 arXiv 2407.08608 §3.1), "ws-pingpong" (two consumer warpgroups alternate
+    # softmax and MMAs, FA3 §3.1), "ws-2cta" (FA4 arXiv 2603.05451: a 2-CTA MMA pair shares K/V, tensor memory)
+    cluster: int = 1  # CTAs of a cluster that share operand tiles (FA4's 2-CTA MMA: 2)
 
     @property
     def num_programs(self) -> Expr:
