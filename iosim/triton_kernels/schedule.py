@@ -32,7 +32,7 @@ import sympy as sp
 from iosim.errors import IosimError
 from iosim.problem import STAT_BYTES, KernelConfig, Problem
 from iosim.schedule import (Buffer, Compute, GridAxis, Kernel, Load, Loop, Schedule, Span, Store, TensorSpec, Tile,
-                            Work, cdiv, clamp, full, point, var)
+                            Work, cdiv, clamp, full, lookup, point, table, var)
 
 
 # Forward configs per (head_dim, causal) on the H100 (BLOCK_M, BLOCK_N, num_warps, num_stages): the configs closest to
@@ -390,3 +390,207 @@ def backward_schedule(p: Problem, cfg: KernelConfig) -> Schedule:
     notes = (f"Triton backward: tiles {bm}×{bn}, {cfg.num_warps} warps; dQ by fp32 atomic adds"
              + (f"; GQA: each program walks the {G} query heads of its KV head" if G > 1 else ""),)
     return Schedule("iosim-triton-bwd", p, cfg, tensors, (pre, main, convert), notes)
+
+
+# --- persistent forward and stream-K decode (issue 21) -----------------------------------------------------------
+
+PERSISTENT_ORDERS = ("rr", "lpt")
+
+
+def persistent_order(causal: bool, order: str | None) -> str:
+    """The item order of the persistent forward: None → "lpt" when causal (longest KV loop first), else "rr"."""
+    order = ("lpt" if causal else "rr") if order is None else order
+    if order not in PERSISTENT_ORDERS:
+        raise IosimError(f"order={order!r}: use 'rr' (query block fastest) or 'lpt' (longest KV loop first)")
+    return order
+
+
+def check_persistent_config(cfg: KernelConfig) -> None:
+    if cfg.grid_order != ("m", "b", "h") or cfg.q_order != "ascending":
+        raise IosimError(f"the persistent kernel orders its items by order='rr'|'lpt'; got grid_order={cfg.grid_order}, "
+                         f"q_order={cfg.q_order!r}: leave them at their defaults")
+
+
+def persistent_items(p: Problem, block_m: int, order: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, b, h) of work item u = 0 … T_r·B·H − 1, as ``kernels._persistent_fwd_kernel`` decodes u. "rr": query block
+    fastest, then batch, then head (the non-persistent grid (m, b, h)); "lpt": query blocks descending (causal: the
+    longest KV loop first, FA3's LPT order), within a block head fastest (a GQA group's heads adjacent), then batch."""
+    tm, B, H = cdiv(p.seq_q, block_m), p.batch, p.heads
+    u = np.arange(tm * B * H, dtype=np.int64)
+    if order == "rr":
+        return u % tm, (u // tm) % B, u // (tm * B)
+    return tm - 1 - u // (B * H), (u % (B * H)) // H, u % H
+
+
+def persistent_workers(p: Problem, cfg: KernelConfig, num_sms: int = 132, hw=None) -> int:
+    """Default worker count: num_sms × the CTAs per SM that fit (``iosim.occupancy`` of the persistent kernel on ``hw``,
+    default the H100 profile), at most one worker per item."""
+    from iosim.hwprofile import load_hardware
+    from iosim.occupancy import occupancy
+    kern = persistent_schedule(p, cfg, 1).kernels[0]
+    per_sm = occupancy(kern, hw or load_hardware("h100"), cfg.num_stages).ctas_per_sm
+    return max(1, min(num_sms * per_sm, cdiv(p.seq_q, cfg.block_m) * p.batch * p.heads))
+
+
+def persistent_schedule(p: Problem, cfg: KernelConfig, num_workers: int, order: str | None = None) -> Schedule:
+    """``kernels._persistent_fwd_kernel``: grid (W,), worker w runs items u = w, w + W, … (static round-robin) in
+    ``persistent_items``' order, each item exactly the non-persistent program of its (i, b, h) (flash2's loops, band
+    loop under causal masking); accumulators restart per item (``Compute("init")``). The item tiles are tables:
+    num_items [W] (⌈(U − w)/W⌉ for U items) and item_m / item_b / item_h [W, max items] (``lookup``)."""
+    from iosim.models import flash2
+    from iosim.models._common import lse_tensor, q_tile, qkvo_tensors, row_tile
+    if cfg.block_m is None or cfg.block_n is None:
+        raise IosimError("persistent_schedule needs config.block_m and config.block_n (the kernel's tiles)")
+    check_persistent_config(cfg)
+    order = persistent_order(p.causal, order)
+    if not isinstance(num_workers, int) or num_workers < 1:
+        raise IosimError(f"num_workers={num_workers!r}: give a positive integer")
+    bm, bn, d, e, W = cfg.block_m, cfg.block_n, p.head_dim, p.elem_bytes, num_workers
+    tm, tn = cdiv(p.seq_q, bm), cdiv(p.seq_kv, bn)
+    U = tm * p.batch * p.heads
+    num = np.maximum(U - np.arange(W) + W - 1, 0) // W
+    uu = np.arange(W)[:, None] + W * np.arange(max(1, int(num.max())))[None, :]
+    tables = {"num_items": num} | {name: np.where(uu < U, a[np.minimum(uu, U - 1)], 0) for name, a in
+                                   zip(("item_m", "item_b", "item_h"), persistent_items(p, bm, order))}
+    w, t, j = var("w"), var("t"), var("j")
+    i, b, h = (lookup(table(n), w, t) for n in ("item_m", "item_b", "item_h"))
+    rows = Span(i, bm, p.seq_q)
+    item = (Compute("init", ("acc", "m", "l")), Load("q", q_tile(p, "Q", b, h, rows)),
+            *flash2.kv_loops(p, cfg, b, h, i, rows, j, bm, bn, tn), flash2.finalize(p, rows),
+            Store("acc", q_tile(p, "O", b, h, rows)), Store("lse", row_tile(p, "LSE", b, h, rows)))
+    kernel = Kernel("iosim_persistent_fwd", (GridAxis("w", w, W),), flash2.buffers(bm, bn, d, e),
+                    (Loop(t, 0, lookup(table("num_items"), w), item),), threads_per_cta=32 * cfg.num_warps,
+                    persistent=True)
+    notes = (f"persistent forward: {W} workers, {U} items ({tm} query blocks × B·H) in order {order!r}, static "
+             "round-robin",)
+    return Schedule("iosim-triton-persistent", p, cfg, qkvo_tensors(p) | {"LSE": lse_tensor(p)}, (kernel,), notes,
+                    tables)
+
+
+def streamk_workers(p: Problem, block_n: int, num_sms: int = 132) -> int:
+    """Default stream-K workers, as LeanAttention's launcher (onnxruntime lean_api.cc): 2 per SM, ≈ T/2 when the
+    stream has fewer tiles (T = B·Hkv·⌈Nkv/block_n⌉)."""
+    return max(1, min(2 * num_sms, cdiv(p.batch * p.kv_heads * cdiv(p.seq_kv, block_n), 2)))
+
+
+def streamk_segments(p: Problem, block_n: int, num_workers: int) -> tuple[int, int, int, dict]:
+    """(W, KMAX, SMAX, tables) of ``kernels._streamk_decode_kernel``'s split. The T_c = ⌈Nkv/block_n⌉ KV tiles of
+    each (b, KV head) pair π = b·Hkv + hk form one stream (tile π·T_c + j) of T tiles; W = min(num_workers, T)
+    workers, worker w takes tiles [s_w, s_{w+1}), s_w = w·⌊T/W⌋ + min(w, T mod W) (⌈T/W⌉ tiles for the first T mod W
+    workers, ⌊T/W⌋ for the rest). Cut at pair boundaries, a worker's range gives its segments; its k-th segment's
+    partial goes to scratch slot (w, k), k < KMAX. Tables: seg_num [W], seg_b / seg_hk / seg_lo / seg_hi [W, KMAX]
+    (pair and KV block range [lo, hi) of each segment); pair_num [B, Hkv], pair_w / pair_k [B, Hkv, SMAX] (the slots
+    holding a pair's partials, SMAX at most per pair)."""
+    if not isinstance(num_workers, int) or num_workers < 1:
+        raise IosimError(f"num_workers={num_workers!r}: give a positive integer")
+    B, Hk, tn = p.batch, p.kv_heads, cdiv(p.seq_kv, block_n)
+    T = B * Hk * tn
+    W = min(num_workers, T)
+    st = [w * (T // W) + min(w, T % W) for w in range(W + 1)]
+    segs = [[((pi // Hk, pi % Hk, max(st[w], pi * tn) - pi * tn, min(st[w + 1], (pi + 1) * tn) - pi * tn))
+             for pi in range(st[w] // tn, (st[w + 1] - 1) // tn + 1)] for w in range(W)]
+    pairs: list[list] = [[] for _ in range(B * Hk)]
+    for w, sg in enumerate(segs):
+        for k, (b, hk, _, _) in enumerate(sg):
+            pairs[b * Hk + hk].append((w, k))
+    kmax, smax = max(map(len, segs)), max(map(len, pairs))
+
+    def pad(lists, width, nf):
+        a = np.zeros((len(lists), width, nf), dtype=np.int64)
+        for x, row in enumerate(lists):
+            if row:
+                a[x, :len(row)] = row
+        return a
+    sa, pa = pad(segs, kmax, 4), pad(pairs, smax, 2).reshape(B, Hk, smax, 2)
+    tables = {"seg_num": np.array([len(s) for s in segs]), "pair_num": np.array([len(x) for x in pairs]).reshape(B, Hk)}
+    tables |= {n: sa[..., c] for c, n in enumerate(("seg_b", "seg_hk", "seg_lo", "seg_hi"))}
+    tables |= {"pair_w": pa[..., 0], "pair_k": pa[..., 1]}
+    return W, kmax, smax, tables
+
+
+def _op_packed_online_softmax(ctx, s, m, l, acc):
+    """``online_softmax`` over GQA-packed rows (row ρ = g·Nq + n is query position n): the causal mask by position."""
+    from iosim import reference
+    r, c = s.ext
+    if ctx.causal:
+        pos = (s.origin[0] + np.arange(r)) % int(ctx.problem.seq_q)
+        vis = (s.origin[1] + np.arange(c))[None, :] <= pos[:, None] + ctx.shift
+        s.data[:r, :c] = np.where(vis, s.data[:r, :c], -np.inf)
+    win, ctx.window = ctx.window, (-1, -1)
+    try:
+        reference.op_online_softmax(ctx, s, m, l, acc)
+    finally:
+        ctx.window = win
+
+
+def streamk_decode_schedule(p: Problem, cfg: KernelConfig, num_workers: int) -> Schedule:
+    """Stream-K decode (LeanAttention, arXiv 2405.10480) as ``kernels._streamk_decode_kernel`` and
+    ``kernels._streamk_combine_kernel`` run it; the split is ``streamk_segments``'.
+
+    Q, O and LSE appear as views [B, Hkv, M, …], M = G·Nq (the same memory: the G query heads of a KV head are
+    consecutive), so a pair's packed rows are one tile. Kernel 1, grid (W,), persistent: per segment (b, hk, KV blocks
+    [lo, hi)) it loads the M query rows, walks the blocks (every step masked, as the split-KV decode), stores the
+    partial O (fp32) and LSE to slot (w, k) of O_part [W, KMAX, M, d] / LSE_part [W, KMAX, M]. Kernel 2, grid (row r,
+    b, hk): loads the LSE and O row of each of the pair's slots (the kernel loads all LSEs, then all O rows: same
+    bytes) and writes O and LSE. Every segment goes through scratch, also a pair one worker covers whole.
+    LeanAttention instead reduces in the decode kernel: the CTA holding a tile's last segment ("host") waits on sync
+    flags and reads the other CTAs' partials; it writes no partial of its own and needs no second launch. So ours
+    moves, per pair, one more partial: M·(d + 1)·4 bytes written and read back, plus a launch."""
+    if cfg.block_n is None:
+        raise IosimError("streamk_decode_schedule needs config.block_n (the kernel's KV tile)")
+    from iosim import reference
+    reference.OPS.setdefault("packed_online_softmax", _op_packed_online_softmax)
+    B, H, Hk, Nq, Nkv, d, e = p.batch, p.heads, p.kv_heads, p.seq_q, p.seq_kv, p.head_dim, p.elem_bytes
+    bn, M = cfg.block_n, (H // Hk) * Nq
+    bm = max(16, 1 << (M - 1).bit_length())
+    W, kmax, smax, tables = streamk_segments(p, bn, num_workers)
+    w, k, j, r, s, b2, hk2 = (var(n) for n in ("w", "k", "j", "r", "s", "b", "hk"))
+    b, hk = lookup(table("seg_b"), w, k), lookup(table("seg_hk"), w, k)
+    rows, cols = full(M), Span(j, bn, Nkv)
+    kv = (point(b, B), point(hk, Hk), cols, full(d))
+    step = (
+        Load("k", Tile("K", kv)),
+        Compute("qk", ("q", "k", "s"), matmul=(Work(2 * d, (rows, cols)),)),
+        Compute("packed_online_softmax", ("s", "m", "l", "acc"),
+                exp=(Work(1, (rows, cols)), Work(1, (rows,))), other=(Work(4, (rows, cols)), Work(d + 4, (rows,)))),
+        Load("v", Tile("V", kv)),
+        Compute("pv", ("s", "v", "acc"), matmul=(Work(2 * d, (rows, cols)),)),
+    )
+    slot = (point(w, W), point(k, kmax))
+    worker = Kernel("iosim_streamk_decode", (GridAxis("w", w, W),), (
+        Buffer("q", (bm, d), e, space="reg"), Buffer("k", (bn, d), e, pipelined=True),
+        Buffer("v", (bn, d), e, pipelined=True), Buffer("s", (bm, bn), 4, space="reg"),
+        Buffer("acc", (bm, d), 4, space="reg"), Buffer("m", (bm,), STAT_BYTES, space="reg"),
+        Buffer("l", (bm,), STAT_BYTES, space="reg"), Buffer("lse", (bm,), STAT_BYTES, space="reg"),
+    ), (Loop(k, 0, lookup(table("seg_num"), w), (
+        Compute("init", ("acc", "m", "l")),
+        Load("q", Tile("Q", (point(b, B), point(hk, Hk), rows, full(d)))),
+        Loop(j, lookup(table("seg_lo"), w, k), lookup(table("seg_hi"), w, k), step),
+        Compute("finalize_split", ("acc", "m", "l", "lse"), exp=(Work(1, (rows,)),), other=(Work(d + 1, (rows,)),)),
+        Store("acc", Tile("O_part", slot + (rows, full(d)))),
+        Store("lse", Tile("LSE_part", slot + (rows,))),
+    )),), threads_per_cta=128, persistent=True)
+    part = (point(lookup(table("pair_w"), b2, hk2, s), W), point(lookup(table("pair_k"), b2, hk2, s), kmax))
+    one = (point(b2, B), point(hk2, Hk), point(r, M))
+    combine = Kernel("iosim_streamk_combine", (GridAxis("m", r, M), GridAxis("b", b2, B), GridAxis("h", hk2, Hk)), (
+        Buffer("lse_s", (1,), STAT_BYTES, space="reg"), Buffer("o_s", (1, d), 4, space="reg"),
+        Buffer("m", (1,), STAT_BYTES, space="reg"), Buffer("l", (1,), STAT_BYTES, space="reg"),
+        Buffer("acc", (1, d), 4, space="reg"), Buffer("lse", (1,), STAT_BYTES, space="reg"),
+    ), (
+        Loop(s, 0, lookup(table("pair_num"), b2, hk2), (
+            Load("lse_s", Tile("LSE_part", part + (point(r, M),))),
+            Load("o_s", Tile("O_part", part + (point(r, M), full(d)))),
+            Compute("combine_step", ("lse_s", "o_s", "m", "l", "acc"), exp=(Work(2),), other=(Work(2 * d + 4),)),
+        )),
+        Compute("finalize", ("acc", "m", "l", "lse"), exp=(Work(1),), other=(Work(d + 1),)),
+        Store("acc", Tile("O", one + (full(d),))),
+        Store("lse", Tile("LSE", one)),
+    ), threads_per_cta=32)
+    tensors = {n: TensorSpec(n, dims, eb, role) for n, dims, eb, role in (
+        ("Q", (B, Hk, M, d), e, "input"), ("K", (B, Hk, Nkv, d), e, "input"), ("V", (B, Hk, Nkv, d), e, "input"),
+        ("O", (B, Hk, M, d), e, "output"), ("LSE", (B, Hk, M), STAT_BYTES, "output"),
+        ("O_part", (W, kmax, M, d), 4, "scratch"), ("LSE_part", (W, kmax, M), STAT_BYTES, "scratch"))}
+    T = B * Hk * cdiv(Nkv, bn)
+    notes = (f"stream-K decode: {T} KV tiles of {bn} over {W} workers ({T // W}–{cdiv(T, W)} each), "
+             f"{int(tables['seg_num'].sum())} segments, at most {smax} per (b, KV head); {M} packed rows per KV head",)
+    return Schedule("iosim-triton-streamk", p, cfg, tensors, (worker, combine), notes, tables)
