@@ -1,0 +1,202 @@
+"""Persistent kernels as schedules: a grid of workers, a tile scheduler, and per-worker loops over work items.
+
+No new statement types: the grid is (workers,), the body a ``Loop`` over the worker's items k ∈ [0, count[w]), and
+each item's tile coordinates are ``lookup``s into per-worker tables (``Schedule.tables``) that a scheduler function
+below builds on the host, as FA3/FA4/cuDNN/LeanAttention compute them on the device. Counting, the L2 trace, the
+NumPy reference and the symbolic module read these loops like any data-dependent loop (block-sparse's).
+
+Schedulers (plain functions → tables):
+* ``static_round_robin`` — item t to worker t mod W, in order (FA3 ``hopper/tile_scheduler.hpp``:
+  ``StaticPersistentTileScheduler``, tile_idx = blockIdx.x + k·gridDim.x).
+* ``lpt_order`` — longest processing time first (stable sort by cost, non-increasing).
+* ``l2_swizzle`` — FA3's causal tile order (``DynamicPersistentTileScheduler::to_underlying_arguments`` and
+  ``get_block_coord``): (batch, head) pairs cut into sections of ``swizzle`` heads, swizzle = the largest power of two
+  of heads whose K+V fit an L2 budget (32 MiB), × the GQA ratio; inside a section the tiles cycle over its heads at
+  one query block, query blocks reversed (LPT: the longest causal rows first).
+* ``dynamic_assign`` — the atomic tile counter (``DynamicPersistentTileScheduler::get_next_work``): each next item of
+  an order goes to the worker that frees first, by modelled cost (ties: lowest worker, as blockIdx.x starts).
+* ``stream_k`` — LeanAttention (arXiv 2405.10480; onnxruntime ``contrib_ops/cuda/bert/lean_attention/lean_api.cc``
+  ``get_num_splits_and_buffer_sizes``, ``lean_fwd_kernel.h`` ``lean_compute_attn_impl_ver3``): the KV tiles of all
+  output tiles form one stream; the first ``high_load_tbs`` workers take ⌈total/W⌉ tiles, the rest one fewer; a
+  worker's range cut at output-tile boundaries gives its segments.
+
+``worker_kernel`` wraps FA2's forward inner loop (``models/flash2.py``: ``kv_loops``, ``finalize``, ``buffers``) into
+a persistent kernel given a ``WorkTable`` of (query block, batch, head) items. Each item starts with ``init`` (O = 0,
+ℓ = 0, m = −∞, what the kernel's per-tile prologue does); init does no counted work.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from iosim.errors import IosimError
+from iosim.models import flash2
+from iosim.models._common import q_tile, row_tile
+from iosim.problem import KernelConfig, Problem
+from iosim.schedule import Compute, GridAxis, Kernel, Load, Loop, Span, Store, lookup, table, var
+
+
+@dataclass(frozen=True)
+class WorkTable:
+    """count[w]: items of worker w; item[w, k]: its k-th item (0-padded past count)."""
+
+    count: np.ndarray
+    item: np.ndarray
+
+    @staticmethod
+    def of(lists: list[list[int]]) -> "WorkTable":
+        width = max(1, max((len(x) for x in lists), default=1))
+        item = np.zeros((len(lists), width), dtype=np.int64)
+        for w, xs in enumerate(lists):
+            item[w, :len(xs)] = xs
+        return WorkTable(np.array([len(x) for x in lists], dtype=np.int64), item)
+
+
+def _check_workers(workers) -> None:
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise IosimError(f"workers={workers!r}: give a positive integer (persistent CTAs, usually the SM count)")
+
+
+def static_round_robin(num_items: int, workers: int) -> WorkTable:
+    """Item t to worker t mod W, each worker's items ascending (FA3/FA4 StaticPersistentTileScheduler)."""
+    _check_workers(workers)
+    return WorkTable.of([list(range(w, num_items, workers)) for w in range(workers)])
+
+
+def lpt_order(cost) -> np.ndarray:
+    """Item ids by non-increasing cost (longest processing time first); ties keep id order."""
+    return np.argsort(-np.asarray(cost), kind="stable").astype(np.int64)
+
+
+def fa3_swizzle(seq_kv: int, head_dim: int, elem_bytes: int, group: int, l2_bytes: int = 32 * 2 ** 20) -> int:
+    """Heads per L2 section (DynamicPersistentTileScheduler::to_underlying_arguments): one KV head's K+V is
+    seqlen_k·(d + dv)·elem bytes; swizzle = 1 if it exceeds the budget, else the largest power of two ≤ budget/size;
+    × qhead_per_khead (not PackGQA)."""
+    one = seq_kv * 2 * head_dim * elem_bytes
+    return (1 if l2_bytes < one else 1 << int(math.floor(math.log2(l2_bytes // one)))) * group
+
+
+def l2_swizzle(num_m_blocks: int, heads: int, batch: int, swizzle: int) -> np.ndarray:
+    """FA3's causal tile order as item ids (b·H + h)·M + m: position t decodes (get_block_coord) to section
+    t // (swizzle·M), then query block and head inside the section (the last, residual section divides by its own
+    head count), query block reversed (M − 1 − block: LPT)."""
+    t = np.arange(num_m_blocks * heads * batch, dtype=np.int64)
+    hb_total = heads * batch
+    quotient, rem = hb_total // swizzle, hb_total % swizzle
+    section, within = t // (swizzle * num_m_blocks), t % (swizzle * num_m_blocks)
+    div = np.where(section < quotient, swizzle, max(rem, 1))
+    block, resid = within // div, within % div
+    hb = section * swizzle + resid
+    return hb * num_m_blocks + (num_m_blocks - 1 - block)
+
+
+def dynamic_assign(order, cost, workers: int) -> WorkTable:
+    """The atomic tile counter: items in ``order`` go one by one to the worker whose modelled busy time (Σ cost of
+    its items) ends first; ties to the lowest worker (the first W items go to workers 0..W−1, get_initial_work)."""
+    _check_workers(workers)
+    cost = np.asarray(cost)
+    heap = [(0, w) for w in range(workers)]
+    lists: list[list[int]] = [[] for _ in range(workers)]
+    for it in np.asarray(order).tolist():
+        t, w = heapq.heappop(heap)
+        lists[w].append(it)
+        heapq.heappush(heap, (t + int(cost[it]), w))
+    return WorkTable.of(lists)
+
+
+@dataclass(frozen=True)
+class StreamK:
+    """LeanAttention's segments, per worker w and segment k (0-padded past count[w]): output tile ``tile``, KV tiles
+    [lo, hi) of it, ``split`` = w − (the worker holding the tile's KV tile 0), ``host`` = 1 if lo == 0 (that worker
+    reduces the tile), ``splits`` = workers sharing the tile (on host segments; else 0)."""
+
+    count: np.ndarray
+    tile: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    split: np.ndarray
+    host: np.ndarray
+    splits: np.ndarray
+    per_worker: np.ndarray  # KV tiles of each worker
+
+
+def stream_k(tiles_per_output, workers: int) -> StreamK:
+    """Split the stream of Σ tiles_per_output KV tiles over ``workers``: worker w < high_load_tbs takes
+    max_tiles_per_tb = ⌈total/W⌉ consecutive tiles, the others one fewer (lean_api.cc); each worker's range is cut at
+    output-tile boundaries into segments."""
+    _check_workers(workers)
+    per = np.asarray(tiles_per_output, dtype=np.int64)
+    if per.ndim != 1 or per.size == 0 or (per < 1).any():
+        raise IosimError("stream_k: tiles_per_output must be a nonempty list of positive KV tile counts")
+    total = int(per.sum())
+    if workers > total:
+        raise IosimError(f"stream_k: {workers} workers for {total} KV tiles; use at most {total} (lean_api.cc caps "
+                         "the grid at total_tiles)")
+    mx = -(-total // workers)
+    high = total - (mx - 1) * workers
+    load = np.where(np.arange(workers) < high, mx, mx - 1)
+    start = np.concatenate([[0], np.cumsum(load)])
+    first = np.concatenate([[0], np.cumsum(per)])  # global index of each output tile's KV tile 0
+    owner = np.searchsorted(start, first[:-1], side="right") - 1  # worker holding each tile's KV tile 0
+    last = np.searchsorted(start, first[1:] - 1, side="right") - 1
+    segs: list[list[tuple]] = [[] for _ in range(workers)]
+    for w in range(workers):
+        g, end = int(start[w]), int(start[w + 1])
+        while g < end:
+            t = int(np.searchsorted(first, g, side="right") - 1)
+            lo, hi = g - int(first[t]), min(end, int(first[t + 1])) - int(first[t])
+            host = lo == 0
+            segs[w].append((t, lo, hi, w - int(owner[t]), int(host), int(last[t] - owner[t] + 1) if host else 0))
+            g += hi - lo
+    width = max(len(s) for s in segs)
+    arr = np.zeros((6, workers, width), dtype=np.int64)
+    for w, ss in enumerate(segs):
+        for k, s in enumerate(ss):
+            arr[:, w, k] = s
+    return StreamK(np.array([len(s) for s in segs], dtype=np.int64), *arr, per_worker=load.astype(np.int64))
+
+
+INIT = Compute("init", ("acc", "m", "l"))
+"""Per work item: O = 0, ℓ = 0, m = −∞ (the per-tile prologue of a persistent kernel; no counted work)."""
+
+
+def item_tables(work: WorkTable, tm: int, heads: int) -> dict:
+    """Per-worker (query block, head, batch) of item ids (b·H + h)·T_m + m, as the lookup tables of ``worker_kernel``."""
+    it = work.item
+    return {"work_count": work.count, "work_m": it % tm, "work_h": (it // tm) % heads, "work_b": it // (tm * heads)}
+
+
+def worker_kernel(name: str, p: Problem, cfg: KernelConfig, work: WorkTable, **kernel_fields) -> tuple[Kernel, dict]:
+    """A persistent FA2-style forward: worker w loops over its items k; item (m, b, h) loads Q_m, walks its KV
+    blocks (``flash2.kv_loops``: causal stop, cfg.kv_order), writes O_m and LSE_m. Returns (kernel, tables)."""
+    bm, bn = cfg.block_m, cfg.block_n
+    tm, tn = -(-p.seq_q // bm), -(-p.seq_kv // bn)
+    w, k, j = var("worker"), var("item"), var("j")
+    i, b, h = (lookup(table(f"work_{c}"), w, k) for c in "mbh")
+    rows = Span(i, bm, p.seq_q)
+    body = (Loop(k, 0, lookup(table("work_count"), w), (
+        INIT,
+        Load("q", q_tile(p, "Q", b, h, rows)),
+        *flash2.kv_loops(p, cfg, b, h, i, rows, j, bm, bn, tn),
+        flash2.finalize(p, rows),
+        Store("acc", q_tile(p, "O", b, h, rows)),
+        Store("lse", row_tile(p, "LSE", b, h, rows)),
+    )),)
+    kernel = Kernel(name, (GridAxis("n", w, len(work.count)),), flash2.buffers(bm, bn, p.head_dim, p.elem_bytes),
+                    body, persistent=True, **kernel_fields)
+    return kernel, item_tables(work, tm, p.heads)
+
+
+def concrete(p: Problem, algorithm: str) -> None:
+    """Persistent schedules need concrete sizes: their tables are built from them."""
+    if not all(isinstance(getattr(p, n), int) for n in ("batch", "heads", "kv_heads", "seq_q", "seq_kv", "head_dim")):
+        raise IosimError(f"{algorithm}: needs concrete sizes (its tile scheduler's tables are built from them)")
+
+
+def workers_of(hw, default: int = 132) -> int:
+    """Persistent grid size: the chip's SM count (FA3 params.num_sm with sm_margin 0), 132 (an H100) without one."""
+    return int(hw.sm_count) if hw is not None else default
