@@ -46,9 +46,11 @@ import triton
 import triton.language as tl
 
 from iosim.errors import IosimError
-from iosim.problem import KernelConfig
+from iosim.problem import KernelConfig, Problem
 from iosim.triton_kernels.schedule import (DEFAULT_CONFIGS, backward_config, check_head_dim,  # noqa: F401
-                                           decode_splits, default_config, launch_config, launch_grid, use_decode)
+                                           check_persistent_config, decode_splits, default_config, launch_config,
+                                           launch_grid, persistent_order, persistent_workers, streamk_segments,
+                                           streamk_workers, use_decode)
 
 LOG2E = 1.4426950408889634
 
@@ -131,12 +133,57 @@ def _fwd_kernel(Q, K, V, O, LSE,
                 USE_TMA: tl.constexpr, DESCENDING: tl.constexpr, Q_DESCENDING: tl.constexpr,
                 AX_M: tl.constexpr, AX_B: tl.constexpr, AX_H: tl.constexpr):
     pid_m = tl.program_id(AX_M)
-    b = tl.program_id(AX_B).to(tl.int64)
-    h = tl.program_id(AX_H).to(tl.int64)
     if Q_DESCENDING:
         i = tl.cdiv(Nq, BLOCK_M) - 1 - pid_m
     else:
         i = pid_m
+    _fwd_tile(Q, K, V, O, LSE, tl.program_id(AX_B).to(tl.int64), tl.program_id(AX_H).to(tl.int64), i,
+              stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+              stride_ob, stride_oh, stride_om, stride_lb, stride_lh, G, Nq, Nkv, qk_scale,
+              KV_NUM, KV_IDX, stride_snb, stride_snh, stride_snm, stride_sib, stride_sih, stride_sim,
+              BLOCK_M, BLOCK_N, HEAD_DIM, CAUSAL, SPARSE, SPARSE_BM, SPARSE_BN, USE_TMA, DESCENDING)
+
+
+@triton.jit
+def _persistent_fwd_kernel(Q, K, V, O, LSE,
+                           stride_qb, stride_qh, stride_qm,
+                           stride_kb, stride_kh, stride_kn,
+                           stride_vb, stride_vh, stride_vn,
+                           stride_ob, stride_oh, stride_om,
+                           stride_lb, stride_lh,
+                           B, H, G, Nq, Nkv, qk_scale,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+                           CAUSAL: tl.constexpr, USE_TMA: tl.constexpr, DESCENDING: tl.constexpr, LPT: tl.constexpr):
+    """Worker w of W: items u = w, w + W, … of the T_r·B·H tiles (static round-robin), each exactly one program of
+    ``_fwd_kernel``. Item order (``schedule.persistent_items``): query block fastest, then b, then h; LPT: query
+    blocks descending, within one h fastest, then b."""
+    tm = tl.cdiv(Nq, BLOCK_M)
+    BH = B * H
+    for u in range(tl.program_id(0), tm * BH, tl.num_programs(0)):
+        if LPT:
+            i = tm - 1 - u // BH
+            b = (u % BH) // H
+            h = u % H
+        else:
+            i = u % tm
+            b = (u // tm) % B
+            h = u // (tm * B)
+        _fwd_tile(Q, K, V, O, LSE, b.to(tl.int64), h.to(tl.int64), i,
+                  stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+                  stride_ob, stride_oh, stride_om, stride_lb, stride_lh, G, Nq, Nkv, qk_scale,
+                  Q, Q, 0, 0, 0, 0, 0, 0, BLOCK_M, BLOCK_N, HEAD_DIM, CAUSAL, False, BLOCK_M, BLOCK_N, USE_TMA,
+                  DESCENDING)
+
+
+@triton.jit
+def _fwd_tile(Q, K, V, O, LSE, b, h, i,
+              stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+              stride_ob, stride_oh, stride_om, stride_lb, stride_lh, G, Nq, Nkv, qk_scale,
+              KV_NUM, KV_IDX, stride_snb, stride_snh, stride_snm, stride_sib, stride_sih, stride_sim,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
+              SPARSE: tl.constexpr, SPARSE_BM: tl.constexpr, SPARSE_BN: tl.constexpr, USE_TMA: tl.constexpr,
+              DESCENDING: tl.constexpr):
+    """Query block i of head (b, h): load Q_i, walk its KV blocks, store O_i and LSE_i (one program of the grid)."""
     hk = h // G
     q_base = Q + b * stride_qb + h * stride_qh
     k_base = K + b * stride_kb + hk * stride_kh
@@ -290,20 +337,108 @@ def _combine_kernel(OP, LP, O, LSE,
     offs_s = tl.arange(0, S_POW2)
     smask = offs_s < S
     lse_s = tl.load(LP + b * stride_lb + hk * stride_lh + offs_s * stride_ls + r, mask=smask, other=float("-inf"))
+    parts = tl.load(OP + b * stride_pb + hk * stride_ph + offs_s[:, None] * stride_ps + r * stride_pm
+                    + tl.arange(0, HEAD_DIM)[None, :], mask=smask[:, None], other=0.0)
+    _merge_store(lse_s, parts, O, LSE, b, hk * G + r // Nq, r % Nq, stride_ob, stride_oh, stride_om, stride_eb,
+                 stride_eh, HEAD_DIM)
+
+
+@triton.jit
+def _merge_store(lse_s, parts, O, LSE, b, h, n, stride_ob, stride_oh, stride_om, stride_eb, stride_eh,
+                 HEAD_DIM: tl.constexpr):
+    """Row n of head (b, h) from partials (log2-domain LSEs, −∞ for absent ones): O = Σ_s 2^(lse_s − lse)·O_s with
+    lse = log2 Σ_s 2^lse_s; stores O and the natural-log LSE."""
     m = tl.max(lse_s, 0)
     m_sub = tl.where(m == float("-inf"), 0.0, m)
     w = tl.math.exp2(lse_s - m_sub)
     tot = tl.sum(w, 0)
-    parts = tl.load(OP + b * stride_pb + hk * stride_ph + offs_s[:, None] * stride_ps + r * stride_pm
-                    + tl.arange(0, HEAD_DIM)[None, :], mask=smask[:, None], other=0.0)
     o = tl.sum(parts * w[:, None], 0) / tl.where(tot > 0.0, tot, 1.0)
-    g = r // Nq
-    n = r % Nq
-    h = hk * G + g
     tl.store(O + b * stride_ob + h * stride_oh + n * stride_om + tl.arange(0, HEAD_DIM), o.to(O.dtype.element_ty))
     lse = tl.where(tot > 0.0, (m_sub + tl.math.log2(tl.where(tot > 0.0, tot, 1.0))) / 1.4426950408889634,
                    float("-inf"))
     tl.store(LSE + b * stride_eb + h * stride_eh + n, lse)
+
+
+@triton.jit
+def _streamk_decode_kernel(Q, K, V, OP, LP,
+                           stride_qb, stride_qh, stride_qm,
+                           stride_kb, stride_kh, stride_kn,
+                           stride_vb, stride_vh, stride_vn,
+                           stride_pw, stride_pk, stride_pm, stride_lw, stride_lk,
+                           Hk, G, Nq, Nkv, qk_scale, T,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
+                           USE_TMA: tl.constexpr):
+    """Worker w of W (stream-K, LeanAttention): KV tiles [s_w, s_{w+1}) of the stream of T = B·Hkv·T_c tiles (pair
+    π = b·Hkv + hk, tile π·T_c + j), s_w = w·⌊T/W⌋ + min(w, T mod W). Each pair its range touches is a segment: the
+    pair's G·Nq packed rows (as ``_decode_kernel``) against the segment's KV blocks, partial O (fp32) and log2 LSE
+    stored to scratch slot (w, k) for its k-th segment."""
+    w = tl.program_id(0)
+    W = tl.num_programs(0)
+    start = w * (T // W) + tl.minimum(w, T % W)
+    end = start + T // W + (w < T % W).to(tl.int32)
+    tn = tl.cdiv(Nkv, BLOCK_N)
+    p0 = start // tn
+    M = G * Nq
+    offs_r = tl.arange(0, BLOCK_M)
+    rmask = offs_r < M
+    pos = offs_r % Nq  # query position of each packed row, for the causal mask
+    for pi in range(p0, (end - 1) // tn + 1):
+        b = (pi // Hk).to(tl.int64)
+        hk = (pi % Hk).to(tl.int64)
+        q = tl.load(Q + b * stride_qb + (hk * G + offs_r // Nq)[:, None] * stride_qh + pos[:, None] * stride_qm
+                    + tl.arange(0, HEAD_DIM)[None, :], mask=rmask[:, None], other=0.0)
+        k_base = K + b * stride_kb + hk * stride_kh
+        v_base = V + b * stride_vb + hk * stride_vh
+        if USE_TMA:
+            k_desc = tl.make_tensor_descriptor(k_base, shape=[Nkv, HEAD_DIM], strides=[stride_kn, 1],
+                                               block_shape=[BLOCK_N, HEAD_DIM])
+            v_desc = tl.make_tensor_descriptor(v_base, shape=[Nkv, HEAD_DIM], strides=[stride_vn, 1],
+                                               block_shape=[BLOCK_N, HEAD_DIM])
+        else:
+            k_desc = None
+            v_desc = None
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+        lo = tl.maximum(start, pi * tn) - pi * tn
+        hi = tl.minimum(end, (pi + 1) * tn) - pi * tn
+        acc, l_i, m_i = _attn_range(acc, l_i, m_i, q, k_desc, v_desc, k_base, v_base, lo, hi, pos, Nq, Nkv,
+                                    stride_kn, stride_vn, qk_scale, BLOCK_N, HEAD_DIM, True, CAUSAL, USE_TMA, False)
+        seen = l_i > 0.0
+        acc = acc / tl.where(seen, l_i, 1.0)[:, None]
+        lse = tl.where(seen, m_i + tl.math.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
+        slot = w * stride_pw + (pi - p0) * stride_pk
+        tl.store(LP + w * stride_lw + (pi - p0) * stride_lk + offs_r, lse, mask=rmask)
+        tl.store(OP + slot + offs_r[:, None] * stride_pm + tl.arange(0, HEAD_DIM)[None, :], acc, mask=rmask[:, None])
+
+
+@triton.jit
+def _streamk_combine_kernel(OP, LP, O, LSE,
+                            stride_pw, stride_pk, stride_pm, stride_lw, stride_lk,
+                            stride_ob, stride_oh, stride_om, stride_eb, stride_eh,
+                            Hk, G, Nq, Nkv, T, W,
+                            S_POW2: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Row r of pair (b, hk): merges the partials of the workers wa … wb whose ranges meet the pair's tiles
+    [π·T_c, (π+1)·T_c), worker w's in its slot (w, π − ⌊s_w/T_c⌋)."""
+    r = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    hk = tl.program_id(2).to(tl.int64)
+    tn = tl.cdiv(Nkv, BLOCK_N)
+    pi = b * Hk + hk
+    qt = T // W
+    big = (T % W) * (qt + 1)  # tiles of the workers with ⌈T/W⌉ tiles
+    x0 = pi * tn
+    x1 = x0 + tn - 1
+    wa = tl.where(x0 < big, x0 // (qt + 1), T % W + (x0 - big) // qt)
+    wb = tl.where(x1 < big, x1 // (qt + 1), T % W + (x1 - big) // qt)
+    wv = wa + tl.arange(0, S_POW2)
+    smask = wv <= wb
+    kv = pi - (wv * qt + tl.minimum(wv, T % W)) // tn
+    lse_s = tl.load(LP + wv * stride_lw + kv * stride_lk + r, mask=smask, other=float("-inf"))
+    parts = tl.load(OP + wv[:, None] * stride_pw + kv[:, None] * stride_pk + r * stride_pm
+                    + tl.arange(0, HEAD_DIM)[None, :], mask=smask[:, None], other=0.0)
+    _merge_store(lse_s, parts, O, LSE, b, hk * G + r // Nq, r % Nq, stride_ob, stride_oh, stride_om, stride_eb,
+                 stride_eh, HEAD_DIM)
 
 
 # --- backward: FA2 Algorithm 2 in three launches (Dao-AILab/flash-attention flash_bwd_launch_template.h) ---------
@@ -621,31 +756,116 @@ def _check_inputs(q, k, v):
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False, block_mask: BlockMask | None = None,
-              config=None, sm_scale: float | None = None, return_lse: bool = False, decode: bool | None = None):
+              config=None, sm_scale: float | None = None, return_lse: bool = False, decode: bool | str | None = None,
+              persistent: bool = False, num_workers: int | None = None, order: str | None = None,
+              num_sms: int | None = None):
     """O = softmax(Q Kᵀ·sm_scale [+ causal mask] [+ block mask]) V.
 
     q: [B, H, Nq, d]; k, v: [B, Hkv, Nkv, d] (Hkv divides H: GQA/MQA); causal is bottom-right aligned.
     block_mask: a ``BlockMask`` (FlexAttention layout) or None. config: ``KernelConfig`` / ``TritonConfig`` / dict
-    (None: ``default_config``; "auto": the fastest of ``AUTOTUNE_CANDIDATES``, timed once per shape class). decode: force (True) or forbid (False) the split-KV path (None: ``use_decode``).
+    (None: ``default_config``; "auto": the fastest of ``AUTOTUNE_CANDIDATES``, timed once per shape class). decode:
+    force (True) or forbid (False) the split-KV path (None: ``use_decode``), or "streamk" for the stream-K decode
+    (``_streamk_decode_kernel`` + ``_streamk_combine_kernel``; schedule ``streamk_decode_schedule``).
+    persistent: the persistent forward (``_persistent_fwd_kernel``, ``persistent_schedule``), items in ``order``
+    ("rr" | "lpt"; None: "lpt" when causal). num_workers: the persistent grid (None: num_sms × CTAs per SM that
+    fit, ``persistent_workers``; stream-K: ``streamk_workers``); num_sms: None = the device's (132 off-GPU).
     Returns O [B, H, Nq, d] in q's dtype, and the logsumexp [B, H, Nq] (fp32, natural log) if return_lse.
     """
     B, H, Hk, Nq, Nkv, D = _check_inputs(q, k, v)
     scale = (1.0 / math.sqrt(D)) if sm_scale is None else float(sm_scale)
+    if decode not in (None, True, False, "streamk"):
+        raise IosimError(f"decode={decode!r}: use None, True, False or 'streamk'")
+    if persistent and (decode is True or decode == "streamk" or block_mask is not None):
+        raise IosimError("persistent=True is the dense forward: it takes no block_mask and no decode path")
     if decode is None:
-        decode = use_decode(Nq, H, Hk, Nkv, block_mask)
+        decode = not persistent and use_decode(Nq, H, Hk, Nkv, block_mask)
     if isinstance(config, str):
         if config != "auto":
             raise IosimError(f"config must be a KernelConfig, TritonConfig, dict, None or 'auto', got {config!r}")
-        config = _autotuned(q, k, v, causal, scale) if (block_mask is None and not decode) else None
+        config = _autotuned(q, k, v, causal, scale) if (block_mask is None and not decode and not persistent) else None
     tcfg = _as_kernel_config(config)
     kc = launch_config(D, causal, tcfg.kernel)
-    if decode:
-        if block_mask is not None:
-            raise IosimError("split-KV decode does not take a block_mask")
+    if num_sms is None:
+        num_sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 132
+    if decode and block_mask is not None:
+        raise IosimError("split-KV decode does not take a block_mask")
+    if decode == "streamk":
+        o, lse = _streamk_decode(q, k, v, causal, scale, kc, tcfg, num_workers, num_sms)
+    elif decode:
         o, lse = _decode(q, k, v, causal, scale, kc, tcfg)
+    elif persistent:
+        o, lse = _persistent(q, k, v, causal, scale, kc, tcfg, num_workers, order, num_sms)
     else:
         o, lse = _forward(q, k, v, causal, block_mask, scale, kc, tcfg)
     return (o, lse) if return_lse else o
+
+
+_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def _problem(q, k, causal) -> Problem:
+    B, H, Nq, D = q.shape
+    return Problem(B, H, k.shape[1], Nq, k.shape[2], D, _DTYPES.get(q.dtype, "bf16"), bool(causal))
+
+
+def _check_tiles(bm: int, bn: int) -> None:
+    for name, val in (("block_m", bm), ("block_n", bn)):
+        if val < 16 or val & (val - 1):
+            raise IosimError(f"{name}={val}: the Triton kernel needs a power of two >= 16")
+
+
+def _persistent(q, k, v, causal, scale, kc: KernelConfig, tcfg: TritonConfig, num_workers, order, num_sms):
+    """``_persistent_fwd_kernel`` on a grid of num_workers programs (``schedule.persistent_schedule``)."""
+    B, H, Nq, D = q.shape
+    _check_tiles(kc.block_m, kc.block_n)
+    check_persistent_config(kc)
+    order = persistent_order(causal, order)
+    p = _problem(q, k, causal)
+    W = persistent_workers(p, kc, num_sms) if num_workers is None else num_workers
+    if not isinstance(W, int) or W < 1:
+        raise IosimError(f"num_workers={W!r}: give a positive integer")
+    o = torch.empty_like(q)
+    lse = torch.empty((B, H, Nq), dtype=torch.float32, device=q.device)
+    use_tma = _tma_ok(q, k, v, o) if tcfg.use_tma is None else tcfg.use_tma
+    if use_tma:
+        _ensure_allocator()
+    _persistent_fwd_kernel[(W,)](
+        q, k, v, o, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3], *lse.stride()[:2],
+        B, H, H // k.shape[1], Nq, k.shape[2], scale * LOG2E,
+        BLOCK_M=kc.block_m, BLOCK_N=kc.block_n, HEAD_DIM=D, CAUSAL=bool(causal), USE_TMA=bool(use_tma),
+        DESCENDING=kc.kv_order == "descending", LPT=order == "lpt", num_warps=kc.num_warps, num_stages=kc.num_stages)
+    return o, lse
+
+
+def _streamk_decode(q, k, v, causal, scale, kc: KernelConfig, tcfg: TritonConfig, num_workers, num_sms):
+    """``_streamk_decode_kernel`` (W workers) + ``_streamk_combine_kernel`` (``schedule.streamk_decode_schedule``)."""
+    B, H, Nq, D = q.shape
+    Hk, Nkv = k.shape[1], k.shape[2]
+    G, bn = H // Hk, kc.block_n
+    M = G * Nq
+    bm = max(16, triton.next_power_of_2(M))
+    _check_tiles(16, bn)
+    if bm > 128:
+        raise IosimError(f"stream-K decode packs G·Nq = {M} rows per KV head; at most 128 (use decode=False)")
+    p = _problem(q, k, causal)
+    W, kmax, smax, _ = streamk_segments(p, bn, streamk_workers(p, bn, num_sms) if num_workers is None else num_workers)
+    use_tma = _tma_ok(k, v) if tcfg.use_tma is None else tcfg.use_tma
+    if use_tma:
+        _ensure_allocator()
+    op = torch.empty((W, kmax, M, D), dtype=torch.float32, device=q.device)
+    lp = torch.empty((W, kmax, M), dtype=torch.float32, device=q.device)
+    T = B * Hk * triton.cdiv(Nkv, bn)
+    _streamk_decode_kernel[(W,)](
+        q, k, v, op, lp, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *op.stride()[:3], *lp.stride()[:2],
+        Hk, G, Nq, Nkv, scale * LOG2E, T,
+        BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=D, CAUSAL=bool(causal), USE_TMA=bool(use_tma), num_warps=4,
+        num_stages=kc.num_stages)
+    o = torch.empty_like(q)
+    lse = torch.empty((B, H, Nq), dtype=torch.float32, device=q.device)
+    _streamk_combine_kernel[(M, B, Hk)](
+        op, lp, o, lse, *op.stride()[:3], *lp.stride()[:2], *o.stride()[:3], *lse.stride()[:2],
+        Hk, G, Nq, Nkv, T, W, S_POW2=max(2, triton.next_power_of_2(smax)), BLOCK_N=bn, HEAD_DIM=D, num_warps=1)
+    return o, lse
 
 
 def _grid(kc: KernelConfig, tm: int, B: int, H: int):
@@ -656,9 +876,7 @@ def _forward(q, k, v, causal, block_mask, scale, kc: KernelConfig, tcfg: TritonC
     B, H, Nq, D = q.shape
     Hk, Nkv = k.shape[1], k.shape[2]
     bm, bn = kc.block_m, kc.block_n
-    for name, val in (("block_m", bm), ("block_n", bn)):
-        if val < 16 or val & (val - 1):
-            raise IosimError(f"{name}={val}: the Triton kernel needs a power of two >= 16")
+    _check_tiles(bm, bn)
     o = torch.empty_like(q)
     lse = torch.empty((B, H, Nq), dtype=torch.float32, device=q.device)
     use_tma = _tma_ok(q, k, v, o) if tcfg.use_tma is None else tcfg.use_tma
