@@ -252,3 +252,64 @@ def test_parallel_core_survives_fork():
     assert _lru_misses_two_threads() == 1000
     with ProcessPoolExecutor(2) as ex:
         assert [f.result() for f in [ex.submit(_lru_misses_two_threads) for _ in range(2)]] == [1000, 1000]
+
+
+@settings(max_examples=120, deadline=None)
+@given(traces(), st.integers(1, 3), st.booleans(), st.integers(1, 3))
+def test_grouped_by_row_equals_array_order(case, threads, want, chunks):
+    # issue 19: the accesses sorted by row (counting sort), then simulated row after row (the packed kernels for
+    # one partition and kernel, the stamped scratch rows for lru and fifo), against array order on one thread:
+    # every count, the DRAM sectors of every access, the longest sequence and the state itself (the recency order
+    # written back), over chunks that carry the state, with way spreads switched off as simulate_lines does
+    from iosim.memory.l2 import disabled_ways
+    (sets, tags, mask, write, ways, policy), kw = case
+    P = kw.get("partitions", 1)
+    rows = int(sets.max()) + 1
+    nr = None if P == 1 else (kw["near"] if kw["store_near"] else np.where(write, kw["home"], kw["near"]))
+    kern, nk, spread = kw["kernel"], kw["num_kernels"], kw["way_spread"]
+    dis = disabled_ways(np.arange(rows), P, ways, spread, kw["spread_granule_sets"]) if spread else None
+    cuts = np.linspace(0, len(sets), chunks + 1).astype(int)
+
+    def run(grouped, nt):
+        cs = l2_jit.CompiledState(rows, ways + spread, P, policy, nk, kw["store_allocate"], kw["pycachesim_stores"],
+                                  8 if mask.dtype == np.uint8 else 32)
+        if dis is not None:
+            cs.disable(dis)
+        c = {k: 0 for k in l2_jit._COUNTERS}
+        c.update(k_read=np.zeros(nk, np.int64), k_write=np.zeros(nk, np.int64), k_hit=np.zeros(nk, np.int64),
+                 flush_lines=0)
+        out = []
+        for a, b in itertools.pairwise(cuts):
+            sl = slice(a, b)
+            nf, steps = cs.run(c, sets[sl], sets[sl], tags[sl], mask[sl], write[sl],
+                               None if kern is None else kern[sl], None if nr is None else nr[sl],
+                               None if P == 1 else kw["home"][sl], t0=a, want_fetched=want, threads=nt,
+                               grouped=grouped)
+            out.append((None if nf is None else nf.tolist(), steps))
+        state = cs.T.tolist()
+        cs.flush(c)
+        return _plain(c), out, state
+
+    assert run(True, threads) == run(False, 1)
+
+
+def test_grouped_flags_lines_outside_the_tag_field():
+    for grouped in (False, True):
+        cs = l2_jit.CompiledState(4, 2, 1, "lru", 1, sectors_per_line=4)
+        c = {k: 0 for k in l2_jit._COUNTERS}
+        c.update(k_read=0, k_write=0, k_hit=0)
+        line = np.array([1, l2_jit.MAX_LINE + 3, 2])
+        with pytest.raises(IosimError, match="outside"):
+            cs.run(c, line % 4, line % 4, line, np.full(3, 15, np.uint8), np.zeros(3, bool), None, None, None,
+                   grouped=grouped)
+
+
+def test_set_index_modulo_threaded_equals_numpy():
+    rng = np.random.default_rng(3)
+    for x in (rng.integers(-2**62, 2**62, 200_000), rng.integers(-2**51, 2**51, 200_000),
+              rng.integers(0, 2**30, 200_000)):
+        for n in (1, 3, 25_600, 12_800, 2**40 + 1):
+            assert np.array_equal(l2_jit.set_index_modulo(x, n), x % n)
+    g = L2Geometry(size_bytes=50 * 2**20, line_bytes=128, sector_bytes=32, ways=16)
+    x = rng.integers(0, 2**40, 300_000)
+    assert np.array_equal(g.set_index(x), x % g.sets_per_cache)

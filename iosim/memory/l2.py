@@ -215,6 +215,10 @@ class L2Geometry:
         """
         n = self.sets_per_cache
         line = np.asarray(line, dtype=np.int64)
+        if self.hash == "modulo" and line.ndim == 1 and len(line) >= 100_000:
+            jit = compiled_core()
+            if jit is not None:   # the same, threaded
+                return jit.set_index_modulo(line, n)
         if self.hash == "xor":
             G = self.hash_granule_lines
             if G & (G - 1):

@@ -537,17 +537,16 @@ def _packed_kernel(pol: int, touch: bool, alloc: bool):
 
 
 @functools.cache
-def _stamped_rows_kernel(pol: int, touch: bool, alloc: bool):
+def _stamped_rows_kernel(pol: int, touch: bool, alloc: bool, NW: int):
     """``_packed_kernel`` for lru and fifo: each row's ways are copied into per-thread scratch as tags, sector masks
     and stamps (the recency order as −1, −2, …; an empty way −2^62, a switched-off one 2^62), its accesses run
     with a vector compare for the hit and a vector minimum for the victim (no shifting), and the ways go back in
     recency order (largest stamp first). The same victims as the recency layout: stamps are unique, empty ways are
-    taken first, lowest first."""
+    taken first, lowest first. NW: the ways rounded up to a multiple of 8 (a constant: the loops over them unroll)."""
     BIGS = np.int64(1) << 62
 
     @njit(cache=True, parallel=True)
     def run(grp, start, rb, cnt, E, CAP, W, acc, kr, kw, kh, NT):
-        NW = (W + 7) // 8 * 8
         for g in prange(NT):
             TG = np.empty(NW, np.int64)
             MD = np.empty(NW, np.int64)
@@ -676,6 +675,29 @@ def _line_mask(line, a0, e, lbs, sbs, spl, fg, w):
                 out |= full << k0
         m = out
     return m
+
+
+@njit(cache=True, parallel=True)
+def _mod_rows(line, n, out):
+    """out = line mod n; below 2^50 in magnitude through a float quotient (off by at most one, corrected)."""
+    inv = 1.0 / n
+    for i in prange(len(line)):
+        x = line[i]
+        if -(1 << 50) < x < (1 << 50):
+            r = x - np.int64(np.float64(x) * inv) * n
+            r = r + n if r < 0 else r
+            r = r + n if r < 0 else r
+            r = r - n if r >= n else r
+            out[i] = r - n if r >= n else r
+        else:
+            out[i] = x % n
+
+
+def set_index_modulo(line: np.ndarray, n: int) -> np.ndarray:
+    """line mod n (floor, as NumPy's) of an int64 array, threaded: ``L2Geometry.set_index`` for the modulo hash."""
+    out = np.empty(len(line), np.int64)
+    _mod_rows(np.ascontiguousarray(line), np.int64(n), out)
+    return out
 
 
 @njit(cache=True)
@@ -826,7 +848,7 @@ class CompiledState:
             rb = np.searchsorted(start, np.arange(NT + 1) * n // NT)
             rb[0], rb[-1] = 0, self.rows
             if packed and self.pol in (LRU, FIFO):
-                _stamped_rows_kernel(self.pol, self.touch, self.alloc)(grp, start, rb, self.cnt, self.T, self.CAP,
+                _stamped_rows_kernel(self.pol, self.touch, self.alloc, -(-self.W // 8) * 8)(grp, start, rb, self.cnt, self.T, self.CAP,
                                                                         self.W, acc, kr, kw, kh, NT)
             elif packed:
                 _packed_kernel(self.pol, self.touch, self.alloc)(grp, start, rb, self.cnt, self.T, self.K, self.CAP,
