@@ -242,6 +242,12 @@ def op_flash1_bwd_step(ctx, q, k, v, o, do, dq, l, m, dk, dv):
     dk.data[:c] += ctx.scale * (ds.T @ q.data[:r])
 
 
+def op_reset(ctx, *bufs):
+    """A persistent kernel's next work item: its buffers are fresh again, as at the start of a program."""
+    for b in bufs:
+        b.fresh = True
+
+
 def op_init(ctx, *bufs):
     """FA1 Alg. 1 line 2: O = 0, ℓ = 0, m = −∞ (buffers named o, l, m)."""
     for b in bufs:
@@ -412,7 +418,7 @@ OPS: dict[str, Callable] = {
     "qk": op_qk, "online_softmax": op_online_softmax, "pv": op_pv, "finalize": op_finalize,
     "finalize_split": op_finalize_split, "combine_step": op_combine_step,
     # flash1
-    "init": op_init, "flash1_step": op_flash1_step, "flash1_bwd_step": op_flash1_bwd_step,
+    "init": op_init, "reset": op_reset, "flash1_step": op_flash1_step, "flash1_bwd_step": op_flash1_bwd_step,
     # standard
     "softmax": op_softmax, "softmax_stats": op_softmax_stats, "softmax_normalize": op_softmax_normalize,
     # flash2_bwd

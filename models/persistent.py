@@ -21,8 +21,7 @@ Schedulers (plain functions → tables):
   worker's range cut at output-tile boundaries gives its segments.
 
 ``worker_kernel`` wraps FA2's forward inner loop (``models/flash2.py``: ``kv_loops``, ``finalize``, ``buffers``) into
-a persistent kernel given a ``WorkTable`` of (query block, batch, head) items. Each item starts with ``init`` (O = 0,
-ℓ = 0, m = −∞, what the kernel's per-tile prologue does); init does no counted work.
+a persistent kernel given a ``WorkTable`` of (query block, batch, head) items. Each item starts with ``reset``.
 """
 
 from __future__ import annotations
@@ -160,8 +159,10 @@ def stream_k(tiles_per_output, workers: int) -> StreamK:
     return StreamK(np.array([len(s) for s in segs], dtype=np.int64), *arr, per_worker=load.astype(np.int64))
 
 
-INIT = Compute("init", ("acc", "m", "l"))
-"""Per work item: O = 0, ℓ = 0, m = −∞ (the per-tile prologue of a persistent kernel; no counted work)."""
+def reset(kernel_buffers) -> Compute:
+    """Per work item: every buffer fresh again (O = 0, ℓ = 0, m = −∞, tiles placed anew), the per-tile prologue of a
+    persistent kernel; no counted work."""
+    return Compute("reset", tuple(b.name for b in kernel_buffers))
 
 
 def item_tables(work: WorkTable, tm: int, heads: int) -> dict:
@@ -178,16 +179,16 @@ def worker_kernel(name: str, p: Problem, cfg: KernelConfig, work: WorkTable, **k
     w, k, j = var("worker"), var("item"), var("j")
     i, b, h = (lookup(table(f"work_{c}"), w, k) for c in "mbh")
     rows = Span(i, bm, p.seq_q)
+    bufs = flash2.buffers(bm, bn, p.head_dim, p.elem_bytes)
     body = (Loop(k, 0, lookup(table("work_count"), w), (
-        INIT,
+        reset(bufs),
         Load("q", q_tile(p, "Q", b, h, rows)),
         *flash2.kv_loops(p, cfg, b, h, i, rows, j, bm, bn, tn),
         flash2.finalize(p, rows),
         Store("acc", q_tile(p, "O", b, h, rows)),
         Store("lse", row_tile(p, "LSE", b, h, rows)),
     )),)
-    kernel = Kernel(name, (GridAxis("n", w, len(work.count)),), flash2.buffers(bm, bn, p.head_dim, p.elem_bytes),
-                    body, persistent=True, **kernel_fields)
+    kernel = Kernel(name, (GridAxis("n", w, len(work.count)),), bufs, body, persistent=True, **kernel_fields)
     return kernel, item_tables(work, tm, p.heads)
 
 
