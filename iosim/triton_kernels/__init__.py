@@ -12,20 +12,21 @@ Public names (each imports torch/triton on first use):
 * ``BlockMask`` — a FlexAttention-style block-sparse mask (kv_num_blocks / kv_indices per query block);
 * ``kernel_schedule(problem, config, ...)`` — the iosim schedule of exactly what the kernel launches
   (``iosim.triton_kernels.schedule``; needs neither torch nor triton); ``backward_schedule(problem, config)`` the
-  same for the backward.
+  same for the backward; ``persistent_schedule`` and ``streamk_decode_schedule`` for ``attention(...,
+  persistent=True)`` and ``attention(..., decode="streamk")``.
 """
 
 from __future__ import annotations
 
 __all__ = ["attention", "attention_backward", "attention_autograd", "BlockMask", "kernel_schedule",
-           "backward_schedule"]
+           "backward_schedule", "persistent_schedule", "streamk_decode_schedule"]
 
 
 def __getattr__(name: str):
     if name in ("attention", "attention_backward", "attention_autograd", "BlockMask"):
         from iosim.triton_kernels import kernels as _a
         return getattr(_a, name)
-    if name in ("kernel_schedule", "backward_schedule"):
+    if name in ("kernel_schedule", "backward_schedule", "persistent_schedule", "streamk_decode_schedule"):
         from iosim.triton_kernels import schedule as _s
         return getattr(_s, name)
     raise AttributeError(name)

@@ -23,6 +23,17 @@ Split-KV decode (``_decode_kernel`` + ``_combine_kernel``), for few queries per 
 so K/V are read once per KV head, not once per query head), walks the KV blocks of its split and writes a partial
 O (fp32) and logsumexp; the combine kernel merges the splits by their logsumexps.
 
+Persistent forward (``attention(..., persistent=True)``, ``_persistent_fwd_kernel``): grid (W,) (default: SMs × the
+CTAs per SM that fit, ``schedule.persistent_workers``); worker w runs the (query block, b, h) items u = w, w + W, …
+(static round-robin), in order "rr" (query block fastest, the grid's order) or "lpt" (query blocks descending: the
+longest causal KV loop first), each item exactly one ``_fwd_kernel`` program (``_fwd_tile``).
+
+Stream-K decode (``attention(..., decode="streamk")``, LeanAttention arXiv 2405.10480): the KV tiles of all (b, KV
+head) pairs form one stream, split evenly over W workers (``_streamk_decode_kernel``, grid (W,)); a worker's range
+cut at pair boundaries gives segments, each a GQA-packed partial (O fp32, log2 LSE) in scratch slot (worker, k);
+``_streamk_combine_kernel`` merges each pair's slots. LeanAttention reduces in the decode kernel instead (host CTA,
+sync flags): ``schedule.streamk_decode_schedule`` says what that changes.
+
 Backward (``attention_backward``; FA2 Algorithm 2 in the three launches of Dao-AILab/flash-attention's
 flash_bwd_launch_template.h): ``_bwd_preprocess`` (grid (⌈Nq/BLOCK_M⌉, B, H): D = rowsum(dO ∘ O), dQ_accum = 0, both
 fp32), ``_bwd_kernel`` (grid (⌈Nkv/BLOCK_N⌉, B, Hkv): K_j, V_j loaded once, dK_j, dV_j in fp32 registers over the G

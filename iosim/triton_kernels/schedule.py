@@ -10,6 +10,10 @@
   and split, not once per query head;
 * backward — ``backward_schedule`` below: the three launches of ``kernels.attention_backward`` (preprocess, main
   kernel with fp32 atomic dQ adds and GQA summed in the program, convert), with ``backward_config``'s tiles.
+* persistent forward — ``persistent_schedule``: grid (workers,), each worker's items (static round-robin over the
+  (query block, b, h) tiles, order "rr" or "lpt") from ``lookup`` tables, each item the dense program's loops;
+* stream-K decode — ``streamk_decode_schedule``: the KV tiles of all (b, KV head) pairs as one stream split evenly
+  over the workers (LeanAttention), partials per segment to fp32 scratch, a separate combine kernel.
 
 Launch choices (also here, so ``iosim predict --kernel iosim-triton`` needs no torch or triton; ``kernels.py``
 imports them): ``DEFAULT_CONFIGS`` / ``default_config`` (tiles, warps, stages per head dim), ``launch_config`` (how
@@ -161,13 +165,24 @@ def kernel_mask(block_mask, p: Problem, bm: int, bn: int) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(m, (p.batch, p.heads, tm, tn)))
 
 
-def kernel_schedule(p: Problem, config: KernelConfig, block_mask=None, decode: bool | None = None,
-                    num_splits: int | None = None, hw=None, num_sms: int = 132) -> Schedule:
-    """The schedule of ``attention(q, k, v, causal=p.causal, block_mask=..., config=config, decode=...)``.
+def kernel_schedule(p: Problem, config: KernelConfig, block_mask=None, decode: bool | str | None = None,
+                    num_splits: int | None = None, hw=None, num_sms: int = 132, persistent: bool = False,
+                    num_workers: int | None = None, order: str | None = None) -> Schedule:
+    """The schedule of ``attention(q, k, v, causal=p.causal, block_mask=..., config=config, decode=...,
+    persistent=..., num_workers=..., order=...)`` (decode="streamk": ``streamk_decode_schedule``; persistent:
+    ``persistent_schedule``).
 
     config must carry block_m and block_n (the launcher's defaults come from ``launch_config``)."""
     if config.block_m is None or config.block_n is None:
         raise IosimError("kernel_schedule needs config.block_m and config.block_n (the kernel's tiles)")
+    if persistent and (decode is True or decode == "streamk" or block_mask is not None):
+        raise IosimError("persistent=True is the dense forward: it takes no block_mask and no decode path")
+    if decode == "streamk":
+        if block_mask is not None:
+            raise IosimError("split-KV decode does not take a block_mask")
+        return streamk_decode_schedule(p, config, num_workers or streamk_workers(p, config.block_n, num_sms))
+    if persistent:
+        return persistent_schedule(p, config, num_workers or persistent_workers(p, config, num_sms, hw), order)
     if decode is None:
         decode = use_decode(p.seq_q, p.heads, p.kv_heads, p.seq_kv, block_mask)
     if decode:
