@@ -133,7 +133,7 @@ def occupancy(kernel: Kernel, hw: Hardware, num_stages: int = 1, regs_per_thread
         if hw.max_registers_per_thread and regs > hw.max_registers_per_thread:
             spills = registers_per_thread(kernel, transient=False) > hw.max_registers_per_thread
             regs = hw.max_registers_per_thread
-    alloc = smem_allocated_bytes(smem, hw, num_stages >= 2)
+    alloc = smem_allocated_bytes(smem, hw, num_stages >= 2 and kernel.smem_bytes is None)  # measured smem holds its barriers
     limits = {"ctas": hw.max_ctas_per_sm}
     if alloc > 0:
         limits["smem"] = hw.smem_per_sm_bytes // alloc

@@ -71,6 +71,17 @@
     without a mask = ``create_block_mask`` of the causal mask_mod (diagonal blocks partial, the rest full).
   Not modeled: the reads of the BlockMask index tables themselves (a few MB at most), registers (estimated), TMA
   (USE_TMA is off by default on CUDA in this template).
+``fa3`` — FlashAttention-3 forward on sm90 (``models/fa3.py``: ``hopper/`` tile_size_fwd_sm90 tiles, 2 stages, num_sm
+  persistent CTAs, static round-robin or LPT + L2-swizzled dynamic scheduler, ping-pong warpgroups, K/V multicast
+  cluster); wgmma; registers estimated. 16-bit dtypes only.
+``cudnn`` — PyTorch SDPA's cuDNN sm90 flash fprop (``models/cudnn.py``): 132 persistent CTAs × 384 threads, 168
+  registers, shared memory measured (H200); 128×128 tiles and static round-robin order inferred; wgmma.
+``lean`` — LeanAttention as onnxruntime runs it (``models/lean.py``): stream-K over all KV tiles, 2·SMs persistent
+  CTAs, in-kernel host reduction; its kernel is FA2's sm80 CuTe code (``lean_fwd_kernel.h``) → mma.sync.
+``fa4`` — FlashAttention-4 forward on B200 (``models/fa4.py``: ``flash_attn/cute/``, 128×128 tiles, q_stage 2, 2-CTA
+  pairs sharing K/V, static persistent or one CTA per tile in LPT order when causal); tcgen05; Blackwell profiles
+  only. ``persistent`` is left off: its persistent grid has at most one program per slot (the timeline is the same
+  either way), and causal launches one CTA per tile, which the first-free CTA scheduler models.
 """
 
 from __future__ import annotations
@@ -315,6 +326,22 @@ def flex_schedule(p: Problem, cfg: KernelConfig, hw=None, block_mask=None):
     return Schedule("flex", p, cfg, qkvo_tensors(p), (kernel,), (note,), tables=tables)
 
 
+def _fa3_config(p: Problem, hw, base: KernelConfig) -> KernelConfig:
+    from iosim.models.fa3 import fa3_config
+    return fa3_config(p, base)
+
+
+def _fa4_config(p: Problem, hw, base: KernelConfig) -> KernelConfig:
+    if hw is not None and getattr(hw, "arch", "") != "sm100":
+        raise IosimError(f"kernel preset fa4 models FlashAttention-4's sm100 kernel; use hardware b200 (got {hw.name})")
+    return base
+
+
+def _as_given(p: Problem, hw, base: KernelConfig) -> KernelConfig:
+    """The builder picks the kernel's own tiles (cudnn_sm90, lean)."""
+    return base
+
+
 PRESETS: dict[str, KernelPreset] = {
     "fa2": KernelPreset("fa2", "flash2", "FlashAttention-2 CUDA as in PyTorch SDPA (grid m,b,h; KV descending; 255 regs; "
                         "split-KV for decode)", _fa2_config, regs_per_thread=255, instruction_path="mma.sync",
@@ -336,6 +363,15 @@ PRESETS: dict[str, KernelPreset] = {
     "flex": KernelPreset("flex", "flex", "PyTorch FlexAttention Triton forward (grid m,b,h; partial then full blocks, "
                          "ascending; h100_default_flex_config tiles)", _flex_config,
                          schedule=lambda p, cfg, hw, block_mask=None: flex_schedule(p, cfg, hw, block_mask)),
+    "fa3": KernelPreset("fa3", "fa3", "FlashAttention-3 sm90 (persistent, static or LPT+swizzle scheduler, ping-pong "
+                        "warpgroups; tile_size_fwd_sm90 tiles)", _fa3_config, persistent=True, instruction_path="wgmma"),
+    "cudnn": KernelPreset("cudnn", "cudnn_sm90", "cuDNN sm90 flash fprop as in SDPA (132 persistent CTAs × 384 threads, "
+                          "168 regs measured; tiles and order inferred)", _as_given, regs_per_thread=168,
+                          persistent=True, instruction_path="wgmma"),
+    "lean": KernelPreset("lean", "lean", "LeanAttention (onnxruntime): stream-K over all KV tiles, 2·SMs persistent "
+                         "CTAs, host CTA reduces in-kernel", _as_given, persistent=True, instruction_path="mma.sync"),
+    "fa4": KernelPreset("fa4", "fa4", "FlashAttention-4 on B200 (2-CTA pairs share K/V, tensor memory; 128×128, "
+                        "q_stage 2)", _fa4_config, instruction_path="tcgen05"),
 }
 
 

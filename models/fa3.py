@@ -53,7 +53,7 @@ def fa3_tiles(head_dim: int, causal: bool) -> tuple[int, int]:
 
 def fa3_config(p: Problem, base: KernelConfig) -> KernelConfig:
     bm, bn = fa3_tiles(p.head_dim, p.causal)
-    return replace(base, block_m=base.block_m or bm, block_n=base.block_n or bn, num_warps=4 * (bm // 64 + 1),
+    return replace(base, block_m=base.block_m or bm, block_n=base.block_n or bn,
                    num_stages=STAGES, grid_order=("m", "h", "b"), kv_order="descending", q_order="ascending")
 
 
