@@ -26,6 +26,10 @@ Overlap rule (each constant's source is in its docstring below):
   streams: a second CTA's MMAs run under this one's exp (FA3 §3.1 pingpong, inter-warpgroup), while the warpgroups
   of one CTA share its barriers and stay in phase (``overlapped_compute``, STREAM_CAP, STREAM_EXPONENT). Plus the tile-step chain: tile steps × STEP_OVERHEAD_CYCLES /
   (clock × SMs × resident CTAs per SM); tile steps = matmul FLOPs / FLOPs of one full-tile step.
+* warp-specialized kernels (``Kernel.pipeline`` "ws", "ws-pingpong", "ws-2cta": FA3/FA4-style producer TMA warp,
+  consumer warpgroups, pingpong) take neither COMPUTE_OVERLAP nor the stream rule: ``iosim.cost_ws`` gives their
+  compute (FA3 §3.1–3.2 intra-warpgroup pipelining and pingpong; FA4's exp emulation and conditional rescaling move
+  work between sfu and fp32), their memory overlaps compute completely, and the last softmax of a loop is exposed.
 * memory (smem, L2, DRAM) overlaps compute completely when loads are software-pipelined (num_stages ≥ 2) or
   prefetched inside the CTA (``prefetch``, set by presets such as ``fa2``: FA2's CUDA kernel has one smem buffer
   per tensor but issues the cp.async for K tile j+1 before the softmax/PV of tile j and loads V under QKᵀ —
@@ -66,6 +70,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from iosim import cost_ws
 from iosim.counts import Counts, KernelCounts
 from iosim.errors import IosimError
 from iosim.expr import evaluate
@@ -336,26 +341,36 @@ def smem_bytes(schedule: Schedule, kernel: Kernel, kc: KernelCounts, path: str) 
         return total
     share = kc.matmul_flops / len(calls)
     for st in calls:
-        flops_per_call = 0
-        rows = 1
-        for w in st.matmul:
-            blocks = [_int(s.block) for s in w.spans]
-            flops_per_call += _int(w.coeff) * math.prod(blocks)
-            rows = blocks[0] if blocks else 1
+        read, flops_per_call = operand_read_bytes(kernel, st, path, num_warps)
         if flops_per_call == 0:
             continue
-        read = 0
-        for pos, name in enumerate(st.args):
-            try:
-                buf = kernel.buffer(name)
-            except KeyError:
-                continue
-            if buf.space != "smem":
-                continue
-            readers = 1 if pos == 0 else _operand_readers(path, num_warps, rows)
-            read += _int(buf.bytes) * readers
         total += int(share * read / flops_per_call)
     return total
+
+
+def operand_read_bytes(kernel: Kernel, st: Compute, path: str, num_warps: int) -> tuple[float, int]:
+    """(smem operand bytes one full-tile call of ``st`` reads, its FLOPs) under ``smem_bytes``' rule. A 2-CTA pair
+    ("ws-2cta", modeled as one program of the pair's rows, ``cost_ws.sms_per_program``) runs MMAs of M = 256 rows
+    whose B operand is split between the two CTAs' smem and read once per MMA (FA4 arXiv 2603.05451 §2.2): B is read
+    once per 128·2 rows, half the reads two 1-CTA MMAs of 128 rows would make. A cluster that only multicasts its
+    TMA loads (FA3's ClusterM = 2) still reads B from every CTA's smem: unchanged."""
+    flops_per_call = 0
+    rows = 1
+    for w in st.matmul:
+        blocks = [_int(s.block) for s in w.spans]
+        flops_per_call += _int(w.coeff) * math.prod(blocks)
+        rows = blocks[0] if blocks else 1
+    read = 0
+    for pos, name in enumerate(st.args):
+        try:
+            buf = kernel.buffer(name)
+        except KeyError:
+            continue
+        if buf.space != "smem":
+            continue
+        readers = 1 if pos == 0 else _operand_readers(path, num_warps, -(-rows // cost_ws.sms_per_program(kernel)))
+        read += _int(buf.bytes) * readers
+    return read, flops_per_call
 
 
 def tile_steps(kernel: Kernel, kc: KernelCounts) -> float:
@@ -411,7 +426,7 @@ def cta_overhead(schedule: Schedule, kernel: Kernel, kc: KernelCounts, hw: Hardw
     outer_ld, inner_ld, outer_st, loops = _load_store_bytes(
         kernel, {n: t.elem_bytes for n, t in schedule.tensors.items()})
     loops = max(1, loops)
-    S = hw.sm_count
+    S = hw.sm_count // cost_ws.sms_per_program(kernel)
     per_sm_bw = l2_bandwidth(hw) / S / max(1, resident)
     lat = GLOBAL_LATENCY_CYCLES / hw.boost_clock_hz if (outer_ld or inner_ld) else 0.0
     fill = loops * lat + (outer_ld + loops * inner_ld) / per_sm_bw
@@ -642,10 +657,13 @@ def bound_of(resource: str, sm_scale: float, launch_exceeds_body: bool) -> str:
 
 def estimate_kernel(schedule: Schedule, kernel: Kernel, kc: KernelCounts, hw: Hardware, *, path: str | None = None,
                     dram_read_bytes: int | None = None, dram_write_bytes: int | None = None,
-                    prefetch: bool = False, regs_per_thread: int | None = None) -> KernelTime:
+                    prefetch: bool = False, regs_per_thread: int | None = None,
+                    softmax: cost_ws.SoftmaxTricks | None = None) -> KernelTime:
     """Time of one kernel (see the module docstring for every term and its source). prefetch: the kernel
     overlaps its loads with its own compute although num_stages = 1 (``KernelPreset.prefetch``, FA2);
-    regs_per_thread: the kernel preset's register count (None: estimated, ``iosim.occupancy``)."""
+    regs_per_thread: the kernel preset's register count (None: estimated, ``iosim.occupancy``); softmax: exp
+    emulation / conditional rescaling (``iosim.cost_ws.SoftmaxTricks``; None: FA4's for a warp-specialized tcgen05
+    kernel, ``cost_ws.default_tricks``, else none). A kernel with ``pipeline`` set is timed by ``iosim.cost_ws``."""
     p = schedule.problem
     cfg = schedule.config
     path = path or native_path(hw)
@@ -660,8 +678,17 @@ def estimate_kernel(schedule: Schedule, kernel: Kernel, kc: KernelCounts, hw: Ha
 
     tensor_s = kc.matmul_flops / (hw.tensor_flops(dtype) * eff.value) if kc.matmul_flops else 0.0
     sfu_rate = hw.sfu_ops_per_clock_per_sm * hw.sm_count * hw.boost_clock_hz * SFU_EFFICIENCY.value
-    sfu_s = kc.exp_ops / sfu_rate
-    fp32_s = kc.other_flops / (hw.fp32_flops_per_s / 2)
+    if kernel.pipeline not in cost_ws.PIPELINES:
+        raise IosimError(f"{kernel.name}: unknown pipeline {kernel.pipeline!r}; known: {cost_ws.PIPELINES[1:]}")
+    tricks = softmax if softmax is not None or not kernel.pipeline else cost_ws.default_tricks(kernel, p, path)
+    exp_ops, other_ops = kc.exp_ops, kc.other_flops
+    if tricks is not None and tricks != cost_ws.NO_TRICKS:
+        exp_ops, other_ops = cost_ws.softmax_work(kernel, exp_ops, other_ops, tile_steps(kernel, kc), p.head_dim,
+                                                  tricks)
+        notes.append(f"softmax: {tricks.exp_emulation_fraction:.1%} of exps emulated on the FMA pipe, O rescaled in "
+                     f"{tricks.rescaled_fraction:.0%} of steps (threshold {tricks.rescale_threshold_log2:g}; FA4)")
+    sfu_s = exp_ops / sfu_rate
+    fp32_s = other_ops / (hw.fp32_flops_per_s / 2)
     smem = smem_bytes(schedule, kernel, kc, path)
     if hw.smem_bandwidth_bytes_per_clock_per_sm:
         smem_s = smem / (hw.smem_bandwidth_bytes_per_clock_per_sm * hw.sm_count * hw.boost_clock_hz * SMEM_EFFICIENCY.value)
@@ -686,12 +713,17 @@ def estimate_kernel(schedule: Schedule, kernel: Kernel, kc: KernelCounts, hw: Ha
 
     comp = [tensor_s, sfu_s, fp32_s]
     ov = COMPUTE_OVERLAP[path]
-    P, S = kc.programs, hw.sm_count
+    spp = cost_ws.sms_per_program(kernel)  # a 2-CTA pair modeled as one program runs on 2 SMs
+    P, S = kc.programs, hw.sm_count // spp
     per_sm = P / S
     resident = min(occ.ctas_per_sm, math.ceil(per_sm)) if P else 1
     steps = tile_steps(kernel, kc)
     step_s = steps * STEP_OVERHEAD_CYCLES / (hw.boost_clock_hz * S * max(1, resident))
-    compute_s = overlapped_compute(comp, ov, max(1, resident)) + step_s
+    if kernel.pipeline:  # warp specialization: iosim.cost_ws (no fitted overlap; the last softmax fully exposed)
+        ov = 1.0
+        compute_s = cost_ws.ws_compute(tensor_s, sfu_s, fp32_s, kernel.pipeline) + step_s
+    else:
+        compute_s = overlapped_compute(comp, ov, max(1, resident)) + step_s
     ovh = cta_overhead(schedule, kernel, kc, hw, num_stages, comp, ov, resident)
     steps_p = program_steps(kernel) if getattr(p, "causal", False) else None
     if steps_p is not None:  # a CTA's work: its KV steps + its prologue/epilogue in steps of one SM
@@ -708,9 +740,12 @@ def estimate_kernel(schedule: Schedule, kernel: Kernel, kc: KernelCounts, hw: Ha
         notes.append(f"only {warps} warps resident per SM: tensor/SFU issue at {issue:.0%}")
 
     mem = max(smem_s * scale, l2_s, dram_s)
-    if num_stages >= 2 or prefetch:
+    overlapped = num_stages >= 2 or prefetch or bool(kernel.pipeline)
+    if overlapped:
         body = max(compute_s * scale, mem)
-        if num_stages < 2:
+        if kernel.pipeline:
+            notes.append(f"warp-specialized ({kernel.pipeline}): producer TMA loads overlap compute (FA3 §3.1)")
+        elif num_stages < 2:
             notes.append("one stage, but the kernel prefetches the next K/V tile in-CTA: loads overlap compute")
     else:
         body = compute_s * scale + mem / max(1, resident)
@@ -721,12 +756,12 @@ def estimate_kernel(schedule: Schedule, kernel: Kernel, kc: KernelCounts, hw: Ha
     launch = LAUNCH_OVERHEAD_S
     times = {"tensor": tensor_s * scale, "sfu": sfu_s * scale, "fp32": fp32_s * scale,
              "smem": smem_s * scale, "l2": l2_s, "dram": dram_s}
-    resource = binding_resource(times, compute_s * scale, mem if num_stages >= 2 or prefetch else mem / max(1, resident))
+    resource = binding_resource(times, compute_s * scale, mem if overlapped else mem / max(1, resident))
     bound = bound_of(resource, scale, launch > body)
     return KernelTime(
         name=kernel.name, path=path, tensor_s=tensor_s, sfu_s=sfu_s, fp32_s=fp32_s, smem_s=smem_s, l2_s=l2_s,
         dram_s=dram_s, launch_s=launch, compute_s=compute_s, step_s=step_s, fill_s=fill, sm_scale=scale, body_s=body, time_s=body + launch,
-        bound=bound, resource=resource, programs=P, sms_busy=min(P, S), ctas_per_sm=occ.ctas_per_sm,
+        bound=bound, resource=resource, programs=P, sms_busy=min(P, S) * spp, ctas_per_sm=occ.ctas_per_sm,
         occupancy_limiter=occ.limiter, registers_per_thread=occ.regs_per_thread, smem_per_cta=occ.smem_per_cta_bytes,
         waves=P / (S * occ.ctas_per_sm), tail_efficiency=tail, tensor_efficiency=eff.value, spills=occ.spills,
         matmul_flops=kc.matmul_flops, flops=kc.flops, sm_bytes=sm_bytes, smem_bytes=smem,
@@ -760,7 +795,8 @@ def _split(total, kernels: Sequence[KernelCounts], weights: Sequence[int], what:
 
 
 def estimate(schedule: Schedule, counts: Counts, hw: Hardware, dram_read_bytes=None, dram_write_bytes=None, *,
-             path: str | None = None, prefetch: bool = False, regs_per_thread: int | None = None) -> TimeEstimate:
+             path: str | None = None, prefetch: bool = False, regs_per_thread: int | None = None,
+             softmax: cost_ws.SoftmaxTricks | None = None) -> TimeEstimate:
     """Predicted time of ``schedule`` (its kernels in launch order) on ``hw``.
 
     Args:
@@ -774,6 +810,8 @@ def estimate(schedule: Schedule, counts: Counts, hw: Hardware, dram_read_bytes=N
             (``KernelPreset.prefetch``; FA2's CUDA kernel).
         regs_per_thread: registers per thread from the kernel preset (``KernelPreset.regs_per_thread``; None:
             estimated by ``iosim.occupancy``), as the L2 timeline takes them.
+        softmax: exp emulation / conditional rescaling for every kernel (``iosim.cost_ws.SoftmaxTricks``; None:
+            ``cost_ws.default_tricks`` per kernel).
     Raises:
         IosimError: counts that do not belong to the schedule, unknown path, a CTA that fits on no SM.
     """
@@ -787,7 +825,7 @@ def estimate(schedule: Schedule, counts: Counts, hw: Hardware, dram_read_bytes=N
         if kernel.name != kc.name:
             raise IosimError(f"counts kernel {kc.name!r} does not match schedule kernel {kernel.name!r}")
         kts.append(estimate_kernel(schedule, kernel, kc, hw, path=path, dram_read_bytes=r, dram_write_bytes=w,
-                                   prefetch=prefetch, regs_per_thread=regs_per_thread))
+                                   prefetch=prefetch, regs_per_thread=regs_per_thread, softmax=softmax))
     kts = tuple(kts)
     total = sum(k.time_s for k in kts)
     slowest = max(kts, key=lambda k: k.time_s)
