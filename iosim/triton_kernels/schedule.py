@@ -449,11 +449,12 @@ def persistent_workers(p: Problem, cfg: KernelConfig, num_sms: int = 132, hw=Non
 
 def persistent_schedule(p: Problem, cfg: KernelConfig, num_workers: int, order: str | None = None) -> Schedule:
     """``kernels._persistent_fwd_kernel``: grid (W,), worker w runs items u = w, w + W, … (static round-robin) in
-    ``persistent_items``' order, each item exactly the non-persistent program of its (i, b, h) (flash2's loops, band
-    loop under causal masking); accumulators restart per item (``Compute("init")``). The item tiles are tables:
+    ``persistent_items``' order (``models.persistent.static_round_robin``), each item exactly the non-persistent program
+    of its (i, b, h) (flash2's loops, band loop under causal masking), its buffers fresh (``models.persistent.reset``). The item tiles are tables:
     num_items [W] (⌈(U − w)/W⌉ for U items) and item_m / item_b / item_h [W, max items] (``lookup``)."""
     from iosim.models import flash2
     from iosim.models._common import lse_tensor, q_tile, qkvo_tensors, row_tile
+    from iosim.models.persistent import reset, static_round_robin
     if cfg.block_m is None or cfg.block_n is None:
         raise IosimError("persistent_schedule needs config.block_m and config.block_n (the kernel's tiles)")
     check_persistent_config(cfg)
@@ -463,14 +464,13 @@ def persistent_schedule(p: Problem, cfg: KernelConfig, num_workers: int, order: 
     bm, bn, d, e, W = cfg.block_m, cfg.block_n, p.head_dim, p.elem_bytes, num_workers
     tm, tn = cdiv(p.seq_q, bm), cdiv(p.seq_kv, bn)
     U = tm * p.batch * p.heads
-    num = np.maximum(U - np.arange(W) + W - 1, 0) // W
-    uu = np.arange(W)[:, None] + W * np.arange(max(1, int(num.max())))[None, :]
-    tables = {"num_items": num} | {name: np.where(uu < U, a[np.minimum(uu, U - 1)], 0) for name, a in
-                                   zip(("item_m", "item_b", "item_h"), persistent_items(p, bm, order))}
+    work = static_round_robin(U, W)
+    tables = {"num_items": work.count} | {n: a[work.item] for n, a in
+                                          zip(("item_m", "item_b", "item_h"), persistent_items(p, bm, order))}
     w, t, j = var("w"), var("t"), var("j")
     i, b, h = (lookup(table(n), w, t) for n in ("item_m", "item_b", "item_h"))
     rows = Span(i, bm, p.seq_q)
-    item = (Compute("init", ("acc", "m", "l")), Load("q", q_tile(p, "Q", b, h, rows)),
+    item = (reset(flash2.buffers(bm, bn, d, e)), Load("q", q_tile(p, "Q", b, h, rows)),
             *flash2.kv_loops(p, cfg, b, h, i, rows, j, bm, bn, tn), flash2.finalize(p, rows),
             Store("acc", q_tile(p, "O", b, h, rows)), Store("lse", row_tile(p, "LSE", b, h, rows)))
     kernel = Kernel("iosim_persistent_fwd", (GridAxis("w", w, W),), flash2.buffers(bm, bn, d, e),
@@ -493,17 +493,18 @@ def streamk_segments(p: Problem, block_n: int, num_workers: int) -> tuple[int, i
     each (b, KV head) pair π = b·Hkv + hk form one stream (tile π·T_c + j) of T tiles; W = min(num_workers, T)
     workers, worker w takes tiles [s_w, s_{w+1}), s_w = w·⌊T/W⌋ + min(w, T mod W) (⌈T/W⌉ tiles for the first T mod W
     workers, ⌊T/W⌋ for the rest). Cut at pair boundaries, a worker's range gives its segments; its k-th segment's
-    partial goes to scratch slot (w, k), k < KMAX. Tables: seg_num [W], seg_b / seg_hk / seg_lo / seg_hi [W, KMAX]
+    partial goes to scratch slot (w, k), k < KMAX (``models.persistent.stream_k``, LeanAttention's split). Tables: seg_num [W], seg_b / seg_hk / seg_lo / seg_hi [W, KMAX]
     (pair and KV block range [lo, hi) of each segment); pair_num [B, Hkv], pair_w / pair_k [B, Hkv, SMAX] (the slots
     holding a pair's partials, SMAX at most per pair)."""
-    if not isinstance(num_workers, int) or num_workers < 1:
+    from iosim.models.persistent import stream_k
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
         raise IosimError(f"num_workers={num_workers!r}: give a positive integer")
     B, Hk, tn = p.batch, p.kv_heads, cdiv(p.seq_kv, block_n)
     T = B * Hk * tn
     W = min(num_workers, T)
-    st = [w * (T // W) + min(w, T % W) for w in range(W + 1)]
-    segs = [[((pi // Hk, pi % Hk, max(st[w], pi * tn) - pi * tn, min(st[w + 1], (pi + 1) * tn) - pi * tn))
-             for pi in range(st[w] // tn, (st[w + 1] - 1) // tn + 1)] for w in range(W)]
+    sk = stream_k(np.full(B * Hk, tn), W)
+    segs = [[(int(sk.tile[w, k]) // Hk, int(sk.tile[w, k]) % Hk, int(sk.lo[w, k]), int(sk.hi[w, k]))
+             for k in range(sk.count[w])] for w in range(W)]
     pairs: list[list] = [[] for _ in range(B * Hk)]
     for w, sg in enumerate(segs):
         for k, (b, hk, _, _) in enumerate(sg):
@@ -554,6 +555,7 @@ def streamk_decode_schedule(p: Problem, cfg: KernelConfig, num_workers: int) -> 
     if cfg.block_n is None:
         raise IosimError("streamk_decode_schedule needs config.block_n (the kernel's KV tile)")
     from iosim import reference
+    from iosim.models.persistent import reset
     reference.OPS.setdefault("packed_online_softmax", _op_packed_online_softmax)
     B, H, Hk, Nq, Nkv, d, e = p.batch, p.heads, p.kv_heads, p.seq_q, p.seq_kv, p.head_dim, p.elem_bytes
     bn, M = cfg.block_n, (H // Hk) * Nq
@@ -572,13 +574,12 @@ def streamk_decode_schedule(p: Problem, cfg: KernelConfig, num_workers: int) -> 
         Compute("pv", ("s", "v", "acc"), matmul=(Work(2 * d, (rows, cols)),)),
     )
     slot = (point(w, W), point(k, kmax))
-    worker = Kernel("iosim_streamk_decode", (GridAxis("w", w, W),), (
-        Buffer("q", (bm, d), e, space="reg"), Buffer("k", (bn, d), e, pipelined=True),
-        Buffer("v", (bn, d), e, pipelined=True), Buffer("s", (bm, bn), 4, space="reg"),
-        Buffer("acc", (bm, d), 4, space="reg"), Buffer("m", (bm,), STAT_BYTES, space="reg"),
-        Buffer("l", (bm,), STAT_BYTES, space="reg"), Buffer("lse", (bm,), STAT_BYTES, space="reg"),
-    ), (Loop(k, 0, lookup(table("seg_num"), w), (
-        Compute("init", ("acc", "m", "l")),
+    bufs = (Buffer("q", (bm, d), e, space="reg"), Buffer("k", (bn, d), e, pipelined=True),
+            Buffer("v", (bn, d), e, pipelined=True), Buffer("s", (bm, bn), 4, space="reg"),
+            Buffer("acc", (bm, d), 4, space="reg"), Buffer("m", (bm,), STAT_BYTES, space="reg"),
+            Buffer("l", (bm,), STAT_BYTES, space="reg"), Buffer("lse", (bm,), STAT_BYTES, space="reg"))
+    worker = Kernel("iosim_streamk_decode", (GridAxis("w", w, W),), bufs, (Loop(k, 0, lookup(table("seg_num"), w), (
+        reset(bufs),
         Load("q", Tile("Q", (point(b, B), point(hk, Hk), rows, full(d)))),
         Loop(j, lookup(table("seg_lo"), w, k), lookup(table("seg_hi"), w, k), step),
         Compute("finalize_split", ("acc", "m", "l", "lse"), exp=(Work(1, (rows,)),), other=(Work(d + 1, (rows,)),)),
