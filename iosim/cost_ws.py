@@ -24,6 +24,8 @@ max(T_MMA, T_exp, T_smem)).
   or the exp time — whenever one pipe dominates the two others together, and it is never above the "ws" time
   (t/2 + max(t/2, x) ≥ both t and (t + x)/2, and ≥ e, f).
   Resident CTAs beyond one are not credited with more overlap (these kernels run 1 CTA per SM, persistent).
+* kept from ``iosim.cost`` as for every kernel: STEP_OVERHEAD_CYCLES per step (assumed), the tail, the warp-issue
+  factor and the per-CTA fill/epilogue; a 2-CTA pair modeled as one program spans 2 SMs (``sms_per_program``).
 * the last step's softmax of each KV loop has no later GEMM to hide under: exposed once per loop (overlap 1.0 in
   ``iosim.cost.cta_overhead``).
 

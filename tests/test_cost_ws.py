@@ -137,3 +137,14 @@ def test_unknown_pipeline_is_refused():
     s, k, kc = _fwd(H100, pipeline="bogus")
     with pytest.raises(IosimError, match="pipeline"):
         cost.estimate_kernel(s, k, kc, H100)
+
+
+def test_tensor_memory_buffers_take_no_registers_nor_smem_reads():
+    # FA4 (§2.2): S, P and O live in tensor memory (256 KB/SM), not in registers. A buffer with space "tmem" counts
+    # neither as registers (iosim.occupancy counts space "reg") nor as an smem operand (the rule counts "smem").
+    from iosim.occupancy import registers_per_thread
+    _, k, _ = _fwd(B200, d=128, bm=128, bn=128, pipeline="ws")
+    tm = replace(k, buffers=tuple(replace(b, space="tmem") if b.name in ("s", "p", "acc") else b for b in k.buffers))
+    # left in registers: m, l, lse (3 × 128 fp32 rows) over 128 threads + 32 overhead, rounded up to 8
+    assert registers_per_thread(tm) == -(-(-(-3 * 128 * 4 // (4 * 128)) + 32) // 8) * 8 == 40
+    assert cost_ws.tile_cycles(tm, B200, "tcgen05")["smem"] == cost_ws.tile_cycles(k, B200, "tcgen05")["smem"] == 768
