@@ -551,7 +551,8 @@ def streamk_decode_schedule(p: Problem, cfg: KernelConfig, num_workers: int) -> 
     bytes) and writes O and LSE. Every segment goes through scratch, also a pair one worker covers whole.
     LeanAttention instead reduces in the decode kernel: the CTA holding a tile's last segment ("host") waits on sync
     flags and reads the other CTAs' partials; it writes no partial of its own and needs no second launch. So ours
-    moves, per pair, one more partial: M·(d + 1)·4 bytes written and read back, plus a launch."""
+    moves, per pair, one more partial: M·(d + 1)·4 bytes written and read back, plus a launch (and writes the LSE,
+    B·H·Nq·4 bytes, which LeanAttention does not output; ``models/lean.py`` is that in-kernel variant)."""
     if cfg.block_n is None:
         raise IosimError("streamk_decode_schedule needs config.block_n (the kernel's KV tile)")
     from iosim import reference
