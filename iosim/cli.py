@@ -24,8 +24,14 @@ def add_problem_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-q", default=4096)
     p.add_argument("--seq-kv", default=None, help="default = --seq-q")
     p.add_argument("--head-dim", default=128)
-    p.add_argument("--dtype", default="bf16", choices=sorted(DTYPE_BYTES))
+    p.add_argument("--dtype", default=None, choices=sorted(DTYPE_BYTES),
+                   help="default bf16, or fp16 on a chip without bf16 tensor cores (v100)")
     p.add_argument("--causal", action="store_true")
+
+
+def chip_dtype(hardware: str) -> str:
+    """bf16, or fp16 where the profile has no bf16 tensor rate (the V100's tensor cores are FP16 only)."""
+    return "bf16" if "bf16" in load_hardware(hardware).tensor_flops_per_s else "fp16"
 
 
 def add_pass_flag(p: argparse.ArgumentParser) -> None:
@@ -59,7 +65,7 @@ def mask_of(a: argparse.Namespace):
 def problem_of(a: argparse.Namespace) -> Problem:
     """The Problem of ``add_problem_flags``' flags (sizes already read by ``read_sizes``)."""
     return Problem(a.batch, a.heads, a.kv_heads if a.kv_heads is not None else a.heads, a.seq_q,
-                   a.seq_kv if a.seq_kv is not None else a.seq_q, a.head_dim, a.dtype, a.causal)
+                   a.seq_kv if a.seq_kv is not None else a.seq_q, a.head_dim, a.dtype or chip_dtype(a.hardware), a.causal)
 
 
 def _add_problem_args(p: argparse.ArgumentParser) -> None:

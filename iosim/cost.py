@@ -80,11 +80,13 @@ from iosim.schedule import Compute, Kernel, Load, Loop, Schedule, Store, walk
 
 # --- modeled constants, each with its source ------------------------------------------------------------------------
 
-PATHS = ("mma.sync", "wgmma", "tcgen05", "cube")
-"""Tensor-core instruction paths: sm70/80 warp-level mma.sync (also what FA2's CUDA kernel runs on Hopper),
+PATHS = ("mma.sync", "mma.sync.m8n8k4", "wgmma", "tcgen05", "cube")
+"""Tensor-core instruction paths: sm80 warp-level mma.sync m16n8k16 (also what FA2's CUDA kernel runs on Hopper),
+sm70 mma.sync.m8n8k4 (Volta's only f16 MMA shape: PTX ISA, "Warp-level Matrix Multiply-Accumulate Instructions",
+mma.m8n8k4 requires sm_70; m16n8k16 requires sm_80; Volta has no cp.async either, which is sm_80+),
 sm90 warpgroup wgmma, sm100 tcgen05 (TMEM accumulators), Ascend Cube unit."""
 
-NATIVE_PATH = {"sm70": "mma.sync", "sm75": "mma.sync", "sm80": "mma.sync", "sm86": "mma.sync", "sm89": "mma.sync",
+NATIVE_PATH = {"sm70": "mma.sync.m8n8k4", "sm75": "mma.sync", "sm80": "mma.sync", "sm86": "mma.sync", "sm89": "mma.sync",
                "sm90": "wgmma", "sm100": "tcgen05", "dav-c220": "cube"}
 """The fastest path each architecture offers (what cuBLAS and Triton emit there)."""
 
@@ -112,7 +114,8 @@ PATH_EFFICIENCY: dict[tuple[str, str], Efficiency] = {
         "(arXiv 2407.08608) abstract: FA2 reaches only 35% of H100 peak"),
     ("sm80", "mma.sync"): Efficiency(0.85, "paper",
         "FlashAttention-2 (arXiv 2307.08691) §1: optimized GEMM reaches 80-90% of the A100 theoretical maximum"),
-    ("sm70", "mma.sync"): Efficiency(0.85, "assumed", "same as sm80 (GEMM 80-90% of peak, FA2 §1); not measured on V100"),
+    ("sm70", "mma.sync.m8n8k4"): Efficiency(0.85, "assumed", "same as sm80 (GEMM 80-90% of peak, FA2 §1) on the "
+        "profile's FP16 tensor rate; V100 datasheet constants only, not measured on a V100"),
     ("sm100", "tcgen05"): Efficiency(0.66, "assumed",
         "taken equal to the H100 wgmma fit; FA4 (arXiv 2603.05451) reaches 71% of B200 peak in attention"),
     ("sm100", "wgmma"): Efficiency(0.4, "assumed", "sm90a wgmma code does not run on sm100; Hopper-style kernels "
@@ -133,12 +136,13 @@ GEMM_FRACTION = {
 """Fraction of the datasheet peak a large GEMM reaches (what ``iosim calibrate``'s matmul measures). A calibrated
 tensor rate is divided back out: path efficiency = PATH_EFFICIENCY / GEMM_FRACTION (capped at 1)."""
 
-COMPUTE_OVERLAP = {"mma.sync": 0.35, "wgmma": 0.23, "tcgen05": 0.23, "cube": 1.0}
+COMPUTE_OVERLAP = {"mma.sync": 0.35, "mma.sync.m8n8k4": 0.35, "wgmma": 0.23, "tcgen05": 0.23, "cube": 1.0}
 """Fraction of the non-dominant compute (tensor vs exp vs fp32) one CTA hides under its own MMAs (one stream; a
 second resident CTA hides more, ``overlapped_compute``). mma.sync 0.35 and wgmma 0.23: refitted with
 PATH_EFFICIENCY on the H100 sweep under the residency rule (see _FIT_SOURCE; before it, 0.52 / 0.46 with
 efficiencies 0.40 / 0.66 and no residency term). tcgen05: assumed like wgmma (FA4's warp-specialized kernels would
-hide more). Ascend Cube and Vector units are separate cores: 1.0 (assumed)."""
+hide more). mma.sync.m8n8k4: assumed as mma.sync (the same warp-synchronous MMA, one CTA's warps in step; not
+measured on a V100). Ascend Cube and Vector units are separate cores: 1.0 (assumed)."""
 
 STREAM_CAP = 2
 """Independent streams beyond which more resident CTAs hide no more softmax: two streams already alternate on the
@@ -309,7 +313,7 @@ def _operand_readers(path: str, num_warps: int, block_rows: int) -> int:
     """How many times a shared B operand (K, V) is read from smem per MMA call:
     mma.sync: every warp reads it (warps split the rows, FA2 §3.3); wgmma: once per 4-warp warpgroup;
     tcgen05: once per 128-row MMA (FA4 §2.2); cube: once."""
-    if path == "mma.sync":
+    if path.startswith("mma.sync"):
         return max(1, num_warps)
     if path == "wgmma":
         return max(1, num_warps // 4)

@@ -4,7 +4,12 @@
 Legality rules (each rejected configuration keeps its reason):
 
 * instruction shape — mma.sync: every warp owns ≥ 16 query rows (m16n8k16; FA2 §3.3 splits Q across warps), so
-  block_m is a multiple of 16·num_warps; wgmma: a warpgroup (4 warps) issues M = 64 (PTX ISA, wgmma.mma_async), so
+  block_m is a multiple of 16·num_warps; mma.sync.m8n8k4 (sm70, Volta's only f16 shape): the PTX ISA's fragment
+  layout for mma.m8n8k4 gives each of a warp's four quad-pairs its own 8×8 output block (K = 4), so a warp owns a
+  multiple of 8 query rows and its S tile (rows × block_n) holds the four 8×8 blocks: block_m a multiple of
+  8·num_warps and (block_m / num_warps)·block_n ≥ 256; and at most 2 stages: sm70 has no cp.async (PTX ISA:
+  sm_80+), so loads are double-buffered through registers as CUTLASS's two-stage MmaPipelined does on Volta (its
+  MmaMultistage needs cp.async); wgmma: a warpgroup (4 warps) issues M = 64 (PTX ISA, wgmma.mma_async), so
   num_warps ≥ 4 and block_m a multiple of 64·num_warps/4; tcgen05: M = 64 or 128 per CTA MMA (FA4 §2.2) with
   ≥ 4 warps; Ascend cube: multiples of 16 (16×16×16 Cube op). block_n is a multiple of 16 everywhere (the PV
   MMA's K = 16 for 16-bit inputs).
@@ -107,6 +112,11 @@ def shape_rule(path: str, block_m: int, block_n: int, num_warps: int) -> str:
     if path == "mma.sync":
         if block_m % (16 * num_warps):
             return f"mma.sync: {num_warps} warps × 16 rows do not divide block_m={block_m}"
+    elif path == "mma.sync.m8n8k4":
+        rows = block_m // num_warps
+        if block_m % (8 * num_warps) or rows * block_n < 4 * 64:
+            return (f"mma.sync.m8n8k4: {num_warps} warps × 8-row quad-pair blocks do not tile {block_m}×{block_n} "
+                    "(each warp needs a multiple of 8 rows and 4 blocks of 8×8)")
     elif path == "wgmma":
         if num_warps < 4:
             return f"wgmma needs a 4-warp warpgroup, got num_warps={num_warps}"
@@ -131,6 +141,8 @@ def _tile_group(hw: Hardware, problem: Problem, algorithm: str, path: str, base:
     c0 = None
     for w, st in itertools.product(num_warps, num_stages):
         why = shape_rule(path, bm, bn, w)
+        if not why and path == "mma.sync.m8n8k4" and st > 2:
+            why = f"num_stages={st}: sm70 has no cp.async, loads are double-buffered through registers (≤ 2 stages)"
         if not why and bm > caps[0]:
             why = f"block_m={bm} exceeds seq_q={problem.seq_q}"
         if not why and bn > caps[1]:

@@ -44,6 +44,32 @@ def default_tiles(head_dim: int) -> tuple[int, int]:
     return 64, 64
 
 
+def fitting_tiles(p: Problem, cfg: KernelConfig, hw) -> tuple[int, int, str]:
+    """FA2's tiles for the head dim (``default_tiles``) or, where they do not fit ``hw`` at cfg's warps and stages
+    (shared memory per block and per SM, ``iosim.occupancy``: e.g. 128×64 at d=128 with 2 stages needs 96 KiB + the
+    pipeline's 1 KiB on the V100's 96 KiB SM), the largest halving of them that does (larger block_m first: fewer
+    K/V re-reads). Returns (block_m, block_n, note); the note says what was replaced and why ('' if nothing was)."""
+    from iosim.occupancy import occupancy
+    dm, dn = default_tiles(p.head_dim) if isinstance(p.head_dim, int) else (128, 64)
+    if hw is None or not isinstance(p.head_dim, int):
+        return dm, dn, ""
+    halves = lambda t: [t >> k for k in range(t.bit_length()) if t >> k >= 16]  # noqa: E731
+    first = None
+    for bm, bn in sorted(((m, n) for m in halves(dm) for n in halves(dn)), key=lambda t: (-t[0] * t[1], -t[0])):
+        k = Kernel("flash2_fwd", (), buffers(bm, bn, p.head_dim, p.elem_bytes), (), threads_per_cta=32 * cfg.num_warps)
+        try:
+            check_fit(k, cfg, hw, f"block_m={bm}, block_n={bn}, head_dim={p.head_dim}, num_stages={cfg.num_stages}")
+            occupancy(k, hw, cfg.num_stages)
+        except IosimError as e:
+            first = first or str(e)
+            continue
+        note = "" if first is None else (f"FA2's default tiles {dm}×{dn} for d={p.head_dim} do not fit {hw.name} "
+                                         f"({first}); using {bm}×{bn}, the largest halving of them that fits")
+        return bm, bn, note
+    raise IosimError(f"flash2: no halving of FA2's tiles {dm}×{dn} fits {hw.name} ({first}); give --block-m/--block-n, "
+                     "fewer --num-stages or --num-warps")
+
+
 def kv_stop(p: Problem, i, bm: int, bn: int, tn):
     """Number of KV blocks query block i visits (all of them unless causal)."""
     if not p.causal:
@@ -174,8 +200,10 @@ def build(p: Problem, cfg: KernelConfig, hw=None, window=None) -> Schedule:
     if w == (-1, 0) and not p.causal:
         p = replace(p, causal=True)  # FA2: is_causal = window_size_left < 0 && window_size_right == 0
     local = w is not None and w != (-1, 0)
+    pick = ""
     if cfg.block_m is None or cfg.block_n is None:
-        dm, dn = default_tiles(p.head_dim) if isinstance(p.head_dim, int) else (128, 64)
+        dm, dn, pick = fitting_tiles(p, cfg, hw) if cfg.block_m is None and cfg.block_n is None else (
+            *(default_tiles(p.head_dim) if isinstance(p.head_dim, int) else (128, 64)), "")
         cfg = cfg.with_tiles(cfg.block_m or dm, cfg.block_n or dn)
     bm, bn, d, e = cfg.block_m, cfg.block_n, p.head_dim, p.elem_bytes
     tm, tn = cdiv(p.seq_q, bm), cdiv(p.seq_kv, bn)
@@ -185,13 +213,13 @@ def build(p: Problem, cfg: KernelConfig, hw=None, window=None) -> Schedule:
     j = var("j")
     rows = Span(i, bm, p.seq_q)
     load_q = Load("q", q_tile(p, "Q", b, h, rows))
-    notes, tables = (), {}
+    notes, tables = ((pick,) if pick else ()), {}
     if local:
         lo, hi = kv_range(p, i, bm, bn, tn, w)
         if np.any(np.asarray(evaluate(hi - lo, {pid: np.arange(tm)})) <= 0):  # early exit: Q loaded only if blocks remain
             load_q = Loop(var("q_loaded"), 0, sp.Min(1, hi - lo), (load_q,))
         tables = {"window": np.array(w, dtype=np.int64)}
-        notes = (f"local window (left, right) = {w} (FA2's window_size_left/right after mha_fwd): KV blocks "
+        notes += (f"local window (left, right) = {w} (FA2's window_size_left/right after mha_fwd): KV blocks "
                  "[n_block_min, n_block_max) per query block",)
     body = (
         load_q,
