@@ -310,6 +310,8 @@ def sweep_tiles(cfg: ReportConfig, hw_name: str) -> tuple[np.ndarray, list[int],
             t = c.time_s * 1e3
             if not t >= grid[i, j]:  # NaN-aware min
                 grid[i, j] = t
+    if np.isnan(grid).all():
+        raise IosimError(f"no legal flash2 tile on {hw.name}: " + " | ".join(sorted({c.reason for c in cands})[:3]))
     from iosim.cost import native_path
     return grid, bms, bns, native_path(hw)
 
@@ -468,6 +470,9 @@ def plot_roofline(rows: list[dict], cfg: ReportConfig, hw_name: str, path: Path)
     from iosim.hwprofile import load_hardware
     hw = load_hardware(hw_name)
     pts = [r for r in rows if r["hardware"] == hw.name and r["N"] == cfg.point_seq]
+    if not pts:
+        raise IosimError(f"no predicted point on {hw.name} at N={cfg.point_seq} (see the failed points); "
+                         "no roofline drawn")
     peak = hw.tensor_flops(tensor_dtype(cfg.dtype))
     eff = path_efficiency(hw, native_path(hw), cfg.dtype).value
     bws = {"DRAM": dram_bandwidth(hw), "L2": l2_bandwidth(hw)}
@@ -716,6 +721,8 @@ def generate(cfg: ReportConfig = ReportConfig(), *, progress: bool = True, strea
         load_hardware(h)  # fail early with the profile's message
     if not cfg.seqs or any(n < 1 for n in cfg.seqs):
         raise IosimError("sequence lengths must be positive")
+    if cfg.point_seq not in cfg.seqs:  # the rooflines and kernel table show swept points: the N swept nearest to it
+        cfg = replace(cfg, point_seq=min(cfg.seqs, key=lambda n: (abs(math.log(n / cfg.point_seq)), n)))
     res = ReportResult(out)
     sections: list[tuple[str, str, list[str]]] = []
     tables: list[tuple[str, str, object]] = []

@@ -36,11 +36,12 @@ def test_report_files_exist_and_are_deterministic(tmp_path):
 
 
 def test_failed_points_are_recorded_and_the_rest_is_written(tmp_path):
-    # v100 has no bf16 tensor cores: its points, roofline and heatmap fail; h100's are written (through the CLI)
+    # v100 has no bf16 tensor cores: with --dtype bf16 its points, roofline and heatmap fail, h100's are written
+    # (through the CLI) and the exit status says a point failed
     out = io.StringIO()
     rc = run(["report", "--hardware", "h100", "v100", "--algorithms", "flash2", "--seqs", "1024", "2048", "--quiet",
-              "--out", str(tmp_path / "r")], out)
-    assert rc == 0 and "failed: v100 flash2 N=1024" in out.getvalue() and "failed: roofline v100" in out.getvalue()
+              "--dtype", "bf16", "--out", str(tmp_path / "r")], out)
+    assert rc == 1 and "failed: v100 flash2 N=1024" in out.getvalue() and "failed: roofline v100" in out.getvalue()
     assert (tmp_path / "r" / "roofline_h100.png").exists() and not (tmp_path / "r" / "roofline_v100.png").exists()
     assert "Failed points" in (tmp_path / "r" / "report.md").read_text()
 
