@@ -84,6 +84,10 @@ class Hardware:
     l2_store_near: bool | None = None
     l2_dram_fetch_bytes: int | None = None
     l2_way_spread: int | None = None
+    # Optional: split Cube/Vector devices (Ascend dav-c220): vector cores paired with each AI core and the Unified
+    # Buffer of one vector core (the Vector unit's only on-chip memory; Cube results reach it through GM/L2).
+    vector_cores_per_sm: int | None = None
+    ub_per_vector_core_bytes: int | None = None
     sources: Mapping[str, Source] = field(default_factory=dict, compare=False, repr=False)
     path: str = field(default="", compare=False)
 
@@ -101,7 +105,8 @@ _REQUIRED_INT = ("sm_count", "hbm_capacity_bytes", "l2_size_bytes", "l2_line_byt
                  "max_threads_per_sm", "sfu_ops_per_clock_per_sm")
 _REQUIRED_FLOAT = ("boost_clock_hz", "hbm_bandwidth_bytes_per_s", "fp32_flops_per_s")
 _OPTIONAL_INT = ("l2_partitions", "l2_ways", "smem_bandwidth_bytes_per_clock_per_sm", "max_registers_per_thread",
-                 "l2_hash_granule_lines", "l2_home_granule_lines", "l2_dram_fetch_bytes", "l2_way_spread")
+                 "l2_hash_granule_lines", "l2_home_granule_lines", "l2_dram_fetch_bytes", "l2_way_spread",
+                 "vector_cores_per_sm", "ub_per_vector_core_bytes")
 _OPTIONAL_BOOL = ("l2_store_allocate", "l2_store_near")
 
 
