@@ -84,6 +84,8 @@ class Hardware:
     l2_store_near: bool | None = None
     l2_dram_fetch_bytes: int | None = None
     l2_way_spread: int | None = None
+    # Optional: the host link (PCIe/NVLink to CPU memory) for K/V offloaded to host memory (models.fastattention).
+    host_bandwidth_bytes_per_s: float | None = None
     # Optional: split Cube/Vector devices (Ascend dav-c220): vector cores paired with each AI core and the Unified
     # Buffer of one vector core (the Vector unit's only on-chip memory; Cube results reach it through GM/L2).
     vector_cores_per_sm: int | None = None
@@ -116,7 +118,7 @@ def _l2_choices() -> dict[str, tuple[str, ...]]:
 
 
 _OPTIONAL_STR = ("l2_sharing", "l2_policy", "l2_hash")
-_OPTIONAL_FLOAT = ("l2_bandwidth_bytes_per_s",)
+_OPTIONAL_FLOAT = ("l2_bandwidth_bytes_per_s", "host_bandwidth_bytes_per_s")
 _VALUE_KEYS = set(_REQUIRED_INT + _REQUIRED_FLOAT + _OPTIONAL_INT + _OPTIONAL_FLOAT + _OPTIONAL_BOOL + _OPTIONAL_STR
                   + ("tensor_flops_per_s",))
 
