@@ -224,7 +224,8 @@ def build_ascend(p: Problem, cfg: KernelConfig, hw=None) -> Schedule:
         loops = (Loop(j, 0, tn, step(False), reverse=rev),)
     body = (Load("q", q_tile(p, "Q", b, h, rows)), *loops, finalize(p, rows),
             Store("acc", q_tile(p, "O", b, h, rows)), Store("lse", row_tile(p, "LSE", b, h, rows)))
-    kernel = Kernel("fastattention_ascend", grid, buffers_ascend(bm, bn, bv, d, e), body, threads_per_cta=1)
+    kernel = Kernel("fastattention_ascend", grid, buffers_ascend(bm, bn, bv, d, e), body,
+                    threads_per_cta=3)  # 1 AIC + 2 AIV instruction streams (the profile's max_threads_per_sm analog)
     check_fit(kernel, cfg, hw, f"block_m={bm}, block_n={bn}, head_dim={d}, num_stages={cfg.num_stages} (L1)")
     work = {n: TensorSpec(n, (slots, bm, w), eb, "scratch") for n, w, eb in
             (("S_ws", bn, 4), ("P_ws", bn, e), ("O_ws", d, 4))}
@@ -236,3 +237,47 @@ def build_ascend(p: Problem, cfg: KernelConfig, hw=None) -> Schedule:
         notes += (f"tiling-mask: one {bm}×{bm + 2 * bn - 2} mask (input MASK = models.fastattention."
                   "tiling_mask_ascend) read as a window by each diagonal tile",)
     return Schedule("fastattention_ascend", p, cfg, tensors, (kernel,), notes)
+
+
+# --- Volta (sm70): FA2's loop with the paper's shared-memory operand layout and the CPU–GPU cooperative KV offload ---
+# From the abstract only: "we adapt FlashAttention for Volta-based GPUs by redesigning the operands layout in shared
+# memory and introducing a simple yet effective CPU-GPU cooperative strategy" (256K tokens on eight V100s).
+#
+# fastattention_volta = flash2's schedule (same SM↔L2 bytes: the layout changes where operands sit in shared memory,
+# not what is loaded) on the sm70 path mma.sync.m8n8k4 (iosim.cost.NATIVE_PATH), FA2's tiles halved to fit the
+# V100's 96 KiB (models.flash2.fitting_tiles). Layout: iosim's smem term already charges conflict-free operand reads
+# at the profile's 32 banks × 4 B per clock, which is what the redesigned layout is for; FA2's sm80 layout (ldmatrix
+# swizzles) does not exist on sm70, so nothing is added for bank conflicts. Host level: a share of K/V lives in host
+# memory and crosses the host link (profile key host_bandwidth_bytes_per_s) once per call, staged into HBM in chunks
+# and read by the loop from there; its time is reported in the notes, not added to the kernel time.
+
+HOST_KV_FRACTION_VOLTA = 1.0
+"""Share of the call's K/V kept in host memory (our choice, the abstract gives no split): 1.0, every K/V byte crosses
+the host link once — the offload's upper cost."""
+
+
+def host_bytes_volta(p: Problem, fraction: float = HOST_KV_FRACTION_VOLTA) -> int:
+    """Host-link bytes per call: the offloaded ⌊fraction·N_kv⌋ tokens of K and V, each once: 2·B·H_kv·tokens·d·e."""
+    return 2 * p.batch * p.kv_heads * int(fraction * p.seq_kv) * p.head_dim * p.elem_bytes
+
+
+@register("fastattention_volta", "FastAttention on Volta: FA2's loop on mma.sync.m8n8k4 (conflict-free smem layout), "
+          "a share of K/V in host memory read over the host link once per call")
+def build_volta(p: Problem, cfg: KernelConfig, hw=None, host_kv_fraction: float = HOST_KV_FRACTION_VOLTA) -> Schedule:
+    from dataclasses import replace
+
+    from iosim.models import flash2
+    if not (isinstance(host_kv_fraction, (int, float)) and 0 <= host_kv_fraction <= 1):
+        raise IosimError(f"host_kv_fraction={host_kv_fraction!r}: give the share of K/V in host memory, 0 to 1")
+    s = flash2.build(p, cfg, hw)
+    notes = ("operand layout: FastAttention's shared-memory layout for mma.m8n8k4 (arXiv 2410.16663) — the smem term "
+             "counts conflict-free reads, as for flash2",)
+    host = host_bytes_volta(p, host_kv_fraction) if isinstance(p.seq_kv, int) else 0
+    if host and hw is not None:
+        bw = hw.host_bandwidth_bytes_per_s
+        if not bw:
+            raise IosimError(f"fastattention_volta: {hw.name} has no host_bandwidth_bytes_per_s; add the host link to "
+                             "the profile (PCIe 3.0 x16: 15.75e9) or keep K/V on the GPU (host_kv_fraction=0)")
+        notes += (f"host: {host:,} B of K/V ({host_kv_fraction:.0%}) cross the host link once per call at "
+                  f"{bw / 1e9:.2f} GB/s = {host / bw * 1e3:.3f} ms, not included in the kernel time",)
+    return replace(s, algorithm="fastattention_volta", notes=s.notes + notes)
