@@ -115,6 +115,7 @@ def op_softmax_ascend(ctx, s_ub, mask_ub, m, l, acc, p_ub):
     mv[o:o + r] = m_new
     p_ub.data[:r, :c] = p
     p_ub.set((o, 0), (r, c))
+    _consumed(s_ub, mask_ub)
     for b in (m, l):
         b.set((0,), b.data.shape)
     acc.set((0, 0), acc.data.shape)
@@ -129,12 +130,22 @@ def op_pv_ascend(ctx, p, v, o_part):
     r, c = p.ext
     o_part.data[:r] = p.data[:r, :c] @ v.data[:c]
     o_part.set((0, 0), (r, o_part.data.shape[1]))
+    _consumed(p)
 
 
 def op_update_ascend(ctx, o_ub, acc):
     """acc rows o..o+r += O_j rows (α was applied by the softmax step of the same KV block)."""
     (o, _), (r, _) = o_ub.origin, o_ub.ext
     acc.value(0.0)[o:o + r] += o_ub.data[:r]
+    _consumed(o_ub)
+
+
+def _consumed(*bufs):
+    """Workspace tiles sit at the same workspace origin every KV block: mark them consumed so the next load sets
+    their extent afresh (a ragged last KV block must not keep the previous block's columns)."""
+    for b in bufs:
+        if b is not None:
+            b.fresh = True
 
 
 for _name, _fn in (("softmax_ascend", op_softmax_ascend), ("softmax_nomask_ascend", op_softmax_nomask_ascend),
