@@ -436,6 +436,8 @@ def generate_masks(cfg: ReportConfig = ReportConfig(out=MASK_OUT), *, progress: 
 # --- plots --------------------------------------------------------------------------------------------------------
 
 def plot_io_time(rows: list[dict], cfg: ReportConfig, path: Path) -> None:
+    if not rows:
+        raise IosimError("no predicted point (see the failed points); no IO/time plot drawn")
     with _rc():
         fig, (ax1, ax2) = _figure(11, 4.2, 2)
         first = cfg.hardware[0] if cfg.hardware else None
