@@ -82,6 +82,8 @@ def test_host_bytes_of_the_256k_offload_on_eight_v100s():
     s = build_volta(p, KernelConfig(), v100)
     ms = expected / 15.75e9 * 1e3  # PCIe 3.0 x16: 8 GT/s × 16 lanes × 128/130 / 8 bits
     assert s.algorithm == "fastattention_volta" and any(f"{expected:,} B" in n and f"{ms:.3f} ms" in n for n in s.notes)
-    with pytest.raises(IosimError, match="h100 has no host_bandwidth_bytes_per_s"):
-        build_volta(p, KernelConfig(), load_hardware("h100"))
+    assert any("h100 has no host_bandwidth_bytes_per_s, so no host time" in n
+               for n in build_volta(p, KernelConfig(), load_hardware("h100")).notes)
+    with pytest.raises(IosimError, match="host_kv_fraction=2"):
+        build_volta(p, KernelConfig(), v100, 2)
     assert not any("host:" in n for n in build_volta(p, KernelConfig(), load_hardware("h100"), 0.0).notes)
