@@ -87,7 +87,7 @@ def build(p: Problem, cfg: KernelConfig, hw=None) -> Schedule:
                                    pipeline="ws-pingpong" if pingpong else "ws", cluster=cluster)
     # setmaxnreg (hopper/flash_fwd_kernel_sm90.h: producer warpgroup down to 24-56, consumers up to 240) spreads the
     # whole register file over the CTA's warpgroups: for occupancy the CTA holds 65,536 registers / its threads
-    kernel = replace(kernel, regs_per_thread=min(255, 65536 // kernel.threads_per_cta))
+    kernel = replace(kernel, regs_per_thread=min(255, 65536 // kernel.threads_per_cta // 8 * 8))  # whole 8-register units
     check_fit(kernel, cfg, hw, f"block_m={bm}, block_n={bn}, head_dim={d}, num_stages={STAGES}")
     notes = (f"fa3: {workers} persistent CTAs over {n:,} tiles of {bm}×{bn}; {how}",
              f"{wgs} consumer warpgroups + 1 producer" + (", ping-pong" if pingpong else "") +

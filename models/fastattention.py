@@ -208,6 +208,9 @@ def build_ascend(p: Problem, cfg: KernelConfig, hw=None) -> Schedule:
     if not all(isinstance(x, int) for x in (p.batch, p.heads, p.seq_q, p.seq_kv, p.head_dim)):
         raise IosimError("fastattention_ascend needs concrete sizes (its workspace slots depend on the block count), "
                          "not symbolic ones")
+    if hw is not None and getattr(hw, "vendor", "huawei") != "huawei":
+        raise IosimError(f"fastattention_ascend schedules Ascend AI cores (Cube + Vector); use hardware ascend910b "
+                         f"(got {hw.name}); on NVIDIA GPUs use flash2 or fastattention_volta")
     if cfg.block_m is None or cfg.block_n is None:
         dm, dn = default_tiles_ascend(p.head_dim)
         cfg = cfg.with_tiles(cfg.block_m or dm, cfg.block_n or dn)

@@ -160,8 +160,9 @@ def test_every_algorithm_has_a_finite_time(hw):
     from iosim.registry import algorithms
     h = load_hardware(hw)
     for name in algorithms():
-        if name == "fa4" and hw != "b200":  # FA4's sm100 kernel: Blackwell only (refused by name)
-            with pytest.raises(IosimError, match="needs a Blackwell profile"):
+        only = {"fa4": ("b200", "needs a Blackwell profile"), "fastattention_ascend": ("ascend910b", "use hardware ascend910b")}
+        if name in only and hw != only[name][0]:  # chip-specific kernels refuse other chips by name
+            with pytest.raises(IosimError, match=only[name][1]):
                 estimate_problem(h, Problem(1, 4, 4, 2048, 2048, 64, "fp16"), KernelConfig(), name)
             continue
         e = estimate_problem(h, Problem(1, 4, 4, 2048, 2048, 64, "fp16"), KernelConfig(), name)
