@@ -680,7 +680,8 @@ def estimate_kernel(schedule: Schedule, kernel: Kernel, kc: KernelCounts, hw: Ha
         notes.append(f"register tiles need about {registers_per_thread(kernel, transient=False)} registers per thread, above "
                      f"{hw.max_registers_per_thread}: the compiler would spill (time not penalised; tiles treats it as illegal)")
 
-    tensor_s = kc.matmul_flops / (hw.tensor_flops(dtype) * eff.value) if kc.matmul_flops else 0.0
+    issued = kc.matmul_flops if kc.issued_matmul_flops is None else kc.issued_matmul_flops  # whole tiles (counts)
+    tensor_s = issued / (hw.tensor_flops(dtype) * eff.value) if issued else 0.0
     sfu_rate = hw.sfu_ops_per_clock_per_sm * hw.sm_count * hw.boost_clock_hz * SFU_EFFICIENCY.value
     if kernel.pipeline not in cost_ws.PIPELINES:
         raise IosimError(f"{kernel.name}: unknown pipeline {kernel.pipeline!r}; known: {cost_ws.PIPELINES[1:]}")

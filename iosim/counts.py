@@ -21,7 +21,7 @@ import sympy as sp
 
 from iosim.errors import IosimError
 from iosim.expr import evaluate, table_env
-from iosim.schedule import Compute, Kernel, Load, Loop, Schedule, Span, Store, walk
+from iosim.schedule import Compute, Kernel, Load, Loop, Schedule, Span, Store, full, walk
 
 MAX_POINTS = 50_000_000  # enumerated (program, outer-iteration) points; beyond this counting refuses (bounded memory)
 
@@ -42,6 +42,9 @@ class KernelCounts:
     other_flops: int
     sram_bytes: int
     atomic_bytes: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    issued_matmul_flops: int | None = None  # matmul FLOPs on whole tiles (ragged edges padded): what the tensor cores
+    # execute — an FA2 CTA of 128 query rows with 16 valid still issues 128-row MMAs (flash_fwd_kernel.h predicates
+    # only its loads and stores); None: equal to matmul_flops
 
     @property
     def sm_atomic_bytes(self) -> int:
@@ -99,6 +102,8 @@ def _quantities(stmt, schedule: Schedule):
         for key, works in (("matmul", stmt.matmul), ("exp", stmt.exp), ("other", stmt.other)):
             for w in works:
                 yield (key, ""), w.coeff, w.spans
+        for w in stmt.matmul:  # the tensor cores run whole tiles: ragged rows/keys padded to the block
+            yield ("matmul_issued", ""), w.coeff, tuple(full(s.block) for s in w.spans)
 
 
 def _free(e) -> set:
@@ -285,6 +290,7 @@ def count_kernel(schedule: Schedule, kernel: Kernel) -> KernelCounts:
         read_bytes=MappingProxyType({t: v for (k, t), v in tot.items() if k == "read"}),
         write_bytes=MappingProxyType({t: v for (k, t), v in tot.items() if k == "write"}),
         matmul_flops=tot.get(("matmul", ""), 0),
+        issued_matmul_flops=tot.get(("matmul_issued", ""), 0),
         exp_ops=tot.get(("exp", ""), 0),
         other_flops=tot.get(("other", ""), 0),
         sram_bytes=sram_bytes(kernel, getattr(cfg, "num_stages", 1)),
