@@ -8,7 +8,8 @@ Line trace: the H100 L2 geometry (25,600 sets × 16 ways × 128-B lines, one sha
 capacity, 20 % stores (seed 0). Rows (best of ``--repeat``, all in this one run):
 * pycachesim: its C loop (``CacheSimulator.loadstore``, one (loads, stores) tuple per line, built before timing).
 * iosim compiled, lines: ``simulate_lines(set_index(line), line, …, pycachesim_stores=True)`` through the numba core
-  (``iosim.memory.l2_jit``; compiled beforehand on a short trace), timed with the NumPy set indexing.
+  (``iosim.memory.l2_jit``; compiled beforehand on a short trace), timed with the set indexing (threaded for the
+  modulo hash), the counting sort of the accesses by set (``_group``) and the row-by-row simulation.
 * iosim compiled, ranges: the same lines as 128-B byte ranges through ``CompiledState.run_ranges`` (set index,
   masks and lines walked inside the compiled loop; the path of ``L2Stream.feed_ranges`` and ``simulate``).
 * iosim NumPy: the lines call with ``IOSIM_L2_ENGINE=numpy`` (the fallback).
