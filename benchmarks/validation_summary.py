@@ -60,6 +60,9 @@ class DataSet:
 
 
 DRAM_SETS = (
+    DataSet("H100 set 6", "h100", f"{V}/h100/l2_validation_set6/compare_l2.csv", "held out",
+            "2026-12-06 (device run 18), cases listed 2026-12-05 (issue 18) after every L2 choice; DRAM reads "
+            "reconstructed from the printed DRAM/QKV table (3 decimals)", "nothing"),
     DataSet("H200 set 5", "h200", f"{V}/h200/l2_validation_set5/compare_l2.csv", "held out",
             "2026-12-04, 3d5d13a, after the last L2 choice (547265d)", "nothing"),
     DataSet("H200 set 4", "h200", f"{V}/h200/l2_validation_set4/compare_l2.csv", "unused, measured before a choice",
