@@ -496,7 +496,7 @@ def resolved_tiles(algorithm: str, problem: Problem, config: KernelConfig, hw=No
         from iosim.models import flash1
         br, bc, _ = flash1.tiles(problem, config, hw)
         return br, bc
-    if algorithm == "flash2":
+    if algorithm in ("flash2", "fastattention_volta"):  # FastAttention-Volta runs flash2's schedule
         from iosim.models import flash2
         dm, dn = flash2.default_tiles(problem.head_dim)
         return config.block_m or dm, config.block_n or dn

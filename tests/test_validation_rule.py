@@ -70,7 +70,8 @@ DRAM_CSVS = {"H200 set 5": "h200/l2_validation_set5/compare_l2.csv",
              "H100 set 2": "h100/l2_validation_set2/compare_l2.csv",
              "H200 sets 1+2": "h200/l2_validation/compare_l2.csv",
              "H200 set 3": "h200/l2_validation_set3/compare_l2.csv",
-             "H100 session-1 FA2": "h100/sdpa_flash_fa2.csv"}
+             "H100 session-1 FA2": "h100/sdpa_flash_fa2.csv",
+             "H100 set 6": "h100/l2_validation_set6/compare_l2.csv"}
 
 
 def test_summary_counts_every_committed_run_once():
@@ -82,7 +83,7 @@ def test_summary_counts_every_committed_run_once():
         c = data["counts"][name]
         assert c["runs"] == n and c["l2_bound"] + c["rest"] == n, name
         total += n
-    assert total == data["total_runs"] == len(data["dram_runs"]) == 174
+    assert total == data["total_runs"] == len(data["dram_runs"]) == 190
     assert set(data["counts"]) == set(DRAM_CSVS)
 
 
