@@ -2,7 +2,8 @@
 
 ``--format triton`` writes a JSON list of ``triton.Config``-style entries (kwargs BLOCK_M/BLOCK_N, num_warps,
 num_stages, num_ctas, maxnreg, and an ``iosim`` block with the predicted time and why); a decode shape gives FA2's
-split-KV (NUM_SPLITS, BLOCK_N) beside FA2's heuristic choice, ``--pass bwd`` the backward's tiles beside FA2's; ``--format blockmask`` turns a
+split-KV (NUM_SPLITS, BLOCK_N) beside FA2's heuristic choice, ``--pass bwd`` the backward's tiles beside FA2's, ``--kernel fa3|cudnn|fa4|lean`` that persistent
+kernel's tiles / workers beside its own launch; ``--format blockmask`` turns a
 boolean block pattern (.npy, [Qb, Kb] or [B, H, Qb, Kb]) into FlexAttention BlockMask inputs (.npz).
 """
 
@@ -44,11 +45,13 @@ def _load_bool(path: str, what: str) -> np.ndarray:
 
 
 def run(args: argparse.Namespace, out: IO[str]) -> int:
-    from iosim.hints import backward_entries, block_mask_inputs, config_entries, decode_entries
+    from iosim.hints import backward_entries, block_mask_inputs, config_entries, decode_entries, persistent_entries
     if args.format == "triton":
         hw, problem = load_hardware(args.hardware), problem_from_args(args)
         mode = mode_of(args, problem, hw)
-        if mode == "decode":
+        if mode == "persistent":
+            entries = persistent_entries(hw, problem, args.kernel, top=args.top)
+        elif mode == "decode":
             entries = decode_entries(hw, problem, top=args.top)
         elif mode == "bwd":
             entries = backward_entries(hw, problem, args.algorithm, top=args.top, kernel=args.kernel)

@@ -43,12 +43,21 @@ def add_mode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decode", default="auto", choices=("auto", "on", "off"),
                    help="rank FA2's split-KV (num_splits, block_n) (auto: on a decode shape: FA2 packs GQA rows or "
                         "splits KV, or seq_q ≤ 64; or --algorithm splitkv)")
-    p.add_argument("--kernel", default="fa2", help="--pass bwd: the preset whose backward tiles are shown (default fa2)")
+    p.add_argument("--kernel", default="fa2", help="--pass bwd: the preset whose backward tiles are shown (default fa2); "
+                   "fa3, cudnn, fa4 (forward tiles) or lean (workers × block_n): rank that persistent kernel's knobs "
+                   "beside its own launch")
 
 
 def mode_of(a: argparse.Namespace, problem: Problem, hw) -> str:
-    """'bwd', 'decode' or 'fwd' (the Triton forward chooser)."""
-    from iosim.tiles import decode_applies
+    """'bwd', 'decode', 'persistent' (--kernel fa3/cudnn/fa4/lean) or 'fwd' (the Triton forward chooser)."""
+    from iosim.tiles import PERSISTENT_KERNELS, check_persistent, decode_applies
+    if a.kernel in PERSISTENT_KERNELS and a.direction == "fwd":
+        if a.decode == "on":
+            raise IosimError(f"--decode on ranks FA2's split-KV path; --kernel {a.kernel} ranks its own knobs, drop one")
+        if a.path is not None:
+            raise IosimError(f"--path: --kernel {a.kernel} pins its instruction path; drop --path")
+        check_persistent(a.kernel, hw)
+        return "persistent"
     if a.direction == "bwd":
         if a.decode == "on":
             raise IosimError("--decode on ranks FA2's split-KV forward; drop it for --pass bwd")
@@ -83,13 +92,15 @@ def jobs_from_args(a: argparse.Namespace, default: int | None) -> int | None:
 
 
 def run(args: argparse.Namespace, out: IO[str]) -> int:
-    from iosim.tiles import (DEFAULT_JOBS, choose, choose_bwd, choose_decode, format_bwd, format_decode,
-                             format_table)
+    from iosim.tiles import (DEFAULT_JOBS, choose, choose_bwd, choose_decode, choose_persistent, format_bwd,
+                             format_decode, format_persistent, format_table)
     if args.top < 1:
         raise IosimError(f"--top must be at least 1, got {args.top}")
     hw, problem = load_hardware(args.hardware), problem_from_args(args)
     mode = mode_of(args, problem, hw)
-    if mode == "decode":
+    if mode == "persistent":
+        choice, fmt = choose_persistent(hw, problem, args.kernel), format_persistent
+    elif mode == "decode":
         choice, fmt = choose_decode(hw, problem), format_decode
     elif mode == "bwd":
         choice, fmt = choose_bwd(hw, problem, args.algorithm, kernel=args.kernel), format_bwd

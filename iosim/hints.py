@@ -88,6 +88,26 @@ def backward_entries(hw: Hardware, problem: Problem, algorithm: str = "flash2", 
                        "sequence_parallel": ch.seq_parallel}} for rank, c in enumerate(ch.ranked[:top], 1)]
 
 
+def persistent_entries(hw: Hardware, problem: Problem, kernel: str, *, top: int = 5) -> list[dict]:
+    """The ``top`` fastest knobs of a persistent preset (``iosim.tiles.choose_persistent``: fa3, cudnn, fa4, lean):
+    kwargs BLOCK_M, BLOCK_N, NUM_WORKERS (CTAs launched), num_ctas = the cluster, the workers, cluster, scheduler
+    order and the reason, with the preset's own launch and the knobs its model fixes."""
+    from iosim.tiles import choose_persistent
+    if top < 1:
+        raise IosimError(f"top must be at least 1, got {top}")
+    ch = choose_persistent(hw, problem, kernel)
+
+    def knobs(c) -> dict:
+        return {"block_m": c.block_m, "block_n": c.block_n, "workers": c.workers, "persistent": c.persistent,
+                "cluster": c.cluster, "order": c.order}
+    own = knobs(ch.default) | {"predicted_time_s": ch.default.time_s, "why": ch.default.reason}
+    return [{"kwargs": {"BLOCK_M": c.block_m, "BLOCK_N": c.block_n, "NUM_WORKERS": c.workers}, "num_warps": c.num_warps,
+             "num_stages": c.num_stages, "num_ctas": c.cluster, "maxnreg": None,
+             "iosim": {"rank": rank, "pass": "fwd", "mode": "persistent", "kernel": kernel, "predicted_time_s": c.time_s,
+                       "bound": c.estimate.bound, "hardware": hw.name, "path": ch.path, **knobs(c), "why": c.reason,
+                       "default": own, "fixed_by_model": ch.fixed}} for rank, c in enumerate(ch.ranked[:top], 1)]
+
+
 def to_triton_configs(entries: Sequence[Mapping]) -> list:
     """``triton.Config`` objects from ``config_entries`` output (needs triton)."""
     try:

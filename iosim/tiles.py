@@ -596,3 +596,251 @@ def format_bwd(choice: BwdChoice, top: int = 5) -> str:
         lines.append(f"{tag:>3} {c.block_m:>4} {c.block_n:>4} {c.num_warps:>5} {c.num_stages:>6} {t} {smem}  {c.reason}")
     lines.append(choice.seq_parallel)
     return "\n".join(lines) + "\n"
+
+
+# --- persistent presets: fa3, cudnn, fa4 (forward tiles), lean (stream-K workers × block_n) -----------------------
+
+PERSISTENT_KERNELS = ("fa3", "cudnn", "fa4", "lean")
+PERSISTENT_BLOCK_M = (64, 128, 192, 256)
+"""fa3 / cudnn: block_m a multiple of 64 (one consumer warpgroup per 64 rows of wgmma M = 64), up to 4 warpgroups."""
+PERSISTENT_BLOCK_N = tuple(range(64, 257, 16))
+"""fa3 / cudnn / fa4: block_n a multiple of 16 (the PV MMA's K = 16) from 64 to 256."""
+LEAN_BLOCK_N = (64, 128, 256)
+"""lean_api.cc's kBlockN choices (256 / 128 / 64 by head_dim); kBlockM stays 64."""
+LEAN_WORKER_FACTORS = (0.5, 1, 2, 3, 4)
+"""lean: persistent CTAs tried = round(f · SMs) for these f, plus LeanAttention's own grid (``lean_grid``)."""
+TMEM_COLUMNS = 512
+"""tcgen05 tensor memory: 128 lanes × 512 columns of 32 bits per SM; FA4 keeps S (block_n columns) and O (d columns)
+of every Q stage there (flash_fwd_sm100.py), so q_stage · (block_n + d) ≤ 512."""
+FIXED_KNOBS = {
+    "fa3": "workers = SM count, scheduler (static round-robin; LPT + L2 swizzle when causal) and cluster (2 when "
+           "d ≥ 128, not causal, ⌈Nq/block_m⌉ even) are fixed inside models/fa3.py's build (no argument for them)",
+    "cudnn": "workers = SM count, static round-robin order, no cluster, 384 threads and the measured shared memory are "
+             "fixed inside models/cudnn.py's build (no argument for them; the measured shared memory stands for every "
+             "tile, so none is rejected for it)",
+    "fa4": "block_m = 2-CTA pair × q_stage × 128, the pair (on when not causal, d = 128, Nq > 256, or d = 256), "
+           "q_stage (2 when Nq > 128), workers = SMs / pair and the scheduler (LPT one CTA per tile when causal) are "
+           "fixed inside models/fa4.py's build (no argument for them)",
+    "lean": "kBlockM 64, 4 warps and the stream-K order are fixed inside models/lean.py's build; workers and block_n "
+            "are its knobs",
+}
+_ARCH = {"fa3": (("sm90",), "h100 or h200"), "cudnn": (("sm90",), "h100 or h200"), "fa4": (("sm100",), "b200"),
+         "lean": (("sm80", "sm86", "sm89", "sm90", "sm100"), "a100, h100, h200 or b200")}
+
+
+def check_persistent(kernel: str, hw: Hardware) -> None:
+    """One-line refusal of a persistent preset on hardware its kernel cannot run on."""
+    if kernel not in PERSISTENT_KERNELS:
+        raise IosimError(f"the persistent chooser takes --kernel {', '.join(PERSISTENT_KERNELS)}, not {kernel!r}")
+    archs, names = _ARCH[kernel]
+    if hw.arch not in archs:
+        raise IosimError(f"--kernel {kernel} runs on {'/'.join(archs)} only; use hardware {names} "
+                         f"(got {hw.name}, {hw.arch})")
+
+
+@dataclass(frozen=True)
+class PersistentCandidate:
+    kernel: str
+    block_m: int
+    block_n: int
+    legal: bool
+    reason: str = ""  # why illegal, or (ranked) why slower than the first
+    workers_asked: int | None = None  # lean: the grid given to build (None: the kernel's own)
+    workers: int = 0  # CTAs launched (persistent: one per worker)
+    persistent: bool = True
+    cluster: int = 1
+    order: str = ""
+    work_items: int = 0
+    time_s: float = math.inf  # the kernels at ``sm_share_time_s`` of predict(..., l2=False)
+    estimate: TimeEstimate | None = None
+    partial_bytes: int = 0  # lean: O_accum + LSE_accum written
+    num_warps: int = 0
+    num_stages: int = 0
+
+    @property
+    def key(self) -> tuple:
+        return self.block_m, self.block_n, self.workers
+
+    def main(self):
+        return max(self.estimate.kernels, key=lambda k: k.time_s)
+
+    def label(self) -> str:
+        return (f"{self.block_m}×{self.block_n}, {self.workers} {'workers' if self.persistent else 'CTAs'}, "
+                f"cluster {self.cluster}, {self.order}")
+
+    def to_dict(self) -> dict:
+        d = {"block_m": self.block_m, "block_n": self.block_n, "legal": self.legal, "reason": self.reason}
+        if self.legal:
+            d |= {"workers": self.workers, "persistent": self.persistent, "cluster": self.cluster, "order": self.order,
+                  "work_items": self.work_items, "time_s": self.time_s, "bound": self.estimate.bound,
+                  "num_warps": self.num_warps, "num_stages": self.num_stages, "partial_bytes": self.partial_bytes}
+        elif self.workers_asked is not None:
+            d["workers"] = self.workers_asked
+        return d
+
+
+def _order_of(kernel: str, sched) -> str:
+    if kernel == "lean":
+        return "stream-K"
+    text = " ".join(sched.notes)
+    for name, short in (("DynamicPersistentTileScheduler", "LPT+swizzle (dynamic)"),
+                        ("SingleTileLPTScheduler", "LPT+swizzle (1 CTA/tile)"),
+                        ("StaticPersistentTileScheduler", "static round-robin"),
+                        ("static round-robin", "static round-robin")):
+        if name in text:
+            return short
+    return "static round-robin"
+
+
+def _persistent_candidate(hw: Hardware, problem: Problem, kernel: str, bm: int | None, bn: int | None,
+                          workers: int | None = None) -> PersistentCandidate:
+    """Build ``kernel``'s schedule with these knobs and predict it as ``predict(..., l2=False)`` does."""
+    import warnings
+    from iosim.pipeline import predict
+    from iosim.presets import apply
+    from iosim.registry import get
+    cfg = KernelConfig(block_m=bm, block_n=bn)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if workers is None:
+                pred = predict(hw, problem, cfg, kernel=kernel, l2=False)
+                sched, est = pred.schedule, pred.time
+            else:  # a build keyword predict does not pass: the same steps as predict(..., l2=False)
+                alg, pcfg, pre = apply(kernel, problem, hw, cfg)
+                sched = get(alg).build(problem, pcfg, hw, workers=workers)
+                est = estimate(sched, count(sched), hw, path=pre.instruction_path, prefetch=pre.prefetch,
+                               regs_per_thread=pre.regs_per_thread)
+        k = sched.kernels[0]
+        if kernel == "fa4":  # tensor memory: q_stage · (block_n + d) columns (TMEM_COLUMNS)
+            q_stage = 2 if problem.seq_q > 128 else 1
+            cols = q_stage * (sched.config.block_n + problem.head_dim)
+            if cols > TMEM_COLUMNS:
+                raise IosimError(f"fa4: q_stage {q_stage} × (block_n {sched.config.block_n} + d {problem.head_dim}) "
+                                 f"= {cols} tensor-memory columns exceed {TMEM_COLUMNS}")
+    except IosimError as e:
+        return PersistentCandidate(kernel, bm or 0, bn or 0, False, str(e), workers_asked=workers)
+    cnt_partial = 0
+    if kernel == "lean":
+        cnt_partial = sum(kc.write_bytes.get(t, 0) for kc in count(sched).kernels for t in ("O_accum", "LSE_accum"))
+    n_items = int(sched.tables["lean_count" if kernel == "lean" else "work_count"].sum())  # tiles (lean: segments)
+    return PersistentCandidate(kernel, sched.config.block_m, sched.config.block_n, True, "", workers,
+                               math.prod(int(g.extent) for g in k.grid), bool(k.persistent), int(k.cluster),
+                               _order_of(kernel, sched), n_items, sum(sm_share_time_s(x, hw) for x in est.kernels),
+                               est, cnt_partial, k.threads_per_cta // 32, sched.config.num_stages)
+
+
+def persistent_grid(kernel: str, hw: Hardware, problem: Problem) -> list[tuple]:
+    """The (block_m, block_n, workers) the chooser tries for ``kernel`` (None = the model decides), before the
+    builds' own checks (shared memory, tensor memory, stream-K's cap): the legal knobs of each kernel, capped by the
+    problem (a tile at most the next power of two ≥ the sequence, 64 at least)."""
+    cap_m, cap_n = max(64, _pow2_ceil(problem.seq_q)), max(64, _pow2_ceil(problem.seq_kv))
+    if kernel in ("fa3", "cudnn"):
+        return [(m, n, None) for m in PERSISTENT_BLOCK_M for n in PERSISTENT_BLOCK_N if m <= cap_m and n <= cap_n]
+    if kernel == "fa4":
+        return [(None, n, None) for n in PERSISTENT_BLOCK_N if n <= cap_n]
+    workers = sorted({max(1, round(f * hw.sm_count)) for f in LEAN_WORKER_FACTORS})
+    return [(None, n, w) for n in LEAN_BLOCK_N if n <= cap_n for w in workers]
+
+
+def explain_persistent(best: PersistentCandidate, c: PersistentCandidate) -> str:
+    """Why ``c`` is slower than ``best``: time ratio, bound, and the knob differences that cost it."""
+    if c.key == best.key:
+        return "fastest"
+    kb, kc = best.main(), c.main()
+    parts: list[tuple[float, str]] = []
+    sb, sc = sum(k.sm_bytes for k in best.estimate.kernels), sum(k.sm_bytes for k in c.estimate.kernels)
+    if sc > 1.01 * sb:
+        parts.append((sc / sb, f"{sc / sb:.2f}× SM↔L2 bytes ({c.block_m}×{c.block_n} tiles: K/V re-read per query "
+                               "block" + (", partial O to scratch" if c.partial_bytes > best.partial_bytes else "") + ")"))
+    if kc.sms_busy < kb.sms_busy:
+        parts.append((kb.sms_busy / kc.sms_busy, f"{kc.sms_busy} vs {kb.sms_busy} busy SMs "
+                                                 f"({c.workers} workers)"))
+    if kc.tail_efficiency < kb.tail_efficiency - 0.005:
+        parts.append((1 + kb.tail_efficiency - kc.tail_efficiency,
+                      f"load balance {kc.tail_efficiency:.0%} vs {kb.tail_efficiency:.0%} ({c.work_items:,} items on "
+                      f"{c.workers} {'workers' if c.persistent else 'CTAs'}, {c.order})"))
+    for r, what in (("tensor_s", "tensor (ragged tiles padded)"), ("step_s", "tile-step overhead"),
+                    ("fp32_s", "fp32"), ("smem_s", "shared-memory"), ("l2_s", "L2"), ("dram_s", "DRAM"),
+                    ("fill_s", "per-CTA fill/epilogue"), ("launch_s", "launch")):
+        a, b = getattr(kc, r), getattr(kb, r)
+        if b > 0 and a > 1.01 * b:
+            parts.append((a / b, f"{a / b:.2f}× {what} time"))
+    if c.partial_bytes > best.partial_bytes:
+        parts.append((1.0, f"partial O {c.partial_bytes:,} vs {best.partial_bytes:,} B (more splits per output tile)"))
+    if c.cluster < best.cluster:
+        parts.append((1.0, f"cluster {c.cluster} vs {best.cluster}"))
+    parts.sort(key=lambda p: -p[0])
+    why = "; ".join(p[1] for p in parts[:3]) or "same predicted resources (ties: larger tiles, fewer workers first)"
+    return f"{c.time_s / best.time_s:.3f}× time, {c.estimate.bound}-bound: {why}"
+
+
+@dataclass(frozen=True)
+class PersistentChoice:
+    hardware: str
+    kernel: str
+    problem: Problem
+    path: str
+    ranked: tuple[PersistentCandidate, ...]
+    illegal: tuple[PersistentCandidate, ...]
+    default: PersistentCandidate  # the preset's own launch, predicted alike; reason = vs the chosen
+    fixed: str  # the knobs the model's build does not take
+
+    @property
+    def best(self) -> PersistentCandidate:
+        return self.ranked[0]
+
+    def to_dict(self, top: int | None = None) -> dict:
+        return {"mode": "persistent", "kernel": self.kernel, "hardware": self.hardware, "path": self.path,
+                "problem": dataclasses.asdict(self.problem), "legal_count": len(self.ranked),
+                "illegal_count": len(self.illegal), "default": self.default.to_dict(), "fixed_by_model": self.fixed,
+                "candidates": [c.to_dict() for c in self.ranked[:top]],
+                "illegal_examples": [c.to_dict() for c in self.illegal[:10]]}
+
+
+def choose_persistent(hw: Hardware, problem: Problem, kernel: str) -> PersistentChoice:
+    """Rank ``kernel``'s knobs (``persistent_grid``; fa3/cudnn: block_m × block_n, fa4: block_n, lean: workers ×
+    block_n) by predicted time (``predict(..., l2=False)``, kernels at ``sm_share_time_s`` as ``choose_decode``),
+    the preset's own launch beside."""
+    from iosim.presets import get_preset
+    check_persistent(kernel, hw)
+    if not all(isinstance(getattr(problem, n), int) for n in ("batch", "heads", "seq_q", "seq_kv", "head_dim")):
+        raise IosimError("the persistent chooser needs concrete sizes (seq_q, seq_kv, head_dim as integers)")
+    default = _persistent_candidate(hw, problem, kernel, None, None)
+    if not default.legal:
+        raise IosimError(f"--kernel {kernel} cannot run this problem: {default.reason}")
+    grid = persistent_grid(kernel, hw, problem)
+    if kernel == "lean":  # LeanAttention's own grid for each block_n beside the multiples of the SM count
+        own = {n: _persistent_candidate(hw, problem, kernel, None, n) for n in {g[1] for g in grid}}
+        grid = sorted(set(grid) | {(None, n, c.workers) for n, c in own.items() if c.legal},
+                      key=lambda g: (g[1], g[2]))
+    cands = [_persistent_candidate(hw, problem, kernel, *g) for g in grid]
+    legal = sorted((c for c in cands if c.legal), key=lambda c: (round(c.time_s, 12), -c.block_m * c.block_n,
+                                                                 c.workers))
+    if not legal:
+        raise IosimError(f"no legal {kernel} configuration on {hw.name}: "
+                         + " | ".join(sorted({c.reason for c in cands})[:3]))
+    best = legal[0]
+    ranked = tuple(dataclasses.replace(c, reason=explain_persistent(best, c)) for c in legal)
+    default = dataclasses.replace(default, reason=explain_persistent(best, default) + f" ({kernel}'s own launch)")
+    return PersistentChoice(hw.name, kernel, problem, get_preset(kernel).instruction_path or native_path(hw), ranked,
+                            tuple(c for c in cands if not c.legal), default, FIXED_KNOBS[kernel])
+
+
+def format_persistent(choice: PersistentChoice, top: int = 5) -> str:
+    p = choice.problem
+    knobs = {"fa3": "block_m × block_n", "cudnn": "block_m × block_n", "fa4": "block_n",
+             "lean": "workers × block_n"}[choice.kernel]
+    lines = [f"{choice.kernel} (persistent) on {choice.hardware} ({choice.path}): B={p.batch} H={p.heads} "
+             f"Hkv={p.kv_heads} Nq={p.seq_q} Nkv={p.seq_kv} d={p.head_dim} {p.dtype}{' causal' if p.causal else ''}",
+             f"{len(choice.ranked)} legal {knobs}, {len(choice.illegal)} rejected; {choice.fixed}",
+             f"{'#':>7} {'BM':>4} {'BN':>4} {'workers':>7} {'cluster':>7} {'order':<25} {'items':>7} {'time':>11} "
+             f"{'bound':>7}  why slower than #1"]
+    rows = [(f"{i}", c) for i, c in enumerate(choice.ranked[:top], 1)] + [(choice.kernel, choice.default)]
+    for tag, c in rows:
+        w = f"{c.workers}" + ("" if c.persistent else "*")
+        lines.append(f"{tag:>7} {c.block_m:>4} {c.block_n:>4} {w:>7} {c.cluster:>7} {c.order:<25} {c.work_items:>7,} "
+                     f"{c.time_s * 1e3:>8.4f} ms {c.estimate.bound:>7}  {c.reason}")
+    if not all(c.persistent for _, c in rows):
+        lines.append("* not persistent: one CTA per tile")
+    return "\n".join(lines) + "\n"
