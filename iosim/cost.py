@@ -34,7 +34,10 @@ Overlap rule (each constant's source is in its docstring below):
   prefetched inside the CTA (``prefetch``, set by presets such as ``fa2``: FA2's CUDA kernel has one smem buffer
   per tensor but issues the cp.async for K tile j+1 before the softmax/PV of tile j and loads V under QKᵀ —
   ``flash_fwd_kernel.h``, ``compute_attn_1rowblock``): body = max(compute, smem, l2, dram). With one stage a CTA waits for its own loads, and only the other r − 1
-  resident CTAs hide them: body = compute + max(smem, l2, dram) / r (r = resident CTAs per SM).
+  resident CTAs hide them: body = max(compute + M / r, M), M = max(smem, l2, dram), r = resident CTAs per SM. The
+  ÷ r is waiting a CTA sees, not bandwidth: M is a whole-chip (DRAM, L2) or busiest-SM (smem) busy time that no
+  number of resident CTAs shortens, so M is a floor for every kernel (issue 21: LeanAttention's 216 persistent
+  CTAs, r = 2, were predicted at compute + DRAM/2, below their own DRAM time).
 * SM-local resources (tensor, sfu, fp32, smem) are divided by the tail efficiency (``tail_efficiency``): mean work
   per SM / the busiest SM's work, CTAs handed in launch order to the least-loaded SM; with equal work per CTA this
   is (P/S)/⌈P/S⌉ for P CTAs on S SMs; a causal CTA's work is its KV steps (``program_steps``) + its
@@ -746,6 +749,7 @@ def estimate_kernel(schedule: Schedule, kernel: Kernel, kc: KernelCounts, hw: Ha
 
     mem = max(smem_s * scale, l2_s, dram_s)
     overlapped = num_stages >= 2 or prefetch or bool(kernel.pipeline)
+    mem_part = mem  # the memory side of the body as it combines them (binding_resource)
     if overlapped:
         body = max(compute_s * scale, mem)
         if kernel.pipeline:
@@ -753,15 +757,20 @@ def estimate_kernel(schedule: Schedule, kernel: Kernel, kc: KernelCounts, hw: Ha
         elif num_stages < 2:
             notes.append("one stage, but the kernel prefetches the next K/V tile in-CTA: loads overlap compute")
     else:
-        body = compute_s * scale + mem / max(1, resident)
+        exposed = compute_s * scale + mem / max(1, resident)
+        body = max(exposed, mem)  # memory busy time is a floor: resident CTAs hide waiting, not bytes (docstring)
         notes.append(f"one stage: loads not pipelined, only the {resident} resident CTA(s) per SM overlap them")
+        if mem <= exposed:
+            mem_part = mem / max(1, resident)
+        else:
+            notes.append("memory-bound: its busy time exceeds compute + memory / resident CTAs (chip-wide floor)")
     rounds = math.ceil(math.ceil(per_sm) / occ.ctas_per_sm) if P else 0
     fill = fill_rounds(rounds, occ.ctas_per_sm) * ovh.total_s
     body += fill
     launch = LAUNCH_OVERHEAD_S
     times = {"tensor": tensor_s * scale, "sfu": sfu_s * scale, "fp32": fp32_s * scale,
              "smem": smem_s * scale, "l2": l2_s, "dram": dram_s}
-    resource = binding_resource(times, compute_s * scale, mem if overlapped else mem / max(1, resident))
+    resource = binding_resource(times, compute_s * scale, mem_part)
     bound = bound_of(resource, scale, launch > body)
     return KernelTime(
         name=kernel.name, path=path, tensor_s=tensor_s, sfu_s=sfu_s, fp32_s=fp32_s, smem_s=smem_s, l2_s=l2_s,
