@@ -15,6 +15,8 @@ File format (``schema_version = 1``)::
     [values.tensor_flops_per_s]  # dense, per dtype
     bf16 = { value = 989.4e12, kind = "datasheet", source = "..." }
 
+An optional ``[interconnect]`` table (links between GPUs, same entry shape) is read by ``iosim.multigpu.interconnect``.
+
 ``kind`` is one of KINDS. ``measured`` and ``calibrated`` values name the tool and date in their source.
 Base units only (bytes, Hz, s, flop); the unit is in the key.
 """
@@ -199,10 +201,12 @@ def parse_profile(doc: dict, path: str) -> Hardware:
     values = doc.get("values")
     if not isinstance(values, dict):
         raise _fail(path, "values", "expected a [values] table")
-    unknown_top = set(doc) - {"schema_version", "name", "full_name", "vendor", "arch", "values"}
+    unknown_top = set(doc) - {"schema_version", "name", "full_name", "vendor", "arch", "values", "interconnect"}
     if unknown_top:
         raise _fail(path, sorted(unknown_top)[0], "unknown top-level key; allowed: schema_version, name, full_name, "
-                    "vendor, arch, [values]")
+                    "vendor, arch, [values], [interconnect]")
+    if "interconnect" in doc and not isinstance(doc["interconnect"], dict):  # read by iosim.multigpu.interconnect
+        raise _fail(path, "interconnect", "expected an [interconnect] table of {value, kind, source} entries")
     unknown = set(values) - _VALUE_KEYS
     if unknown:
         raise _fail(path, f"values.{sorted(unknown)[0]}", f"unknown key; known keys: {', '.join(sorted(_VALUE_KEYS))}")
