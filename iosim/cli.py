@@ -53,6 +53,41 @@ def add_mask_flags(p: argparse.ArgumentParser) -> None:
                         "FlexAttention's BLOCK_SIZE)")
 
 
+def add_param_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--param", action="append", default=None, metavar="KEY=VALUE",
+                   help="a method parameter of --algorithm, repeatable (the sparse family: density=0.2, seed=0, "
+                        "table=FILE.npy, scores=FILE.npy, stride=16, threshold=0.9, …; `iosim algorithms` lists them)")
+
+
+def parse_value(text: str):
+    """int, float, bool, none or the string itself (a file path)."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def params_of(a: argparse.Namespace) -> dict | None:
+    """--param KEY=VALUE … as a dict (one-line error for a malformed item)."""
+    items = getattr(a, "param", None)
+    if not items:
+        return None
+    out = {}
+    for it in items:
+        key, sep, val = it.partition("=")
+        if not sep or not key.strip():
+            raise IosimError(f"--param {it!r}: write KEY=VALUE, e.g. --param density=0.2")
+        out[key.strip().replace("-", "_")] = parse_value(val)
+    return out
+
+
 def mask_of(a: argparse.Namespace):
     """The MaskSpec of --mask/--mask-block (None without --mask)."""
     if not a.mask:
@@ -155,6 +190,7 @@ def create_parser(load: Sequence[str] | None = None) -> argparse.ArgumentParser:
                    help="decode over a paged KV cache of P-token pages (a multiple of 256; FA2's mha_fwd_kvcache, "
                         "its split-KV kernel), the pages in a seeded random physical order")
     p.add_argument("--page-seed", type=int, default=0, metavar="S", help="seed of the physical page order (default 0)")
+    add_param_flag(p)
     p.set_defaults(batch=None, seq_q=None)  # 1 and 4096 unless --varlen gives them (varlen_args)
     sub.add_parser("algorithms", help="list the algorithm families")
     for name, _, help_ in COMMANDS:
@@ -307,7 +343,8 @@ def run(argv: Sequence[str], out: IO[str]) -> int:
         pred = predict(hw, problem, config, args.algorithm, kernel=args.kernel, l2=not args.no_l2, l2_geometry=geom,
                        l2_stride=1 if args.l2_exact else None, cta_jitter=args.cta_jitter, progress=True,
                        direction=args.direction, block_mask=mask_of(args), varlen=lens and lens[0],
-                       varlen_kv=lens and lens[1], page_size=args.page_size, page_seed=args.page_seed)
+                       varlen_kv=lens and lens[1], page_size=args.page_size, page_seed=args.page_seed,
+                       params=params_of(args))
         if args.json:
             out.write(json.dumps(pred.to_dict(), indent=1) + "\n")
         else:

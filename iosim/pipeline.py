@@ -212,8 +212,20 @@ def _varlen_mask(spec: maskspec.MaskSpec, problem: Problem) -> None:
                          "sliding:W (a window per sequence); give one of those, or drop varlen")
 
 
+def check_params(algorithm: str, params: dict) -> None:
+    """One-line error for method parameters (``--param KEY=VALUE``) the algorithm's builder does not take."""
+    import inspect
+    sig = inspect.signature(get(algorithm).build).parameters
+    known = [n for n, q in sig.items() if q.kind == q.KEYWORD_ONLY or (q.default is not q.empty and
+                                                                       n not in ("hw", "hardware"))]
+    bad = [k for k in params if k not in known]
+    if bad:
+        raise IosimError(f"--algorithm {algorithm} takes no parameter {', '.join(map(repr, bad))}; its parameters: "
+                         f"{', '.join(known) or 'none'}")
+
+
 def _build_pass(name: str, hardware: Hardware, problem: Problem, config: KernelConfig, algorithm: str,
-                kernel: str | None, block_mask, layout: dict) -> _Pass:
+                kernel: str | None, block_mask, layout: dict, params: dict | None = None) -> _Pass:
     """The forward ("fwd") or the backward ("bwd"): a preset decides both, else ``iosim.passes.BACKWARD``;
     layout: the build keywords of a varlen batch or a paged KV cache (forward only)."""
     pre, kw = None, {}
@@ -231,6 +243,11 @@ def _build_pass(name: str, hardware: Hardware, problem: Problem, config: KernelC
     if isinstance(block_mask, maskspec.MaskSpec):
         block_mask, kw = _mask_args(block_mask, problem, config, algorithm, kernel)
     kw |= layout
+    if params:
+        if pre is not None and pre.schedule is not None:
+            raise IosimError(f"--kernel {kernel} takes no method parameters (--param); give --algorithm instead")
+        check_params(algorithm, params)
+        kw |= params
     if pre is not None and pre.schedule is not None:
         schedule = pre.schedule(problem, config, hardware, block_mask)
     elif block_mask is not None or kw:
@@ -278,7 +295,7 @@ def predict(hardware: Hardware | str, problem: Problem, config: KernelConfig | N
             kernel: str | None = None, l2: bool = True, l2_geometry: L2Geometry | None = None,
             l2_stride: int | None = None, cta_jitter: float | None = None, block_mask=None, varlen=None,
             varlen_kv=None, page_size: int | None = None, page_seed: int = 0, progress: bool | None = None,
-            direction: str = "fwd") -> Prediction:
+            direction: str = "fwd", params: dict | None = None) -> Prediction:
     """Counts, and (unless ``l2`` is False) DRAM traffic through the shared L2.
 
     kernel: a preset name (``iosim.presets``: fa2, triton-tutorial, iosim-triton, flex) that pins the algorithm, tiles,
@@ -302,6 +319,8 @@ def predict(hardware: Hardware | str, problem: Problem, config: KernelConfig | N
     file, cu_seqlens alike (``iosim.models.varlen.parse_lengths``); varlen_kv the key lengths (default varlen). The
     problem's batch / seq_q / seq_kv must be their count and longest (``varlen_problem``). Runs ``flash2_varlen``
     (the fa2 preset's tiles and orders with ``kernel="fa2"``); a causal or sliding mask applies per sequence.
+    params: the algorithm's method parameters (keyword arguments of its builder: the sparse family's density, seed,
+    table, stride, threshold, …; ``iosim algorithms`` lists them), checked by name (``check_params``).
     page_size: decode over a paged KV cache of page_size-token pages (a multiple of 256), pages in the seeded random
     physical order of page_seed: the fa2 preset's (or ``splitkv``'s) split-KV kernel (``splitkv``'s page_size).
     """
@@ -313,7 +332,7 @@ def predict(hardware: Hardware | str, problem: Problem, config: KernelConfig | N
             problem = replace(problem, causal=True)
         mask = maskspec.describe(block_mask, problem)
     layout = _layout(varlen, varlen_kv, page_size, page_seed)
-    parts = [_build_pass(d, hardware, problem, config, algorithm, kernel, block_mask, layout)
+    parts = [_build_pass(d, hardware, problem, config, algorithm, kernel, block_mask, layout, params)
              for d in passes_of(direction)]
     if len(parts) == 1:
         schedule, regs = parts[0].schedule, parts[0].regs

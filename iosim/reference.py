@@ -93,7 +93,7 @@ class Result:
 class _Buf:
     """One on-chip buffer: data of the declared shape, the global origin and valid extent of each axis."""
 
-    __slots__ = ("name", "data", "origin", "ext", "fresh")
+    __slots__ = ("name", "data", "origin", "ext", "fresh", "pos")
 
     def __init__(self, name: str, shape: tuple[int, ...], dtype):
         self.name = name
@@ -101,6 +101,11 @@ class _Buf:
         self.origin = (0,) * len(shape)
         self.ext = (0,) * len(shape)
         self.fresh = True
+        self.pos = None  # gathered rows: {buffer axis: sequence positions of its rows} (``Span.gather``/``positions``)
+
+    def row_pos(self, axis: int = 0):
+        """Sequence positions of the rows on ``axis`` (None: contiguous from the origin)."""
+        return None if self.pos is None else self.pos.get(axis)
 
     def value(self, identity: float) -> np.ndarray:
         """The data; a fresh buffer is first filled with the accumulator's identity (−∞ for a max, 0 for a sum)."""
@@ -121,6 +126,7 @@ class _Ctx:
 
     def __init__(self, problem, scale: float, dtype, tables=None):
         t = tables or {}
+        self.tables = t  # the schedule's tables (ops of data-dependent kernels read them: selected indices)
         self.problem, self.scale, self.dtype, self.regs = problem, scale, dtype, {}
         self.causal = bool(getattr(problem, "causal", False))
         left, right = (int(x) for x in t["window"]) if "window" in t else (-1, -1)
@@ -128,14 +134,18 @@ class _Ctx:
         self.shift = int(problem.seq_kv) - int(problem.seq_q)
         self.cu = (np.asarray(t["cu_seqlens_q"]), np.asarray(t["cu_seqlens_k"])) if "cu_seqlens_q" in t else None
 
-    def masked(self, x: np.ndarray, row0: int, col0: int) -> np.ndarray:
+    def masked(self, x: np.ndarray, row0: int, col0: int, pos=None) -> np.ndarray:
         """x with −∞ where key col0+c is invisible to query row0+r: with δ = c − (r + N_kv − N_q) (bottom-right
-        aligned), visible iff −left ≤ δ ≤ right (a negative bound is unbounded; FA2's mask.h)."""
+        aligned), visible iff −left ≤ δ ≤ right (a negative bound is unbounded; FA2's mask.h). pos: (row positions,
+        key positions), either None, for gathered tiles (``_Buf.pos``)."""
         left, right = self.window
         if left < 0 and right < 0:
             return x
         r, c = x.shape
         rows, cols, shift = np.arange(row0, row0 + r), np.arange(col0, col0 + c), self.shift
+        if pos is not None:
+            rows = rows if pos[0] is None else np.asarray(pos[0][:r])
+            cols = cols if pos[1] is None else np.asarray(pos[1][:c])
         if self.cu is not None:  # packed varlen: this tile's sequence b, its own offsets and lengths
             cq, ck = self.cu
             b = int(np.searchsorted(cq, row0, side="right")) - 1
@@ -143,6 +153,11 @@ class _Ctx:
         d = cols[None, :] - (rows[:, None] + shift)
         vis = ((left < 0) | (d >= -left)) & ((right < 0) | (d <= right))
         return x if vis.all() else np.where(vis, x, NEG_INF)
+
+
+def _pair(s: "_Buf"):
+    """(row positions, key positions) of a gathered score tile, or None."""
+    return None if s.pos is None else (s.pos.get(0), s.pos.get(1))
 
 
 def _safe(m: np.ndarray) -> np.ndarray:
@@ -157,6 +172,8 @@ def op_qk(ctx, q, k, s):
     r, c = q.ext[0], k.ext[0]
     s.data[:r, :c] = (q.data[:r] @ k.data[:c].T) * ctx.scale
     s.set((q.origin[0], k.origin[0]), (r, c))
+    qp, kp = q.row_pos(), k.row_pos()
+    s.pos = None if qp is None and kp is None else {0: qp, 1: kp}
 
 
 def op_online_softmax(ctx, s, m, l, acc):
@@ -164,7 +181,7 @@ def op_online_softmax(ctx, s, m, l, acc):
 
     P overwrites S (masked entries → 0)."""
     r, c = s.ext
-    x = ctx.masked(s.data[:r, :c], s.origin[0], s.origin[1])
+    x = ctx.masked(s.data[:r, :c], s.origin[0], s.origin[1], _pair(s))
     m_old, l_old = m.value(NEG_INF)[:r], l.value(0.0)[:r]
     a = acc.value(0.0)
     m_new = np.maximum(m_old, x.max(axis=1))
@@ -278,7 +295,7 @@ def op_flash1_step(ctx, q, k, v, o, l, m):
 def op_softmax(ctx, s):
     """P = softmax(S) row-wise over the whole row block (one pass); fully masked rows → 0."""
     r, c = s.ext
-    x = ctx.masked(s.data[:r, :c], s.origin[0], s.origin[1])
+    x = ctx.masked(s.data[:r, :c], s.origin[0], s.origin[1], _pair(s))
     p = np.exp(x - _safe(x.max(axis=1))[:, None])
     tot = p.sum(axis=1)
     s.data[:r, :c] = np.where((tot > 0)[:, None], p / np.where(tot > 0, tot, 1.0)[:, None], 0.0)
@@ -413,7 +430,43 @@ def op_square_pv_accumulate(ctx, a, v, o, d):
     o.set((a.origin[0], v.origin[1]), (r, w))
 
 
+def op_pool_mean(ctx, src, dst):
+    """dst[0] = mean of the valid rows of src (sparse pre-passes: pooled Q/K, ``models/sparse/common.py``)."""
+    r = src.ext[0]
+    dst.value(0.0)[0] = src.data[:r].mean(axis=0) if r else 0.0
+    dst.set((src.origin[0],), (1, dst.data.shape[1]))
+
+
+def op_score_nt(ctx, a, b, s):
+    """S = A Bᵀ (block scores of pooled or strided tensors; unscaled)."""
+    r, c = a.ext[0], b.ext[0]
+    s.data[:r, :c] = a.data[:r] @ b.data[:c].T
+    s.set((a.origin[0], b.origin[0]), (r, c))
+
+
+def op_select_row(ctx, row, idx):
+    """idx = the row's indices by descending score (the first K; the kept ones lead)."""
+    c = row.ext[1] if row.data.ndim > 1 else row.ext[0]
+    vals = row.data.reshape(-1)[:c]
+    k = idx.data.reshape(-1).shape[0]
+    order = np.argsort(-vals, kind="stable")[:k]
+    flat = idx.value(0.0).reshape(-1)
+    flat[:] = -1
+    flat[:len(order)] = order
+    idx.set(row.origin[:idx.data.ndim], idx.data.shape)
+
+
+def op_copy(ctx, x, y):
+    """y = x (a gather into a contiguous copy)."""
+    y.data[...] = x.data
+    y.set(x.origin, x.ext)
+
+
 OPS: dict[str, Callable] = {
+    "pool_mean": op_pool_mean,
+    "score_nt": op_score_nt,
+    "select_row": op_select_row,
+    "copy": op_copy,
     # flash2 / block_sparse / splitkv forward
     "qk": op_qk, "online_softmax": op_online_softmax, "pv": op_pv, "finalize": op_finalize,
     "finalize_split": op_finalize_split, "combine_step": op_combine_step,
@@ -432,6 +485,17 @@ OPS: dict[str, Callable] = {
 """Compute.op → function(ctx, *buffers in Compute.args order). Models add an op by adding an entry here."""
 
 
+def register_op(name: str):
+    """Decorator: a model module adds its own op (``OPS[name] = fn``; the sparse family's pre-pass ops). A name
+    taken by another function is refused."""
+    def deco(fn: Callable) -> Callable:
+        if OPS.get(name, fn) is not fn:
+            raise RuntimeError(f"reference op {name!r} registered twice ({OPS[name].__module__}, {fn.__module__})")
+        OPS[name] = fn
+        return fn
+    return deco
+
+
 # --- compilation of a kernel's statements into closures ------------------------------------------------------------
 
 def _span_fn(s: Span):
@@ -441,6 +505,20 @@ def _span_fn(s: Span):
         k, B, L = int(fi(env)), int(fb(env)), int(fl(env))
         return int(fo(env)) + k * B, min(max(L - k * B, 0), B)
     return span
+
+
+def _index_fn(spec):
+    """(table symbol, *lead exprs) → fn(env, start, ext) giving tables[T][lead…, start:start+ext]; None → None."""
+    if spec is None:
+        return None
+    sym, lead = spec[0], [compile_expr(e) for e in spec[1:]]
+
+    def rows(env, start, ext):
+        tbl = env.get(sym)
+        if tbl is None:
+            raise IosimError(f"gather table {sym} is not attached to the schedule (Schedule.tables)")
+        return np.asarray(tbl.array[tuple(int(f(env)) for f in lead)][start:start + ext])
+    return rows
 
 
 def _work_fns(works):
@@ -478,8 +556,10 @@ class _Compiled:
                 raise IosimError(f"{self.kernel.name}: atomic store into {t.tensor}, which is not fp32; atomics "
                                  f"here are fp32 adds (make the tensor's elem_bytes 4)")
             kind = "load" if isinstance(st, Load) else ("atomic" if st.atomic else "store")
+            gath = [(_index_fn(s.gather), _index_fn(s.positions or s.gather)) if s.gather or s.positions else None
+                    for s in t.spans]
             return (kind, st.buffer, t.tensor, [_span_fn(s) for s in t.spans], self.schedule.tensors[t.tensor].elem_bytes,
-                    self._axes(st.buffer, t))
+                    self._axes(st.buffer, t), gath if any(gath) else None)
         if isinstance(st, Compute):
             if st.op not in OPS:
                 raise IosimError(f"{self.kernel.name}: no NumPy implementation for op {st.op!r}; "
@@ -596,7 +676,7 @@ class _Executor:
                             val *= sp_(env)[1]
                         work[slot] += val
             else:
-                _, bname, tname, spans, eb, axes = st
+                _, bname, tname, spans, eb, axes, gath = st
                 se = [f(env) for f in spans]
                 starts = tuple(s for s, _ in se)
                 exts = tuple(e for _, e in se)
@@ -607,6 +687,16 @@ class _Executor:
                     tally[("atomic", tname)] = tally.get(("atomic", tname), 0) + nelem * eb
                 arr = hbm[tname]
                 gsl = tuple(slice(s, s + e) for s, e in se)
+                pos = None
+                if gath is not None:
+                    gsl, pos = list(gsl), {}
+                    for ax, g in enumerate(gath):
+                        if g is not None:
+                            s0, e0 = se[ax]
+                            if g[0] is not None:
+                                gsl[ax] = g[0](env, s0, e0)
+                            pos[ax] = g[1](env, s0, e0)
+                    gsl = tuple(gsl)
                 buf = bufs[bname]
                 what = f"{kname}: {kind} {tname}{list(gsl)}"
                 if axes is None:
@@ -619,6 +709,11 @@ class _Executor:
                         buf.set(origin, tuple(sl.stop for sl in bsl))
                     else:
                         buf.set(origin, tuple(max(a, sl.stop) for a, sl in zip(buf.ext, bsl)))
+                    if pos is None:
+                        buf.pos = None
+                    else:  # tile axis → buffer axis (trailing axes, or the mapped ones)
+                        tax = tuple(axes) if axes is not None else tuple(range(len(se) - buf.data.ndim, len(se)))
+                        buf.pos = {tax.index(a): p for a, p in pos.items() if a in tax}
                 elif kind == "atomic":
                     arr[gsl] += buf.data[bsl].reshape(exts)
                 else:

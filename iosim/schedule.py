@@ -52,6 +52,13 @@ class Span:
     block: Expr
     length: Expr
     offset: Expr = 0
+    gather: tuple | None = None  # (table symbol, *leading index exprs): element x of [start, start + extent) is
+    # row tables[T][lead…, x] of the tensor axis (an index gather of scattered rows: S2O, AnchorAttention, NSA's
+    # selected blocks); counts are unchanged (same extent), the L2 trace reads each gathered row as its own run,
+    # the NumPy reference indexes the rows and masks by the gathered positions.
+    positions: tuple | None = None  # (table symbol, *leading index exprs): the sequence positions of the rows for
+    # causal/window masks when they differ from the rows read (a permuted copy K' = K[perm]: positions = perm);
+    # None: the rows read (gathered or contiguous) are the positions. Only the NumPy reference reads it.
 
     @property
     def extent(self) -> Expr:
@@ -65,6 +72,12 @@ class Span:
 def full(length: Expr) -> Span:
     """The whole axis."""
     return Span(0, length, length)
+
+
+def gathered(index: Expr, block: Expr, length: Expr, tbl: sp.Symbol, *lead: Expr, positions: tuple | None = None) -> Span:
+    """Rows tables[tbl][lead…, index·block + x] for x < extent of an axis of ``length`` logical rows (an index
+    gather; ``length`` bounds the logical index, the table maps it to a physical row)."""
+    return Span(index, block, length, 0, (tbl, *lead), positions)
 
 
 def point(index: Expr, length: Expr) -> Span:

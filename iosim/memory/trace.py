@@ -62,8 +62,8 @@ def tile_runs(tile: Tile, lay: Layout, env: dict, npts: int):
     t = lay[tile.tensor]
     if len(tile.spans) != len(t.dims):
         raise IosimError(f"tile of {tile.tensor} has {len(tile.spans)} spans for a {len(t.dims)}-d tensor")
-    starts, exts = [], []
-    for s, length in zip(tile.spans, t.dims):
+    starts, exts, gathers = [], [], {}
+    for ax, (s, length) in enumerate(zip(tile.spans, t.dims)):
         k = evaluate(s.index, env)
         b = evaluate(s.block, env)
         L = evaluate(s.length, env)
@@ -71,22 +71,32 @@ def tile_runs(tile: Tile, lay: Layout, env: dict, npts: int):
         ext = np.clip(np.asarray(L - st), 0, b)
         starts.append(_bcast(st + evaluate(s.offset, env), npts))
         exts.append(_bcast(ext, npts))
+        if s.gather is not None:  # rows tables[T][lead…, x]: evaluated per point below
+            tbl = env.get(s.gather[0])
+            if tbl is None:
+                raise IosimError(f"tile of {tile.tensor}: gather table {s.gather[0]} is not attached to the schedule")
+            gathers[ax] = (tbl.array, [_bcast(evaluate(e, env), npts) for e in s.gather[1:]])
     nd = len(t.dims)
     # c: first dim of the contiguous run; every dim after it must be complete at every point.
     c = nd - 1
     while c > 0 and bool(np.all(starts[c] == 0)) and bool(np.all(exts[c] == t.dims[c])):
         c -= 1
+    if gathers:
+        g = max(gathers)
+        if g == nd - 1:
+            raise IosimError(f"tile of {tile.tensor}: a gather on the last (contiguous) axis is not supported")
+        c = max(c, g + 1)  # every gathered row is its own run
     eb = t.spec.elem_bytes
     inner = 1
     for d in t.dims[c + 1:]:
         inner *= d
     run_bytes = exts[c] * inner * eb
-    base = t.base + eb * sum(starts[i] * t.strides[i] for i in range(nd))
+    base = t.base + eb * sum(starts[i] * t.strides[i] for i in range(nd) if i not in gathers)
     nruns = np.ones(npts, dtype=np.int64)
     for i in range(c):
         nruns = nruns * exts[i]
     nruns = np.where(run_bytes > 0, nruns, 0)
-    if bool(np.all(nruns == 1)):
+    if not gathers and bool(np.all(nruns == 1)):
         pts = np.arange(npts)
         return pts, np.asarray(base, dtype=np.int64).copy(), np.asarray(run_bytes, dtype=np.int64).copy()
     total = int(nruns.sum())
@@ -95,7 +105,11 @@ def tile_runs(tile: Tile, lay: Layout, env: dict, npts: int):
     off = np.zeros(total, dtype=np.int64)
     for i in range(c - 1, -1, -1):  # mixed radix over the leading dims, last fastest
         e = exts[i][pts]
-        off += (r % e) * t.strides[i] * eb
+        x = r % e
+        if i in gathers:
+            arr, lead = gathers[i]
+            x = arr[tuple(v[pts] for v in lead) + (starts[i][pts] + x,)]
+        off += x * t.strides[i] * eb
         r //= e
     return pts, base[pts] + off, run_bytes[pts].astype(np.int64)
 
