@@ -25,8 +25,9 @@ mesh, one peer is reached over the links that join the pair only (``peer_bandwid
 link at once. Beyond ``gpus_per_node`` GPUs, traffic between nodes goes through each GPU's own NIC.
 
 Latency follows NCCL's own cost model (src/graph/tuning.cc: a fixed ``baseLat`` per operation plus ``hwLat`` per ring
-step, NVLink or network): one point-to-point transfer pays launch + one step; a ring AllReduce launch + 2(P-1) steps;
-an all-to-all (P-1 concurrent sends) launch + one step. These are NCCL's estimates, not measurements.
+step, NVLink or network): one point-to-point transfer pays launch + one step; an AllReduce launch + 2(P-1) steps;
+an all-to-all (P-1 concurrent sends) launch + one step. These are NCCL's estimates, not measurements; HCCL (Ascend)
+is priced with the same constants (assumed).
 """
 
 from __future__ import annotations
@@ -182,15 +183,22 @@ def alltoall_time_s(ic: Interconnect, topo: Topology, bytes_per_peer: int) -> fl
     return lat + max(intra, inter)
 
 
+def collective_bandwidth_bytes_per_s(ic: Interconnect, topo: Topology) -> float:
+    """Per-direction bandwidth one GPU gets in a collective that talks to all its peers: a switch gives the GPU's
+    full ``gpu_bandwidth``; a mesh at most (local GPUs − 1) × ``peer_bandwidth`` (every link at once); with several
+    nodes the GPU's NIC caps it."""
+    bw = ic.gpu_bandwidth_bytes_per_s if ic.topology == "switch" else \
+        min(ic.gpu_bandwidth_bytes_per_s, max(1, topo.local - 1) * ic.peer_bandwidth_bytes_per_s)
+    return bw if topo.nodes == 1 else min(bw, ic.internode_bandwidth_bytes_per_s)
+
+
 def allreduce_time_s(ic: Interconnect, topo: Topology, nbytes: int) -> float:
-    """Ring AllReduce of an ``nbytes`` message: 2(P-1) steps of nbytes/P each (reduce-scatter, all-gather), every
-    hop at the ring's slowest link (NCCL's ring model: launch + 2(P-1) step latencies, NVLink or network)."""
+    """AllReduce of an ``nbytes`` message: reduce-scatter + all-gather, each GPU sending 2(P−1)/P·nbytes at the
+    collective bandwidth (``collective_bandwidth_bytes_per_s``); latency as NCCL's ring model: launch + 2(P−1)
+    step latencies (network steps for the 2(nodes−1) hops between nodes)."""
     p = topo.devices
     if p == 1 or nbytes == 0:
         return 0.0
-    steps = 2 * (p - 1)
-    inter_steps = 2 * (topo.nodes - 1)
-    bw = ic.peer_bandwidth_bytes_per_s if topo.nodes == 1 else \
-        min(ic.peer_bandwidth_bytes_per_s, ic.internode_bandwidth_bytes_per_s)
+    steps, inter_steps = 2 * (p - 1), 2 * (topo.nodes - 1)
     lat = ic.launch_latency_s + (steps - inter_steps) * ic.step_latency_s + inter_steps * ic.internode_step_latency_s
-    return lat + steps * (nbytes / p) / bw
+    return lat + 2 * (p - 1) * (nbytes / p) / collective_bandwidth_bytes_per_s(ic, topo)
