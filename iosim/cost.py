@@ -11,7 +11,8 @@ smem        shared-memory bytes / (smem_bandwidth_bytes_per_clock_per_sm × sm_c
             the MMAs read from shared memory, as FA4's roofline counts them (rule in ``smem_bytes``)
 l2          SM↔L2 bytes (the counts' read + write bytes) / l2_bandwidth_bytes_per_s (profile; if absent,
             4 × HBM bandwidth, the assumption of Triton's old matmul_perf_model); atomic stores (fp32 RED, counted
-            among the writes) add atomic bytes / (L2 bandwidth × L2_ATOMIC_EFFICIENCY): their read-modify-write
+            among the writes) add atomic bytes / (L2 bandwidth × L2_ATOMIC_EFFICIENCY): their read-modify-write;
+            index-gathered rows (``Span.gather``) are priced at whole sectors (``gather_sector_bytes``)
 dram        DRAM bytes / (hbm_bandwidth_bytes_per_s × DRAM_EFFICIENCY); DRAM bytes come from the L2 model when the
             caller passes them, else the compulsory traffic (``compulsory_dram_bytes``: every tensor a kernel reads
             is read from DRAM once, every tensor it writes is written once; re-reads are assumed to hit in L2)
@@ -514,6 +515,80 @@ def tensor_bytes(schedule: Schedule, name: str) -> int:
     return math.prod(_int(d) for d in t.dims) * t.elem_bytes
 
 
+def _gathered_axis(tile) -> int | None:
+    """The last axis of ``tile`` read through an index gather (``Span.gather``), or None."""
+    axes = [i for i, s in enumerate(tile.spans) if s.gather is not None]
+    return max(axes) if axes else None
+
+
+def _only(stmts, keep) -> tuple:
+    """``stmts`` with every statement but the Load ``keep`` dropped (loops kept around it, empty ones dropped)."""
+    out = []
+    for st in stmts:
+        if isinstance(st, Loop):
+            body = _only(st.body, keep)
+            if body:
+                out.append(Loop(st.var, st.start, st.stop, body, st.reverse))
+        elif st is keep:
+            out.append(st)
+    return tuple(out)
+
+
+def _complete(span, dim) -> bool:
+    """The span covers its whole tensor axis (``full(dim)``, or a point of a 1-long axis)."""
+    import sympy as sp
+    return sp.sympify(span.index) == 0 and sp.sympify(span.block) == sp.sympify(dim) and \
+        sp.sympify(span.length) == sp.sympify(dim)
+
+
+def gather_run_bytes(schedule: Schedule, tile) -> int | None:
+    """Bytes of one contiguous run of a gathered tile (the rows the L2 trace reads one by one,
+    ``iosim.memory.trace.tile_runs``): the extent of the last incomplete axis after the gathered one times the
+    axes after it, × elem_bytes (a whole row [d] of a [B, H, N, d] tensor: d·e). None if that extent is not a
+    constant (a ragged inner tile)."""
+    g = _gathered_axis(tile)
+    t = schedule.tensors[tile.tensor]
+    c = len(tile.spans) - 1
+    while c > g + 1 and _complete(tile.spans[c], t.dims[c]):
+        c -= 1
+    c = max(c, g + 1)
+    if c >= len(tile.spans):  # a gather on the last axis: every element its own run
+        return t.elem_bytes
+    try:
+        ext = _int(tile.spans[c].extent)
+        inner = math.prod(_int(d) for d in t.dims[c + 1:])
+    except (IosimError, TypeError, ValueError, KeyError):
+        return None
+    return ext * inner * t.elem_bytes
+
+
+def gather_sector_bytes(schedule: Schedule, kernel: Kernel, sector_bytes: int) -> tuple[int, int]:
+    """(counted bytes, sector-priced bytes) of the kernel's index-gathered loads (``Span.gather``: scattered rows).
+
+    The L2 hands the SMs whole 32-byte sectors (NVIDIA CUDA C++ Best Practices Guide, "Coalesced Access to Global
+    Memory": a warp's request is served in 32-byte segments; the profile's ``l2_sector_bytes``). A contiguous tile
+    wastes at most its two edge sectors, but each gathered row is its own run, so a row of r bytes moves
+    ⌈r / sector⌉ · sector bytes: rows × ⌈row_bytes/32⌉·32 (d = 8 fp16: 16-B rows priced 32 B, half the bytes
+    wasted; rows that are a multiple of 32 B cost nothing extra, whatever the 128-B line). Rows are taken
+    sector-aligned (row strides that are multiples of 32 B: d·e ∈ 32ℕ); a misaligned row can straddle one sector
+    more, which this leaves out. Each gathered Load is counted alone (``iosim.counts.count_kernel`` on the kernel
+    reduced to that Load and its loops); a gather whose inner extent is not a constant is priced as counted."""
+    from dataclasses import replace as _replace
+    from iosim.counts import count_kernel
+    loads = [st for st in walk(kernel.body) if isinstance(st, Load) and _gathered_axis(st.tile) is not None]
+    counted = priced = 0
+    for ld in loads:
+        run = gather_run_bytes(schedule, ld.tile)
+        kc = count_kernel(schedule, _replace(kernel, body=_only(kernel.body, ld)))
+        b = kc.read_bytes.get(ld.tile.tensor, 0)
+        counted += b
+        if run is None or run <= 0 or b % run:
+            priced += b
+            continue
+        priced += b // run * (-(-run // sector_bytes) * sector_bytes)
+    return counted, priced
+
+
 def compulsory_dram_bytes(schedule: Schedule, kc: KernelCounts) -> tuple[int, int]:
     """(read, write) DRAM bytes of one kernel when no L2 model is given: each tensor the kernel reads, or updates
     atomically (the L2 fetches the line to add into it), is read from DRAM once (min(SM bytes, tensor size)), each
@@ -570,6 +645,7 @@ class KernelTime:
     notes: tuple[str, ...] = ()
     cta_overhead: CtaOverhead | None = None  # per-round parts of fill_s
     prefetch: bool = False  # loads overlapped in-CTA although num_stages = 1 (preset)
+    sector_pad_bytes: int = 0  # index-gathered rows priced at whole L2 sectors beyond their counted bytes (in l2_s)
 
     @property
     def achieved_flops_per_s(self) -> float:
@@ -709,6 +785,12 @@ def estimate_kernel(schedule: Schedule, kernel: Kernel, kc: KernelCounts, hw: Ha
         l2_s += kc.sm_atomic_bytes / (l2_bandwidth(hw) * L2_ATOMIC_EFFICIENCY.value)
         notes.append(f"{kc.sm_atomic_bytes:,} B of fp32 atomics: L2 read-modify-write charged "
                      f"({L2_ATOMIC_EFFICIENCY.kind}: L2_ATOMIC_EFFICIENCY {L2_ATOMIC_EFFICIENCY.value:g})")
+    gathered, priced = gather_sector_bytes(schedule, kernel, hw.l2_sector_bytes)
+    sector_pad = priced - gathered
+    if sector_pad:
+        l2_s += sector_pad / l2_bandwidth(hw)
+        notes.append(f"index gathers: {gathered:,} B of scattered rows move {priced:,} B in whole "
+                     f"{hw.l2_sector_bytes}-B sectors (+{sector_pad:,} B at the L2)")
     if hw.l2_bandwidth_bytes_per_s is None:
         notes.append(f"L2 bandwidth assumed {L2_FALLBACK_FACTOR:g} × HBM ({hw.name} profile has none)")
     assumed = dram_read_bytes is None or dram_write_bytes is None
@@ -780,7 +862,7 @@ def estimate_kernel(schedule: Schedule, kernel: Kernel, kc: KernelCounts, hw: Ha
         waves=P / (S * occ.ctas_per_sm), tail_efficiency=tail, tensor_efficiency=eff.value, spills=occ.spills,
         matmul_flops=kc.matmul_flops, flops=kc.flops, sm_bytes=sm_bytes, smem_bytes=smem,
         dram_read_bytes=dr, dram_write_bytes=dw, dram_assumed=assumed, notes=tuple(notes),
-        cta_overhead=ovh, prefetch=prefetch)
+        cta_overhead=ovh, prefetch=prefetch, sector_pad_bytes=sector_pad)
 
 
 def _split(total, kernels: Sequence[KernelCounts], weights: Sequence[int], what: str) -> list:
