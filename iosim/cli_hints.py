@@ -17,7 +17,7 @@ from typing import IO
 
 import numpy as np
 
-from iosim.cli_tiles import add_mode_args, add_problem_args, mode_of, problem_from_args
+from iosim.cli_tiles import add_mode_args, add_problem_args, fwd_params, mode_of, problem_from_args
 from iosim.atomic import atomic_write_bytes
 from iosim.errors import IosimError
 from iosim.hwprofile import load_hardware
@@ -49,6 +49,7 @@ def run(args: argparse.Namespace, out: IO[str]) -> int:
     if args.format == "triton":
         hw, problem = load_hardware(args.hardware), problem_from_args(args)
         mode = mode_of(args, problem, hw)
+        params = fwd_params(args, mode)
         if mode == "persistent":
             entries = persistent_entries(hw, problem, args.kernel, top=args.top)
         elif mode == "decode":
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace, out: IO[str]) -> int:
         elif mode == "bwd":
             entries = backward_entries(hw, problem, args.algorithm, top=args.top, kernel=args.kernel)
         else:
-            entries = config_entries(hw, problem, args.algorithm, top=args.top, path=args.path)
+            entries = config_entries(hw, problem, args.algorithm, top=args.top, path=args.path, params=params)
         text = json.dumps(entries, indent=1) + "\n"
         if args.out:
             atomic_write_bytes(Path(args.out), text.encode())

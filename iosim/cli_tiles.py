@@ -9,7 +9,7 @@ from typing import IO
 from iosim.cost import PATHS
 from iosim.errors import IosimError
 from iosim.hwprofile import load_hardware
-from iosim.cli import add_problem_flags, problem_of, read_sizes
+from iosim.cli import add_param_flag, add_problem_flags, params_of, problem_of, read_sizes
 from iosim.problem import Problem
 
 COMMAND = "tiles"
@@ -20,6 +20,17 @@ def add_problem_args(p: argparse.ArgumentParser) -> None:
     add_problem_flags(p)
     p.add_argument("--path", default=None, choices=PATHS,
                    help="tensor-core instruction path (default: the chip's native one; FA2's CUDA kernel = mma.sync)")
+    add_param_flag(p)
+
+
+def fwd_params(a: argparse.Namespace, mode: str) -> dict | None:
+    """--param KEY=VALUE … for the forward chooser (a sparse family's density, seed, …); refused by the others."""
+    params = params_of(a)
+    if params and mode != "fwd":
+        raise IosimError(f"--param sets an algorithm's method parameters for the forward tile chooser; the {mode} "
+                         f"chooser ranks {'--kernel ' + a.kernel if mode == 'persistent' else 'FA2'}'s own knobs, "
+                         "drop --param")
+    return params
 
 
 def problem_from_args(a: argparse.Namespace) -> Problem:
@@ -98,6 +109,7 @@ def run(args: argparse.Namespace, out: IO[str]) -> int:
         raise IosimError(f"--top must be at least 1, got {args.top}")
     hw, problem = load_hardware(args.hardware), problem_from_args(args)
     mode = mode_of(args, problem, hw)
+    fwd_params(args, mode)
     if mode == "persistent":
         choice, fmt = choose_persistent(hw, problem, args.kernel), format_persistent
     elif mode == "decode":
@@ -105,7 +117,10 @@ def run(args: argparse.Namespace, out: IO[str]) -> int:
     elif mode == "bwd":
         choice, fmt = choose_bwd(hw, problem, args.algorithm, kernel=args.kernel), format_bwd
     else:
-        choice, fmt = choose(hw, problem, args.algorithm, path=args.path, jobs=jobs_from_args(args, DEFAULT_JOBS)), format_table
+        params = fwd_params(args, mode)
+        choice = choose(hw, problem, args.algorithm, path=args.path, jobs=jobs_from_args(args, DEFAULT_JOBS),
+                        **({"params": params} if params else {}))
+        fmt = format_table
     if args.json:
         out.write(json.dumps(choice.to_dict(args.top), indent=1) + "\n")
     else:

@@ -38,19 +38,22 @@ DEFAULT_HARDWARE = "h100"
 
 
 def config_entries(hw: Hardware, problem: Problem, algorithm: str = "flash2", *, top: int = 5,
-                   path: str | None = None) -> list[dict]:
+                   path: str | None = None, params: Mapping | None = None) -> list[dict]:
     """The ``top`` fastest legal configurations as ``triton.Config(kwargs, num_warps, num_stages, num_ctas, maxnreg)``
-    fields, plus an ``iosim`` block (predicted time, bound, rank, why slower)."""
+    fields, plus an ``iosim`` block (predicted time, bound, rank, why slower). params: the algorithm's method
+    parameters (a sparse family's density, seed, …; ``iosim.tiles.candidates``), echoed in the ``iosim`` block."""
     from iosim.tiles import choose
     if top < 1:
         raise IosimError(f"top must be at least 1, got {top}")
-    ch = choose(hw, problem, algorithm, path=path)
+    ch = choose(hw, problem, algorithm, path=path, **({"params": dict(params)} if params else {}))
+    extra = {"params": ch.to_dict()["params"]} if ch.params else {}
     out = []
     for rank, c in enumerate(ch.ranked[:top], 1):
         out.append({"kwargs": {"BLOCK_M": c.block_m, "BLOCK_N": c.block_n}, "num_warps": c.num_warps,
                     "num_stages": c.num_stages, "num_ctas": 1, "maxnreg": None,
                     "iosim": {"rank": rank, "predicted_time_s": c.time_s, "bound": c.estimate.bound,
-                              "hardware": hw.name, "algorithm": algorithm, "path": ch.path, "why": c.reason}})
+                              "hardware": hw.name, "algorithm": algorithm, **extra, "path": ch.path,
+                              "why": c.reason}})
     return out
 
 
@@ -207,32 +210,51 @@ def _cfg_fields(cfg) -> tuple[int, int, int, int]:
 
 
 @lru_cache(maxsize=65536)
-def _predict(hw_name: str, algorithm: str, path: str | None, problem: Problem, bm: int, bn: int, w: int, s: int):
-    """(time_s, reason): time is inf with the reason when the configuration is illegal."""
+def _predict(hw_name: str, algorithm: str, path: str | None, problem: Problem, bm: int, bn: int, w: int, s: int,
+             params: tuple = ()):
+    """(time_s, reason): time is inf with the reason when the configuration is illegal. params: the method
+    parameters as sorted (name, value) pairs (hashable, for the cache)."""
     from iosim.tiles import candidates
     hw = load_hardware(hw_name)
-    c = candidates(hw, problem, algorithm, path=path, block_m=(bm,), block_n=(bn,), num_warps=(w,), num_stages=(s,))[0]
+    c = candidates(hw, problem, algorithm, path=path, block_m=(bm,), block_n=(bn,), num_warps=(w,), num_stages=(s,),
+                   params=dict(params) or None)[0]
     return (c.time_s if c.legal else math.inf), c.reason
 
 
-def make_perf_model(hardware: str | None = None, algorithm: str = "flash2", path: str | None = None) -> Callable:
-    """A Triton ``perf_model``: called as f(**named_args, **kwargs, **config.all_kwargs()); returns ms."""
+def _params_key(params: Mapping | None) -> tuple:
+    """Method parameters as a hashable cache key; one-line error for values that are not (arrays: save a .npy)."""
+    key = tuple(sorted((params or {}).items()))
+    try:
+        hash(key)
+    except TypeError:
+        raise IosimError("hints: method parameters must be numbers, strings or file paths (save arrays with "
+                         "np.save and pass the path)") from None
+    return key
+
+
+def make_perf_model(hardware: str | None = None, algorithm: str = "flash2", path: str | None = None,
+                    params: Mapping | None = None) -> Callable:
+    """A Triton ``perf_model``: called as f(**named_args, **kwargs, **config.all_kwargs()); returns ms. params: the
+    algorithm's method parameters (a sparse family's density, seed, …)."""
+    key = _params_key(params)
 
     def perf_model(**kw) -> float:
         problem = problem_from_kernel_args(kw)
         bm, bn, w, s = _cfg_fields({"kwargs": kw, "num_warps": kw.get("num_warps", 4), "num_stages": kw.get("num_stages", 2)})
-        t, _ = _predict(hardware or _detect_hardware(), algorithm, path, problem, bm, bn, w, s)
+        t, _ = _predict(hardware or _detect_hardware(), algorithm, path, problem, bm, bn, w, s, key)
         return t * 1e3
 
     return perf_model
 
 
 def make_prune(top_k: int = PRUNE_TOP_K, hardware: str | None = None, algorithm: str = "flash2",
-               path: str | None = None) -> Callable:
+               path: str | None = None, params: Mapping | None = None) -> Callable:
     """A Triton ``early_config_prune``: f(configs, named_args, **kwargs) → at most top_k legal configs, fastest
-    first. If none is legal, the first config is kept (autotune needs one) with a warning."""
+    first. If none is legal, the first config is kept (autotune needs one) with a warning. params: as
+    ``make_perf_model``."""
     if top_k < 1:
         raise IosimError(f"top_k must be at least 1, got {top_k}")
+    key = _params_key(params)
 
     def prune(configs, named_args, **kwargs):
         args = dict(named_args) | dict(kwargs)
@@ -241,7 +263,7 @@ def make_prune(top_k: int = PRUNE_TOP_K, hardware: str | None = None, algorithm:
         scored = []
         for i, cfg in enumerate(configs):
             bm, bn, w, s = _cfg_fields(cfg)
-            t, _ = _predict(hw, algorithm, path, problem, bm, bn, w, s)
+            t, _ = _predict(hw, algorithm, path, problem, bm, bn, w, s, key)
             if math.isfinite(t):
                 scored.append((t, i, cfg))
         if not scored:

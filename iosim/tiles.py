@@ -39,6 +39,7 @@ from iosim.errors import IosimError
 from iosim.hwprofile import Hardware
 from iosim.occupancy import occupancy
 from iosim.pipeline import build_schedule
+from iosim.registry import get as get_algorithm
 from iosim.problem import KernelConfig, Problem
 
 BLOCK_CHOICES = (16, 32, 64, 128, 256)
@@ -134,8 +135,9 @@ def shape_rule(path: str, block_m: int, block_n: int, num_warps: int) -> str:
 
 def _tile_group(hw: Hardware, problem: Problem, algorithm: str, path: str, base: KernelConfig,
                 dram_model: Callable | None, caps: tuple[int, int], num_warps: tuple[int, ...],
-                num_stages: tuple[int, ...], tile: tuple[int, int]) -> list[Candidate]:
-    """The candidates of one (block_m, block_n), num_warps × num_stages in order: one schedule count, shared."""
+                num_stages: tuple[int, ...], params: dict | None, tile: tuple[int, int]) -> list[Candidate]:
+    """The candidates of one (block_m, block_n), num_warps × num_stages in order: one schedule count, shared.
+    params: the algorithm's method parameters (a sparse family's density, seed, …: its builder's keywords)."""
     bm, bn = tile
     out: list[Candidate] = []
     c0 = None
@@ -152,7 +154,8 @@ def _tile_group(hw: Hardware, problem: Problem, algorithm: str, path: str, base:
             continue
         cfg = dataclasses.replace(base, block_m=bm, block_n=bn, num_warps=w, num_stages=st)
         try:
-            sched = build_schedule(algorithm, problem, cfg, hw)
+            sched = build_schedule(algorithm, problem, cfg, hw) if not params else \
+                get_algorithm(algorithm).build(problem, cfg, hw, **params)
             if c0 is None:
                 c0 = count(sched)
             cnt = Counts(c0.algorithm, tuple(dataclasses.replace(kc, sram_bytes=sram_bytes(k, st))
@@ -176,13 +179,16 @@ def candidates(hw: Hardware, problem: Problem, algorithm: str = "flash2", *, pat
                block_m: Iterable[int] = BLOCK_CHOICES, block_n: Iterable[int] = BLOCK_CHOICES,
                num_warps: Iterable[int] = WARP_CHOICES, num_stages: Iterable[int] = STAGE_CHOICES,
                base: KernelConfig | None = None, dram_model: Callable | None = None,
-               jobs: int | None = DEFAULT_JOBS) -> list[Candidate]:
+               jobs: int | None = DEFAULT_JOBS, params: dict | None = None) -> list[Candidate]:
     """Every configuration of the grid, legal or not, with an estimate for the legal ones (unsorted; in the order
     of the grid, block_m slowest).
 
     dram_model: optional ``f(schedule, counts) -> (dram_read_bytes, dram_write_bytes)`` (the L2 model; a
     module-level function where jobs ≠ 1); default compulsory traffic. jobs: worker processes, one
     (block_m, block_n) at a time (``iosim.parallel.map_ordered``; None = every core); the result does not depend on it.
+    params: the algorithm's method parameters (``--param``: a sparse family's density, seed, stride, …), checked by
+    name (``iosim.pipeline.check_params``) and passed to every build; a sparse kernel is ranked like any other (its
+    pre-pass and reduction kernels timed with it, the tiles being its kernels' block_m × block_n).
     """
     from iosim.parallel import map_ordered
     path = path or native_path(hw)
@@ -190,8 +196,11 @@ def candidates(hw: Hardware, problem: Problem, algorithm: str = "flash2", *, pat
     if not isinstance(problem.seq_q, int):
         raise IosimError("the tile chooser needs concrete sizes (seq_q, seq_kv, head_dim as integers)")
     caps = max(16, _pow2_ceil(problem.seq_q)), max(16, _pow2_ceil(problem.seq_kv))
+    if params:
+        from iosim.pipeline import check_params
+        check_params(algorithm, params)
     group = partial(_tile_group, hw, problem, algorithm, path, base, dram_model, caps, tuple(num_warps),
-                    tuple(num_stages))
+                    tuple(num_stages), dict(params) if params else None)
     return [c for g in map_ordered(group, itertools.product(block_m, block_n), jobs) for c in g]
 
 
@@ -245,6 +254,7 @@ class TileChoice:
     path: str
     ranked: tuple[Candidate, ...]  # legal, fastest first (ties: less total resource time), reason = explain(first, it)
     illegal: tuple[Candidate, ...]
+    params: dict | None = None  # the algorithm's method parameters (--param), if any
 
     @property
     def best(self) -> Candidate:
@@ -252,6 +262,8 @@ class TileChoice:
 
     def to_dict(self, top: int | None = None) -> dict:
         return {"hardware": self.hardware, "algorithm": self.algorithm, "path": self.path,
+                **({"params": {k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
+                               for k, v in self.params.items()}} if self.params else {}),
                 "problem": dataclasses.asdict(self.problem),
                 "legal_count": len(self.ranked), "illegal_count": len(self.illegal),
                 "candidates": [c.to_dict() for c in self.ranked[:top]],
@@ -260,7 +272,7 @@ class TileChoice:
 
 def choose(hw: Hardware, problem: Problem, algorithm: str = "flash2", *, path: str | None = None, **kw) -> TileChoice:
     """Rank the legal configurations by predicted time (ties: larger tiles, fewer warps, more resident CTAs, deeper
-    pipelines first; ``STAGE_TIE_BREAK``). kw: ``candidates``' grid, base, dram_model and jobs."""
+    pipelines first; ``STAGE_TIE_BREAK``). kw: ``candidates``' grid, base, dram_model, jobs and params."""
     from iosim.registry import get
     get(algorithm)  # an unknown name fails here, with the list of known ones
     path = path or native_path(hw)
@@ -277,13 +289,14 @@ def choose(hw: Hardware, problem: Problem, algorithm: str = "flash2", *, path: s
     best = legal[0]
     ranked = tuple(dataclasses.replace(c, reason=explain(best, c)) for c in legal)
     illegal = tuple(c for c in cands if not c.legal)
-    return TileChoice(hw.name, algorithm, problem, path, ranked, illegal)
+    return TileChoice(hw.name, algorithm, problem, path, ranked, illegal, dict(kw["params"]) if kw.get("params") else None)
 
 
 def format_table(choice: TileChoice, top: int = 5) -> str:
     p = choice.problem
-    lines = [f"{choice.algorithm} on {choice.hardware} ({choice.path}): B={p.batch} H={p.heads} Hkv={p.kv_heads} "
-             f"Nq={p.seq_q} Nkv={p.seq_kv} d={p.head_dim} {p.dtype}{' causal' if p.causal else ''}",
+    par = f" ({', '.join(f'{k}={v}' for k, v in choice.params.items())})" if choice.params else ""
+    lines = [f"{choice.algorithm}{par} on {choice.hardware} ({choice.path}): B={p.batch} H={p.heads} "
+             f"Hkv={p.kv_heads} Nq={p.seq_q} Nkv={p.seq_kv} d={p.head_dim} {p.dtype}{' causal' if p.causal else ''}",
              f"{len(choice.ranked)} legal configurations, {len(choice.illegal)} rejected",
              f"{'#':>3} {'BM':>4} {'BN':>4} {'warps':>5} {'stages':>6} {'time':>11} {'TFLOP/s':>8} {'bound':>7} "
              f"{'CTA/SM':>6} {'smem/CTA':>9} {'regs':>4}  why slower than #1"]
