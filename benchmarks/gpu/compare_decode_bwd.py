@@ -97,7 +97,18 @@ def measured_cases(kernels_csv: str) -> list[dict]:
 
 def predict_case(r: dict, hw) -> dict:
     kernel, direction = PRESET[r["impl"]]
-    p = predict(hw, problem_of(r), None, kernel=kernel, direction=direction)
+    if r["impl"] == "triton_dec":
+        # validate_decode_bwd.py launches attention(..., decode=True): the split-KV path even where the launcher's
+        # own rule (use_decode: G·Nq ≤ 64) would not take it (case 824, G·Nq = 128). The first comparison of the
+        # held set (2026-12-06) predicted the launcher's default path there; this mirrors the launch.
+        import iosim.triton_kernels.schedule as ts
+        saved, ts.use_decode = ts.use_decode, (lambda *a, **k: True)
+        try:
+            p = predict(hw, problem_of(r), None, kernel=kernel, direction=direction)
+        finally:
+            ts.use_decode = saved
+    else:
+        p = predict(hw, problem_of(r), None, kernel=kernel, direction=direction)
     return {"sm_read": p.counts.sm_read_bytes, "dram_read": p.dram_read_bytes, "time": p.time_s * 1e9,
             "kernels": " | ".join(f"{k.name}×{k.programs}" for k in p.counts.kernels)}
 
