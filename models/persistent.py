@@ -13,8 +13,19 @@ Schedulers (plain functions → tables):
   ``get_block_coord``): (batch, head) pairs cut into sections of ``swizzle`` heads, swizzle = the largest power of two
   of heads whose K+V fit an L2 budget (32 MiB), × the GQA ratio; inside a section the tiles cycle over its heads at
   one query block, query blocks reversed (LPT: the longest causal rows first).
+* ``natural_order`` — query block fastest, then batch, then head (CUTLASS ``examples/88_hopper_fmha/kernel/
+  fmha_tile_scheduler.hpp`` ``PersistentTileScheduler::get_block_coord``; cudnn-frontend's SCHED_NATURAL decode).
+* ``lpt_l2_order`` — cuDNN's causal order (NVIDIA/cudnn-frontend ``python/cudnn/sdpa/fwd``: ``lpt_l2_tile_coords``,
+  chosen for causal graphs by ``heuristics._sched_points``): KV-head groups cut into blocks whose K+V fit an L2
+  budget (50 MiB, ``_SCHED_L2_BUDGET_BYTES``), inside a block query blocks reversed (LPT), then the query heads of
+  a group, then the groups.
 * ``dynamic_assign`` — the atomic tile counter (``DynamicPersistentTileScheduler::get_next_work``): each next item of
-  an order goes to the worker that frees first, by modelled cost (ties: lowest worker, as blockIdx.x starts).
+  an order goes to the worker that frees first, by modelled cost (ties: lowest worker, as blockIdx.x starts). The
+  workers' busy times must be those of the L2 timeline (``timeline_speeds``, ``item_ticks``): the timeline runs
+  each persistent worker at its own drift speed (``iosim.memory.scheduler.cta_speeds``), and an assignment made at
+  unit speed then runs its items out of order — a worker 3% slow over a 16,000-tick kernel ends up 500 ticks (a
+  whole 64K head's KV walk) behind the CTAs that took the neighbouring items, which on the GPU it never is, because
+  the counter gives a slow CTA fewer items (tests/test_cudnn_order.py).
 * ``stream_k`` — LeanAttention (arXiv 2405.10480; onnxruntime ``contrib_ops/cuda/bert/lean_attention/lean_api.cc``
   ``get_num_splits_and_buffer_sizes``, ``lean_fwd_kernel.h`` ``lean_compute_attn_impl_ver3``): the KV tiles of all
   output tiles form one stream; the first ``high_load_tbs`` workers take ⌈total/W⌉ tiles, the rest one fewer; a
@@ -93,18 +104,86 @@ def l2_swizzle(num_m_blocks: int, heads: int, batch: int, swizzle: int) -> np.nd
     return hb * num_m_blocks + (num_m_blocks - 1 - block)
 
 
-def dynamic_assign(order, cost, workers: int) -> WorkTable:
+def dynamic_assign(order, cost, workers: int, speed=None) -> WorkTable:
     """The atomic tile counter: items in ``order`` go one by one to the worker whose modelled busy time (Σ cost of
-    its items) ends first; ties to the lowest worker (the first W items go to workers 0..W−1, get_initial_work)."""
+    its items × its time per unit cost, ``speed[w]``, 1 without) ends first; ties to the lowest worker (the first W
+    items go to workers 0..W−1, get_initial_work). Pass the L2 timeline's speeds (``timeline_speeds``) and costs in
+    its ticks (``item_ticks``) so that the items start in ``order`` on that timeline, as the counter hands them out."""
     _check_workers(workers)
     cost = np.asarray(cost)
-    heap = [(0, w) for w in range(workers)]
+    if speed is None:
+        heap = [(0, w) for w in range(workers)]
+        step = [1] * workers
+    else:
+        step = np.asarray(speed, dtype=np.float64).tolist()
+        if len(step) != workers or not all(x > 0 for x in step):
+            raise IosimError(f"dynamic_assign: speed needs one positive time per cost unit for each of the {workers} "
+                             "workers")
+        heap = [(0.0, w) for w in range(workers)]
     lists: list[list[int]] = [[] for _ in range(workers)]
     for it in np.asarray(order).tolist():
         t, w = heapq.heappop(heap)
         lists[w].append(it)
-        heapq.heappush(heap, (t + int(cost[it]), w))
+        heapq.heappush(heap, (t + int(cost[it]) * step[w], w))
     return WorkTable.of(lists)
+
+
+def timeline_speeds(workers: int, kv_order: str) -> np.ndarray:
+    """Time per tick of each persistent worker on the L2 timeline: ``cta_speeds`` with the default drift of the KV
+    walk direction (``iosim.memory.hierarchy.DRIFT_BY_KV_ORDER``), the speeds ``simulate_schedule`` gives the
+    workers (CTA c of the worker grid is worker c). A prediction run with another ``cta_jitter`` keeps these."""
+    from iosim.memory.hierarchy import DEFAULT_JITTER, DRIFT_BY_KV_ORDER
+    from iosim.memory.scheduler import cta_speeds
+    _check_workers(workers)
+    return cta_speeds(workers, DRIFT_BY_KV_ORDER.get(kv_order, DEFAULT_JITTER))
+
+
+def item_ticks(kv_blocks) -> np.ndarray:
+    """Timeline ticks of ``worker_kernel`` items with these KV trip counts: one per KV block and one for the item's
+    own Q load / O store (``iosim.memory.trace.kernel_durations``: a worker lasts 1 + Σ (blocks + 1) ticks)."""
+    return np.asarray(kv_blocks, dtype=np.int64) + 1
+
+
+def natural_order(num_m_blocks: int, heads: int, batch: int) -> np.ndarray:
+    """Item ids (b·H + h)·M + m in launch order: query block fastest, then batch, then head (CUTLASS example 88
+    ``PersistentTileScheduler::get_block_coord``: divmod m_block, then b, then h)."""
+    t = np.arange(num_m_blocks * heads * batch, dtype=np.int64)
+    m, b, h = t % num_m_blocks, (t // num_m_blocks) % batch, t // (num_m_blocks * batch)
+    return (b * heads + h) * num_m_blocks + m
+
+
+def static_order(order, workers: int) -> WorkTable:
+    """Position t of ``order`` to worker t mod W, in order (a static persistent scheduler over a decoded order)."""
+    _check_workers(workers)
+    order = np.asarray(order, dtype=np.int64)
+    return WorkTable.of([order[w::workers].tolist() for w in range(workers)])
+
+
+CUDNN_L2_BUDGET_BYTES = 50 * 2 ** 20
+"""cudnn-frontend's causal L2 budget (``_SCHED_L2_BUDGET_BYTES = 50 * 1024 * 1024``, python/cudnn/sdpa/fwd): the
+K+V bytes of the KV-head groups one LPT_L2 block holds."""
+
+
+def lpt_l2_order(num_m_blocks: int, heads: int, kv_heads: int, batch: int, seq_kv: int, kv_bytes_per_row: int,
+                 l2_bytes: int = CUDNN_L2_BUDGET_BYTES) -> np.ndarray:
+    """cuDNN's SCHED_LPT_L2 order as item ids (b·H + h)·M + m (cudnn-frontend ``lpt_l2_tile_coords``): groups =
+    (KV head, batch) pairs, KV head fastest; a block holds active = clamp(l2_bytes // (seq_kv · kv_bytes_per_row),
+    1, groups) groups (the last block the rest); inside a block, position → (row rank, Q head of the group, group),
+    group fastest, and query block = M − 1 − row rank (LPT: the longest causal rows first)."""
+    if heads % kv_heads:
+        raise IosimError(f"lpt_l2_order: heads={heads} is not a multiple of kv_heads={kv_heads}")
+    g = heads // kv_heads
+    groups = kv_heads * batch
+    active = min(max(l2_bytes // max(seq_kv * kv_bytes_per_row, 1), 1), groups)
+    per_block = active * num_m_blocks * g
+    num_blocks = -(-groups // active)
+    t = np.arange(num_m_blocks * heads * batch, dtype=np.int64)
+    blk, within = t // per_block, t % per_block
+    eff = np.where(blk + 1 == num_blocks, groups - blk * active, active)
+    rank, in_rank = within // (eff * g), within % (eff * g)
+    sub, grp = in_rank // eff, in_rank % eff + blk * active
+    kvh, b = grp % kv_heads, grp // kv_heads
+    return (b * heads + kvh * g + sub) * num_m_blocks + (num_m_blocks - 1 - rank)
 
 
 @dataclass(frozen=True)
