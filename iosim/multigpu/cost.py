@@ -27,6 +27,8 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+
 from iosim.cost import LAUNCH_OVERHEAD_S
 from iosim.errors import IosimError, IosimWarning
 from iosim.hwprofile import Hardware, load_hardware
@@ -214,23 +216,24 @@ def call_time_s(hw: Hardware, call: StepCall, p: Problem, kernel, algorithm, l2,
     return k.time_s + merge_time_s(hw, p, call.nq, call.step == 0, merge), k
 
 
-def ring_dataflow(c: list[list[float]], x: list[float], overlap: bool = True) -> tuple[float, list[float]]:
-    """(total, end of each step over all GPUs) of the ring protocol (module docstring); c[r][t] compute, x[t] the
-    transfer of step t (len P−1)."""
-    P = len(c)
-    start = [0.0] * P
+def ring_dataflow(c, x, overlap: bool = True) -> tuple[float, list[float]]:
+    """(total, end of each step over all GPUs) of the ring protocol (module docstring); c[r][t] compute (P × P),
+    x[t] the transfer of step t (P−1 of them)."""
+    c = np.asarray(c, dtype=float)
+    P = c.shape[0]
+    start = np.zeros(P)
     ends = []
     for t in range(P):
-        comp = [start[r] + c[r][t] for r in range(P)]
-        if t < P - 1 and P > 1:
-            post = comp if not overlap else start
-            recv = [max(post[(r - 1) % P], post[r]) + x[t] for r in range(P)]
-            end = [max(comp[r], recv[r], recv[(r + 1) % P]) for r in range(P)]
+        comp = start + c[:, t]
+        if t < P - 1:
+            post = start if overlap else comp
+            recv = np.maximum(np.roll(post, 1), post) + x[t]  # from r−1 into r
+            end = np.maximum(np.maximum(comp, recv), np.roll(recv, -1))  # and r's own send, received by r+1
         else:
             end = comp
         start = end
-        ends.append(max(end))
-    return max(start), ends
+        ends.append(float(end.max()))
+    return float(start.max()), ends
 
 
 def predict_ring(hardware, problem: Problem, devices: int, balance: str | None = None, *, kernel: str | None = "fa2",
@@ -243,37 +246,41 @@ def predict_ring(hardware, problem: Problem, devices: int, balance: str | None =
     _merge_kernels(False, merge)
     plan: RingPlan = ring_plan(problem, devices, balance)
     P = devices
-    c, kernels, flops, dram = [], {}, [], []
-    for r in range(P):
-        row, f, db = [], 0, 0
-        for call in plan.calls[r]:
-            t, k = call_time_s(hw, call, problem, kernel, algorithm, l2, merge)
-            row.append(t)
-            if k is not None:
-                kernels[k.problem] = k
-                f += k.matmul_flops
-                db += (k.dram_read_bytes or 0) + (k.dram_write_bytes or 0)
-        c.append(row)
-        flops.append(f)
-        dram.append(db)
-    nbytes = plan.transfers[0].nbytes if plan.transfers else 0
+    # every call is one of three kinds: its own block (s = r, always step 0), an earlier GPU's (s < r), a later one's
+    r_, t_ = np.arange(P)[:, None], np.arange(P)[None, :]
+    s_ = (r_ - t_) % P
+    kind = np.where(s_ == r_, 0, np.where(s_ < r_, 1, 2))
+    reps = ((0, 0), (1, 1), (0, 1))  # a (gpu, step) of each kind (kinds 1 and 2 need P ≥ 2)
+    times, flops_k, dram_k, kernels = np.zeros(3), np.zeros(3, dtype=object), np.zeros(3, dtype=object), {}
+    for i, (r, t) in enumerate(reps[:1 if P == 1 else 3]):
+        times[i], k = call_time_s(hw, plan.call(r, t), problem, kernel, algorithm, l2, merge)
+        flops_k[i] = dram_k[i] = 0
+        if k is not None:
+            kernels[k.problem] = k
+            flops_k[i], dram_k[i] = k.matmul_flops, (k.dram_read_bytes or 0) + (k.dram_write_bytes or 0)
+    c = times[kind]
+    per_kind = [(kind == i).sum(axis=1) for i in range(3)]
+    flops = [int(sum(int(per_kind[i][r]) * int(flops_k[i] or 0) for i in range(3))) for r in range(P)]
+    dram = [int(sum(int(per_kind[i][r]) * int(dram_k[i] or 0) for i in range(3))) for r in range(P)]
+    nbytes = plan.transfer_bytes if P > 1 else 0
     x = [p2p_time_s(ic, topo, nbytes)] * (P - 1)
     total, ends = ring_dataflow(c, x, overlap)
     compute_only, _ = ring_dataflow(c, [0.0] * (P - 1), overlap)
     steps, prev = [], 0.0
     for t in range(P):
-        steps.append(Step(t, max(c[r][t] for r in range(P)), x[t] if t < P - 1 else 0.0, ends[t] - prev,
+        steps.append(Step(t, float(c[:, t].max()), x[t] if t < P - 1 else 0.0, ends[t] - prev,
                           nbytes if t < P - 1 else 0, f"step {t}"))
         prev = ends[t]
     notes = _topology_note(ic, topo) + (
-        f"each transfer: K and V of {plan.shard_tokens:,} tokens = {nbytes:,} B per GPU, {P - 1} transfer{'s' if P != 2 else ''}",
+        f"each transfer: K and V of {plan.shard_tokens:,} tokens = {nbytes:,} B per GPU, {P - 1} transfer"
+        f"{'s' if P != 2 else ''}",
         "merge: eager PyTorch log-sum-exp update (9 kernels, fp32 output) as in benchmarks/gpu/ring_attention.py"
         if merge == "eager" else "merge: one fused log-sum-exp kernel per step (fp32 output)",
         "NCCL kernels share SMs and HBM with the attention calls: not modelled (transfers cost no compute)")
     return MultiGpuPrediction("ring", hw.name, problem, P, topo.nodes, balance, overlap, total, compute_only,
                               sum(x), plan.bytes_sent(0), tuple(steps), tuple(kernels.values()), tuple(flops),
                               None if not l2 else tuple(dram), notes, l2, kernel, algorithm,
-                              tuple(sum(row) for row in c))
+                              tuple(float(v) for v in c.sum(axis=1)))
 
 
 def predict_ulysses(hardware, problem: Problem, devices: int, *, kernel: str | None = "fa2",

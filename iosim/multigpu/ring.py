@@ -87,24 +87,41 @@ class Transfer:
 
 @dataclass(frozen=True)
 class RingPlan:
-    """calls[r][t]: GPU r's call at step t; transfers: every message, step by step."""
+    """``call(r, t)``: GPU r's call at step t; ``calls[r][t]`` and ``transfers`` (every message, step by step) are
+    built on demand (P² of each: a million at 1024 GPUs)."""
 
     problem: Problem
     devices: int
     balance: str
     shard_tokens: int
-    calls: tuple[tuple[StepCall, ...], ...]
-    transfers: tuple[Transfer, ...]
+    transfer_bytes: int  # one message: K and V of one shard
+
+    def call(self, gpu: int, step: int) -> StepCall:
+        s = (gpu - step) % self.devices
+        n = self.shard_tokens
+        if not self.problem.causal:
+            return StepCall(gpu, step, s, 0, n, 0, n, False)
+        return _causal_call(self.balance, gpu, step, s, n)
+
+    @property
+    def calls(self) -> tuple[tuple[StepCall, ...], ...]:
+        return tuple(tuple(self.call(r, t) for t in range(self.devices)) for r in range(self.devices))
+
+    @property
+    def transfers(self) -> tuple[Transfer, ...]:
+        P = self.devices
+        return tuple(Transfer(t, r, (r + 1) % P, "K,V", self.transfer_bytes) for t in range(P - 1) for r in range(P))
 
     def positions(self, gpu: int) -> np.ndarray:
         """Global token indices GPU ``gpu`` holds, in its local order."""
         return token_positions(self.problem.seq_q, self.devices, self.balance, gpu)
 
     def bytes_sent(self, gpu: int) -> int:
-        return sum(x.nbytes for x in self.transfers if x.src == gpu)
+        """Per GPU: one message per step but the last (every GPU sends and receives the same)."""
+        return (self.devices - 1) * self.transfer_bytes
 
     def bytes_received(self, gpu: int) -> int:
-        return sum(x.nbytes for x in self.transfers if x.dst == gpu)
+        return (self.devices - 1) * self.transfer_bytes
 
 
 def kv_block_bytes(p: Problem, tokens: int) -> int:
@@ -160,14 +177,5 @@ def _causal_call(balance: str, r: int, t: int, s: int, n: int) -> StepCall:
 def ring_plan(p: Problem, devices: int, balance: str = "zigzag") -> RingPlan:
     """The calls and transfers of ring attention over ``devices`` GPUs (module docstring)."""
     check_ring(p, devices, balance)
-    P, n = devices, p.seq_q // devices
-    calls = []
-    for r in range(P):
-        row = []
-        for t in range(P):
-            s = (r - t) % P
-            row.append(_causal_call(balance, r, t, s, n) if p.causal else StepCall(r, t, s, 0, n, 0, n, False))
-        calls.append(tuple(row))
-    nbytes = kv_block_bytes(p, n)
-    transfers = tuple(Transfer(t, r, (r + 1) % P, "K,V", nbytes) for t in range(P - 1) for r in range(P))
-    return RingPlan(p, P, balance, n, tuple(calls), transfers)
+    n = p.seq_q // devices
+    return RingPlan(p, devices, balance, n, kv_block_bytes(p, n))
