@@ -5,7 +5,8 @@ Kernels, in launch order (``xattn/src/Xattention.py``: ``Xattention_prefill`` �
 whole chunks, S = stride, B = 128, N_r = N'/S reshaped rows, T = N'/B blocks, c = ½ if causal; IO per (b, h)):
 
 * ``xattn_repeat_k`` / ``xattn_repeat_v`` — GQA only: the repo asserts heads_q == heads_kv and its Llama forward
-  (``xattn/src/load_llama.py``) materialises ``repeat_kv`` first: reads N·d per KV head, writes N·d per query head.
+  (``xattn/src/load_llama.py``) materialises ``repeat_kv`` first: per query head reads its KV head's N·d (through
+  the expanded view: each KV head g times, the repeats hit in L2) and writes N·d.
 * ``xattn_pad_q`` / ``xattn_pad_k`` — only when N is not a multiple of the chunk: ``F.pad`` of Q and K to N' rows
   (reads N·d, writes N'·d each; the zero rows are padding).
 * per query chunk k (``chunk_size`` tokens, N'/chunk launches of each):
@@ -235,7 +236,8 @@ def copy_kernel(name: str, src: TensorSpec, dst: TensorSpec, head_of=None, rows:
 
 def repeat_kv_kernels(p: Problem, prefix: str, rows: int = 128) -> tuple[tuple[Kernel, ...], dict]:
     """HF ``repeat_kv`` materialised for K and V (GQA, g = H/H_kv > 1): two copy kernels K → K_rep, V → V_rep
-    [B, H, N, d]; +2·N·d·(g−1)·e bytes per KV head over reading K and V once (none when g = 1)."""
+    [B, H, N, d]; per query head each reads its KV head's N·d (the expanded view: g reads of each KV head, the
+    repeats L2 hits) and writes N·d, so 2·N·d·g written per KV head, +2·N·d·(g−1) over K and V (none when g = 1)."""
     if p.heads == p.kv_heads:
         return (), {}
     import sympy as sp
