@@ -119,6 +119,9 @@ def build(p: Problem, cfg: KernelConfig, hw=None, *, density=None, seed: int = 0
     if nv <= 0 or nv % frame:
         raise IosimError(f"{m}: seq - text_len = {nv} must be a positive multiple of latent_h·latent_w = {frame} "
                          f"(whole frames); set --param text_len or the latent size")
+    given = [n_ for n_, v_ in (("density", density), ("table", table), ("scores", scores)) if v_ is not None]
+    if len(given) > 1:
+        raise IosimError(f"{m}: give one of density, table or scores, not {' and '.join(given)}")
     block = pool_h * pool_w
     cfg = tiles_dividing(p, cfg, block, m)
     B_, H, Hk, N, d, e = p.batch, p.heads, p.kv_heads, p.seq_q, p.head_dim, p.elem_bytes
@@ -129,8 +132,6 @@ def build(p: Problem, cfg: KernelConfig, hw=None, *, density=None, seed: int = 0
     restore[reorg] = np.arange(N)
     per_head = B_ * H * T * T <= sc.MAX_MASK_BLOCKS
     if scores is not None:
-        if table is not None or density is not None:
-            raise IosimError(f"{m}: give one of density, table or scores")
         s = np.load(scores) if isinstance(scores, str) else np.asarray(scores, dtype=np.float64)
         if s.shape[-2:] != (N, N) or s.ndim not in (2, 4):
             raise IosimError(f"{m}: scores have shape {s.shape}; give [N, N] or [B, H, N, N] with N = {N}")

@@ -407,6 +407,9 @@ def build(p: Problem, cfg: KernelConfig, hw=None, *, density=None, seed: int = 0
                          "(pbs.py asserts it)")
     if p.seq_q != p.seq_kv:
         raise IosimError(f"{m}: models prefill only (seq_q = seq_kv, as pbs.py asserts); got {p.seq_q} and {p.seq_kv}")
+    given = [n_ for n_, v_ in (("density", density), ("table", table), ("scores", scores)) if v_ is not None]
+    if len(given) > 1:
+        raise IosimError(f"{m}: give one of density, table or scores, not {' and '.join(given)}")
     cfg = tiles_dividing(p, cfg, block_size, m)
     B_, N, blk, seg = p.batch, p.seq_kv, block_size, segment_size
     tq, tk = cdiv(N, blk), cdiv(N, blk)
