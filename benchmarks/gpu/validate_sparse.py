@@ -36,11 +36,20 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-for _p in (ROOT, HERE):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
 
 import validate_masks as vm  # noqa: E402  (Flex / Triton calls, ncu runner)
+
+# The families live in iosim.models, which exists only in an installed iosim (models/ installs as iosim.models): the
+# source tree's iosim/ must not shadow it, so the repository root leaves sys.path again (validate_masks adds it).
+if os.path.isdir(os.path.join(ROOT, "iosim")) and not os.path.isdir(os.path.join(ROOT, "iosim", "models")):
+    try:
+        import iosim.models  # noqa: F401
+    except ImportError:
+        sys.path[:] = [x for x in sys.path if os.path.abspath(x or ".") != ROOT]
+        for _m in [m for m in sys.modules if m == "iosim" or m.startswith("iosim.")]:
+            del sys.modules[_m]
 
 # id, impl, B, H, Hkv, N, d, mask, varlen (validate_masks.py's layout)
 CASES = [
