@@ -3,6 +3,8 @@ attention and DeepSpeed-Ulysses against sequence length (32K-4M tokens) and GPU 
 causal and not.
 
     .venv/bin/python benchmarks/multigpu_sweep.py            # writes reports/multigpu/sweep.md and sweep.json
+    .venv/bin/python benchmarks/multigpu_sweep.py --papers   # the predictions of reports/multigpu/papers.md
+                                                              # (-> reports/multigpu/papers.json)
 
 Settings (every one a choice, none measured):
   * shapes: MHA, 32 heads of 128 (Llama-2-7B attention, the Ring Attention paper's 7B setting) and GQA 32/8 heads
@@ -164,7 +166,86 @@ def markdown(recs: list[dict], seconds: float, cross: str) -> str:
     return "\n".join(parts)
 
 
+# --- predictions for the papers (reports/multigpu/papers.md) ------------------------------------------------------------
+
+def papers() -> dict:
+    """Every number papers.md quotes from iosim, computed before any comparison is written."""
+    from iosim.hwprofile import load_hardware
+    from iosim.multigpu import interconnect_of, predict_tiling_allreduce, ulysses_plan
+    out: dict = {}
+    # A. Ring Attention's overlap condition: per-device block c >= F / B (bf16 K and V: 4cd bytes vs 4dc^2 FLOPs per
+    #    head), at datasheet F and per-direction B, against iosim's shard from which the ring hides its transfers.
+    ring = []
+    for hw, P, link in (("a100", 8, "NVLink"), ("a100", 16, "InfiniBand (assumed 200 Gb/s per GPU)"),
+                        ("h100", 8, "NVLink"), ("h100", 16, "InfiniBand (assumed 400 Gb/s per GPU)")):
+        h = load_hardware(hw)
+        ic = interconnect_of(h)
+        B = ic.peer_bandwidth_bytes_per_s if P <= ic.gpus_per_node else ic.internode_bandwidth_bytes_per_s
+        fb = h.tensor_flops("bf16") / B
+        for causal in (False, True):
+            shares = {}
+            for n in CROSS_SHARDS + (2 ** 17,):
+                pr = Problem(1, 32, 32, n * P, n * P, HEAD_DIM, DTYPE, causal)
+                shares[n] = predict_ring(hw, pr, P, "zigzag" if causal else "contiguous", l2=False,
+                                         merge="fused").comm_share
+            ok = [n for n in shares if all(v < 0.01 for m, v in shares.items() if m >= n)]
+            ring.append({"hardware": hw, "devices": P, "link": link, "link_bytes_per_s": B, "causal": causal,
+                         "paper_condition_tokens": fb, "iosim_hidden_from_tokens": ok[0] if ok else None,
+                         "comm_share_by_shard": shares})
+    out["ring_attention"] = ring
+    # B. Ulysses: bytes per GPU vs the paper's 4Nh/P per link; and the all-to-all time as N and P grow together.
+    uly = []
+    for n_per, P in ((8192, 4), (8192, 8), (8192, 16), (8192, 32), (8192, 64)):
+        N = n_per * P
+        pr = Problem(1, 64, 64, N, N, 128, DTYPE, True)  # 64 heads so that P up to 64 divides them
+        plan = ulysses_plan(pr, P)
+        r = predict_ulysses("a100", pr, P, l2=False)
+        a2a = sum(st.transfer_s for st in r.steps)
+        uly.append({"seq": N, "devices": P, "hidden": 64 * 128, "bytes_sent_per_gpu": plan.bytes_sent(),
+                    "paper_4Nh_over_P_bytes": 4 * N * 64 * 128 * 2 // P,
+                    "ratio_to_paper_times_P_over_P_minus_1": plan.bytes_sent() * P / (P - 1) / (4 * N * 64 * 128 * 2 / P),
+                    "all_to_all_s": a2a, "attention_s": r.compute_only_s, "comm_share": r.comm_share,
+                    "nodes": r.nodes})
+    out["ulysses"] = uly
+    # C. FastAttention: 256K on 8 V100s (Llama-7B attention, fp16, causal, one layer) by each scheme; tiling-AllReduce
+    #    on 8 Ascend 910B (its home) and 8 V100s, tiled vs not.
+    fa = []
+    p256 = Problem(1, 32, 32, 262144, 262144, 128, "fp16", True)
+    for name, fn in (("ring zigzag", lambda: predict_ring("v100", p256, 8, "zigzag", kernel=None,
+                                                          algorithm="fastattention_volta", l2=False, merge="fused")),
+                     ("ulysses", lambda: predict_ulysses("v100", p256, 8, kernel=None, algorithm="fastattention_volta",
+                                                         l2=False)),
+                     ("tensor parallel, tiling-AllReduce (8 tiles)",
+                      lambda: predict_tiling_allreduce("v100", p256, 8, 8, kernel=None,
+                                                       algorithm="fastattention_volta", l2=False)),
+                     ("tensor parallel, one AllReduce after the call",
+                      lambda: predict_tiling_allreduce("v100", p256, 8, 1, kernel=None,
+                                                       algorithm="fastattention_volta", l2=False))):
+        r = fn()
+        fa.append({"scheme": name, "time_s": r.time_s, "compute_only_s": r.compute_only_s,
+                   "comm_share": r.comm_share, "bytes_sent_per_gpu": r.bytes_sent_per_gpu})
+    out["fastattention_v100_256k"] = fa
+    tiled = []
+    for hw, alg, dtype in (("ascend910b", "fastattention_ascend", "fp16"), ("v100", "fastattention_volta", "fp16")):
+        for n in (4096, 16384, 65536):
+            pr = Problem(1, 32, 32, n, n, 128, dtype, True)
+            one = predict_tiling_allreduce(hw, pr, 8, 1, kernel=None, algorithm=alg, l2=False)
+            eight = predict_tiling_allreduce(hw, pr, 8, 8, kernel=None, algorithm=alg, l2=False)
+            tiled.append({"hardware": hw, "seq": n, "untiled_s": one.time_s, "tiled_s": eight.time_s,
+                          "untiled_comm_share": one.comm_share, "tiled_comm_share": eight.comm_share,
+                          "speedup": one.time_s / eight.time_s})
+    out["tiling_allreduce"] = tiled
+    return out
+
+
 def main() -> None:
+    if "--papers" in sys.argv[1:]:
+        t0 = time.time()
+        res = papers()
+        atomic_write_text(OUT / "papers.json", json.dumps(res, indent=1) + "\n")
+        print(json.dumps(res, indent=1))
+        print(f"{time.time() - t0:.0f} s -> {OUT / 'papers.json'}")
+        return
     t0 = time.time()
     recs = rows()
     cross, found = crossover()

@@ -216,24 +216,46 @@ def call_time_s(hw: Hardware, call: StepCall, p: Problem, kernel, algorithm, l2,
     return k.time_s + merge_time_s(hw, p, call.nq, call.step == 0, merge), k
 
 
-def ring_dataflow(c, x, overlap: bool = True) -> tuple[float, list[float]]:
-    """(total, end of each step over all GPUs) of the ring protocol (module docstring); c[r][t] compute (P × P),
+def ring_schedule(c, x, overlap: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(start, end), each P × P ([gpu, step]), of the ring protocol (module docstring); c[r][t] compute (P × P),
     x[t] the transfer of step t (P−1 of them)."""
     c = np.asarray(c, dtype=float)
     P = c.shape[0]
-    start = np.zeros(P)
-    ends = []
+    start, end = np.zeros((P, P)), np.zeros((P, P))
+    s = np.zeros(P)
     for t in range(P):
-        comp = start + c[:, t]
+        comp = s + c[:, t]
         if t < P - 1:
-            post = start if overlap else comp
+            post = s if overlap else comp
             recv = np.maximum(np.roll(post, 1), post) + x[t]  # from r−1 into r
-            end = np.maximum(np.maximum(comp, recv), np.roll(recv, -1))  # and r's own send, received by r+1
+            e = np.maximum(np.maximum(comp, recv), np.roll(recv, -1))  # and r's own send, received by r+1
         else:
-            end = comp
-        start = end
-        ends.append(float(end.max()))
-    return float(start.max()), ends
+            e = comp
+        start[:, t], end[:, t] = s, e
+        s = e
+    return start, end
+
+
+def ring_dataflow(c, x, overlap: bool = True) -> tuple[float, list[float]]:
+    """(total, end of each step over all GPUs) of ``ring_schedule``."""
+    _, end = ring_schedule(c, x, overlap)
+    return float(end[:, -1].max()), [float(v) for v in end.max(axis=0)]
+
+
+def ring_compute_times(hw: Hardware, plan: RingPlan, kernel: str | None = "fa2", algorithm: str = "flash2",
+                       l2: bool = True, merge: str = "eager") -> tuple[np.ndarray, dict]:
+    """(c, calls): c[r][t] = GPU r's call at step t with its merge; calls: kind → (time, KernelEstimate or None).
+    Every call is one of three kinds: its own block (s = r, always step 0), an earlier GPU's (s < r), a later one's
+    (s > r); each kind has one shape, so three predictions serve all P² calls."""
+    P = plan.devices
+    r_, t_ = np.arange(P)[:, None], np.arange(P)[None, :]
+    s_ = (r_ - t_) % P
+    kind = np.where(s_ == r_, 0, np.where(s_ < r_, 1, 2))
+    reps = ((0, 0), (1, 1), (0, 1))  # a (gpu, step) of each kind (kinds 1 and 2 need P ≥ 2)
+    calls = {i: call_time_s(hw, plan.call(r, t), plan.problem, kernel, algorithm, l2, merge)
+             for i, (r, t) in enumerate(reps[:1 if P == 1 else 3])}
+    times = np.array([calls[i][0] if i in calls else 0.0 for i in range(3)])
+    return times[kind], {"kind": kind, **calls}
 
 
 def predict_ring(hardware, problem: Problem, devices: int, balance: str | None = None, *, kernel: str | None = "fa2",
@@ -246,22 +268,17 @@ def predict_ring(hardware, problem: Problem, devices: int, balance: str | None =
     _merge_kernels(False, merge)
     plan: RingPlan = ring_plan(problem, devices, balance)
     P = devices
-    # every call is one of three kinds: its own block (s = r, always step 0), an earlier GPU's (s < r), a later one's
-    r_, t_ = np.arange(P)[:, None], np.arange(P)[None, :]
-    s_ = (r_ - t_) % P
-    kind = np.where(s_ == r_, 0, np.where(s_ < r_, 1, 2))
-    reps = ((0, 0), (1, 1), (0, 1))  # a (gpu, step) of each kind (kinds 1 and 2 need P ≥ 2)
-    times, flops_k, dram_k, kernels = np.zeros(3), np.zeros(3, dtype=object), np.zeros(3, dtype=object), {}
-    for i, (r, t) in enumerate(reps[:1 if P == 1 else 3]):
-        times[i], k = call_time_s(hw, plan.call(r, t), problem, kernel, algorithm, l2, merge)
-        flops_k[i] = dram_k[i] = 0
-        if k is not None:
-            kernels[k.problem] = k
-            flops_k[i], dram_k[i] = k.matmul_flops, (k.dram_read_bytes or 0) + (k.dram_write_bytes or 0)
-    c = times[kind]
-    per_kind = [(kind == i).sum(axis=1) for i in range(3)]
-    flops = [int(sum(int(per_kind[i][r]) * int(flops_k[i] or 0) for i in range(3))) for r in range(P)]
-    dram = [int(sum(int(per_kind[i][r]) * int(dram_k[i] or 0) for i in range(3))) for r in range(P)]
+    c, calls = ring_compute_times(hw, plan, kernel, algorithm, l2, merge)
+    kernels, flops, dram = {}, [0] * P, [0] * P
+    for i in range(3):
+        k = calls.get(i, (0.0, None))[1]
+        if k is None:
+            continue
+        kernels[k.problem] = k
+        n_calls = (calls["kind"] == i).sum(axis=1)
+        for r in range(P):
+            flops[r] += int(n_calls[r]) * k.matmul_flops
+            dram[r] += int(n_calls[r]) * ((k.dram_read_bytes or 0) + (k.dram_write_bytes or 0))
     nbytes = plan.transfer_bytes if P > 1 else 0
     x = [p2p_time_s(ic, topo, nbytes)] * (P - 1)
     total, ends = ring_dataflow(c, x, overlap)
