@@ -197,8 +197,8 @@ def _op_gate_select(ctx, row, sel):
 
 @register_op("seer_r_qproj")
 def _op_r_qproj(ctx, q, w, y):
-    g = w.data.shape[0]
-    y.value(0.0)[:] = np.einsum("gd,gdo->o", q.data[:g], w.data)
+    """y += q_h · W[k, h] (HeadPoolingLinear, one query head of the group per step)."""
+    y.value(0.0)[:] += q.data @ w.data
     y.set((0,), (y.data.shape[0],))
 
 
@@ -602,11 +602,14 @@ def build_r(p: Problem, cfg: KernelConfig, hw=None, *, density=None, seed: int =
                 "seer_LSEpart": TensorSpec("seer_LSEpart", (B, ns, H), STAT_BYTES, "scratch")}
     b, hk, x = var("b"), var("hk"), var("x")
     ggrid = (GridAxis("h", hk, Hk), GridAxis("b", b, B))
-    gq = Kernel("seer_r_gate_q", ggrid, (Buffer("q", (g, d), e, "reg"), Buffer("w", (g, d, w), e),
+    gi = var("gi")
+    gq = Kernel("seer_r_gate_q", ggrid, (Buffer("q", (d,), e, "reg"), Buffer("w", (d, w), e, pipelined=True),
                                           Buffer("y", (w,), 4, "reg")), (
-        Load("q", Tile("Q", (point(b, B), Span(hk, g, H), full(1), full(d)))),
-        Load("w", Tile("WqR", (point(hk, Hk), full(g), full(d), full(w)))),
-        Compute("seer_r_qproj", ("q", "w", "y"), matmul=(Work(2 * g * d * w, ()),)),
+        Loop(gi, 0, g, (  # one query head of the group at a time: y += q_h · W[k, h]
+            Load("q", Tile("Q", (point(b, B), point(hk * g + gi, H), full(1), full(d)))),
+            Load("w", Tile("WqR", (point(hk, Hk), point(gi, g), full(d), full(w)))),
+            Compute("seer_r_qproj", ("q", "w", "y"), matmul=(Work(2 * d * w, ()),)),
+        )),
         Store("y", Tile(qg.name, (point(b, B), point(hk, Hk), full(w)))),
     ), threads_per_cta=128)
     rows = Span(x, 128, T)
