@@ -15,7 +15,8 @@ persistent schedule (``models/persistent.py``).
 * Grid: num_sm = SMs − sm_margin (0) persistent CTAs (``flash_api.cpp``; ``*PersistentTileScheduler::get_grid_shape``).
   Not causal: ``StaticPersistentTileScheduler`` — tile t = CTA t mod num_sm, decoded query block fastest, then head,
   then batch. Causal: ``DynamicPersistentTileScheduler`` — L2-swizzled LPT order (``persistent.l2_swizzle``) handed to
-  the first free CTA (``persistent.dynamic_assign``, cost = KV blocks of the tile).
+  the first free CTA (``persistent.dynamic_assign``, cost = the tile's ticks on the L2 timeline, KV blocks + 1,
+  at the timeline's worker speeds ``persistent.timeline_speeds``, as models/cudnn.py).
 * KV blocks walked descending, n_block_max − 1 down to n_block_min (``mainloop_fwd_sm90_tma_gmma_ws.hpp``, ``mma``).
 * Counts per tile as flash2: Q once, K/V once per (tile, KV block), O and LSE once.
 Not modeled: split-KV (num_splits > 1) and PackGQA (``heuristics.h``), varlen, paging, FP8.
@@ -25,11 +26,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
+
 from iosim.errors import IosimError
 from iosim.models import flash2
 from iosim.models._common import check_fit, check_head_dim, lse_tensor, qkvo_tensors
-from iosim.models.persistent import (concrete, dynamic_assign, fa3_swizzle, l2_swizzle, static_round_robin,
-                                     worker_kernel, workers_of)
+from iosim.models.persistent import (concrete, dynamic_assign, fa3_swizzle, item_ticks, l2_swizzle,
+                                     static_round_robin, timeline_speeds, worker_kernel, workers_of)
 from iosim.problem import KernelConfig, Problem
 from iosim.registry import register
 from iosim.schedule import Schedule
@@ -73,10 +76,13 @@ def build(p: Problem, cfg: KernelConfig, hw=None) -> Schedule:
     n = tm * p.heads * p.batch
     if p.causal:
         swz = fa3_swizzle(p.seq_kv, d, p.elem_bytes, p.group)
-        m = [int(flash2.kv_stop(p, i, bm, bn, tn)) for i in range(tm)]
-        work = dynamic_assign(l2_swizzle(tm, p.heads, p.batch, swz), [m[t % tm] for t in range(n)], workers)
+        # cost in the L2 timeline's ticks at its speeds (``persistent.item_ticks``, ``timeline_speeds``), as cuDNN's
+        # (models/cudnn.py): the counter hands the tiles out in order on the timeline the L2 model runs
+        blocks = item_ticks([int(flash2.kv_stop(p, i, bm, bn, tn)) for i in range(tm)])
+        work = dynamic_assign(l2_swizzle(tm, p.heads, p.batch, swz), np.resize(blocks, n), workers,
+                              timeline_speeds(workers, cfg.kv_order))
         how = (f"DynamicPersistentTileScheduler: LPT order in L2 sections of {swz} heads, next tile to the first "
-               "free CTA (cost = KV blocks)")
+               "free CTA (cost = KV blocks + 1 ticks, at the L2 timeline's speeds)")
     else:
         work = static_round_robin(n, workers)
         how = "StaticPersistentTileScheduler: tile t to CTA t mod num_sm, query block fastest, then head, batch"

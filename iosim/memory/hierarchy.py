@@ -25,7 +25,7 @@ from iosim.memory.sampling import describe
 from iosim.memory.l2 import L2Geometry, L2Result, RunTrace, aligned, choose_stride
 from iosim.memory.l2stream import L2Stream
 from iosim.memory.layout import layout
-from iosim.memory.scheduler import Timeline, order_trace, timeline
+from iosim.memory.scheduler import Timeline, order_trace, timeline, work_items
 from iosim.memory.trace import expand_kernel, kernel_durations
 from iosim.occupancy import Occupancy, occupancy
 from iosim.schedule import Schedule
@@ -102,7 +102,8 @@ def build_trace(schedule: Schedule, hw, regs_per_thread: int | None = None, pers
     for ki, k in enumerate(schedule.kernels):
         tr = expand_kernel(schedule, k, lay)
         occ = occupancy(k, hw, getattr(cfg, "num_stages", 1), regs_per_thread)
-        perm, sm, end = order_trace(tr, occ.slots, hw.sm_count, persistent, jitter, disorder)
+        perm, sm, end = order_trace(tr, occ.slots, hw.sm_count, persistent, jitter, disorder,
+                                    work_items(schedule, k))
         parts.append((tr.addr[perm], tr.nbytes[perm], tr.write[perm], sm.astype(np.int16),
                       np.full(len(perm), ki, dtype=np.int8 if len(schedule.kernels) < 128 else np.int64)))
         info.append((k.name, occ, end))
@@ -268,7 +269,8 @@ def simulate_schedule(schedule: Schedule, hw, geometry: L2Geometry | None = None
     tls, info = [], []
     for k in schedule.kernels:
         occ = occupancy(k, hw, getattr(cfg, "num_stages", 1), regs_per_thread)
-        tl = timeline(kernel_durations(schedule, k), occ.slots, persistent, jitter, disorder)
+        tl = timeline(kernel_durations(schedule, k), occ.slots, persistent, jitter, disorder,
+                      work_items(schedule, k))   # persistent workers: drift per work item
         tls.append(tl)
         info.append((k.name, occ, tl.end))
     total = sum(float(tl.end) for tl in tls) or 1.0
