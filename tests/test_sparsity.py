@@ -222,6 +222,13 @@ def test_break_even_of_a_method_linear_in_density(sparse_methods):
     assert c.roles == (("copy_rows", sp.SPARSE),) and any("most matmul FLOPs" in n for n in c.notes)
 
 
+def test_tail_bias_is_said(sparse_methods):
+    small = sp.curve("h100", Problem(1, 16, 16, 4096, 4096, 128, "bf16", True), "t_pool_sparse", (1.0,))
+    assert any(n.startswith("tail:") for n in small.notes)
+    flat = sp.curve("h100", Problem(1, 16, 16, 4096, 4096, 128, "bf16", False), "t_pool_sparse", (1.0,))
+    assert not any(n.startswith("tail:") for n in flat.notes)  # no causal imbalance to leave out
+
+
 def test_curve_bad_parameters(sparse_methods):
     p = Problem(1, 1, 1, 256, 256, 64, "bf16", True)
     with pytest.raises(IosimError, match="--densities"):
