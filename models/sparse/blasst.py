@@ -53,7 +53,7 @@ import sympy as sp
 
 from iosim.errors import IosimError
 from iosim.models import flash2
-from iosim.models._common import check_fit, check_head_dim, kv_head, kv_tile, lse_tensor, q_tile, qkvo_tensors, row_tile
+from iosim.models._common import check_fit, check_head_dim, kv_tile, lse_tensor, q_tile, qkvo_tensors, row_tile
 from iosim.models.block_sparse import normalize_mask
 from iosim.models.fa3 import STAGES as FA3_STAGES, fa3_tiles
 from iosim.models.persistent import (concrete, dynamic_assign, fa3_swizzle, item_tables, l2_swizzle, reset,

@@ -37,7 +37,6 @@ the fp16 rate) — counted at the input dtype's rate; the factorisation (SVD or 
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 import numpy as np

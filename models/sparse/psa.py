@@ -40,7 +40,6 @@ kernel's exp2 form.
 
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
@@ -48,7 +47,7 @@ import numpy as np
 from iosim.errors import IosimError
 from iosim.models import flash2
 from iosim.models._common import check_fit, check_head_dim, kv_head, lse_tensor, q_tile, qkvo_tensors, row_tile
-from iosim.models.block_sparse import block_visible_causal, compress, normalize_mask
+from iosim.models.block_sparse import compress, normalize_mask
 from iosim.models.sparse.common import MAX_MASK_BLOCKS, check_params, pool_blocks, valid_blocks
 from iosim.problem import KernelConfig, Problem
 from iosim.reference import op_qk, register_op
