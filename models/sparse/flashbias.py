@@ -63,14 +63,14 @@ def op_flashbias_qk(ctx, q, qb, k, kb, s):
     s.pos = None
 
 
-@register_op("bias_add")
+@register_op("dense_bias_add")
 def op_bias_add(ctx, s, bias):
     """S += the bias tile (dense-bias FlashAttention)."""
     r, c = s.ext
     s.data[:r, :c] += bias.data[:r, :c]
 
 
-@register_op("concat_cols")
+@register_op("flashbias_concat_q")
 def op_concat_cols(ctx, x, y, out):
     """Q' = [Q, φ_q / scale]: FA2 run with the softmax scale of d (SDPA's ``scale=``) then gives
     scale·Q'K'ᵀ = scale·QKᵀ + φ_q φ_kᵀ."""
@@ -80,7 +80,7 @@ def op_concat_cols(ctx, x, y, out):
     out.set((x.origin[0], 0), (r, out.data.shape[1]))
 
 
-@register_op("concat_k")
+@register_op("flashbias_concat_k")
 def op_concat_k(ctx, x, y, out):
     """K' = [K, φ_k]."""
     r, d = x.ext[0], x.data.shape[1]
@@ -219,8 +219,8 @@ def _sdpa(p: Problem, cfg: KernelConfig, hw, R: int, fac: dict) -> Schedule:
     t = _tensors(p)
     qp = TensorSpec("Qp", (p.batch, p.heads, p.seq_q, w), e, "scratch")
     kp = TensorSpec("Kp", (p.batch, p.kv_heads, p.seq_kv, w), e, "scratch")
-    cat_q = _concat_kernel("cat_q", t["Q"], fac["Qb"], qp, "concat_cols")
-    cat_k = _concat_kernel("cat_k", t["K"], fac["Kb"], kp, "concat_k")
+    cat_q = _concat_kernel("cat_q", t["Q"], fac["Qb"], qp, "flashbias_concat_q")
+    cat_k = _concat_kernel("cat_k", t["K"], fac["Kb"], kp, "flashbias_concat_k")
     pw = replace(p, head_dim=w)
     if cfg.block_m is None or cfg.block_n is None:
         dm, dn = flash2.default_tiles(w)
@@ -284,7 +284,7 @@ def build_dense(p: Problem, cfg: KernelConfig, hw=None, *, bias_dtype: str | Non
     steps = list(loop.body)
     at = next(n for n, st in enumerate(steps) if isinstance(st, Compute) and st.op == "qk")
     rows, cols = steps[at].matmul[0].spans
-    steps.insert(at + 1, Compute("bias_add", ("s", "bias"), other=(Work(1, (rows, cols)),)))
+    steps.insert(at + 1, Compute("dense_bias_add", ("s", "bias"), other=(Work(1, (rows, cols)),)))
     body[1] = replace(loop, body=tuple(steps))
     k = replace(k, body=tuple(body))
     tensors = _tensors(p) | {"Bias": TensorSpec("Bias", (p.batch, p.heads, p.seq_q, p.seq_kv), eb, "input")}
