@@ -25,6 +25,8 @@ def add_parser(sub) -> None:
                    help="default bf16, or fp16 if a chosen chip has no bf16 tensor cores (v100)")
     p.add_argument("--causal", action="store_true")
     p.add_argument("--out", default=None, help=f"output folder (default {DEFAULT_OUT}; with --masks {MASK_OUT})")
+    p.add_argument("--sparsity", action="store_true", help="write the sparsity page instead: each sparse method's "
+                   "speedup over dense FA2/FA3/FA4 vs density, break-even density, pre-pass share (iosim.report_sparsity)")
     p.add_argument("--masks", action="store_true", help="write the mask page instead: IO and time of FA2's loop "
                    "over sliding-window, document and random block masks at N=32K on h100 (iosim.mask_bounds)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace, out: IO[str]) -> int:
     from iosim.report import DEFAULT_JOBS, DEFAULT_OUT, MASK_OUT, ReportConfig, generate, generate_masks
     if args.head_dim < 1 or args.heads < 1 or args.batch < 1:
         raise IosimError("--head-dim, --heads and --batch must be positive")
-    folder = args.out or (MASK_OUT if args.masks else DEFAULT_OUT)
+    folder = args.out or (MASK_OUT if args.masks else "reports/sparsity" if args.sparsity else DEFAULT_OUT)
     writable_dir(folder)
     from iosim.cli import chip_dtype
     lacking = [h for h in args.hardware if chip_dtype(h) != "bf16"]
@@ -47,6 +49,9 @@ def run(args: argparse.Namespace, out: IO[str]) -> int:
                        causal=args.causal, out=folder)
     if args.masks:
         res = generate_masks(cfg, progress=not args.quiet)
+    elif args.sparsity:
+        from iosim.report_sparsity import generate_sparsity
+        res = generate_sparsity(cfg, progress=not args.quiet, jobs=jobs_from_args(args, DEFAULT_JOBS))
     else:
         res = generate(cfg, progress=not args.quiet, jobs=jobs_from_args(args, DEFAULT_JOBS))
     out.write(f"wrote {len(res.files)} files to {res.out}/ in {res.seconds:.1f} s: {', '.join(res.files)}\n")

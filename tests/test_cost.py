@@ -165,7 +165,13 @@ def test_every_algorithm_has_a_finite_time(hw):
             with pytest.raises(IosimError, match=only[name][1]):
                 estimate_problem(h, Problem(1, 4, 4, 2048, 2048, 64, "fp16"), KernelConfig(), name)
             continue
-        e = estimate_problem(h, Problem(1, 4, 4, 2048, 2048, 64, "fp16"), KernelConfig(), name)
+        try:
+            e = estimate_problem(h, Problem(1, 4, 4, 2048, 2048, 64, "fp16"), KernelConfig(), name)
+        except IosimError:
+            # sparse methods that model one mode only (AnchorAttention: causal prefill) refuse the other by name
+            if not algorithms()[name].build.__module__.startswith("iosim.models.sparse."):
+                raise
+            e = estimate_problem(h, Problem(1, 4, 4, 2048, 2048, 64, "fp16", True), KernelConfig(), name)
         assert math.isfinite(e.time_s) and e.time_s > 0, name
         assert e.bound in cost.RESOURCES + ("launch", "parallelism") and e.resource in cost.RESOURCES
 
