@@ -22,6 +22,9 @@ kernels ``iosim.multigpu.cost.MERGE_KERNELS`` prices), and — at the same time,
 The call of each (GPU, step) is exactly ``iosim.multigpu.ring``'s plan (written out again in ``call_of``; ``compare``
 checks the recorded shapes against the plan, and the bytes each GPU sent against the model, exactly).
 
+``measure --cpu`` is a dry run of all of it on the CPU (gloo, PyTorch's CPU flash op, host timers): it checks the
+logic, the bytes and the output; its times mean nothing.
+
 Modes, each timed with CUDA events on the compute stream (REPS runs after one warm-up):
   ring        overlapped, as above: per-step time (step start → call, merge and both transfers done) and total;
   sequential  the same, each transfer posted only after the step's call and merge (``overlap=False`` in iosim);
@@ -187,7 +190,6 @@ class Ring:
 
     def run(self, mode: str) -> tuple[list[float], float, list[tuple]]:
         """(per-step times in ms, total ms, calls made) of one run of ``mode`` (module docstring)."""
-        import torch
         P = self.P
         if P > 2:  # step 1 onward overwrote the first buffer: start from the local block again (not timed)
             self.kv[0].copy_(self.local_kv)
@@ -223,7 +225,6 @@ def gathered_output(ring: "Ring"):
 
 def check(rank: int, P: int) -> list[dict]:
     """Ring output vs single-GPU SDPA at a small size, every balancing."""
-    import torch
     import torch.nn.functional as F
     N, H, d = CHECK
     rows = []
@@ -271,7 +272,8 @@ def worker(rank: int, P: int, out_dir: str, seqs: list[int], reps: int, cpu: boo
                 sync()
                 ring.bytes_sent = 0
                 steps, total, calls = ring.run(mode)
-                base = {"heads": heads, "seq": N, "causal": int(causal), "balance": bal, "mode": mode, "rep": rep, "rank": rank}
+                base = {"heads": heads, "seq": N, "causal": int(causal), "balance": bal, "mode": mode, "rep": rep,
+                        "rank": rank}
                 for t, ms in enumerate(steps):
                     c = calls[t] if mode != "comm" else None
                     rows.append({**base, "step": t, "nq": "" if c is None else c[1] - c[0],
@@ -361,11 +363,10 @@ def predict(a: argparse.Namespace) -> None:
                 cc = np.zeros_like(c) if mode == "comm" else c
                 start, end = ring_schedule(cc, [x] * (P - 1), overlap=(mode != "sequential"))
                 dur, total = (end - start).max(axis=0), float(end[:, -1].max())  # per step: the slowest GPU
-            for t in range(P):
-                rows.append({"hardware": hw.name, "heads": a.heads, "seq": N, "causal": int(causal), "balance": bal, "devices": P,
-                             "mode": mode, "step": t, "pred_ms": 1e3 * dur[t], "bytes_sent": ""})
-            rows.append({"hardware": hw.name, "heads": a.heads, "seq": N, "causal": int(causal), "balance": bal, "devices": P,
-                         "mode": mode, "step": "total", "pred_ms": 1e3 * total,
+            key = {"hardware": hw.name, "heads": a.heads, "seq": N, "causal": int(causal), "balance": bal, "devices": P,
+                   "mode": mode}
+            rows += [{**key, "step": t, "pred_ms": 1e3 * dur[t], "bytes_sent": ""} for t in range(P)]
+            rows.append({**key, "step": "total", "pred_ms": 1e3 * total,
                          "bytes_sent": plan.bytes_sent(0) if mode != "compute" else 0})
         print(f"N={N} causal={causal}: predicted ring total {_total(rows, N, causal, 'ring'):.3f} ms "
               f"({time.time() - t0:.0f} s)", flush=True)
@@ -435,7 +436,8 @@ def compare(a: argparse.Namespace) -> None:
         with open(a.out, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["seq", "causal", "mode", "step", "measured_ms", "predicted_ms", "error"])
-            w.writerows([(N, int(c), md, s, f"{m:.4f}", f"{p:.4f}", f"{p / m - 1:.4f}") for N, c, md, s, m, p in out_rows])
+            w.writerows([(N, int(c), md, s, f"{m:.4f}", f"{p:.4f}", f"{p / m - 1:.4f}")
+                         for N, c, md, s, m, p in out_rows])
 
 
 def main() -> None:

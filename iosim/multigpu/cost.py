@@ -25,7 +25,7 @@ total = ar_end_{T−1}; without tiling (tiles=1) the AllReduce follows the whole
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
