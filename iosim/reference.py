@@ -434,7 +434,7 @@ def op_pool_mean(ctx, src, dst):
     """dst[0] = mean of the valid rows of src (sparse pre-passes: pooled Q/K, ``models/sparse/common.py``)."""
     r = src.ext[0]
     dst.value(0.0)[0] = src.data[:r].mean(axis=0) if r else 0.0
-    dst.set((src.origin[0],), (1, dst.data.shape[1]))
+    dst.set((src.origin[0], 0), (1, dst.data.shape[1]))
 
 
 def op_score_nt(ctx, a, b, s):

@@ -37,6 +37,8 @@ def _symbolic_ok(name: str) -> bool:
 
 SYMBOLIC_ALGS = sorted(a for a in algorithms() if _symbolic_ok(a))
 ALL_ALGS = sorted(algorithms())
+# exact attention only: the sparse family (models/sparse/) skips work by design, so the lower bound does not bind it
+EXACT_ALGS = [a for a in ALL_ALGS if not algorithms()[a].build.__module__.startswith("iosim.models.sparse.")]
 MULT8 = {"flash2", "flash2_bwd", "block_sparse", "splitkv"}  # FA2-family head_dim limits (multiple of 8, <= 256)
 
 
@@ -235,7 +237,7 @@ def test_square_tiling_theorem_holds_on_engine_counts(mu, extra_d, n):
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_no_catalogue_schedule_beats_the_lower_bound(data):
-    alg = data.draw(st.sampled_from(ALL_ALGS))
+    alg = data.draw(st.sampled_from(EXACT_ALGS))
     d = data.draw(st.sampled_from([8, 16, 32, 64, 128, 256]))
     n_q = data.draw(st.integers(1, 1024))
     n_kv = data.draw(st.one_of(st.just(n_q), st.integers(1, 1024)))

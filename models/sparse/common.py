@@ -257,7 +257,7 @@ def _bh_grid(batch, heads, rows) -> tuple[tuple[GridAxis, ...], tuple]:
     return (GridAxis("m", r, rows), GridAxis("b", b, batch), GridAxis("h", h, heads)), (r, b, h)
 
 
-def pool_kernel(name: str, src: TensorSpec, dst: TensorSpec, block: int, rows_per_cta: int = 64,
+def pool_kernel(name: str, src: TensorSpec, dst: TensorSpec, block: int, rows_per_cta: int = 1,
                 num_warps: int = 4) -> Kernel:
     """dst[b, h, x] = mean of src[b, h, x·block : (x+1)·block] (mean pooling of a [B, H, N, d] tensor, block rows
     per output row). Per (b, h): reads N·d·e_src, writes ⌈N/block⌉·d·e_dst; other FLOPs N·d (adds). Each CTA pools
