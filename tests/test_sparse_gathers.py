@@ -80,7 +80,7 @@ def test_permuted_methods_full_equal_naive_random_shapes(n, causal, seed):
     ("pbs_attn", dict(threshold=1.5), "threshold"),
     ("pbs_attn", dict(density=0.5, scores=np.zeros((256, 256))), "give one of"),
     ("pbs_attn", dict(block_size=0), "block_size"),
-    ("draftattention", dict(), "multiple of latent_h"),
+    ("draftattention", dict(pool_h=5), "must tile the latent frame"),
     ("anchorattention", dict(step=0), "step"),
     ("s2o", dict(chunk=48), "multiple of chunk"),
     ("hyperattention", dict(density=0.2), "does not apply"),

@@ -162,7 +162,7 @@ def build(p: Problem, cfg: KernelConfig, hw=None, *, density=None, seed: int = 0
     if G % bm or G % bn or block_size % 1:
         raise IosimError(f"{m}: tiles {bm}×{bn} must divide block_size·step = {G}; give --block-m/--block-n dividing it")
     B_, H, Hk, N, d, e = p.batch, p.heads, p.kv_heads, p.seq_kv, p.head_dim, p.elem_bytes
-    ng, tm, nkb = cdiv(N, G), cdiv(N, bm), cdiv(N, block_size)
+    ng, tm = cdiv(N, G), cdiv(N, bm)
     ih, ll, lh, I, scan_hi = regions(N, G, bm, bn, init_blocks, local_blocks)
     cand = np.zeros((ng, N), dtype=bool)
     for g in range(ng):

@@ -31,6 +31,8 @@ Choices taken here:
   and the per-call boolean mask → block mask conversion) and the top-k's extra radix passes over the S² map are left
   out (a few N·d and S² passes).
 * Non-causal only (video DiT: the repo calls the kernel with is_causal=False); seq_q = seq_kv.
+* seq = frames·latent_h·latent_w + text_len in the repo (it asserts whole frames); tokens past the last whole frame
+  are handled here like the text (dense, in their order), and a note says how many.
 """
 
 from __future__ import annotations
@@ -115,10 +117,10 @@ def build(p: Problem, cfg: KernelConfig, hw=None, *, density=None, seed: int = 0
     if latent_h % pool_h or latent_w % pool_w:
         raise IosimError(f"{m}: pool {pool_h}×{pool_w} must tile the latent frame {latent_h}×{latent_w}")
     frame = latent_h * latent_w
-    nv = p.seq_q - text_len
-    if nv <= 0 or nv % frame:
-        raise IosimError(f"{m}: seq - text_len = {nv} must be a positive multiple of latent_h·latent_w = {frame} "
-                         f"(whole frames); set --param text_len or the latent size")
+    if text_len > p.seq_q:
+        raise IosimError(f"{m}: text_len={text_len} exceeds the sequence length {p.seq_q}")
+    nv = (p.seq_q - text_len) // frame * frame  # whole frames; tokens past the last one are handled like text
+    tail = p.seq_q - text_len - nv
     given = [n_ for n_, v_ in (("density", density), ("table", table), ("scores", scores)) if v_ is not None]
     if len(given) > 1:
         raise IosimError(f"{m}: give one of density, table or scores, not {' and '.join(given)}")
@@ -135,7 +137,7 @@ def build(p: Problem, cfg: KernelConfig, hw=None, *, density=None, seed: int = 0
         s = np.load(scores) if isinstance(scores, str) else np.asarray(scores, dtype=np.float64)
         if s.shape[-2:] != (N, N) or s.ndim not in (2, 4):
             raise IosimError(f"{m}: scores have shape {s.shape}; give [N, N] or [B, H, N, N] with N = {N}")
-        mask = np.asarray(draft_rule(p, reorg, nv, block, sparsity_ratio)(s))
+        mask = np.asarray(draft_rule(p, reorg, nv, block, sparsity_ratio)(s)) if S else np.ones((T, T), bool)
         src = f"selected from the given scores (sparsity_ratio {sparsity_ratio:g})"
     elif table is not None:
         mask, src = sc.choose_blocks(p, block, block, table=table, method=m)
@@ -188,8 +190,13 @@ def build(p: Problem, cfg: KernelConfig, hw=None, *, density=None, seed: int = 0
     ks.append(sc.gather_kernel("draft_restore", T_["Or"], base["O"], "draft_restore"))
     tabs |= {"draft_reorg_q": np.broadcast_to(reorg, (B_, H, N)), "draft_reorg_k": np.broadcast_to(reorg, (B_, Hk, N)),
              "draft_restore": np.broadcast_to(restore, (B_, H, N))}
+    if S == 0:  # no whole frame: no draft map (the block-sparse call is dense)
+        ks = [k_ for k_ in ks if not k_.name.startswith(("draft_pool", "draft_scores", "draft_softmax", "draft_select"))]
+        T_ = {k_: v_ for k_, v_ in T_.items() if k_ not in ("DQ", "DK", "DS", "DSEL")}
     tensors = {k_: v_ for k_, v_ in base.items() if k_ != "LSE"} | T_
-    notes = (f"selection: {src}; {kept:.1%} of the {S}×{S} visual region pairs kept, text ({text_len} tokens) dense",
+    notes = (f"selection: {src}; {kept:.1%} of the {S}×{S} visual region pairs kept, text ({text_len} tokens) dense"
+             + (f"; {tail} tokens past the last whole {latent_h}×{latent_w} frame handled like text (dense, "
+                "unpermuted)" if tail else ""),
              f"{nv // frame} frames of {latent_h}×{latent_w}, regions {pool_h}×{pool_w} = {block} tokens; "
              f"tiles {cfg.block_m}×{cfg.block_n}")
     return Schedule(m, p, cfg, tensors, tuple(ks), notes, tables=tabs)

@@ -49,14 +49,12 @@ tile) is shared with DraftAttention (``draft.py``).
 from __future__ import annotations
 
 import numpy as np
-import sympy as sp
 
 from iosim.errors import IosimError
 from iosim.models import flash2
 from iosim.models._common import check_fit, check_head_dim, kv_head
-from iosim.models.block_sparse import block_visible_causal
 from iosim.models.sparse import common as sc
-from iosim.problem import STAT_BYTES, KernelConfig, Problem
+from iosim.problem import KernelConfig, Problem
 from iosim.reference import NEG_INF, register_op
 from iosim.registry import register
 from iosim.schedule import (Buffer, Compute, GridAxis, Kernel, Load, Loop, Schedule, Span, Store, TensorSpec, Tile,
