@@ -16,7 +16,8 @@ KV heads'. Kernels, in launch order (per head h unless said):
   distance to every centroid, 128 × 128 tiles, argmin → labels) and an update pass (each centroid the mean of its
   members, gathered through the final labels). k-means++ seeding's passes and the normalisation are left out.
 * ``sq_causal`` (_fwd_kernel_causal, 64 × 64 tiles, 4 / 8 warps): the user queries against the user keys
-  [N_ctx, N_kv), every key tile of the user part (no causal skipping: the mask is applied in the tile); writes the
+  [N_ctx, N_kv), every key tile of the user part (no causal skipping: the mask is applied in the tile; the kernel's
+  ``causal`` flag is the problem's — without it the user keys are all visible); writes the
   fp32 output, the row max M and the row sum L (the reduce's starting point).
 * ``sq_centroids`` (_fwd_centroid_simple_kernel_qk, 128 queries a CTA): two passes over the C centroids in 128-row
   tiles: pass 1 reads the centroids and their key counts (denominator Σ_c n_c·e^{q·c}), pass 2 reads the centroids again
@@ -194,7 +195,7 @@ def causal_kernel(p: Problem, n_ctx: int, hw):
     rows, cols = Span(i, 64, Nq), Span(j, 64, nu, offset=n_ctx)
     body = (
         Load("q", Tile("Q", (point(0, 1), point(h, H), rows, full(d)))),
-        Loop(j, 0, cdiv(nu, 64), flash2.kv_step(p, 0, h, rows, cols, masked=True)),
+        Loop(j, 0, cdiv(nu, 64), flash2.kv_step(p, 0, h, rows, cols, masked=p.causal)),
         Compute("sq_finalize", ("acc", "m", "l"), other=(Work(d, (rows,)),)),
         Store("acc", Tile("O", (point(0, 1), point(h, H), rows, full(d)))),
         Store("m", Tile("MO", (point(0, 1), point(h, H), rows))),
@@ -480,8 +481,6 @@ def build(p: Problem, cfg: KernelConfig, hw=None, *, density=None, seed=0, table
     if p.heads * n_ctx > MAX_KEY_ENTRIES:
         raise IosimError(f"{method}: the per-head key tables would hold {p.heads * n_ctx:,} entries (heads·context), "
                          f"over {MAX_KEY_ENTRIES:,}; use fewer heads or a shorter context")
-    from dataclasses import replace as _replace
-    p = _replace(p, causal=True)  # the user part is causal (bottom-right); every context key is visible
     sel = select(p, n_ctx, win, c2, c1, density, seed, table, scores)
     kt = key_tables(sel["keep"])
     total = kt.pop("_total_blocks")
