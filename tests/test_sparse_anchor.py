@@ -122,3 +122,22 @@ def test_s2o_rule_early_stop_hand_made():
     assert L[3] == 7 * 16
     assert tok[3, :16].tolist() == list(range(80, 96))
     assert sorted(set(tok[3, :L[3]] // 16)) == [0, 5, 11, 12, 13, 14, 15]
+
+
+def test_s2o_kernel_reads_each_gathered_row_as_its_own_run():
+    """In the L2 trace, s2o_fwd's K reads are the kept tokens' rows, one d·e-byte run each, at K's base +
+    (h_kv·N + token)·d·e — the physical rows of the virtual blocks, in importance order."""
+    from iosim.memory.layout import layout
+    from iosim.memory.trace import expand_kernel
+    n, d = 256, 64
+    p = Problem(1, 1, 1, n, n, d, "bf16", True)
+    sched = get("s2o").build(p, KernelConfig(block_n=32), None, density=0.3, block_size=64, chunk=16, seed=1)
+    kern = next(k for k in sched.kernels if k.name == "s2o_fwd")
+    lay = layout(sched)
+    tr = expand_kernel(sched, kern, lay)
+    base, end = lay["K"].base, lay["K"].base + n * d * 2
+    ks = (~tr.write) & (tr.addr >= base) & (tr.addr < end)
+    assert (tr.nbytes[ks] == d * 2).all()
+    toks, L = sched.tables["s2o_tok"], sched.tables["s2o_len"]
+    want = np.concatenate([toks[i, :L[i]] for i in range(len(L))])
+    np.testing.assert_array_equal(np.sort((tr.addr[ks] - base) // (d * 2)), np.sort(want))

@@ -168,11 +168,20 @@ def op_hyper_softmax_nomask(ctx, s, m, l, acc):
 def op_hyper_merge(ctx, a1, l1, a2, l2):
     """(a1, l1) ← the LSE-weighted combination of two partial attentions (add_self_attentions)."""
     r = a1.ext[0]
-    x, y = l1.data[:r], l2.data[:r]
+    x, y = l1.data[:r].reshape(r), l2.data[:r].reshape(r)
     L = np.logaddexp(x, y)
     c1, c2 = np.exp(x - L), np.exp(y - L)
     a1.data[:r] = c1[:, None] * a1.data[:r] + c2[:, None] * a2.data[:r]
-    l1.data[:r] = L
+    l1.data[:r] = L.reshape(l1.data[:r].shape)
+
+
+@register_op("hyper_col")
+def op_hyper_col(ctx, src, dst):
+    """dst = src as a row vector or a column ([n] ↔ [n, 1]: the sorted-order LSE scratch is a column so that its
+    rows can be gathered)."""
+    r = src.ext[0]
+    dst.data[:r] = src.data[:r].reshape(dst.data[:r].shape)
+    dst.set((src.origin[0],) + (0,) * (dst.data.ndim - 1), (r,) + dst.data.shape[1:])
 
 
 # --- the plan: which quadrants run at which level -------------------------------------------------------------------
@@ -236,7 +245,8 @@ def _kv_tables(tag: str, items: list) -> dict:
 
 def _list_kernel(p: Problem, cfg: KernelConfig, hw, name: str, tag: str, W: int, *, q: str, k: str, v: str, o: str,
                  lse: str, k_per_kv: bool = True, q_pos: str | None = None, k_pos: str | None = None,
-                 masked: bool = False, bias: str | None = None, out_tag: str | None = None) -> Kernel:
+                 masked: bool = False, bias: str | None = None, out_tag: str | None = None,
+                 lse_col: bool = False) -> Kernel:
     """FA2 over work items w: query rows [qoff[w], +qlen[w]) of ``q``, KV tiles [koff[w, t], +klen[w, t]) of ``k``/``v``
     (t < nkt[w]); O and LSE stored at the query rows. ``bias``: a [B, H, rows, m] tensor added to the scores (columns
     t·block_n of the item's ncol[w]), with the unmasked online softmax. Per item: reads Q rows·d once, K + V
@@ -266,9 +276,13 @@ def _list_kernel(p: Problem, cfg: KernelConfig, hw, name: str, tag: str, W: int,
     body = (Load("q", Tile(q, (point(b, B), point(h, H), qrows, full(d)))),
             Loop(t, 0, L("nkt", w), tuple(step)),
             flash2.finalize(p, qrows),
-            Store("acc", Tile(o, (point(b, B), point(h, H), orows, full(d)))),
-            Store("lse", Tile(lse, (point(b, B), point(h, H), orows))))
-    bufs = flash2.buffers(bm, bn, d, e) + ((Buffer("bias", (bm, bn), e, pipelined=True),) if bias else ())
+            Store("acc", Tile(o, (point(b, B), point(h, H), orows, full(d)))))
+    if lse_col:  # a [B, H, n, 1] column (its rows are gathered later)
+        body += (Compute("hyper_col", ("lse", "lsec")), Store("lsec", Tile(lse, (point(b, B), point(h, H), orows, full(1)))))
+    else:
+        body += (Store("lse", Tile(lse, (point(b, B), point(h, H), orows))),)
+    bufs = flash2.buffers(bm, bn, d, e) + ((Buffer("bias", (bm, bn), e, pipelined=True),) if bias else ()) + \
+        ((Buffer("lsec", (bm, 1), STAT_BYTES, "reg"),) if lse_col else ())
     kern = Kernel(name, (GridAxis("m", w, W), GridAxis("b", b, B), GridAxis("h", h, H)), bufs, body,
                   threads_per_cta=32 * cfg.num_warps)
     check_fit(kern, cfg, hw, f"block_m={bm}, block_n={bn}, head_dim={d}, num_stages={cfg.num_stages}")
@@ -313,9 +327,11 @@ def _sort_kernel(p: Problem, name: str, n: int, heads: int, codes: str, scratch:
 
 
 def _rows_kernel(p: Problem, name: str, tag: str, W: int, *, loads: list, stores: list, op: str | None) -> Kernel:
-    """A row pass over work items (rows [off, +len) of each item, per (b, h)): loads [(buffer, tensor, which, 2d)],
-    the merge op, stores [(buffer, tensor, which, 2d)]; which = 'off' (contiguous at tables[tag_off]), 'coff'
-    (contiguous at tables[tag_coff]) or ('gather', table) (rows tables[table][b, h, off + x], each its own run)."""
+    """A row pass over work items (rows [off, +len) of each item, per (b, h)): loads [(buffer, tensor, which, kind)],
+    the op (``hyper_merge`` of (a1, l1…, a2, l2…), or ``hyper_col`` copying the column l1c into l1), stores
+    [(buffer, tensor, which, kind)]; which = 'off' / 'coff' (contiguous at tables[tag_off] / [tag_coff]) or
+    ('gather', table) (rows tables[table][b, h, off + x], each its own run); kind = 'mat' ([…, d]), 'col' ([…, 1]),
+    'vec' (a [B, H, n] row vector)."""
     d = p.head_dim
     grid, (w, b, h) = _grid(W, p.batch, p.heads)
     L = lambda nm: lookup(tbl(f"{tag}_{nm}"), w)  # noqa: E731
@@ -325,16 +341,21 @@ def _rows_kernel(p: Problem, name: str, tag: str, W: int, *, loads: list, stores
             return Span(0, ROWS, L("len"), offset=L("off"), gather=(tbl(which[1]), b, h))
         return Span(0, ROWS, L("len"), offset=L(which))
 
-    def tile(tensor, which, two):
-        return Tile(tensor, (point(b, p.batch), point(h, p.heads), span(which)) + ((full(d),) if two else ()))
+    def tile(tensor, which, kind):
+        tail = {"mat": (full(d),), "col": (full(1),), "vec": ()}[kind]
+        return Tile(tensor, (point(b, p.batch), point(h, p.heads), span(which)) + tail)
 
-    body = [Load(bf, tile(tn, wh, two)) for bf, tn, wh, two in loads]
-    if op:
-        rows = span("off")
-        body.append(Compute(op, ("a1", "l1", "a2", "l2"), exp=(Work(3, (rows,)),), other=(Work(3 * d + 4, (rows,)),)))
-    body += [Store(bf, tile(tn, wh, two)) for bf, tn, wh, two in stores]
-    bufs = (Buffer("a1", (ROWS, d), 4, "reg"), Buffer("l1", (ROWS,), STAT_BYTES, "reg"),
-            Buffer("a2", (ROWS, d), 4, "reg"), Buffer("l2", (ROWS,), STAT_BYTES, "reg"))
+    body = [Load(bf, tile(tn, wh, kd)) for bf, tn, wh, kd in loads]
+    rows = span("off")
+    if op == "hyper_merge":
+        ls = [bf for bf, *_ in loads if bf.startswith("l")]
+        body.append(Compute(op, ("a1", ls[0], "a2", ls[1]), exp=(Work(3, (rows,)),), other=(Work(3 * d + 4, (rows,)),)))
+    elif op == "hyper_col":
+        body.append(Compute(op, ("l1c", "l1")))
+    body += [Store(bf, tile(tn, wh, kd)) for bf, tn, wh, kd in stores]
+    bufs = (Buffer("a1", (ROWS, d), 4, "reg"), Buffer("a2", (ROWS, d), 4, "reg"),
+            Buffer("l1", (ROWS,), STAT_BYTES, "reg"), Buffer("l2", (ROWS,), STAT_BYTES, "reg"),
+            Buffer("l1c", (ROWS, 1), STAT_BYTES, "reg"), Buffer("l2c", (ROWS, 1), STAT_BYTES, "reg"))
     return Kernel(name, grid, bufs, tuple(body))
 
 
@@ -407,9 +428,9 @@ def build(p: Problem, cfg: KernelConfig, hw=None, *, density=None, seed: int = 0
                      f"{tg}_xm_len": np.array([r[1] for r in rows], np.int64),
                      f"{tg}_xm_coff": np.array([r[2] for r in rows], np.int64)}
             ks.append(_rows_kernel(p, f"{tg}_merge_exact", f"{tg}_xm", len(rows),
-                                   loads=[("a1", "O", "off", True), ("l1", "LSE", "off", False),
-                                          ("a2", f"HXO_L{lv}", "coff", True), ("l2", f"HXL_L{lv}", "coff", False)],
-                                   stores=[("a1", "O", "off", True), ("l1", "LSE", "off", False)], op="hyper_merge"))
+                                   loads=[("a1", "O", "off", "mat"), ("l1", "LSE", "off", "vec"),
+                                          ("a2", f"HXO_L{lv}", "coff", "mat"), ("l2", f"HXL_L{lv}", "coff", "vec")],
+                                   stores=[("a1", "O", "off", "mat"), ("l1", "LSE", "off", "vec")], op="hyper_merge"))
         if not L.hyper:
             continue
         n_hyper += 1
@@ -472,7 +493,7 @@ def build(p: Problem, cfg: KernelConfig, hw=None, *, density=None, seed: int = 0
              f"KS_L{lv}": TensorSpec(f"KS_L{lv}", (B, Hk, nk_t, d), e, "scratch"),
              f"VS_L{lv}": TensorSpec(f"VS_L{lv}", (B, Hk, nk_t, d), e, "scratch"),
              f"OB_L{lv}": TensorSpec(f"OB_L{lv}", (B, H, nq_t, d), e, "scratch"),
-             f"LB_L{lv}": TensorSpec(f"LB_L{lv}", (B, H, nq_t), STAT_BYTES, "scratch")}
+             f"LB_L{lv}": TensorSpec(f"LB_L{lv}", (B, H, nq_t, 1), STAT_BYTES, "scratch")}
         # 1. hashes of the quadrants' query rows (per query head) and key rows (per KV head)
         for side, heads, src, rng_, cc in (("q", H, "Q", [(j[0], j[1]) for j in jobs], qc),
                                            ("k", Hk, "K", [(j[2], j[3]) for j in jobs], kc)):
@@ -494,7 +515,7 @@ def build(p: Problem, cfg: KernelConfig, hw=None, *, density=None, seed: int = 0
         # 4. block-diagonal attention over the sorted copies (positions: the permutations)
         tabs |= _kv_tables(f"{tg}_bd", bd)
         ks.append(_list_kernel(p, cfg, hw, f"{tg}_blockdiag", f"{tg}_bd", len(bd), q=f"QS_L{lv}", k=f"KS_L{lv}",
-                               v=f"VS_L{lv}", o=f"OB_L{lv}", lse=f"LB_L{lv}", q_pos=f"{tg}_qperm",
+                               v=f"VS_L{lv}", o=f"OB_L{lv}", lse=f"LB_L{lv}", lse_col=True, q_pos=f"{tg}_qperm",
                                k_pos=f"{tg}_kperm"))
         src_o, src_l = f"OB_L{lv}", f"LB_L{lv}"
         if ms:  # 5. sampled columns: gather, bias, attention, merge
@@ -504,9 +525,9 @@ def build(p: Problem, cfg: KernelConfig, hw=None, *, density=None, seed: int = 0
                   f"VSUB_L{lv}": TensorSpec(f"VSUB_L{lv}", (B, Hk, ms, d), e, "scratch"),
                   f"HB_L{lv}": TensorSpec(f"HB_L{lv}", (B, H, nq_t, sample_size), e, "scratch"),
                   f"OR_L{lv}": TensorSpec(f"OR_L{lv}", (B, H, nq_t, d), e, "scratch"),
-                  f"LR_L{lv}": TensorSpec(f"LR_L{lv}", (B, H, nq_t), STAT_BYTES, "scratch"),
+                  f"LR_L{lv}": TensorSpec(f"LR_L{lv}", (B, H, nq_t, 1), STAT_BYTES, "scratch"),
                   f"OM_L{lv}": TensorSpec(f"OM_L{lv}", (B, H, nq_t, d), e, "scratch"),
-                  f"LM_L{lv}": TensorSpec(f"LM_L{lv}", (B, H, nq_t), STAT_BYTES, "scratch")}
+                  f"LM_L{lv}": TensorSpec(f"LM_L{lv}", (B, H, nq_t, 1), STAT_BYTES, "scratch")}
             ks += [sc.gather_kernel(f"{tg}_sample_k", T[f"KS_L{lv}"], T[f"KSUB_L{lv}"], f"{tg}_samp"),
                    sc.gather_kernel(f"{tg}_sample_v", T[f"VS_L{lv}"], T[f"VSUB_L{lv}"], f"{tg}_samp")]
             tabs |= {f"{tg}_bias_off": np.array([r[0] for r in bias_rows], np.int64),
@@ -515,14 +536,15 @@ def build(p: Problem, cfg: KernelConfig, hw=None, *, density=None, seed: int = 0
                                    f"L{lv}"))
             tabs |= _kv_tables(f"{tg}_sm", sm_items)
             ks.append(_list_kernel(p, cfg, hw, f"{tg}_sampled", f"{tg}_sm", len(sm_items), q=f"QS_L{lv}",
-                                   k=f"KSUB_L{lv}", v=f"VSUB_L{lv}", o=f"OR_L{lv}", lse=f"LR_L{lv}", bias=f"HB_L{lv}"))
+                                   k=f"KSUB_L{lv}", v=f"VSUB_L{lv}", o=f"OR_L{lv}", lse=f"LR_L{lv}", bias=f"HB_L{lv}",
+                                   lse_col=True))
             mr = [(r[2], r[1]) for r in merge_rows if r[3]]
             tabs |= {f"{tg}_mg_off": np.array([r[0] for r in mr], np.int64),
                      f"{tg}_mg_len": np.array([r[1] for r in mr], np.int64)}
             ks.append(_rows_kernel(p, f"{tg}_merge", f"{tg}_mg", len(mr),
-                                   loads=[("a1", src_o, "off", True), ("l1", src_l, "off", False),
-                                          ("a2", f"OR_L{lv}", "off", True), ("l2", f"LR_L{lv}", "off", False)],
-                                   stores=[("a1", f"OM_L{lv}", "off", True), ("l1", f"LM_L{lv}", "off", False)],
+                                   loads=[("a1", src_o, "off", "mat"), ("l1c", src_l, "off", "col"),
+                                          ("a2", f"OR_L{lv}", "off", "mat"), ("l2c", f"LR_L{lv}", "off", "col")],
+                                   stores=[("a1", f"OM_L{lv}", "off", "mat"), ("l1c", f"LM_L{lv}", "off", "col")],
                                    op="hyper_merge"))
         tensors |= T
         # 6. unsort: gather each original row's sorted result; causal: merge it into O
@@ -537,12 +559,12 @@ def build(p: Problem, cfg: KernelConfig, hw=None, *, density=None, seed: int = 0
             g = ("gather", f"{tg}_qinv")
             if p.causal:
                 ks.append(_rows_kernel(p, f"{ut}sort", ut, len(rows),
-                                       loads=[("a1", "O", "off", True), ("l1", "LSE", "off", False),
-                                              ("a2", so_, g, True), ("l2", sl_, g, False)],
-                                       stores=[("a1", "O", "off", True), ("l1", "LSE", "off", False)], op="hyper_merge"))
+                                       loads=[("a1", "O", "off", "mat"), ("l1", "LSE", "off", "vec"),
+                                              ("a2", so_, g, "mat"), ("l2c", sl_, g, "col")],
+                                       stores=[("a1", "O", "off", "mat"), ("l1", "LSE", "off", "vec")], op="hyper_merge"))
             else:
-                ks.append(_rows_kernel(p, f"{ut}sort", ut, len(rows), loads=[("a1", so_, g, True), ("l1", sl_, g, False)],
-                                       stores=[("a1", "O", "off", True), ("l1", "LSE", "off", False)], op=None))
+                ks.append(_rows_kernel(p, f"{ut}sort", ut, len(rows), loads=[("a1", so_, g, "mat"), ("l1c", sl_, g, "col")],
+                                       stores=[("a1", "O", "off", "mat"), ("l1", "LSE", "off", "vec")], op="hyper_col"))
     notes = (f"{'causal recursion: ' + str(len(base)) + ' exact diagonal blocks, ' if p.causal else ''}"
              f"{n_hyper} level(s) of LSH block-diagonal + sampled attention (b = {block_size}, m = {sample_size}, "
              f"r = {lsh_num_projs}, exact below {min_seq_len}); approximate unless b ≥ N",)
@@ -556,8 +578,8 @@ def _bias_kernel(p: Problem, name: str, tag: str, W: int, rowc: str, dst: str, m
     L = lambda nm: lookup(tbl(f"{tag}_{nm}"), w)  # noqa: E731
     rows = Span(0, ROWS, L("len"), offset=L("off"))
     hd = (point(b, p.batch), point(h, p.heads))
-    body = (Load(f"rowc_{lv}", Tile(rowc, hd + (rows,))),
+    body = (Load(f"rowc_{lv}", Tile(rowc, hd + (rows, full(1)))),
             Compute("hyper_bias", (f"rowc_{lv}", f"bias_{lv}"), other=(Work(3 * m, (rows,)),)),
             Store(f"bias_{lv}", Tile(dst, hd + (rows, full(m)))))
-    return Kernel(name, grid, (Buffer(f"rowc_{lv}", (ROWS,), STAT_BYTES, "reg"), Buffer(f"bias_{lv}", (ROWS, m), p.elem_bytes)),
+    return Kernel(name, grid, (Buffer(f"rowc_{lv}", (ROWS, 1), STAT_BYTES, "reg"), Buffer(f"bias_{lv}", (ROWS, m), p.elem_bytes)),
                   body)
