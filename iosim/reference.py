@@ -615,7 +615,7 @@ def _place(buf: _Buf, starts, exts, what: str):
             raise IosimError(f"{what}: tile extents {te} exceed buffer {buf.name!r} of shape {buf.data.shape}")
         o = buf.origin[ax]
         # inside the buffer's current window [o, o + dim): place there; otherwise the window moves to the tile
-        off = s - o if not buf.fresh and o <= s and s + e <= o + dim else 0
+        off = s - o if not buf.fresh and e > 0 and o <= s and s + e <= o + dim else 0
         sl.append(slice(off, off + e))
         origin.append(s - off)
     return tuple(sl), tuple(te), tuple(origin)
