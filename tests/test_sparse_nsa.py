@@ -329,3 +329,18 @@ def test_cli_param_runs_nsa():
     assert r.time_s > 0 and any(k.name == "nsa_fused_score" for k in r.counts.kernels)
     with pytest.raises(IosimError, match="takes no parameter"):
         predict("h100", p, CFG, "nsa", l2=False, params={"stride": 8})
+
+
+@pytest.mark.parametrize("alg,params", [("nsa", {}), ("nsa", {"decode": "packed"}), ("fsa", {})])
+def test_l2_trace_runs_and_reads_at_least_compulsory(alg, params):
+    """The L2 engine takes every kernel (gathered rows, table-driven spans); prefill reads every input from DRAM at
+    least once (decode only the blocks it selects), never more than the SMs ask for."""
+    from iosim.pipeline import predict
+    nq = 1 if params.get("decode") else 2048
+    p = Problem(1, 8, 2, nq, 2048, 64, "bf16", True)
+    r = predict("h100", p, CFG, alg, l2=True, params=params)
+    inputs_bytes = sum(int(np.prod([int(x) for x in t.dims])) * t.elem_bytes for t in r.schedule.tensors.values()
+                       if t.role == "input")
+    assert 0 < r.dram_read_bytes <= r.counts.sm_read_bytes and 0 < r.l2_hit_rate < 1
+    if nq > 1:
+        assert r.dram_read_bytes >= 0.9 * inputs_bytes

@@ -219,7 +219,7 @@ def centroid_kernel(p: Problem, name: str, cent: str, nk: str, sa: str, n_rows: 
     crow = Span(t, 128, ln, gather=g)
     qb = cdiv(Nq, 128)
     ctile = Tile(cent, (point(0, 1), point(kh, Hkv), crow, full(d)))
-    nkt = Tile(nk, (point(0, 1), point(kh, Hkv), crow))
+    nkt = Tile(nk, (point(0, 1), point(kh, Hkv), crow, full(1)))
     body = (
         Load("q", Tile("Q", (point(0, 1), point(h, H), rows, full(d)))),
         Loop(t, 0, cdiv(ln, 128), (
@@ -425,7 +425,7 @@ def kmeans_kernels(p: Problem, tag: str, pts: str, n_pts: int, cent: str, nk: st
             )),
             Compute("sq_mean", ("sum", "n"), other=(Work(d, ()),)),
             Store("sum", Tile(cent, (point(0, 1), point(kh, Hkv), Span(c, 1, n_c), full(d)))),
-            Store("n", Tile(nk, (point(0, 1), point(kh, Hkv), Span(c, 1, n_c)))),
+            Store("n", Tile(nk, (point(0, 1), point(kh, Hkv), Span(c, 1, n_c), full(1)))),
         ), warps=4, stages=2))
     return out
 
@@ -491,7 +491,7 @@ def build(p: Problem, cfg: KernelConfig, hw=None, *, density=None, seed=0, table
         "K": TensorSpec("K", (1, Hkv, p.seq_kv, d), e, "input"),
         "V": TensorSpec("V", (1, Hkv, p.seq_kv, d), e, "input"),
         "C2": TensorSpec("C2", (1, Hkv, c2, d), e, "scratch" if offline_iters else "input"),
-        "NK2": TensorSpec("NK2", (1, Hkv, c2), 4, "scratch" if offline_iters else "input"),
+        "NK2": TensorSpec("NK2", (1, Hkv, c2, 1), 4, "scratch" if offline_iters else "input"),
         "LAB": TensorSpec("LAB", (1, Hkv, n_ctx), INT64, "input"),
         "SA": TensorSpec("SA", (1, H, c2 + 1, qb), 4, "scratch"),
         "AVG": TensorSpec("AVG", (1, H, c2 + 1, 1), 4, "scratch"),
@@ -520,7 +520,7 @@ def build(p: Problem, cfg: KernelConfig, hw=None, *, density=None, seed=0, table
         ks += kmeans_kernels(p, "l2", "K", n_ctx - win, "C2", "NK2", c2, int(offline_iters), d)
     if levels == 2:
         T |= {"C1": TensorSpec("C1", (1, Hkv, c1, d), e, "scratch" if offline_iters else "input"),
-              "NK1": TensorSpec("NK1", (1, Hkv, c1), 4, "scratch" if offline_iters else "input"),
+              "NK1": TensorSpec("NK1", (1, Hkv, c1, 1), 4, "scratch" if offline_iters else "input"),
               "PAR": TensorSpec("PAR", (1, Hkv, c2), INT64, "input"),
               "SA1": TensorSpec("SA1", (1, H, c1, qb), 4, "scratch"),
               "AVG1": TensorSpec("AVG1", (1, H, c1, 1), 4, "scratch"),
