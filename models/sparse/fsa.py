@@ -54,7 +54,7 @@ import sympy as sp
 from iosim.errors import IosimError
 from iosim.models import flash2
 from iosim.models.sparse import nsa
-from iosim.models.sparse.nsa import INT32, INT64, Selection, kernel, pow2
+from iosim.models.sparse.nsa import INT32, INT64, STREAM_REGS, Selection, kernel, pow2
 from iosim.problem import KernelConfig, Problem
 from iosim.reference import register_op
 from iosim.registry import register
@@ -173,7 +173,7 @@ def index_kernels(p: Problem, g, width: int, sz: dict) -> tuple[Kernel, ...]:
             Compute("fsa_bincount", ("idx", "cnt"), other=(Work(1, (rows, full(width))),)),
         )),
         Store("cnt", Tile("Cnt", (point(b, B), point(kh, Hkv), full(Nb)))),
-    ), warps=4, stages=1)
+    ), warps=4, stages=1, regs=STREAM_REGS)
     # block → token: 4 tokens a CTA, a 4-byte store per selected (t, j)
     tok = t * 4 + x
     jsel = lookup(table("nsa_sel_idx"), b, kh, tok, i)
@@ -186,7 +186,7 @@ def index_kernels(p: Problem, g, width: int, sz: dict) -> tuple[Kernel, ...]:
                 Store("tid", Tile("P", (point(b, B), point(kh, Hkv), point(jsel, Nb), Span(tok, 1, Nq), full(1)))),
             )),
         )),
-    ), warps=2, stages=3)
+    ), warps=2, stages=3, regs=STREAM_REGS)
     # compaction P[P != −1]: each block row read whole, its tokens written to the compact list
     valid = lookup(table("fsa_cnt"), b, kh, j)
     start = lookup(table("fsa_start"), b, kh, j)
@@ -195,7 +195,7 @@ def index_kernels(p: Problem, g, width: int, sz: dict) -> tuple[Kernel, ...]:
         Load("row", Tile("P", (point(b, B), point(kh, Hkv), point(j, Nb), full(Nq), full(1)))),
         Compute("fsa_compact_row", ("row", "lst"), other=(Work(2, (full(Nq),)),)),
         Store("lst", Tile("Tok", (point(b, B), point(kh, Hkv), Span(0, Nq, valid, offset=start)))),
-    ), warps=4, stages=1)
+    ), warps=4, stages=1, regs=STREAM_REGS)
     # index mapping: TIM[j, token] = position, 1024 list entries a CTA, scattered 4-byte stores
     pos = start + y * 1024 + x
     tokx = lookup(table("fsa_tok"), b, kh, pos)
@@ -208,7 +208,7 @@ def index_kernels(p: Problem, g, width: int, sz: dict) -> tuple[Kernel, ...]:
             Compute("fsa_position", ("st", "pos")),
             Store("pos", Tile("TIM", (point(b, B), point(kh, Hkv), point(j, Nb), Span(tokx, 1, Nq), full(1)))),
         )),
-    ), warps=2, stages=3)
+    ), warps=2, stages=3, regs=STREAM_REGS)
     return count, b2t, compact, imap
 
 
@@ -251,7 +251,7 @@ def stats_kernels(p: Problem, g, sz: dict, bcast: bool) -> tuple[Kernel, ...]:
             Store("y", q5("M", jv)),
             Store("yi", q5("M_idx", jv)),
         )),
-    ), warps=4, stages=1)
+    ), warps=4, stages=1, regs=STREAM_REGS)
     out = [stats, cm]
     if bcast:
         out.append(kernel("fsa_stats_bcast", _grid(("n", j, Nb), ("h", kh, Hkv), ("b", b, B)), (
@@ -259,7 +259,7 @@ def stats_kernels(p: Problem, g, sz: dict, bcast: bool) -> tuple[Kernel, ...]:
             Load("m0", Tile("M", (point(b, B), point(kh, Hkv), point(j, Nb), point(0, Nq), full(1)))),
             Compute("fsa_bcast", ("m0", "row")),
             Store("row", Tile("M", (point(b, B), point(kh, Hkv), point(j, Nb), full(Nq), full(1)))),
-        ), warps=4, stages=1))
+        ), warps=4, stages=1, regs=STREAM_REGS))
     return tuple(out)
 
 

@@ -131,10 +131,17 @@ def triton_smem(buffers: tuple[Buffer, ...], stages: int) -> int:
     return tot
 
 
-def kernel(name, grid, buffers, body, warps=4, stages=2) -> Kernel:
-    """A Triton / PyTorch launch with its shared memory set from ``triton_smem``."""
+STREAM_REGS = 32
+"""Registers per thread assumed for the streaming PyTorch / small Triton kernels (fills, casts, top-k, gathers,
+compactions, the gate combine): they hold a few elements per thread at a time, while their buffers here are whole
+CTA tiles (for the reference), which the register estimate would count as live at once. Assumed, not measured."""
+
+
+def kernel(name, grid, buffers, body, warps=4, stages=2, regs=None) -> Kernel:
+    """A Triton / PyTorch launch with its shared memory set from ``triton_smem``; regs: registers per thread when
+    given (``STREAM_REGS`` for streaming kernels), else estimated from the register buffers."""
     return Kernel(name, tuple(grid), tuple(buffers), tuple(body), threads_per_cta=32 * warps,
-                  smem_bytes=triton_smem(tuple(buffers), stages))
+                  smem_bytes=triton_smem(tuple(buffers), stages), regs_per_thread=regs)
 
 
 def retarget(k: Kernel, name: str, tensors: dict | None = None, ops: dict | None = None, **fields) -> Kernel:
@@ -526,7 +533,7 @@ def fill_kernel(name: str, fills: list[tuple[Tile, str, tuple]], rows_per_cta: i
         bname = f"f{k}"
         body += [Compute(op, (bname,)), Store(bname, tile)]
         bufs.append(Buffer(bname, shape, 4, "reg"))
-    return kernel(name, grid, bufs, body, warps=warps, stages=1)
+    return kernel(name, grid, bufs, body, warps=warps, stages=1, regs=STREAM_REGS)
 
 
 def cmp_fill_kernel(p: Problem) -> Kernel:
@@ -658,7 +665,8 @@ def cast_kernel(p: Problem, g: Geometry) -> Kernel:
         Store("y", Tile("S_blk16", (point(b, B), point(kh, Hkv), row, full(Nb)))),
     )
     return kernel("nsa_score_cast", _grid(("m", i, Nq), ("h", kh, Hkv), ("b", b, B)),
-                  (Buffer("x", (1, Nb), 4, "reg"), Buffer("y", (1, Nb), 2, "reg")), body, warps=4, stages=1)
+                  (Buffer("x", (1, Nb), 4, "reg"), Buffer("y", (1, Nb), 2, "reg")), body, warps=4, stages=1,
+                  regs=STREAM_REGS)
 
 
 def topk_kernel(p: Problem, g: Geometry, src: str, width: int) -> Kernel:
@@ -674,7 +682,8 @@ def topk_kernel(p: Problem, g: Geometry, src: str, width: int) -> Kernel:
         Store("idx", Tile("topk_idx", (point(b, B), point(kh, Hkv), row, full(width)))),
     )
     return kernel("nsa_topk", _grid(("m", i, Nq), ("h", kh, Hkv), ("b", b, B)),
-                  (Buffer("row", (1, Nb), eb, "reg"), Buffer("idx", (1, width), INT32, "reg")), body, warps=4, stages=1)
+                  (Buffer("row", (1, Nb), eb, "reg"), Buffer("idx", (1, width), INT32, "reg")), body, warps=4, stages=1,
+                  regs=STREAM_REGS)
 
 
 def select_attn_kernel(p: Problem, g: Geometry, width: int, hw, prefix: str = "nsa_",
@@ -727,7 +736,8 @@ def combine_kernel(p: Problem) -> Kernel:
         Store("o", o("O")),
     )
     bufs = tuple(Buffer(n, (128, d), e, "reg") for n in ("oc", "os", "ow", "o")) + (Buffer("g", (128, 3), e, "reg"),)
-    return kernel("nsa_combine", _grid(("m", i, cdiv(Nq, 128)), ("h", h, H), ("b", b, B)), bufs, body, warps=4, stages=1)
+    return kernel("nsa_combine", _grid(("m", i, cdiv(Nq, 128)), ("h", h, H), ("b", b, B)), bufs, body, warps=4, stages=1,
+                  regs=STREAM_REGS)
 
 
 def decode_attn_kernel(p: Problem, name: str, k: str, v: str, o: str, lse: str, n_keys: int, bn: int,

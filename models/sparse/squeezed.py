@@ -63,7 +63,7 @@ from iosim.errors import IosimError
 from iosim.models import flash2
 from iosim.models._common import check_head_dim
 from iosim.models.sparse.common import check_params
-from iosim.models.sparse.nsa import INT32, INT64, concrete, kernel, warps_stages
+from iosim.models.sparse.nsa import INT32, INT64, STREAM_REGS, concrete, kernel, warps_stages
 from iosim.problem import KernelConfig, Problem
 from iosim.reference import register_op
 from iosim.registry import register
@@ -252,7 +252,8 @@ def sum_kernel(p: Problem, name: str, sa: str, avg: str, n_rows: int):
         Store("y", Tile(avg, (point(0, 1), point(h, H), rows, full(1)))),
     )
     return kernel(name, _grid(("m", i, cdiv(n_rows, 128)), ("h", h, H)),
-                  (Buffer("x", (128, qb), 4, "reg"), Buffer("y", (128,), 4, "reg")), body, warps=4, stages=1)
+                  (Buffer("x", (128, qb), 4, "reg"), Buffer("y", (128,), 4, "reg")), body, warps=4, stages=1,
+                  regs=STREAM_REGS)
 
 
 def gather_kernel(p: Problem, name: str, lab: str, avg: str, out: str, n: int, lab_table: str):
@@ -270,7 +271,7 @@ def gather_kernel(p: Problem, name: str, lab: str, avg: str, out: str, n: int, l
     )
     return kernel(name, _grid(("m", i, cdiv(n, 1024)), ("h", h, H)),
                   (Buffer("lab", (1024,), INT64, "reg"), Buffer("s", (1024, 1), 4, "reg"), Buffer("y", (1024,), 4, "reg")),
-                  body, warps=4, stages=1)
+                  body, warps=4, stages=1, regs=STREAM_REGS)
 
 
 def threshold_kernel(p: Problem, name: str, src: str, out: str, n: int):
@@ -284,7 +285,8 @@ def threshold_kernel(p: Problem, name: str, src: str, out: str, n: int):
         Store("y", Tile(out, (point(0, 1), point(h, H), rows))),
     )
     return kernel(name, _grid(("m", i, cdiv(n, 1024)), ("h", h, H)),
-                  (Buffer("x", (1024,), 4, "reg"), Buffer("y", (1024,), 1, "reg")), body, warps=4, stages=1)
+                  (Buffer("x", (1024,), 4, "reg"), Buffer("y", (1024,), 1, "reg")), body, warps=4, stages=1,
+                  regs=STREAM_REGS)
 
 
 def compact_kernel(p: Problem, name: str, mask: str, out: str, cnt: str, n: int, start_t: str, count_t: str):
@@ -303,7 +305,7 @@ def compact_kernel(p: Problem, name: str, mask: str, out: str, cnt: str, n: int,
     )
     return kernel(name, _grid(("b", b, 1), ("h", h, H), ("m", i, cdiv(n, 4096))),
                   (Buffer("m", (4096,), 1, "reg"), Buffer("lst", (4096,), INT64, "reg"), Buffer("c", (1,), 4, "reg")),
-                  body, warps=4, stages=1)
+                  body, warps=4, stages=1, regs=STREAM_REGS)
 
 
 def sparse_kernel(p: Problem, total_blocks: int, hw):
@@ -374,7 +376,7 @@ def fill_kernel(p: Problem, name: str, tensor: str, rows: int, cols: int):
     return kernel(name, _grid(("m", i, cdiv(rows, 128)), ("h", h, H)), (Buffer("z", (128, cols), 4, "reg"),), (
         Compute("nsa_fill_zero", ("z",)),
         Store("z", Tile(tensor, (point(0, 1), point(h, H), r, full(cols)))),
-    ), warps=4, stages=1)
+    ), warps=4, stages=1, regs=STREAM_REGS)
 
 
 def small_fill_kernel(p: Problem, name: str, stores: list[tuple[str, tuple, str, tuple]]):
@@ -385,7 +387,7 @@ def small_fill_kernel(p: Problem, name: str, stores: list[tuple[str, tuple, str,
     for k, (t, spans, op, shape) in enumerate(stores):
         body += [Compute(op, (f"f{k}",)), Store(f"f{k}", Tile(t, (point(0, 1), point(h, H)) + spans))]
         bufs.append(Buffer(f"f{k}", shape, 4, "reg"))
-    return kernel(name, _grid(("h", h, H),), bufs, body, warps=1, stages=1)
+    return kernel(name, _grid(("h", h, H),), bufs, body, warps=1, stages=1, regs=STREAM_REGS)
 
 
 def kmeans_kernels(p: Problem, tag: str, pts: str, n_pts: int, cent: str, nk: str, n_c: int, iters: int, d: int):
