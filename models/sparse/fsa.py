@@ -52,9 +52,8 @@ import numpy as np
 import sympy as sp
 
 from iosim.errors import IosimError
-from iosim.models import flash2
 from iosim.models.sparse import nsa
-from iosim.models.sparse.nsa import INT32, INT64, STREAM_REGS, Selection, kernel, pow2
+from iosim.models.sparse.nsa import INT32, INT64, STREAM_REGS, Selection, kernel
 from iosim.problem import KernelConfig, Problem
 from iosim.reference import register_op
 from iosim.registry import register
@@ -265,7 +264,7 @@ def stats_kernels(p: Problem, g, sz: dict, bcast: bool) -> tuple[Kernel, ...]:
 
 def main_kernel(p: Problem, g, sz: dict, first: bool) -> Kernel:
     """forward_kernel_opt on block 0 (``first``) or blocks 1 … Nb − 1, every query head (module docstring)."""
-    B, H, Hkv, Nq, N, d, e = p.batch, p.heads, p.kv_heads, p.seq_q, p.seq_kv, p.head_dim, p.elem_bytes
+    B, H, Hkv, N, d, e = p.batch, p.heads, p.kv_heads, p.seq_kv, p.head_dim, p.elem_bytes
     Nb, bk, grp = g.n_blocks, g.block_size, H // Hkv
     b, kh, r, n, y, z, z2, c = (var("b"), var("h"), var("r"), var("pid_n"), var("pid_m"), var("kv_loaded"),
                                 var("prev"), var("c"))

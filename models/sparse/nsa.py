@@ -71,12 +71,12 @@ builder refuses with a one-line error (1M tokens × 16 × 8 B = 128 MiB per KV h
 
 Choices where the code leaves one open: the batch is a grid axis (the code loops over sequences in Python for
 FSA and packs them for NSA — same bytes); Triton's shared memory per CTA is taken as (num_stages − 1) copies of each
-pipelined tile plus the others (``triton_smem``), an estimate; registers are estimated.
+pipelined tile plus the others (``triton_smem``), an estimate; registers are estimated from the register buffers for
+the attention kernels and assumed 32 per thread for the streaming ones (``STREAM_REGS``).
 """
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, replace
 
@@ -91,7 +91,7 @@ from iosim.problem import STAT_BYTES, KernelConfig, Problem
 from iosim.reference import op_online_softmax, register_op
 from iosim.registry import register
 from iosim.schedule import (Buffer, Compute, GridAxis, Kernel, Load, Loop, Schedule, Span, Store, TensorSpec, Tile,
-                            Work, cdiv, clamp, full, lookup, point, table, var)
+                            Work, cdiv, full, lookup, point, table, var)
 
 MAX_SELECT_ENTRIES = 1 << 25  # selection-table entries B·Hkv·Nq·width (int64: 256 MiB); above: refused
 INT32 = 4
@@ -788,10 +788,6 @@ def decode_attn_kernel(p: Problem, name: str, k: str, v: str, o: str, lse: str, 
             Buffer("lse", (gp,), 4, "reg"))
     warps, stages = warps_stages(d, 16, hw)
     return kernel(name, _grid(("b", b, B), ("h", hh, hn)), bufs, body, warps=warps, stages=stages)
-
-
-def window_decode_positions(p: Problem) -> np.ndarray:
-    return np.arange(p.seq_kv, dtype=np.int64)
 
 
 # --- the schedule ----------------------------------------------------------------------------------------------------

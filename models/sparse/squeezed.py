@@ -63,7 +63,7 @@ from iosim.errors import IosimError
 from iosim.models import flash2
 from iosim.models._common import check_head_dim
 from iosim.models.sparse.common import check_params
-from iosim.models.sparse.nsa import INT32, INT64, STREAM_REGS, concrete, kernel, warps_stages
+from iosim.models.sparse.nsa import INT64, STREAM_REGS, concrete, kernel
 from iosim.problem import KernelConfig, Problem
 from iosim.reference import register_op
 from iosim.registry import register
@@ -191,7 +191,7 @@ def causal_kernel(p: Problem, n_ctx: int, hw):
     """_fwd_kernel_causal: user queries × user keys [N_ctx, N_kv), 64 × 64, every key tile."""
     H, Nq, Nkv, d, e = p.heads, p.seq_q, p.seq_kv, p.head_dim, p.elem_bytes
     nu = Nkv - n_ctx
-    b, h, i, j = var("b"), var("h"), var("pid_m"), var("j")
+    h, i, j = var("h"), var("pid_m"), var("j")
     rows, cols = Span(i, 64, Nq), Span(j, 64, nu, offset=n_ctx)
     body = (
         Load("q", Tile("Q", (point(0, 1), point(h, H), rows, full(d)))),
@@ -211,7 +211,7 @@ def centroid_kernel(p: Problem, name: str, cent: str, nk: str, sa: str, n_rows: 
     hierarchical level 2; ``length``: per-head row count expression)."""
     H, Hkv, Nq, d, e = p.heads, p.kv_heads, p.seq_q, p.head_dim, p.elem_bytes
     grp = H // Hkv
-    b, h, i, t = var("b"), var("h"), var("pid_m"), var("t")
+    h, i, t = var("h"), var("pid_m"), var("t")
     kh = sp.floor(h / grp) if grp > 1 else h
     rows = Span(i, 128, Nq)
     ln = n_rows if length is None else length
@@ -244,7 +244,7 @@ def sum_kernel(p: Problem, name: str, sa: str, avg: str, n_rows: int):
     """score_avg.sum(-1) / N_q: per head, the (C + 1) rows of ⌈N_q/128⌉ partial sums → one fp32 score each."""
     H, Nq = p.heads, p.seq_q
     qb = cdiv(Nq, 128)
-    b, h, i = var("b"), var("h"), var("pid_m")
+    h, i = var("h"), var("pid_m")
     rows = Span(i, 128, n_rows)
     body = (
         Load("x", Tile(sa, (point(0, 1), point(h, H), rows, full(qb)))),
@@ -260,7 +260,7 @@ def gather_kernel(p: Problem, name: str, lab: str, avg: str, out: str, n: int, l
     """torch.gather(avg, 2, labels): per element, its int64 label and the score it points to (a scattered read)."""
     H, Hkv = p.heads, p.kv_heads
     grp = H // Hkv
-    b, h, i = var("b"), var("h"), var("pid_m")
+    h, i = var("h"), var("pid_m")
     kh = sp.floor(h / grp) if grp > 1 else h
     rows = Span(i, 1024, n)
     body = (
@@ -277,7 +277,7 @@ def gather_kernel(p: Problem, name: str, lab: str, avg: str, out: str, n: int, l
 def threshold_kernel(p: Problem, name: str, src: str, out: str, n: int):
     """avg > global_threshold: reads fp32, writes a bool (1 byte) mask."""
     H = p.heads
-    b, h, i = var("b"), var("h"), var("pid_m")
+    h, i = var("h"), var("pid_m")
     rows = Span(i, 1024, n)
     body = (
         Load("x", Tile(src, (point(0, 1), point(h, H), rows))),
