@@ -129,13 +129,13 @@ def dynamic_assign(order, cost, workers: int, speed=None) -> WorkTable:
 
 
 def timeline_speeds(workers: int, kv_order: str) -> np.ndarray:
-    """Time per tick of each persistent worker on the L2 timeline: ``cta_speeds`` with the default drift of the KV
-    walk direction (``iosim.memory.hierarchy.DRIFT_BY_KV_ORDER``), the speeds ``simulate_schedule`` gives the
-    workers (CTA c of the worker grid is worker c). A prediction run with another ``cta_jitter`` keeps these."""
-    from iosim.memory.hierarchy import DEFAULT_JITTER, DRIFT_BY_KV_ORDER
-    from iosim.memory.scheduler import cta_speeds
+    """Expected time per tick of each persistent worker on the L2 timeline: 1 for every worker. The timeline draws
+    the speed spread per work item (``iosim.memory.scheduler.timeline`` with ``work_items``: a worker's lag grows
+    like σ·√k, not σ·k), so every worker has the same expected speed and the dynamic tile counter assigns as at unit
+    speed. (Before the per-item timeline, each worker kept one drifting speed for the whole kernel and this gave
+    those speeds.) kv_order is kept for callers; it no longer changes the answer."""
     _check_workers(workers)
-    return cta_speeds(workers, DRIFT_BY_KV_ORDER.get(kv_order, DEFAULT_JITTER))
+    return np.ones(workers)
 
 
 def item_ticks(kv_blocks) -> np.ndarray:
