@@ -1,7 +1,6 @@
 """cuDNN's tile order (issue 21): cudnn-frontend's LPT_L2 decode, the dynamic tile counter at the L2 timeline's
 speeds, and the timeline consistency that the static round-robin / unit-speed assignment broke."""
 
-import heapq
 
 import numpy as np
 import pytest
@@ -10,7 +9,6 @@ from hypothesis import given, settings, strategies as st
 import iosim.models  # noqa: F401  (registers the families)
 from iosim.errors import IosimError
 from iosim.hwprofile import load_hardware
-from iosim.memory.hierarchy import drift_for
 from iosim.memory.scheduler import timeline
 from iosim.memory.trace import kernel_durations
 from iosim.models import flash2
