@@ -148,10 +148,10 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("hardware", "iosim.cli_hardware", "list, show or template hardware profiles"),
     ("sweep", "iosim.cli_sweep", "predict every point of a grid (TOML spec) into a CSV/Parquet table"),
     ("compare", "iosim.cli_compare", "measured (ncu CSV) vs predicted SM/DRAM bytes and time, per kernel launch"),
-    ("sparsity", "iosim.cli_sparsity", "does a sparse method pay off: speedup vs density over dense FA, break-even, "
-                                       "pre-pass share"),
-    ("multigpu", "iosim.cli_multigpu", "attention across GPUs: ring (zig-zag/striped), Ulysses all-to-all, "
-                                       "tiling-AllReduce; step time and communication share"),
+    ("sparsity", "iosim.cli_sparsity", "speedup of a sparse-attention method over dense FA2/FA3 vs density, "
+                                       "break-even density, pre-pass share"),
+    ("multigpu", "iosim.cli_multigpu", "attention across GPUs: ring (zigzag/striped), Ulysses all-to-all, "
+                                       "tiling-AllReduce"),
 )
 
 
