@@ -1,6 +1,7 @@
 """``iosim multigpu``: attention across GPUs (ring attention, DeepSpeed-Ulysses, FastAttention's tiling-AllReduce),
-and the flags that let ``iosim predict --devices P --parallel ring|ulysses [--balance zigzag|striped]`` do the same
-(``add_predict_flags`` / ``run_predict``: wired from ``iosim.cli``)."""
+and ``run_predict``, which lets ``iosim predict --devices P --parallel ring|ulysses [--balance zigzag|striped]`` do the
+same: ``iosim.cli`` declares those three flags itself (so that ``iosim predict`` imports no command module) and hands
+the parsed arguments here when --devices is given; the other multi-GPU flags keep their defaults there."""
 
 from __future__ import annotations
 
@@ -61,14 +62,16 @@ def predict_from_args(args: argparse.Namespace, kernel: str | None):
         raise IosimError("--devices is required for a multi-GPU prediction (e.g. --devices 2)")
     problem = problem_of(args)
     kw = dict(kernel=kernel, algorithm=args.algorithm, l2=not args.no_l2)
+    balance, no_overlap = args.balance, getattr(args, "no_overlap", False)
+    tiles, hidden = getattr(args, "tiles", None), getattr(args, "hidden", None)
     if args.parallel == "ring":
-        kw |= dict(balance=args.balance, overlap=not args.no_overlap, merge=args.merge)
+        kw |= dict(balance=balance, overlap=not no_overlap, merge=getattr(args, "merge", "eager"))
     else:
-        if args.balance is not None or args.no_overlap:
+        if balance is not None or no_overlap:
             raise IosimError(f"--balance and --no-overlap are ring options; drop them for --parallel {args.parallel}")
         if args.parallel == "tiling-allreduce":
-            kw |= {k: v for k, v in (("tiles", args.tiles), ("hidden", args.hidden)) if v is not None}
-    if args.parallel != "tiling-allreduce" and (args.tiles is not None or args.hidden is not None):
+            kw |= {k: v for k, v in (("tiles", tiles), ("hidden", hidden)) if v is not None}
+    if args.parallel != "tiling-allreduce" and (tiles is not None or hidden is not None):
         raise IosimError("--tiles and --hidden are tiling-allreduce options; drop them or use --parallel "
                          "tiling-allreduce")
     return predict_multigpu(args.hardware, problem, args.devices, args.parallel, **kw)
