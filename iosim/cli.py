@@ -185,6 +185,10 @@ def create_parser(load: Sequence[str] | None = None) -> argparse.ArgumentParser:
                    help="spread of per-CTA speeds in the CTA timeline (default: by KV walk direction, "
                         "iosim.memory.hierarchy.DRIFT_BY_KV_ORDER: descending 0.15, ascending 0.03; 0 = lockstep)")
     add_mask_flags(p)
+    p.add_argument("--devices", type=int, default=None, metavar="P",
+                   help="split the attention over P GPUs (see iosim multigpu): --parallel ring|ulysses, --balance")
+    p.add_argument("--parallel", default="ring", choices=["ring", "ulysses", "tiling-allreduce"])
+    p.add_argument("--balance", default=None, choices=["contiguous", "striped", "zigzag"])
     p.add_argument("--varlen", default=None, metavar="LENS|FILE",
                    help="a packed batch of sequences (FA2's mha_varlen_fwd): query lengths L1,L2,… or cu_seqlens "
                         "0,L1,L1+L2,…, or a .npy/.txt/.csv file of them; --batch/--seq-q/--seq-kv come from them")
@@ -333,6 +337,8 @@ def _print_prediction(pred, out: IO[str]) -> None:
 
 def run(argv: Sequence[str], out: IO[str]) -> int:
     args = read_sizes(create_parser(load=list(argv[:1])).parse_args(argv))
+    if args.command == "predict" and args.devices is not None:
+        return _command_module("multigpu").run_predict(args, out)
     if args.command == "predict":
         from iosim.pipeline import predict
         args, lens = varlen_args(args)

@@ -1,6 +1,6 @@
 """`iosim multigpu` and `iosim predict --devices P --parallel ring|ulysses` (iosim.cli_multigpu). iosim.cli lists the
-multigpu command; predict's --devices flags are not wired yet (the lines are in the issue 25 report), so these tests
-build predict's parser the way those lines would."""
+multigpu command and predict's --devices/--parallel/--balance flags (``run`` hands such a predict to
+``cli_multigpu.run_predict``)."""
 
 from __future__ import annotations
 
@@ -27,20 +27,9 @@ def run_multigpu(argv: list[str]) -> str:
     return out.getvalue()
 
 
-def wire_predict(p: argparse.ArgumentParser) -> None:
-    """The three lines proposed for iosim.cli's predict parser (issue 25 report), verbatim."""
-    p.add_argument("--devices", type=int, default=None, metavar="P",
-                   help="split the attention over P GPUs (see iosim multigpu): --parallel ring|ulysses, --balance")
-    p.add_argument("--parallel", default="ring", choices=["ring", "ulysses", "tiling-allreduce"])
-    p.add_argument("--balance", default=None, choices=["contiguous", "striped", "zigzag"])
-
-
 def predict_parser() -> argparse.ArgumentParser:
-    """iosim's own parser with the three predict flags the proposed wiring adds."""
-    ap = create_parser(load=[])
-    sub = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction))
-    wire_predict(sub.choices["predict"])
-    return ap
+    """iosim's own parser (predict carries the --devices flags)."""
+    return create_parser(load=[])
 
 
 def run_predict(argv: list[str]) -> str:
