@@ -44,7 +44,8 @@ from iosim.errors import IosimError
 from iosim.models import flash2
 from iosim.models._common import check_fit, check_head_dim, kv_head
 from iosim.models.sparse import common as sc
-from iosim.models.sparse.pbs import bh_grid, check_concrete, check_int
+from iosim.models.sparse.kernels import bh_grid
+from iosim.models.sparse.selection import check_int, concrete
 from iosim.problem import STAT_BYTES, KernelConfig, Problem
 from iosim.reference import register_op
 from iosim.registry import register
@@ -151,7 +152,7 @@ def build(p: Problem, cfg: KernelConfig, hw=None, *, density=None, seed: int = 0
     given. density: kept fraction of the candidate stripes per big block."""
     m = "anchorattention"
     check_head_dim(p, m)
-    check_concrete(p, m)
+    concrete(p, m)
     check_int(m, block_size=block_size, step=step, init_blocks=init_blocks, local_blocks=local_blocks)
     sc.check_params(m, theta=(theta, None, None), seed=(seed, 0, None))
     if not p.causal or p.seq_q != p.seq_kv:

@@ -30,7 +30,7 @@ Kernels (the choices the paper leaves open, and why):
 Which tiles are skipped (``rho`` = skipped fraction of the *visited* tiles; ``density`` = 1 − rho, its alias):
 * ``rho``/``density`` + ``seed``: each tile row (a query block; in decode, a split of a KV head's row) skips
   round(ρ·n) of its n visited tiles, never its first-visited one (the running max starts at −∞, so BLASST never skips
-  it), the others drawn by ``numpy.random.default_rng(seed)`` (``common.choose_blocks``);
+  it), the others drawn by ``numpy.random.default_rng(seed)`` (``selection.choose_blocks``);
 * ``table``: a bool [T_r, T_c] (or [B, H, T_r, T_c]) file, True = computed, False = skipped (decode: rows are the
   kernel's row blocks: the G query heads of a KV head when GQA-packed, [B, H_k, T_r, T_c]);
 * ``scores``: the user's logits S = scale·QKᵀ (natural-log units, [N_q, N_kv] or [B, H, N_q, N_kv]) with

@@ -42,8 +42,9 @@ import numpy as np
 from iosim.errors import IosimError
 from iosim.models._common import check_head_dim
 from iosim.models.sparse import common as sc
-from iosim.models.sparse.pbs import (bh_grid, check_concrete, check_int, list_tables, permuted_fwd_kernel,
-                                     pool_kernel, tiles_of, tiles_dividing)
+from iosim.models.sparse.kernels import (bh_grid, list_tables, permuted_fwd_kernel, pool_gather_kernel, tiles_dividing,
+                                         tiles_of)
+from iosim.models.sparse.selection import check_int, concrete
 from iosim.problem import KernelConfig, Problem
 from iosim.reference import register_op
 from iosim.registry import register
@@ -106,7 +107,7 @@ def build(p: Problem, cfg: KernelConfig, hw=None, *, density=None, seed: int = 0
     visual region pairs (1 − sparsity); ``sparsity_ratio`` applies to ``scores`` only (the repo's rule)."""
     m = "draftattention"
     check_head_dim(p, m)
-    check_concrete(p, m)
+    concrete(p, m)
     check_int(m, pool_h=pool_h, pool_w=pool_w, latent_h=latent_h, latent_w=latent_w)
     if isinstance(text_len, bool) or not isinstance(text_len, (int, np.integer)) or text_len < 0:
         raise IosimError(f"{m}: text_len={text_len!r} must be a whole number ≥ 0")
@@ -171,8 +172,8 @@ def build(p: Problem, cfg: KernelConfig, hw=None, *, density=None, seed: int = 0
     base = sc.attention_tensors(p)
     grid, (r, b, h) = bh_grid(B_, H, S)
     row = Span(r, 1, S)
-    ks = [pool_kernel("draft_pool_q", base["Q"], T_["DQ"], block, gather="draft_reorg_q"),
-          pool_kernel("draft_pool_k", base["K"], T_["DK"], block, gather="draft_reorg_k"),
+    ks = [pool_gather_kernel("draft_pool_q", base["Q"], T_["DQ"], block, gather="draft_reorg_q"),
+          pool_gather_kernel("draft_pool_k", base["K"], T_["DK"], block, gather="draft_reorg_k"),
           sc.score_kernel("draft_scores", T_["DQ"], T_["DK"], T_["DS"], a_heads_per_b=p.group),
           Kernel("draft_softmax", grid, (Buffer("row", (1, S), 4, "reg"),), (
               Load("row", Tile("DS", (point(b, B_), point(h, H), row, full(S)))),

@@ -53,7 +53,8 @@ import sympy as sp
 
 from iosim.errors import IosimError
 from iosim.models.sparse import nsa
-from iosim.models.sparse.nsa import INT32, INT64, STREAM_REGS, Selection, kernel
+from iosim.models.sparse.kernels import INT32, INT64, STREAM_REGS, fill_kernel, triton_kernel
+from iosim.models.sparse.nsa import Selection
 from iosim.problem import KernelConfig, Problem
 from iosim.reference import register_op
 from iosim.registry import register
@@ -137,21 +138,21 @@ def alloc_kernels(p: Problem, g, sz: dict) -> tuple[Kernel, ...]:
     B, H, Hkv, Nq, d = p.batch, p.heads, p.kv_heads, p.seq_q, p.head_dim
     Nb, R = g.n_blocks, sz["rows_total"]
     b, h, j, i = var("b"), var("h"), var("pid_n"), var("pid_m")
-    tim = nsa.fill_kernel("fsa_alloc_index", [
+    tim = fill_kernel("fsa_alloc_index", [
         (Tile("TIM", (point(b, B), point(0, Hkv), point(j, Nb), full(Nq), full(1))), "nsa_fill_zero", (Nq, 1)),
     ], 1, _grid(("n", j, Nb), ("b", b, B)))
     rows = Span(i, 1024, R)
-    part = nsa.fill_kernel("fsa_alloc_partials", [
+    part = fill_kernel("fsa_alloc_partials", [
         (Tile("O_part", (point(b, B), point(0, H), rows, full(d))), "nsa_fill_zero", (1024, d)),
         (Tile("L_part", (point(b, B), point(0, H), rows, full(1))), "nsa_fill_zero", (1024, 1)),
         (Tile("S_part", (point(b, B), point(0, H), rows, full(1))), "fsa_fill_one", (1024, 1)),
     ], 1024, _grid(("m", i, cdiv(R, 1024)), ("b", b, B)))
     qrows = Span(i, 128, Nq)
-    out = nsa.fill_kernel("fsa_alloc_out", [
+    out = fill_kernel("fsa_alloc_out", [
         (Tile("O_slc", (point(b, B), point(h, H), qrows, full(d))), "nsa_fill_zero", (128, d)),
         (Tile("LSE_slc", (point(b, B), point(h, H), qrows)), "nsa_fill_neginf", (128,)),
     ], 128, _grid(("m", i, cdiv(Nq, 128)), ("h", h, H), ("b", b, B)))
-    fill = nsa.fill_kernel("fsa_fill", [
+    fill = fill_kernel("fsa_fill", [
         (Tile("P", (point(b, B), point(h, Hkv), point(j, Nb), full(Nq), full(1))), "nsa_fill_minus1", (Nq, 1)),
         (Tile("M_cur", (point(b, B), point(h, Hkv), point(j, Nb), full(Nq), full(1))), "nsa_fill_neginf", (Nq, 1)),
     ], 1, _grid(("n", j, Nb), ("h", h, Hkv), ("b", b, B)), warps=1)
@@ -165,7 +166,7 @@ def index_kernels(p: Problem, g, width: int, sz: dict) -> tuple[Kernel, ...]:
     b, kh, t, x, i, j, y = var("b"), var("h"), var("pid_m"), var("x"), var("i"), var("pid_n"), var("y")
     # bincount: one CTA per (b, KV head) streams the index rows 256 tokens at a time
     rows = Span(t, 256, Nq)
-    count = kernel("fsa_count", _grid(("h", kh, Hkv), ("b", b, B)), (
+    count = triton_kernel("fsa_count", _grid(("h", kh, Hkv), ("b", b, B)), (
         Buffer("idx", (256, width), INT32, "reg"), Buffer("cnt", (Nb,), INT32, "reg")), (
         Loop(t, 0, cdiv(Nq, 256), (
             Load("idx", Tile("topk_idx", (point(b, B), point(kh, Hkv), rows, full(width)))),
@@ -176,7 +177,7 @@ def index_kernels(p: Problem, g, width: int, sz: dict) -> tuple[Kernel, ...]:
     # block → token: 4 tokens a CTA, a 4-byte store per selected (t, j)
     tok = t * 4 + x
     jsel = lookup(table("nsa_sel_idx"), b, kh, tok, i)
-    b2t = kernel("fsa_block_to_token", _grid(("m", t, cdiv(Nq, 4)), ("h", kh, Hkv), ("b", b, B)), (
+    b2t = triton_kernel("fsa_block_to_token", _grid(("m", t, cdiv(Nq, 4)), ("h", kh, Hkv), ("b", b, B)), (
         Buffer("idx", (1, width), INT32, "reg"), Buffer("tid", (1, 1), INT32, "reg")), (
         Loop(x, 0, sp.Min(4, Nq - t * 4), (
             Load("idx", Tile("topk_idx", (point(b, B), point(kh, Hkv), Span(tok, 1, Nq), full(width)))),
@@ -189,7 +190,7 @@ def index_kernels(p: Problem, g, width: int, sz: dict) -> tuple[Kernel, ...]:
     # compaction P[P != −1]: each block row read whole, its tokens written to the compact list
     valid = lookup(table("fsa_cnt"), b, kh, j)
     start = lookup(table("fsa_start"), b, kh, j)
-    compact = kernel("fsa_compact", _grid(("n", j, Nb), ("h", kh, Hkv), ("b", b, B)), (
+    compact = triton_kernel("fsa_compact", _grid(("n", j, Nb), ("h", kh, Hkv), ("b", b, B)), (
         Buffer("row", (Nq, 1), INT32, "reg"), Buffer("lst", (Nq,), INT32, "reg")), (
         Load("row", Tile("P", (point(b, B), point(kh, Hkv), point(j, Nb), full(Nq), full(1)))),
         Compute("fsa_compact_row", ("row", "lst"), other=(Work(2, (full(Nq),)),)),
@@ -198,8 +199,8 @@ def index_kernels(p: Problem, g, width: int, sz: dict) -> tuple[Kernel, ...]:
     # index mapping: TIM[j, token] = position, 1024 list entries a CTA, scattered 4-byte stores
     pos = start + y * 1024 + x
     tokx = lookup(table("fsa_tok"), b, kh, pos)
-    imap = kernel("fsa_index_mapping", _grid(("n", j, Nb), ("m", y, cdiv(sz["max_valid_all"], 1024)),
-                                             ("h", kh, Hkv), ("b", b, B)), (
+    imap = triton_kernel("fsa_index_mapping", _grid(("n", j, Nb), ("m", y, cdiv(sz["max_valid_all"], 1024)),
+                                                     ("h", kh, Hkv), ("b", b, B)), (
         Buffer("st", (1024,), INT32, "reg"), Buffer("pos", (1, 1), INT32, "reg")), (
         Load("st", Tile("Tok", (point(b, B), point(kh, Hkv),
                                 Span(y, 1024, valid, offset=start, positions=(table("fsa_rel"), b, kh))))),
@@ -235,13 +236,13 @@ def stats_kernels(p: Problem, g, sz: dict, bcast: bool) -> tuple[Kernel, ...]:
     )
     bufs = (Buffer("k", (bk, d), e), Buffer("st", (BQ,), INT32, "reg"), Buffer("q", (BQ, d), e, pipelined=True),
             Buffer("m", (BQ, 1), 4, "reg"))
-    stats = kernel("fsa_stats", _grid(("n", j, Nb), ("m", y, cdiv(Nq, BQ * NQB)), ("h", kh, Hkv), ("b", b, B)),
-                   bufs, body, warps=8, stages=3)
+    stats = triton_kernel("fsa_stats", _grid(("n", j, Nb), ("m", y, cdiv(Nq, BQ * NQB)), ("h", kh, Hkv), ("b", b, B)),
+                          bufs, body, warps=8, stages=3)
     cc = var("pid_m")
     colspan = Span(cc, 128, Nq)
     q5 = lambda n, jj: Tile(n, (point(b, B), point(kh, Hkv), point(jj, Nb), colspan, full(1)))  # noqa: E731
     jv = var("j")
-    cm = kernel("fsa_cummax", _grid(("m", cc, cdiv(Nq, 128)), ("h", kh, Hkv), ("b", b, B)), (
+    cm = triton_kernel("fsa_cummax", _grid(("m", cc, cdiv(Nq, 128)), ("h", kh, Hkv), ("b", b, B)), (
         Buffer("x", (128, 1), 4, "reg"), Buffer("run", (128, 1), 4, "reg"), Buffer("y", (128, 1), 4, "reg"),
         Buffer("yi", (128, 1), INT64, "reg")), (
         Loop(jv, 0, Nb, (
@@ -253,7 +254,7 @@ def stats_kernels(p: Problem, g, sz: dict, bcast: bool) -> tuple[Kernel, ...]:
     ), warps=4, stages=1, regs=STREAM_REGS)
     out = [stats, cm]
     if bcast:
-        out.append(kernel("fsa_stats_bcast", _grid(("n", j, Nb), ("h", kh, Hkv), ("b", b, B)), (
+        out.append(triton_kernel("fsa_stats_bcast", _grid(("n", j, Nb), ("h", kh, Hkv), ("b", b, B)), (
             Buffer("m0", (1, 1), 4, "reg"), Buffer("row", (Nq, 1), 4, "reg")), (
             Load("m0", Tile("M", (point(b, B), point(kh, Hkv), point(j, Nb), point(0, Nq), full(1)))),
             Compute("fsa_bcast", ("m0", "row")),
@@ -311,7 +312,7 @@ def main_kernel(p: Problem, g, sz: dict, first: bool) -> Kernel:
     heads = (("h", r, grp), ("h", kh, Hkv), ("b", b, B))
     grid = (_grid(("m", y, sz["chunks_first"]), *heads) if first else
             _grid(("n", n, max(Nb - 1, 1)), ("m", y, sz["chunks_rest"]), *heads))
-    return kernel("fsa_main_first" if first else "fsa_main_rest", grid, bufs, body, warps=4, stages=3)
+    return triton_kernel("fsa_main_first" if first else "fsa_main_rest", grid, bufs, body, warps=4, stages=3)
 
 
 def reduce_kernel(p: Problem, g, width: int) -> Kernel:
@@ -346,8 +347,8 @@ def reduce_kernel(p: Problem, g, width: int) -> Kernel:
     bufs = (Buffer("acc", (1, d), 4, "reg"), Buffer("lse", (1,), 4, "reg"), Buffer("ml", (1, 1), 4, "reg"),
             Buffer("idx", (1, width), INT32, "reg"), Buffer("tim", (1, 1), INT32, "reg"), Buffer("m", (1, 1), 4, "reg"),
             Buffer("l", (1, 1), 4, "reg"), Buffer("o", (1, d), e, "reg"), Buffer("sc", (1, 1), 4, "reg"))
-    return kernel("fsa_reduce", _grid(("m", t, Nq), ("h", r, grp), ("h", kh, Hkv), ("b", b, B)), bufs, body, warps=1,
-                  stages=2)
+    return triton_kernel("fsa_reduce", _grid(("m", t, Nq), ("h", r, grp), ("h", kh, Hkv), ("b", b, B)), bufs, body, warps=1,
+                         stages=2)
 
 
 def selected_branch(p: Problem, g, sel: Selection, width: int, hw):

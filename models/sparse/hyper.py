@@ -58,7 +58,7 @@ from iosim.errors import IosimError
 from iosim.models._common import check_fit, check_head_dim, kv_head
 from iosim.models import flash2
 from iosim.models.sparse import common as sc
-from iosim.models.sparse.pbs import check_concrete, check_int
+from iosim.models.sparse.selection import check_int, concrete
 from iosim.problem import STAT_BYTES, KernelConfig, Problem
 from iosim.reference import NEG_INF, register_op
 from iosim.registry import register
@@ -374,7 +374,7 @@ def build(p: Problem, cfg: KernelConfig, hw=None, *, density=None, seed: int = 0
     benchmark_single_attention.py); sort_passes: radix passes of each sort (assumed 8). Tiles: cfg's or FA2's."""
     m_ = "hyperattention"
     check_head_dim(p, m_)
-    check_concrete(p, m_)
+    concrete(p, m_)
     for n_, v_ in (("density", density), ("table", table), ("scores", scores)):
         if v_ is not None:
             raise IosimError(f"{m_}: {n_} does not apply (block_size and sample_size set its work); drop it")

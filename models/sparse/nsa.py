@@ -86,7 +86,8 @@ import sympy as sp
 from iosim.errors import IosimError
 from iosim.models import flash2
 from iosim.models._common import check_head_dim
-from iosim.models.sparse.common import check_params
+from iosim.models.sparse.kernels import INT32, STREAM_REGS, fill_kernel, triton_kernel
+from iosim.models.sparse.selection import check_params, concrete
 from iosim.problem import STAT_BYTES, KernelConfig, Problem
 from iosim.reference import op_online_softmax, register_op
 from iosim.registry import register
@@ -94,12 +95,10 @@ from iosim.schedule import (Buffer, Compute, GridAxis, Kernel, Load, Loop, Sched
                             Work, cdiv, full, lookup, point, table, var)
 
 MAX_SELECT_ENTRIES = 1 << 25  # selection-table entries B·Hkv·Nq·width (int64: 256 MiB); above: refused
-INT32 = 4
-INT64 = 8
 _sym = table  # the schedule-table symbol (builders take a ``table`` argument)
 
 
-# --- small helpers shared with fsa.py and squeezed.py --------------------------------------------------------------
+# --- small helpers -----------------------------------------------------------------------------------------------------
 
 def pow2(x: int) -> int:
     """triton.next_power_of_2."""
@@ -121,29 +120,6 @@ def warps_stages(head_dim: int, block: int, hw) -> tuple[int, int]:
     return 2, 2
 
 
-def triton_smem(buffers: tuple[Buffer, ...], stages: int) -> int:
-    """Shared memory of a Triton kernel (assumed): (num_stages − 1) copies of each pipelined tile (the loads in flight
-    under software pipelining), one of each other smem tile."""
-    tot = 0
-    for b in buffers:
-        if b.space == "smem":
-            tot += int(b.bytes) * (max(1, stages - 1) if b.pipelined else 1)
-    return tot
-
-
-STREAM_REGS = 32
-"""Registers per thread assumed for the streaming PyTorch / small Triton kernels (fills, casts, top-k, gathers,
-compactions, the gate combine): they hold a few elements per thread at a time, while their buffers here are whole
-CTA tiles (for the reference), which the register estimate would count as live at once. Assumed, not measured."""
-
-
-def kernel(name, grid, buffers, body, warps=4, stages=2, regs=None) -> Kernel:
-    """A Triton / PyTorch launch with its shared memory set from ``triton_smem``; regs: registers per thread when
-    given (``STREAM_REGS`` for streaming kernels), else estimated from the register buffers."""
-    return Kernel(name, tuple(grid), tuple(buffers), tuple(body), threads_per_cta=32 * warps,
-                  smem_bytes=triton_smem(tuple(buffers), stages), regs_per_thread=regs)
-
-
 def retarget(k: Kernel, name: str, tensors: dict | None = None, ops: dict | None = None, **fields) -> Kernel:
     """``k`` renamed, with its tiles' tensors and its Compute ops renamed (a FlashAttention-2 kernel writing a branch's
     own O / LSE, its softmax masking a window)."""
@@ -158,12 +134,6 @@ def retarget(k: Kernel, name: str, tensors: dict | None = None, ops: dict | None
             return replace(s, op=ops.get(s.op, s.op))
         return s
     return replace(k, name=name, body=tuple(stmt(x) for x in k.body), **fields)
-
-
-def concrete(p: Problem, method: str) -> None:
-    for n in ("batch", "heads", "kv_heads", "seq_q", "seq_kv", "head_dim"):
-        if not isinstance(getattr(p, n), int):
-            raise IosimError(f"{method}: needs concrete sizes (its loops depend on the selection)")
 
 
 def fa2_sliding_kernel(p: Problem, hw, window: int, name: str, o: str, lse: str) -> tuple[Kernel, KernelConfig]:
@@ -522,18 +492,7 @@ def compress_kernel(p: Problem, g: Geometry, src: str, w: str, dst: str, hw, nam
     bufs = (Buffer("x", (rows_blk, bd), e, "reg"), Buffer("w", (l, bd, BD), e, "smem", pipelined=True),
             Buffer("y", (BO, BD), 4, "reg"))
     grid = _grid(("h", kh, Hkv), ("b", b, B), ("m", r, cdiv(Nc, BO)), ("n", c, cdiv(d, BD)))
-    return kernel(name, grid, bufs, body, warps=4, stages=3)
-
-
-def fill_kernel(name: str, fills: list[tuple[Tile, str, tuple]], rows_per_cta: int, grid, warps: int = 4) -> Kernel:
-    """A PyTorch fill (torch.zeros / torch.full): stores a constant into each tile (op ``nsa_fill_zero`` /
-    ``nsa_fill_neginf`` / ``nsa_fill_minus1``)."""
-    body, bufs = [], []
-    for k, (tile, op, shape) in enumerate(fills):
-        bname = f"f{k}"
-        body += [Compute(op, (bname,)), Store(bname, tile)]
-        bufs.append(Buffer(bname, shape, 4, "reg"))
-    return kernel(name, grid, bufs, body, warps=warps, stages=1, regs=STREAM_REGS)
+    return triton_kernel(name, grid, bufs, body, warps=4, stages=3)
 
 
 def cmp_fill_kernel(p: Problem) -> Kernel:
@@ -576,8 +535,8 @@ def cmp_attn_kernel(p: Problem, g: Geometry, hw) -> Kernel:
         )),
     )
     warps, stages = warps_stages(d, BQ, hw)
-    return kernel("nsa_cmp_attn", _grid(("b", b, B), ("h", h, H), ("m", i, cdiv(N, BQ))),
-                  flash2.buffers(BQ, BK, d, e), body, warps=warps, stages=stages)
+    return triton_kernel("nsa_cmp_attn", _grid(("b", b, B), ("h", h, H), ("m", i, cdiv(N, BQ))),
+                         flash2.buffers(BQ, BK, d, e), body, warps=warps, stages=stages)
 
 
 def score_kernel(p: Problem, g: Geometry, decode: bool) -> Kernel:
@@ -600,7 +559,7 @@ def score_kernel(p: Problem, g: Geometry, decode: bool) -> Kernel:
     bufs = (Buffer("k", (BK, d), e), Buffer("q", (BQ, d), e), Buffer("lse", (BQ,), 4, "reg"),
             Buffer("s", (BQ, BK), 4, "reg"))
     grid = _grid(("h", kh, Hkv), ("b", b, B), ("m", i, cdiv(Nq, BQ)), ("n", j, cdiv(max(Nc, 1), BK)))
-    return kernel("nsa_score", grid, bufs, body, warps=4 if decode else 8, stages=3)
+    return triton_kernel("nsa_score", grid, bufs, body, warps=4 if decode else 8, stages=3)
 
 
 def block_score_kernel(p: Problem, g: Geometry) -> Kernel:
@@ -622,7 +581,7 @@ def block_score_kernel(p: Problem, g: Geometry) -> Kernel:
     )
     bufs = (Buffer("s", (BQ, width), 4, "reg"), Buffer("bs", (BQ, BK), 4, "reg"))
     grid = _grid(("h", kh, Hkv), ("b", b, B), ("m", i, cdiv(Nq, BQ)), ("n", j, cdiv(Nb, BK)))
-    return kernel("nsa_block_score", grid, bufs, body, warps=4, stages=3)
+    return triton_kernel("nsa_block_score", grid, bufs, body, warps=4, stages=3)
 
 
 def fused_score_kernel(p: Problem, g: Geometry) -> Kernel:
@@ -651,7 +610,7 @@ def fused_score_kernel(p: Problem, g: Geometry) -> Kernel:
     bufs = (Buffer("q", (BQ, d), e), Buffer("lse", (BQ,), 4, "reg"), Buffer("k", (BK, d), e, pipelined=True),
             Buffer("bs", (BQ, BK), 4, "reg"))
     grid = _grid(("h", kh, Hkv), ("b", b, B), ("m", i, cdiv(Nq, BQ)), ("n", j, cdiv(Nb, BK)))
-    return kernel("nsa_fused_score", grid, bufs, body, warps=8, stages=3)
+    return triton_kernel("nsa_fused_score", grid, bufs, body, warps=8, stages=3)
 
 
 def cast_kernel(p: Problem, g: Geometry) -> Kernel:
@@ -664,9 +623,9 @@ def cast_kernel(p: Problem, g: Geometry) -> Kernel:
         Compute("copy", ("x", "y")),
         Store("y", Tile("S_blk16", (point(b, B), point(kh, Hkv), row, full(Nb)))),
     )
-    return kernel("nsa_score_cast", _grid(("m", i, Nq), ("h", kh, Hkv), ("b", b, B)),
-                  (Buffer("x", (1, Nb), 4, "reg"), Buffer("y", (1, Nb), 2, "reg")), body, warps=4, stages=1,
-                  regs=STREAM_REGS)
+    return triton_kernel("nsa_score_cast", _grid(("m", i, Nq), ("h", kh, Hkv), ("b", b, B)),
+                         (Buffer("x", (1, Nb), 4, "reg"), Buffer("y", (1, Nb), 2, "reg")), body, warps=4, stages=1,
+                         regs=STREAM_REGS)
 
 
 def topk_kernel(p: Problem, g: Geometry, src: str, width: int) -> Kernel:
@@ -681,9 +640,9 @@ def topk_kernel(p: Problem, g: Geometry, src: str, width: int) -> Kernel:
         Compute("nsa_topk_row", ("row", "idx"), other=(Work(2, (row, full(Nb))),)),
         Store("idx", Tile("topk_idx", (point(b, B), point(kh, Hkv), row, full(width)))),
     )
-    return kernel("nsa_topk", _grid(("m", i, Nq), ("h", kh, Hkv), ("b", b, B)),
-                  (Buffer("row", (1, Nb), eb, "reg"), Buffer("idx", (1, width), INT32, "reg")), body, warps=4, stages=1,
-                  regs=STREAM_REGS)
+    return triton_kernel("nsa_topk", _grid(("m", i, Nq), ("h", kh, Hkv), ("b", b, B)),
+                         (Buffer("row", (1, Nb), eb, "reg"), Buffer("idx", (1, width), INT32, "reg")), body, warps=4, stages=1,
+                         regs=STREAM_REGS)
 
 
 def select_attn_kernel(p: Problem, g: Geometry, width: int, hw, prefix: str = "nsa_",
@@ -720,7 +679,7 @@ def select_attn_kernel(p: Problem, g: Geometry, width: int, hw, prefix: str = "n
             Buffer("p", (gp, bk), e, "reg", transient=True), Buffer("acc", (gp, d), 4, "reg"),
             Buffer("m", (gp,), 4, "reg"), Buffer("l", (gp,), 4, "reg"), Buffer("lse", (gp,), 4, "reg"))
     warps, stages = warps_stages(d, bk, hw)
-    return kernel(name, _grid(("m", t, Nq), ("h", kh, Hkv), ("b", b, B)), bufs, body, warps=warps, stages=stages)
+    return triton_kernel(name, _grid(("m", t, Nq), ("h", kh, Hkv), ("b", b, B)), bufs, body, warps=warps, stages=stages)
 
 
 def combine_kernel(p: Problem) -> Kernel:
@@ -736,8 +695,8 @@ def combine_kernel(p: Problem) -> Kernel:
         Store("o", o("O")),
     )
     bufs = tuple(Buffer(n, (128, d), e, "reg") for n in ("oc", "os", "ow", "o")) + (Buffer("g", (128, 3), e, "reg"),)
-    return kernel("nsa_combine", _grid(("m", i, cdiv(Nq, 128)), ("h", h, H), ("b", b, B)), bufs, body, warps=4, stages=1,
-                  regs=STREAM_REGS)
+    return triton_kernel("nsa_combine", _grid(("m", i, cdiv(Nq, 128)), ("h", h, H), ("b", b, B)), bufs, body, warps=4, stages=1,
+                         regs=STREAM_REGS)
 
 
 def decode_attn_kernel(p: Problem, name: str, k: str, v: str, o: str, lse: str, n_keys: int, bn: int,
@@ -787,7 +746,7 @@ def decode_attn_kernel(p: Problem, name: str, k: str, v: str, o: str, lse: str, 
             Buffer("acc", (gp, d), 4, "reg"), Buffer("m", (gp,), 4, "reg"), Buffer("l", (gp,), 4, "reg"),
             Buffer("lse", (gp,), 4, "reg"))
     warps, stages = warps_stages(d, 16, hw)
-    return kernel(name, _grid(("b", b, B), ("h", hh, hn)), bufs, body, warps=warps, stages=stages)
+    return triton_kernel(name, _grid(("b", b, B), ("h", hh, hn)), bufs, body, warps=warps, stages=stages)
 
 
 # --- the schedule ----------------------------------------------------------------------------------------------------

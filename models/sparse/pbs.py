@@ -43,7 +43,7 @@ Choices the paper and code leave open, taken here:
 * Prefill only (seq_q = seq_kv, as pbs.py asserts); at N ≤ S_g the repo falls back to SDPA (dense FA here).
 
 ``permuted_fwd_kernel`` (the FA kernel over a permuted K/V copy with position tables, kept tiles listed per query
-tile) is shared with DraftAttention (``draft.py``).
+tile) and ``pool_gather_kernel`` are shared with DraftAttention and S2O: ``models/sparse/kernels.py``.
 """
 
 from __future__ import annotations
@@ -51,145 +51,22 @@ from __future__ import annotations
 import numpy as np
 
 from iosim.errors import IosimError
-from iosim.models import flash2
-from iosim.models._common import check_fit, check_head_dim, kv_head
+from iosim.models._common import check_head_dim, kv_head
 from iosim.models.sparse import common as sc
+from iosim.models.sparse.kernels import (bh_grid, list_tables, permuted_fwd_kernel, pool_gather_kernel, tiles_dividing,
+                                         tiles_of)
+from iosim.models.sparse.selection import check_int, concrete
 from iosim.problem import KernelConfig, Problem
 from iosim.reference import NEG_INF, register_op
 from iosim.registry import register
-from iosim.schedule import (Buffer, Compute, GridAxis, Kernel, Load, Loop, Schedule, Span, Store, TensorSpec, Tile,
-                            Work, cdiv, full, lookup, point, table, var)
+from iosim.schedule import (Buffer, Compute, Kernel, Load, Loop, Schedule, Span, Store, TensorSpec, Tile, Work, cdiv,
+                            full, point, var)
 
 INDEX_BYTES = 8  # torch.argsort returns int64 indices (permute_states.py)
 SEL_BYTES = 4  # int32 kept-block indices (select kernel output)
 SCORE_CHUNK = 1024  # columns of a score row one step of the row-stats pass holds (registers)
 SORT_ROWS = 32  # score rows one step of the key-sort pass holds (shared memory: 32 × S_g fp32)
 SELECT_FLOPS = 4  # per block score: exp of the softmax, compare/swap of the sort, the cumulative sum, the test
-
-
-# --- shared: the FA kernel over permuted copies -----------------------------------------------------------------
-
-def tiles_of(mask: np.ndarray, block: int, bm: int, bn: int, tm: int, tn: int) -> np.ndarray:
-    """A logical block mask [..., ⌈Nq/B⌉, ⌈Nk/B⌉] at block B as kernel tiles [..., tm, tn] (B a multiple of bm, bn)."""
-    ri = (np.arange(tm) * bm) // block
-    ci = (np.arange(tn) * bn) // block
-    return mask[..., ri, :][..., ci]
-
-
-def list_tables(first: np.ndarray, second: np.ndarray, prefix: str) -> dict:
-    """Per tile row, the kept tiles of ``first`` then those of ``second`` (each ascending): tables
-    {prefix}kv_indices [..., tm, W], {prefix}kv_split [..., tm] (= count of first), {prefix}kv_count [..., tm]."""
-    first, second = np.asarray(first, bool), np.asarray(second, bool) & ~np.asarray(first, bool)
-    tn = first.shape[-1]
-    key = np.where(first, np.arange(tn), np.where(second, tn + np.arange(tn), 2 * tn))
-    order = np.argsort(key, axis=-1, kind="stable")
-    n1, n = first.sum(-1), (first | second).sum(-1)
-    width = max(1, int(n.max()) if n.size else 1)
-    idx = np.where(np.arange(width) < n[..., None], order[..., :width], 0).astype(np.int64)
-    return {prefix + "kv_indices": idx, prefix + "kv_split": n1.astype(np.int64), prefix + "kv_count": n.astype(np.int64)}
-
-
-def permuted_fwd_kernel(p: Problem, cfg: KernelConfig, hw, prefix: str, per_head: bool, *, name: str,
-                        q: str = "Q", k: str = "K", v: str = "V", o: str = "O", lse: str | None = "LSE",
-                        q_pos: str | None = None, k_pos: str | None = None, masked=(False, True)) -> Kernel:
-    """FA2's forward over the tiles ``list_tables(prefix)`` lists per query tile, K/V read from the copies ``k``, ``v``
-    ([B, H_kv, N_kv, d]) whose rows sit at sequence positions tables[k_pos][b, h_kv, row] (``Span.positions``), Q from
-    ``q`` (positions tables[q_pos][b, h, row]). Two loops: the listed tiles before kv_split (mask work per
-    ``masked[0]``), then the rest (``masked[1]``). Per (b, h): reads Q = N_q·d, K + V = 2·d·Σ listed tile widths;
-    writes O = N_q·d (and LSE = N_q fp32)."""
-    bm, bn, d, e = cfg.block_m, cfg.block_n, p.head_dim, p.elem_bytes
-    tm = cdiv(p.seq_q, bm)
-    grid, vs = flash2.grid_axes(p, cfg, tm)
-    b, h, i = vs["b"], vs["h"], vs["m"]
-    t = var("t")
-    lead = (b, h) if per_head else ()
-    j = lookup(table(prefix + "kv_indices"), *lead, i, t)
-    split, count = lookup(table(prefix + "kv_split"), *lead, i), lookup(table(prefix + "kv_count"), *lead, i)
-    rows = Span(i, bm, p.seq_q, positions=(table(q_pos), b, h) if q_pos else None)
-
-    def kv(p_, nm, b_, h_, cols):
-        pos = (table(k_pos), b_, kv_head(p, h_)) if k_pos else None
-        return Tile(k if nm == "K" else v, (point(b_, p.batch), point(kv_head(p, h_), p.kv_heads),
-                                            Span(cols.index, cols.block, cols.length, positions=pos), full(d)))
-
-    body = [Load("q", Tile(q, (point(b, p.batch), point(h, p.heads), rows, full(d))))]
-    rev = cfg.kv_order == "descending"
-    for lo, hi, msk in ((0, split, masked[0]), (split, count, masked[1])):
-        body.append(Loop(t, lo, hi, flash2.kv_step(p, b, h, rows, Span(j, bn, p.seq_kv), masked=msk, kv=kv),
-                         reverse=rev))
-    body += [flash2.finalize(p, rows), Store("acc", Tile(o, (point(b, p.batch), point(h, p.heads), rows, full(d))))]
-    if lse:
-        body.append(Store("lse", Tile(lse, (point(b, p.batch), point(h, p.heads), rows))))
-    kernel = Kernel(name, grid, flash2.buffers(bm, bn, d, e), tuple(body), threads_per_cta=32 * cfg.num_warps)
-    check_fit(kernel, cfg, hw, f"block_m={bm}, block_n={bn}, head_dim={d}, num_stages={cfg.num_stages}")
-    return kernel
-
-
-def tiles_dividing(p: Problem, cfg: KernelConfig, block: int, method: str) -> KernelConfig:
-    """cfg's tiles, or FA2's defaults for the head dim halved until they divide ``block``; refused if given tiles do
-    not divide it (the permuted kernels index the logical block of a tile as tile_start // block)."""
-    dm, dn = flash2.default_tiles(p.head_dim)
-    bm, bn = cfg.block_m, cfg.block_n
-    if bm is None:
-        bm = dm
-        while block % bm and bm > 1:
-            bm //= 2
-    if bn is None:
-        bn = dn
-        while block % bn and bn > 1:
-            bn //= 2
-    if block % bm or block % bn:
-        raise IosimError(f"{method}: tiles {bm}×{bn} must divide the block size {block} (the kernel maps a tile to "
-                         f"its logical block); give --block-m/--block-n dividing {block}")
-    return cfg.with_tiles(bm, bn)
-
-
-def bh_grid(batch, heads, rows, name: str = "m"):
-    r, b, h = var("r"), var("b"), var("h")
-    return (GridAxis(name, r, rows), GridAxis("b", b, batch), GridAxis("h", h, heads)), (r, b, h)
-
-
-def check_int(method: str, **vals) -> None:
-    """Whole numbers ≥ 1 (one-line error otherwise)."""
-    for n, v in vals.items():
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise IosimError(f"{method}: {n}={v!r} must be a whole number ≥ 1")
-
-
-def check_concrete(p: Problem, method: str) -> None:
-    for n in ("batch", "heads", "kv_heads", "seq_q", "seq_kv", "head_dim"):
-        if not isinstance(getattr(p, n), int):
-            raise IosimError(f"{method}: needs concrete sizes (its loops depend on the selection)")
-
-
-@register_op("gath_pool_mean")
-def op_gath_pool_mean(ctx, src, dst):
-    """dst[0] = mean of the valid rows of src (pooling; common.pool_kernel's op sets a 1-d origin on its 2-d dst)."""
-    r = src.ext[0]
-    dst.value(0.0)[0] = src.data[:r].mean(axis=0) if r else 0.0
-    dst.set((src.origin[0], 0), (1, dst.data.shape[1]))
-
-
-def pool_kernel(name: str, src: TensorSpec, dst: TensorSpec, block: int, rows_per_cta: int = 64, gather: str | None = None,
-                num_warps: int = 4) -> Kernel:
-    """dst[b, h, x] = mean of src[b, h, rows of block x] (``common.pool_kernel``; rows x·block … (x+1)·block − 1, or with
-    ``gather`` the rows tables[gather][b, h, x·block + r] — a pooled region of scattered tokens, each row its own run).
-    Per (b, h): reads N·d·e_src, writes ⌈N/block⌉·d·e_dst; other FLOPs N·d."""
-    from iosim.schedule import gathered
-    B, H, N, d = src.dims
-    n_out = dst.dims[2]
-    grid, (r, b, h) = bh_grid(B, H, cdiv(n_out, rows_per_cta))
-    x = var("x")
-    out_row = r * rows_per_cta + x
-    rows = Span(out_row, block, N) if gather is None else gathered(out_row, block, N, table(gather), b, h)
-    from iosim.schedule import clamp
-    body = (Loop(x, 0, clamp(n_out - r * rows_per_cta, 0, rows_per_cta), (  # point spans count 1: stay in range
-        Load("src", Tile(src.name, (point(b, B), point(h, H), rows, full(d)))),
-        Compute("gath_pool_mean", ("src", "dst"), other=(Work(1, (rows, full(d))),)),
-        Store("dst", Tile(dst.name, (point(b, B), point(h, H), Span(out_row, 1, n_out), full(d)))),
-    )),)
-    bufs = (Buffer("src", (block, d), src.elem_bytes, "smem", pipelined=True), Buffer("dst", (1, d), 4, "reg"))
-    return Kernel(name, grid, bufs, body, threads_per_cta=32 * num_warps)
 
 
 # --- PBS reference ops ----------------------------------------------------------------------------------------------
@@ -377,8 +254,8 @@ def _pbs_prepass(p: Problem, cfg: KernelConfig, block: int, seg: int, kmax: int)
     ks.append(sc.gather_kernel("pbs_gather_k", qkv_spec(p, "K"), T["Kp"], "pbs_perm"))
     ks.append(sc.gather_kernel("pbs_gather_v", qkv_spec(p, "V"), T["Vp"], "pbs_perm"))
     # 5.–7. pooled block scores and the threshold selection
-    ks.append(pool_kernel("pbs_pool_q", qkv_spec(p, "Q"), T["PBS_QP"], block))
-    ks.append(pool_kernel("pbs_pool_k", T["Kp"], T["PBS_KP"], block))
+    ks.append(pool_gather_kernel("pbs_pool_q", qkv_spec(p, "Q"), T["PBS_QP"], block))
+    ks.append(pool_gather_kernel("pbs_pool_k", T["Kp"], T["PBS_KP"], block))
     ks.append(sc.score_kernel("pbs_block_scores", T["PBS_QP"], T["PBS_KP"], T["PBS_BS"], a_heads_per_b=g,
                               lower_triangular=p.causal))
     ks.append(sc.select_kernel("pbs_select", T["PBS_BS"], T["PBS_SEL"], flops_per_score=SELECT_FLOPS))
@@ -397,7 +274,7 @@ def build(p: Problem, cfg: KernelConfig, hw=None, *, density=None, seed: int = 0
     *permuted* key order), or scores (logits scale·QKᵀ, the repo's rule). Returns the pre-pass and kernel."""
     m = "pbs_attn"
     check_head_dim(p, m)
-    check_concrete(p, m)
+    concrete(p, m)
     check_int(m, block_size=block_size, segment_size=segment_size)
     sc.check_params(m, threshold=(threshold, 0.0, 1.0), seed=(seed, 0, None))
     if segment_size % block_size:

@@ -8,7 +8,7 @@ and the first ``sink`` blocks; about window + log2(D) blocks per row, so the kep
 with T blocks. Non-causal problems get the mirrored pattern (|i − j| in the window or a power of 2): iosim's
 extension, the paper's pattern is causal. Decode (N_q = 1) is the last row of the pattern.
 
-Kernel ``power_fwd``: FA2's forward over the pattern's blocks (``xattention.listed_fwd_kernel`` with the
+Kernel ``power_fwd``: FA2's forward over the pattern's blocks (``kernels.listed_fwd_kernel`` with the
 Block-Sparse-Attention fork's tiles and launch: 128×64 at d = 128, KV descending, 255 registers, one smem stage);
 per (b, h): reads Q once, K + V of the kept blocks, writes O and LSE. GQA is native (each query head reads its KV
 head's blocks). Decode runs the same kernel with one query row per CTA (no split-KV: ~log2(T) blocks per head).
@@ -30,7 +30,8 @@ import numpy as np
 from iosim.errors import IosimError
 from iosim.models._common import check_head_dim
 from iosim.models.sparse import common as sc
-from iosim.models.sparse.xattention import bsa_tiles, concrete, fill_tiles, listed_fwd_kernel, tile_tables
+from iosim.models.sparse.kernels import bsa_tiles, fill_tiles, listed_fwd_kernel, tile_tables
+from iosim.models.sparse.selection import concrete
 from iosim.problem import KernelConfig, Problem
 from iosim.registry import register
 from iosim.schedule import Schedule, cdiv

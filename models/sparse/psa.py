@@ -24,7 +24,7 @@ Choices left open, and which were taken:
   [N_q, N_kv] or [B, H, N_q, N_kv]) summed over each bm × B block, blocks ranked per row, rank r of n valid blocks at
   level h when ⌊n·(f₁+…+f_{h−1})⌋ ≤ r < ⌊n·(f₁+…+f_h)⌋ (the repo's ``transfer_attn_to_mask`` 'topk' rule; its alignment
   of interval lengths to whole kernel tiles and its forced text blocks are left out). ``density`` alone keeps that
-  fraction at level 1 and drops the rest (binary block sparsity, as common.choose_blocks).
+  fraction at level 1 and drops the rest (binary block sparsity, as selection.choose_blocks).
 * tiles: block_m 128, B = block_n 64 (README defaults). The repo's kernel walks pooled blocks in tile_n = 32 key
   steps (two steps for a 64-row level-1 block, two 16-row 4× blocks merged into one step): same bytes; the steps are
   modelled per pair (B/2^(h−1) rows), so matmul tiles narrower than 16 keys are counted as issued at their own width.
@@ -48,7 +48,7 @@ from iosim.errors import IosimError
 from iosim.models import flash2
 from iosim.models._common import check_fit, check_head_dim, kv_head, lse_tensor, q_tile, qkvo_tensors, row_tile
 from iosim.models.block_sparse import compress, normalize_mask
-from iosim.models.sparse.common import MAX_MASK_BLOCKS, check_params, pool_blocks, valid_blocks
+from iosim.models.sparse.selection import MAX_MASK_BLOCKS, check_params, pool_blocks, valid_blocks
 from iosim.problem import KernelConfig, Problem
 from iosim.reference import op_qk, register_op
 from iosim.registry import register
@@ -227,7 +227,7 @@ def pyramid_kernel(p: Problem, bn: int, levels: int) -> Kernel:
 
 def torch_pyramid_kernels(p: Problem, levels: int, tensors: dict, rows_per_cta: int = 128) -> tuple[Kernel, ...]:
     """The repo's chain (``pooling``: torch.mean over pairs of rows), one launch per level and tensor: level h − 1 read
-    (rows_per_cta rows a CTA), level h written (common.pool_kernel's IO; built here because its reference op leaves a
+    (rows_per_cta rows a CTA), level h written (kernels.pool_kernel's IO; built here because its reference op leaves a
     1-axis origin on a 2-axis buffer)."""
     out = []
     j, b, h = var("pid_m"), var("b"), var("h")

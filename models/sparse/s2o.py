@@ -36,7 +36,8 @@ from iosim.errors import IosimError
 from iosim.models import flash2
 from iosim.models._common import check_fit, check_head_dim, kv_head
 from iosim.models.sparse import common as sc
-from iosim.models.sparse.pbs import check_concrete, check_int, pool_kernel
+from iosim.models.sparse.kernels import pool_gather_kernel
+from iosim.models.sparse.selection import check_int, concrete
 from iosim.problem import KernelConfig, Problem
 from iosim.registry import register
 from iosim.schedule import (Buffer, Kernel, Load, Loop, Schedule, Span, Store, TensorSpec, Tile, cdiv, full, gathered, lookup,
@@ -96,7 +97,7 @@ def build(p: Problem, cfg: KernelConfig, hw=None, *, density=None, seed: int = 0
     block_n (default 64, a multiple of chunk). Assumed values: the paper publishes only its abstract."""
     m = "s2o"
     check_head_dim(p, m)
-    check_concrete(p, m)
+    concrete(p, m)
     check_int(m, block_size=block_size, chunk=chunk)
     sc.check_params(m, threshold=(threshold, 0.0, 1.0), seed=(seed, 0, None))
     bn = cfg.block_n or 64
@@ -133,8 +134,8 @@ def build(p: Problem, cfg: KernelConfig, hw=None, *, density=None, seed: int = 0
          "S2O_KC": TensorSpec("S2O_KC", (B_, Hk, tc, d), e, "scratch"),
          "S2O_S": TensorSpec("S2O_S", (B_, H, tq, tc), 4, "scratch"),
          "S2O_G": TensorSpec("S2O_G", (B_, H, tq, kg), IDX_BYTES, "scratch")}
-    ks = [pool_kernel("s2o_pool_q", base["Q"], T["S2O_QP"], block_size),
-          pool_kernel("s2o_pool_k", base["K"], T["S2O_KC"], chunk),
+    ks = [pool_gather_kernel("s2o_pool_q", base["Q"], T["S2O_QP"], block_size),
+          pool_gather_kernel("s2o_pool_k", base["K"], T["S2O_KC"], chunk),
           sc.score_kernel("s2o_scores", T["S2O_QP"], T["S2O_KC"], T["S2O_S"], a_heads_per_b=p.group),
           sc.select_kernel("s2o_order", T["S2O_S"], T["S2O_G"], flops_per_score=SELECT_FLOPS)]
     grid, vs = flash2.grid_axes(p, cfg, tq)

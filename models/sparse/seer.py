@@ -31,7 +31,7 @@
 * prefill (N_q > 1): dense FlashAttention-2 (the R models prefill densely) plus the K compression cache build (K
   max/min/avg pools and the 3d → w linear per KV head).
 
-Selection (``models/sparse/common.py`` sources): ``density`` — prefill: round(density·valid) blocks per block row,
+Selection (``models/sparse/selection.py`` sources): ``density`` — prefill: round(density·valid) blocks per block row,
 the last two block rows (``last_block_dense``) and the diagonal forced (the top-k rule keeps ≥ 1 block per row; the
 diagonal is iosim's choice for it); nz_ratio r keeps a fraction r of the causal blocks on average
 (Σ min(k, i+1) / Σ (i+1) → r for k = (1 − √(1 − r))·T), so density plays nz_ratio. Decode: per (b, KV head),
@@ -67,7 +67,8 @@ from iosim.errors import IosimError
 from iosim.models import flash2
 from iosim.models._common import check_head_dim, qkvo_tensors
 from iosim.models.sparse import common as sc
-from iosim.models.sparse.xattention import (concrete, listed_fwd_kernel, per_head_mask, repeat_kv_kernels, tile_tables)
+from iosim.models.sparse.kernels import listed_fwd_kernel, repeat_kv_kernels, tile_tables
+from iosim.models.sparse.selection import concrete, per_head_mask
 from iosim.problem import STAT_BYTES, KernelConfig, Problem
 from iosim.reference import register_op
 from iosim.registry import register
@@ -252,7 +253,7 @@ def k_pool_kernels(p: Problem, prefix: str, funcs: tuple[str, ...], block: int) 
         else:
             neg = TensorSpec(f"{prefix}Kneg", (B, Hk, N, d), e, "scratch")
             tensors[neg.name] = neg
-            from iosim.models.sparse.xattention import copy_kernel
+            from iosim.models.sparse.kernels import copy_kernel
             out.append(with_op(copy_kernel(f"{prefix}neg_k", K, neg), "copy", "seer_neg"))
             out.append(with_op(sc.pool_kernel(f"{prefix}pool_kmin", neg, dst, block, rows_per_cta=1), "pool_mean", "seer_pool_negmax"))
     return out, tensors

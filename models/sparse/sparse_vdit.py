@@ -12,7 +12,7 @@ Modes at ``block``-token granularity (B = 128 by default; i, j query and KV bloc
 * ``skip`` — no attention: the head's output is zeros (a store of N·d per head, nothing read).
 
 Kernels: one ``vdit_{mode}`` launch per mode present, over that mode's heads only (the head index through a table:
-the fused launch), each FA2's forward over its mode's blocks (``xattention.listed_fwd_kernel``, the
+the fused launch), each FA2's forward over its mode's blocks (``kernels.listed_fwd_kernel``, the
 Block-Sparse-Attention fork's tiles and launch); ``vdit_skip`` writes the skipped heads' O and LSE (O = 0). Per
 head: reads Q, K + V of the mode's blocks; writes O and LSE. No pre-pass: the modes come from the offline search.
 
@@ -42,7 +42,8 @@ import sympy as sp
 from iosim.errors import IosimError
 from iosim.models._common import check_head_dim, q_tile, row_tile
 from iosim.models.sparse import common as sc
-from iosim.models.sparse.xattention import bsa_tiles, concrete, fill_tiles, listed_fwd_kernel, tile_tables
+from iosim.models.sparse.kernels import bsa_tiles, fill_tiles, listed_fwd_kernel, tile_tables
+from iosim.models.sparse.selection import concrete
 from iosim.problem import STAT_BYTES, KernelConfig, Problem
 from iosim.registry import register
 from iosim.schedule import (Buffer, Compute, GridAxis, Kernel, Load, Loop, Schedule, Span, Store, Tile, Work, cdiv,

@@ -62,8 +62,8 @@ import sympy as sp
 from iosim.errors import IosimError
 from iosim.models import flash2
 from iosim.models._common import check_head_dim
-from iosim.models.sparse.common import check_params
-from iosim.models.sparse.nsa import INT64, STREAM_REGS, concrete, kernel
+from iosim.models.sparse.kernels import INT64, STREAM_REGS, triton_kernel
+from iosim.models.sparse.selection import check_params, concrete
 from iosim.problem import KernelConfig, Problem
 from iosim.reference import register_op
 from iosim.registry import register
@@ -201,8 +201,8 @@ def causal_kernel(p: Problem, n_ctx: int, hw):
         Store("m", Tile("MO", (point(0, 1), point(h, H), rows))),
         Store("l", Tile("LO", (point(0, 1), point(h, H), rows))),
     )
-    return kernel("sq_causal", _grid(("m", i, cdiv(Nq, 64)), ("h", h, H)), flash2.buffers(64, 64, d, e), body,
-                  warps=4 if d <= 64 else 8, stages=2)
+    return triton_kernel("sq_causal", _grid(("m", i, cdiv(Nq, 64)), ("h", h, H)), flash2.buffers(64, 64, d, e), body,
+                         warps=4 if d <= 64 else 8, stages=2)
 
 
 def centroid_kernel(p: Problem, name: str, cent: str, nk: str, sa: str, n_rows: int, gather: str | None = None,
@@ -237,7 +237,7 @@ def centroid_kernel(p: Problem, name: str, cent: str, nk: str, sa: str, n_rows: 
     bufs = (Buffer("q", (128, d), e), Buffer("c", (128, d), e, pipelined=True), Buffer("nk", (128,), 4, "reg"),
             Buffer("m", (128,), 4, "reg"), Buffer("den", (128,), 4, "reg"), Buffer("sa", (128,), 4, "reg"),
             Buffer("s", (128, 128), 4, "reg"))
-    return kernel(name, _grid(("m", i, qb), ("h", h, H)), bufs, body, warps=4 if d <= 64 else 8, stages=2)
+    return triton_kernel(name, _grid(("m", i, qb), ("h", h, H)), bufs, body, warps=4 if d <= 64 else 8, stages=2)
 
 
 def sum_kernel(p: Problem, name: str, sa: str, avg: str, n_rows: int):
@@ -251,9 +251,9 @@ def sum_kernel(p: Problem, name: str, sa: str, avg: str, n_rows: int):
         Compute("sq_score_sum", ("x", "y"), other=(Work(qb + 1, (rows,)),)),
         Store("y", Tile(avg, (point(0, 1), point(h, H), rows, full(1)))),
     )
-    return kernel(name, _grid(("m", i, cdiv(n_rows, 128)), ("h", h, H)),
-                  (Buffer("x", (128, qb), 4, "reg"), Buffer("y", (128,), 4, "reg")), body, warps=4, stages=1,
-                  regs=STREAM_REGS)
+    return triton_kernel(name, _grid(("m", i, cdiv(n_rows, 128)), ("h", h, H)),
+                         (Buffer("x", (128, qb), 4, "reg"), Buffer("y", (128,), 4, "reg")), body, warps=4, stages=1,
+                         regs=STREAM_REGS)
 
 
 def gather_kernel(p: Problem, name: str, lab: str, avg: str, out: str, n: int, lab_table: str):
@@ -269,9 +269,9 @@ def gather_kernel(p: Problem, name: str, lab: str, avg: str, out: str, n: int, l
         Compute("sq_gather_copy", ("s", "y")),
         Store("y", Tile(out, (point(0, 1), point(h, H), rows))),
     )
-    return kernel(name, _grid(("m", i, cdiv(n, 1024)), ("h", h, H)),
-                  (Buffer("lab", (1024,), INT64, "reg"), Buffer("s", (1024, 1), 4, "reg"), Buffer("y", (1024,), 4, "reg")),
-                  body, warps=4, stages=1, regs=STREAM_REGS)
+    return triton_kernel(name, _grid(("m", i, cdiv(n, 1024)), ("h", h, H)),
+                         (Buffer("lab", (1024,), INT64, "reg"), Buffer("s", (1024, 1), 4, "reg"), Buffer("y", (1024,), 4, "reg")),
+                         body, warps=4, stages=1, regs=STREAM_REGS)
 
 
 def threshold_kernel(p: Problem, name: str, src: str, out: str, n: int):
@@ -284,9 +284,9 @@ def threshold_kernel(p: Problem, name: str, src: str, out: str, n: int):
         Compute("sq_threshold", ("x", "y"), other=(Work(1, (rows,)),)),
         Store("y", Tile(out, (point(0, 1), point(h, H), rows))),
     )
-    return kernel(name, _grid(("m", i, cdiv(n, 1024)), ("h", h, H)),
-                  (Buffer("x", (1024,), 4, "reg"), Buffer("y", (1024,), 1, "reg")), body, warps=4, stages=1,
-                  regs=STREAM_REGS)
+    return triton_kernel(name, _grid(("m", i, cdiv(n, 1024)), ("h", h, H)),
+                         (Buffer("x", (1024,), 4, "reg"), Buffer("y", (1024,), 1, "reg")), body, warps=4, stages=1,
+                         regs=STREAM_REGS)
 
 
 def compact_kernel(p: Problem, name: str, mask: str, out: str, cnt: str, n: int, start_t: str, count_t: str):
@@ -303,9 +303,9 @@ def compact_kernel(p: Problem, name: str, mask: str, out: str, cnt: str, n: int,
         Store("c", Tile(cnt, (point(0, 1), point(h, H), full(1))), atomic=True),
         Store("lst", Tile(out, (point(0, 1), point(h, H), Span(0, 4096, kept, offset=start)))),
     )
-    return kernel(name, _grid(("b", b, 1), ("h", h, H), ("m", i, cdiv(n, 4096))),
-                  (Buffer("m", (4096,), 1, "reg"), Buffer("lst", (4096,), INT64, "reg"), Buffer("c", (1,), 4, "reg")),
-                  body, warps=4, stages=1, regs=STREAM_REGS)
+    return triton_kernel(name, _grid(("b", b, 1), ("h", h, H), ("m", i, cdiv(n, 4096))),
+                         (Buffer("m", (4096,), 1, "reg"), Buffer("lst", (4096,), INT64, "reg"), Buffer("c", (1,), 4, "reg")),
+                         body, warps=4, stages=1, regs=STREAM_REGS)
 
 
 def sparse_kernel(p: Problem, total_blocks: int, hw):
@@ -338,8 +338,8 @@ def sparse_kernel(p: Problem, total_blocks: int, hw):
         Store("m", Tile("MT", (point(blk, max(total_blocks, 1)), rows))),
     )
     bufs = flash2.buffers(128, 128, d, e) + (Buffer("kidx", (128,), INT64, "reg"),)
-    return kernel("sq_sparse", _grid(("m", i, cdiv(Nq, 128)), ("n", blk, max(total_blocks, 1))), bufs, body,
-                  warps=4 if d <= 64 else 8, stages=2)
+    return triton_kernel("sq_sparse", _grid(("m", i, cdiv(Nq, 128)), ("n", blk, max(total_blocks, 1))), bufs, body,
+                         warps=4 if d <= 64 else 8, stages=2)
 
 
 def reduce_kernel(p: Problem, total_blocks: int):
@@ -364,8 +364,8 @@ def reduce_kernel(p: Problem, total_blocks: int):
     )
     bufs = (Buffer("m", (128,), 4, "reg"), Buffer("l", (128,), 4, "reg"), Buffer("acc", (128, d), 4, "reg"),
             Buffer("ot", (128, d), 2, "reg"), Buffer("mt", (128,), 4, "reg"), Buffer("lt", (128,), 4, "reg"))
-    return kernel("sq_reduce", _grid(("m", i, cdiv(Nq, 128)), ("h", h, H)), bufs, body, warps=4 if d <= 64 else 8,
-                  stages=1)
+    return triton_kernel("sq_reduce", _grid(("m", i, cdiv(Nq, 128)), ("h", h, H)), bufs, body, warps=4 if d <= 64 else 8,
+                         stages=1)
 
 
 def fill_kernel(p: Problem, name: str, tensor: str, rows: int, cols: int):
@@ -373,7 +373,7 @@ def fill_kernel(p: Problem, name: str, tensor: str, rows: int, cols: int):
     H = p.heads
     h, i = var("h"), var("pid_m")
     r = Span(i, 128, rows)
-    return kernel(name, _grid(("m", i, cdiv(rows, 128)), ("h", h, H)), (Buffer("z", (128, cols), 4, "reg"),), (
+    return triton_kernel(name, _grid(("m", i, cdiv(rows, 128)), ("h", h, H)), (Buffer("z", (128, cols), 4, "reg"),), (
         Compute("nsa_fill_zero", ("z",)),
         Store("z", Tile(tensor, (point(0, 1), point(h, H), r, full(cols)))),
     ), warps=4, stages=1, regs=STREAM_REGS)
@@ -387,7 +387,7 @@ def small_fill_kernel(p: Problem, name: str, stores: list[tuple[str, tuple, str,
     for k, (t, spans, op, shape) in enumerate(stores):
         body += [Compute(op, (f"f{k}",)), Store(f"f{k}", Tile(t, (point(0, 1), point(h, H)) + spans))]
         bufs.append(Buffer(f"f{k}", shape, 4, "reg"))
-    return kernel(name, _grid(("h", h, H),), bufs, body, warps=1, stages=1, regs=STREAM_REGS)
+    return triton_kernel(name, _grid(("h", h, H),), bufs, body, warps=1, stages=1, regs=STREAM_REGS)
 
 
 def kmeans_kernels(p: Problem, tag: str, pts: str, n_pts: int, cent: str, nk: str, n_c: int, iters: int, d: int):
@@ -397,8 +397,8 @@ def kmeans_kernels(p: Problem, tag: str, pts: str, n_pts: int, cent: str, nk: st
     kh, i, t, c = var("h"), var("pid_m"), var("t"), var("pid_n")
     out = []
     init_rows = Span(i, 128, n_c, gather=(_sym(f"sq_{tag}_seed"), kh))
-    out.append(kernel(f"sq_kmeans_{tag}_init", _grid(("m", i, cdiv(n_c, 128)), ("h", kh, Hkv)),
-                      (Buffer("x", (128, d), e, "reg"),), (
+    out.append(triton_kernel(f"sq_kmeans_{tag}_init", _grid(("m", i, cdiv(n_c, 128)), ("h", kh, Hkv)),
+                             (Buffer("x", (128, d), e, "reg"),), (
         Load("x", Tile(pts, (point(0, 1), point(kh, Hkv), init_rows, full(d)))),
         Store("x", Tile(cent, (point(0, 1), point(kh, Hkv), Span(i, 128, n_c), full(d)))),
     ), warps=4, stages=1))
@@ -408,7 +408,7 @@ def kmeans_kernels(p: Problem, tag: str, pts: str, n_pts: int, cent: str, nk: st
     cnt = lookup(_sym(f"sq_{tag}_mcount"), kh, c)
     mem = Span(t, 128, cnt, offset=start, gather=(_sym(f"sq_{tag}_members"), kh))
     for it in range(iters):
-        out.append(kernel(f"sq_kmeans_{tag}_assign{it}", _grid(("m", i, cdiv(n_pts, 128)), ("h", kh, Hkv)), (
+        out.append(triton_kernel(f"sq_kmeans_{tag}_assign{it}", _grid(("m", i, cdiv(n_pts, 128)), ("h", kh, Hkv)), (
             Buffer("x", (128, d), e), Buffer("c", (128, d), e, pipelined=True), Buffer("best", (128,), 4, "reg"),
             Buffer("arg", (128,), INT64, "reg")), (
             Load("x", Tile(pts, (point(0, 1), point(kh, Hkv), rows, full(d)))),
@@ -419,7 +419,7 @@ def kmeans_kernels(p: Problem, tag: str, pts: str, n_pts: int, cent: str, nk: st
             )),
             Store("arg", Tile(f"LAB_{tag}_est", (point(0, 1), point(kh, Hkv), rows))),
         ), warps=8, stages=2))
-        out.append(kernel(f"sq_kmeans_{tag}_update{it}", _grid(("n", c, n_c), ("h", kh, Hkv)), (
+        out.append(triton_kernel(f"sq_kmeans_{tag}_update{it}", _grid(("n", c, n_c), ("h", kh, Hkv)), (
             Buffer("x", (128, d), e, pipelined=True), Buffer("sum", (1, d), 4, "reg"), Buffer("n", (1,), 4, "reg")), (
             Loop(t, 0, cdiv(cnt, 128), (
                 Load("x", Tile(pts, (point(0, 1), point(kh, Hkv), mem, full(d)))),

@@ -33,7 +33,7 @@ whole chunks, S = stride, B = 128, N_r = N'/S reshaped rows, T = N'/B blocks, c 
   shared-memory stage as FA2's ``flash_fwd_kernel`` (``iosim.presets`` fa2); its in-CTA cp.async prefetch is the
   schedule's num_stages ≥ 2 overlap. Reads Q once, K + V of the kept blocks, writes O and LSE.
 
-Selection (``models/sparse/common.py``): ``density`` (+ ``seed``: each block row keeps round(density·valid) blocks,
+Selection (``models/sparse/selection.py``): ``density`` (+ ``seed``: each block row keeps round(density·valid) blocks,
 column 0 and the diagonal first when causal, the rest uniform), ``table`` (a bool block mask at 128), or ``scores``:
 the user's raw logits QKᵀ/√d ([N, N] or [B, H, N, N], unmasked: the antidiagonal of the diagonal block mixes in a
 few future keys, as the kernel does), turned into the method's own block scores (``antidiagonal_block_scores``:
@@ -53,10 +53,9 @@ Choices where the paper leaves one open (and why):
 * only N_q = N_kv (prefill) is modelled: the repo pads Q and K to whole chunks and aligns them by padded block counts.
 * tensors stay [B, H, N, d] (the fork reads [N, H, d] rows: same bytes, other strides).
 
-The module also holds pieces the other families of this issue build on (``retarget``, ``tile_tables``,
-``listed_fwd_kernel``, ``copy_kernel``, ``repeat_kv_kernels``): common.py's ``sparse_fwd_kernel`` compresses a
-tile-level mask, which at 128K+ tokens per head is gigabytes; ``tile_tables`` builds the same tables from a block
-mask in O(kept tiles).
+The sparse kernel and its tables (``listed_fwd_kernel``, ``tile_tables``: O(kept tiles) from the 128-token block
+mask), the copies (``copy_kernel``, ``repeat_kv_kernels``) and the tiles (``bsa_tiles``) are shared with SeerAttention,
+PowerAttention and Sparse-vDiT and live in ``models/sparse/kernels.py``.
 """
 
 from __future__ import annotations
@@ -67,34 +66,23 @@ from dataclasses import replace
 import numpy as np
 
 from iosim.errors import IosimError
-from iosim.models import flash2
-from iosim.models._common import check_fit, check_head_dim, kv_tile, q_tile, row_tile
-from iosim.models.block_sparse import block_visible_causal
+from iosim.models._common import check_head_dim, kv_tile
 from iosim.models.sparse import common as sc
+from iosim.models.sparse.kernels import (bsa_tiles, copy_kernel, fill_tiles, listed_fwd_kernel, repeat_kv_kernels,
+                                         tile_tables)
+from iosim.models.sparse.selection import concrete, per_head_mask
 from iosim.problem import STAT_BYTES, KernelConfig, Problem
 from iosim.reference import register_op
 from iosim.registry import register
 from iosim.schedule import (Buffer, Compute, GridAxis, Kernel, Load, Loop, Schedule, Span, Store, TensorSpec, Tile,
-                            Work, cdiv, clamp, full, gathered, lookup, point, table, var)
+                            Work, cdiv, clamp, full, gathered, point, table, var)
 
 BLOCK = 128  # the mask block: Xattention_prefill asserts block_size == 128
 DEFAULT_STRIDE = 16
 DEFAULT_THRESHOLD = 0.9
-FA2_REGS = 255  # FA2 flash_fwd_kernel registers per thread (iosim.presets "fa2"); the fork keeps FA2's kernel traits
-PER_HEAD_LIMIT = 1 << 22  # heads × T_q × T_kv blocks up to which a density selection is drawn per head (else shared)
 
 
-# --- shared pieces (also used by seer.py, power.py, sparse_vdit.py) ------------------------------------------------
-
-def retarget(kernel: Kernel, names: dict) -> Kernel:
-    """The kernel with the tensors of its loads and stores renamed (``names``: old → new), e.g. K → K_rep."""
-    def stmt(s):
-        if isinstance(s, Loop):
-            return replace(s, body=tuple(stmt(x) for x in s.body))
-        if isinstance(s, (Load, Store)) and s.tile.tensor in names:
-            return replace(s, tile=replace(s.tile, tensor=names[s.tile.tensor]))
-        return s
-    return replace(kernel, body=tuple(stmt(s) for s in kernel.body))
+# --- kernel edits ------------------------------------------------------------------------------------------------------
 
 
 def without_stores(kernel: Kernel, tensor: str) -> Kernel:
@@ -102,156 +90,6 @@ def without_stores(kernel: Kernel, tensor: str) -> Kernel:
     def keep(s):
         return not (isinstance(s, Store) and s.tile.tensor == tensor)
     return replace(kernel, body=tuple(s for s in kernel.body if keep(s)))
-
-
-def concrete(p: Problem, method: str) -> None:
-    for name in ("batch", "heads", "kv_heads", "seq_q", "seq_kv", "head_dim"):
-        if not isinstance(getattr(p, name), int):
-            raise IosimError(f"{method}: needs concrete sizes (its block selection and loops depend on them); "
-                             "give integers, not symbolic sizes")
-
-
-def bsa_tiles(head_dim: int) -> tuple[int, int]:
-    """Block-Sparse-Attention's forward tiles on sm80/sm90 without dropout (``block_sparse_attn_interface.py``
-    ``_get_block_size``): d ≤ 64: 128×128; ≤ 128: 128×64; ≤ 160: 128×32; ≤ 256: 128×64."""
-    if head_dim <= 64:
-        return 128, 128
-    if head_dim <= 128:
-        return 128, 64
-    if head_dim <= 160:
-        return 128, 32
-    return 128, 64
-
-
-def per_head_mask(p: Problem, tq: int, tk: int, per_head) -> bool:
-    """Draw a density selection per head (True) or share it by heads: ``per_head`` if given, else per head while
-    heads × T_q × T_kv ≤ PER_HEAD_LIMIT (counting enumerates every listed tile of every head)."""
-    if per_head is None:
-        return p.heads * tq * tk <= PER_HEAD_LIMIT
-    if not isinstance(per_head, bool):
-        raise IosimError(f"per_head={per_head!r}: give true or false (a selection per head, or shared by heads)")
-    return per_head
-
-
-def _compress_rows(e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(num [R], idx [R, max(1, max num)]) of a bool [R, C] matrix: each row's True columns ascending, 0-padded —
-    the FlexAttention layout of ``block_sparse.compress``, in O(nnz)."""
-    rows, cols = np.nonzero(e)
-    num = np.bincount(rows, minlength=e.shape[0]).astype(np.int64)
-    width = max(1, int(num.max()) if num.size else 1)
-    idx = np.zeros((e.shape[0], width), dtype=np.int64)
-    start = np.cumsum(num) - num
-    idx[rows, np.arange(rows.size) - start[rows]] = cols
-    return num, idx
-
-
-def tile_tables(p: Problem, mask: np.ndarray, block: int, bm: int, bn: int, prefix: str) -> tuple[dict, bool]:
-    """Tables of ``listed_fwd_kernel`` from a bool block mask at ``block`` ([T_q, T_kv], or [1|B, H, T_q, T_kv] with
-    the first axis 1: per head, shared by the batch): every bm×bn tile inside a kept block is listed, tiles holding
-    no visible element (past N, above the causal diagonal) dropped. block must be a multiple of bm and bn (the
-    Block-Sparse-Attention fork: one 128-token mask block is two 64-key tiles). Returns (tables, per_head)."""
-    if block % bm or block % bn:
-        raise IosimError(f"block_m={bm} and block_n={bn} must divide the mask block {block} (a mask block covers whole "
-                         "kernel tiles); use tiles that divide it")
-    m = np.asarray(mask, dtype=bool)
-    per_head = m.ndim == 4
-    if per_head and m.shape[0] != 1:
-        if not (m == m[:1]).all():
-            raise IosimError("a block mask that differs across the batch is not modelled; give [H, T_q, T_kv] "
-                             "(shared by the batch) or [T_q, T_kv]")
-        m = m[:1]
-    tm, tn = cdiv(p.seq_q, bm), cdiv(p.seq_kv, bn)
-    vis = block_visible_causal(p, tm, tn, bm, bn) if p.causal else np.ones((tm, tn), dtype=bool)
-    rm, rn = block // bm, block // bn
-    heads = m.reshape(-1, *m.shape[-2:])
-    nums, idxs = [], []
-    for mh in heads:
-        e = np.repeat(np.repeat(mh, rm, axis=0), rn, axis=1)[:tm, :tn] & vis
-        n, i = _compress_rows(e)
-        nums.append(n)
-        idxs.append(i)
-    width = max(i.shape[1] for i in idxs)
-    idx = np.zeros((len(idxs), tm, width), dtype=np.int64)
-    for h, i in enumerate(idxs):
-        idx[h, :, :i.shape[1]] = i
-    num = np.stack(nums)
-    if per_head:
-        if num.shape[0] != p.heads:
-            raise IosimError(f"a per-head block mask has {num.shape[0]} heads, the problem {p.heads}")
-        return {prefix + "kv_num_blocks": num, prefix + "kv_indices": idx}, True
-    return {prefix + "kv_num_blocks": num[0], prefix + "kv_indices": idx[0]}, False
-
-
-def listed_fwd_kernel(p: Problem, cfg: KernelConfig, per_head: bool, hw=None, name: str = "sparse_fwd",
-                      prefix: str = "", kv_names=("K", "V"), kv_heads: int | None = None, lse: bool = True,
-                      fa2_launch: bool = True) -> Kernel:
-    """FA2's forward over the KV tiles the tables ``{prefix}kv_num_blocks`` / ``{prefix}kv_indices`` list per query
-    tile (``tile_tables``; lead axis h when per_head), as ``common.sparse_fwd_kernel`` but from tables. Per (b, h):
-    reads Q = N_q·d, K + V = 2·d·Σ listed tile rows; writes O = N_q·d (+ LSE = N_q fp32 when ``lse``).
-    kv_names: the K/V tensors read (K_rep/V_rep after repeat_kv); kv_heads: their head count (default p.kv_heads).
-    fa2_launch: FA2's kernel traits (255 registers, one shared-memory stage (B_r + 2·B_c)·d·e; its cp.async prefetch is
-    the schedule's num_stages ≥ 2 overlap), as the Block-Sparse-Attention fork keeps them."""
-    bm, bn, d, e = cfg.block_m, cfg.block_n, p.head_dim, p.elem_bytes
-    pk = p if kv_heads is None else replace(p, kv_heads=kv_heads)
-    tm = cdiv(p.seq_q, bm)
-    grid, vs = flash2.grid_axes(p, cfg, tm)
-    b, h, i = vs["b"], vs["h"], vs["m"]
-    t = var("t")
-    lead = (h,) if per_head else ()
-    j = lookup(table(prefix + "kv_indices"), *lead, i, t)
-    stop = lookup(table(prefix + "kv_num_blocks"), *lead, i)
-    rows, cols = Span(i, bm, p.seq_q), Span(j, bn, p.seq_kv)
-    body = (
-        Load("q", q_tile(p, "Q", b, h, rows)),
-        Loop(t, 0, stop, flash2.kv_step(pk, b, h, rows, cols), reverse=cfg.kv_order == "descending"),
-        flash2.finalize(p, rows),
-        Store("acc", q_tile(p, "O", b, h, rows)),
-    ) + ((Store("lse", row_tile(p, "LSE", b, h, rows)),) if lse else ())
-    kernel = Kernel(name, grid, flash2.buffers(bm, bn, d, e), body, threads_per_cta=32 * cfg.num_warps,
-                    regs_per_thread=FA2_REGS if fa2_launch else None,
-                    smem_bytes=(bm + 2 * bn) * d * e if fa2_launch else None)
-    check_fit(kernel, replace(cfg, num_stages=1) if fa2_launch else cfg, hw,
-              f"block_m={bm}, block_n={bn}, head_dim={d}, num_stages={cfg.num_stages}")
-    if tuple(kv_names) != ("K", "V"):
-        kernel = retarget(kernel, {"K": kv_names[0], "V": kv_names[1]})
-    return kernel
-
-
-def copy_kernel(name: str, src: TensorSpec, dst: TensorSpec, head_of=None, rows: int = 128) -> Kernel:
-    """dst[b, h, r] = src[b, head_of(h), r] for the rows of dst (rows past src's length are zeros): repeat_kv
-    (head_of = h // g) and F.pad (dst longer). Per (b, h of dst): reads min(N_src, N_dst)·d, writes N_dst·d."""
-    B, H, n_dst, d = dst.dims
-    n_src = src.dims[2]
-    r, b, h = var("pid_m"), var("b"), var("h")
-    hs = h if head_of is None else head_of(h)
-    grid = (GridAxis("m", r, cdiv(n_dst, rows)), GridAxis("h", h, H), GridAxis("b", b, B))
-    body = (
-        Load("x", Tile(src.name, (point(b, B), point(hs, src.dims[1]), Span(r, rows, n_src), full(d)))),
-        Compute("copy", ("x", "y")),
-        Store("y", Tile(dst.name, (point(b, B), point(h, H), Span(r, rows, n_dst), full(d)))),
-    )
-    bufs = (Buffer("x", (rows, d), src.elem_bytes, "reg"), Buffer("y", (rows, d), dst.elem_bytes, "reg"))
-    return Kernel(name, grid, bufs, body, threads_per_cta=128)
-
-
-def repeat_kv_kernels(p: Problem, prefix: str, rows: int = 128) -> tuple[tuple[Kernel, ...], dict]:
-    """HF ``repeat_kv`` materialised for K and V (GQA, g = H/H_kv > 1): two copy kernels K → K_rep, V → V_rep
-    [B, H, N, d]; per query head each reads its KV head's N·d (the expanded view: g reads of each KV head, the
-    repeats L2 hits) and writes N·d, so 2·N·d·g written per KV head, +2·N·d·(g−1) over K and V (none when g = 1)."""
-    if p.heads == p.kv_heads:
-        return (), {}
-    import sympy as sp
-    g = p.heads // p.kv_heads
-    tensors = {f"{n}_rep": TensorSpec(f"{n}_rep", (p.batch, p.heads, p.seq_kv, p.head_dim), p.elem_bytes, "scratch")
-               for n in "KV"}
-    src = {n: TensorSpec(n, (p.batch, p.kv_heads, p.seq_kv, p.head_dim), p.elem_bytes, "input") for n in "KV"}
-    kernels = tuple(copy_kernel(f"{prefix}repeat_{n.lower()}", src[n], tensors[f"{n}_rep"],
-                                head_of=lambda h: sp.floor(h / g), rows=rows) for n in "KV")
-    return kernels, tensors
-
-
-def fill_tiles(cfg: KernelConfig, tiles: tuple[int, int]) -> KernelConfig:
-    return cfg.with_tiles(cfg.block_m or tiles[0], cfg.block_n or tiles[1])
 
 
 # --- XAttention's selection rule (NumPy, from logits) --------------------------------------------------------------
