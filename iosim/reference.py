@@ -431,7 +431,7 @@ def op_square_pv_accumulate(ctx, a, v, o, d):
 
 
 def op_pool_mean(ctx, src, dst):
-    """dst[0] = mean of the valid rows of src (sparse pre-passes: pooled Q/K, ``models/sparse/common.py``)."""
+    """dst[0] = mean of the valid rows of src (sparse pre-passes: pooled Q/K, ``models/sparse/kernels.py``)."""
     r = src.ext[0]
     dst.value(0.0)[0] = src.data[:r].mean(axis=0) if r else 0.0
     dst.set((src.origin[0], 0), (1, dst.data.shape[1]))

@@ -34,7 +34,7 @@ said to be interpolated; "never" when the method is slower at every sampled dens
 every one (up to the largest density sampled).
 
 Known bias, said in the curve's notes when it shows: ``iosim.cost.program_steps`` cannot evaluate table lookups, so
-the CTAs of a sparse kernel whose KV loop bound is a table (every ``common.sparse_fwd_kernel``) are timed as equal
+the CTAs of a sparse kernel whose KV loop bound is a table (every ``kernels.listed_fwd_kernel``) are timed as equal
 work, while the dense causal kernels are list-scheduled by their real work; on a small grid (4K tokens, 16 heads on an
 H100: 25% at density 1) that favours the sparse kernel.
 
