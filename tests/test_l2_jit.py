@@ -313,3 +313,35 @@ def test_set_index_modulo_threaded_equals_numpy():
     g = L2Geometry(size_bytes=50 * 2**20, line_bytes=128, sector_bytes=32, ways=16)
     x = rng.integers(0, 2**40, 300_000)
     assert np.array_equal(g.set_index(x), x % g.sets_per_cache)
+
+
+@pytest.mark.parametrize("policy", ["lru", "fifo"])
+@pytest.mark.parametrize("ways", [12, 16, 20])
+def test_blocks_kernel_in_chunks_matches_pycachesim(monkeypatch, policy, ways):
+    # issue 19: the accesses grouped by blocks of 64 rows a chunk at a time and simulated in place on the recency
+    # layout (rows padded to 16 or 24 entries for 12 and 20 ways; 200 sets: the last block partial), against
+    # pycachesim's own LRU/FIFO loop on the same line trace: hits, misses, and dirty lines written back
+    cachesim = pytest.importorskip("cachesim")
+    monkeypatch.setattr(l2_jit, "GROUP_MIN", 1)
+    monkeypatch.setattr(l2_jit, "_GROUP_CHUNK", 4099)   # 5 chunks, cut at no block boundary
+    rng = np.random.default_rng(ways)
+    n, sets = 20_000, 200
+    line = np.where(rng.random(n) < 0.5, np.arange(n) % (sets * ways + 37), rng.integers(0, 2 * sets * ways, n))
+    write = rng.random(n) < 0.2
+    mem = cachesim.MainMemory()
+    c = cachesim.Cache("L2", sets, ways, 128, policy.upper())
+    mem.load_to(c)
+    mem.store_from(c)
+    cs = cachesim.CacheSimulator(c, mem)
+    cs.loadstore([(((), (a,)) if w else ((a,), ())) for a, w in zip((line * 128).tolist(), write.tolist())],
+                 length=128)
+    cs.force_write_back()
+    ref = c.stats()
+    monkeypatch.setenv("IOSIM_L2_ENGINE", "numba")
+    made = []
+    kernel = l2_jit._blocks_kernel
+    monkeypatch.setattr(l2_jit, "_blocks_kernel", lambda *a: made.append(a) or kernel(*a))
+    got = simulate_lines(line % sets, line, np.full(n, 15, np.uint8), write, ways, policy, pycachesim_stores=True)
+    assert made == [(POLICIES.index(policy), False, True, 16 if ways <= 16 else 24)]   # that path, padded rows
+    assert (got["hits"], got["misses"]) == (ref["HIT_count"], ref["MISS_count"])
+    assert got["dirty_evictions"] + got["flush_lines"] == ref["EVICT_count"]

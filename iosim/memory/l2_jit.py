@@ -12,11 +12,14 @@ have taken loses its dirty sectors, and the store is sent to DRAM by both partit
 Two state layouts, flat over (row, partition, way):
 * recency order (``lru``, ``fifo``, ``lip`` with ≤ 8 sectors per line, the calibrated profiles' case): the ways of a
   (row, partition) are kept in victim order, most recently used (lru/lip) or inserted (fifo) first, one int64 per way
-  E = line·2^16 | valid sectors·2^8 | dirty sectors (−1 empty), and CAP its enabled ways (``way_spread``). A victim
+  E = line·2^16 | valid sectors·2^8 | dirty sectors (−1 empty), and CAP its enabled ways (``way_spread``); a row
+  holds a multiple of 8 entries from a 64-B boundary (those past CAP stay empty and unread). A victim
   is the last of the CAP, a fill of lip goes last (its stamp −(t+2) is below every other), other fills and lru/lip
   hits move to the front: the same victims as the stamps below (unique per set), with one cache line of state per
   8 ways instead of five arrays (4–10× fewer cache misses on an H100-sized L2). A lookup compares 8 ways at once
   (``_eq8``: one vector load, ~25 % less time per access when the state fits in the CPU's cache, as with sampling).
+  Large line traces of one partition and kernel (lru, fifo) go through ``_blocks_kernel``: grouped by blocks of 64
+  rows, a chunk at a time, each access one compare of the whole row and one vector shift of it, branch-free.
 * stamps (every other policy, or more than 8 sectors): tags T (−1 invalid, ``DISABLED`` a way switched off by the
   way spread), stamps S (last use for lru/mru/random/lip: fills of lip at −(t+2); insertion for fifo; the RRPV for
   srrip/brrip), valid and dirty sector masks V and D, and per (row, partition) B (plru tree bits or the brrip fill
@@ -62,7 +65,10 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 _BLOCK = 4096   # accesses a thread sifts for its own rows before simulating them
 PARALLEL_MIN = 100_000   # accesses (or ranges) below which one thread runs the chunk (thread start-up ~ 20 µs)
-_ROW_BLOCK = 64   # rows of a block of ``_group_blocks`` (≤ 128; their scratch ways stay in the first-level cache)
+_RB_SHIFT = 6   # rows of a block of ``_blocks_kernel``: 2^6 = 64 (≤ 128), their ways in the first-level cache
+_ROW_BLOCK = 1 << _RB_SHIFT
+_ROW_WAYS_MAX = 64   # physical ways up to which ``_blocks_kernel`` holds a row as one vector
+_GROUP_CHUNK = 1 << 18   # accesses ``_blocks_kernel`` groups at a time (≤ 2^18: its packed counters)
 GROUP_MIN = 100_000   # accesses (and at least one per row) from which ``CompiledState.run`` groups them by row first
 
 
@@ -239,54 +245,6 @@ def _eq8(typingctx, arr, i, x):
         m = builder.zext(builder.bitcast(eq, ir.IntType(8)), i64)
         return builder.or_(m, builder.shl(builder.zext(builder.bitcast(ge, ir.IntType(8)), i64), ir.Constant(i64, 8)))
     return types.int64(types.Array(types.int64, 1, "C"), types.int64, types.int64), codegen
-
-
-@intrinsic
-def _min8(typingctx, arr, i):
-    """The smallest of the 8 int64 at i (one vector load and a reduction)."""
-    def codegen(context, builder, sig, args):
-        ary, idx = args
-        i64, vt = ir.IntType(64), ir.VectorType(ir.IntType(64), 8)
-        p = builder.bitcast(builder.gep(context.make_array(sig.args[0])(context, builder, ary).data, [idx]),
-                            vt.as_pointer())
-        v = builder.load(p, align=8)
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [vt]), "llvm.vector.reduce.smin.v8i64")
-        return builder.call(fn, [v])
-    return types.int64(types.Array(types.int64, 1, "C"), types.int64), codegen
-
-
-@intrinsic
-def _eqv8(typingctx, arr, i, x):
-    """Bits l (0 … 7): arr[i + l] = x, for the 8 int64 at i."""
-    def codegen(context, builder, sig, args):
-        ary, idx, xv = args
-        i64, vt = ir.IntType(64), ir.VectorType(ir.IntType(64), 8)
-        p = builder.bitcast(builder.gep(context.make_array(sig.args[0])(context, builder, ary).data, [idx]),
-                            vt.as_pointer())
-        v = builder.load(p, align=8)
-        xs = builder.insert_element(ir.Constant(vt, ir.Undefined), xv, ir.Constant(ir.IntType(32), 0))
-        xs = builder.shuffle_vector(xs, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8))
-        return builder.zext(builder.bitcast(builder.icmp_signed("==", v, xs), ir.IntType(8)), i64)
-    return types.int64(types.Array(types.int64, 1, "C"), types.int64, types.int64), codegen
-
-
-@intrinsic
-def _setm8(typingctx, arr, i, m, x):
-    """arr[i + l] = x for the set bits l (0 … 7) of m, as one vector load, blend and store of the 8 int64 at i: the
-    next vector load of them (``_eqv8``, ``_min8``) then takes the stored vector from the store buffer, where a
-    scalar store into them would stall it until the store retires (~ a quarter of the time per access)."""
-    def codegen(context, builder, sig, args):
-        ary, idx, mv, xv = args
-        vt = ir.VectorType(ir.IntType(64), 8)
-        p = builder.bitcast(builder.gep(context.make_array(sig.args[0])(context, builder, ary).data, [idx]),
-                            vt.as_pointer())
-        v = builder.load(p, align=8)
-        xs = builder.insert_element(ir.Constant(vt, ir.Undefined), xv, ir.Constant(ir.IntType(32), 0))
-        xs = builder.shuffle_vector(xs, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8))
-        mk = builder.bitcast(builder.trunc(mv, ir.IntType(8)), ir.VectorType(ir.IntType(1), 8))
-        builder.store(builder.select(mk, xs, v), p, align=8)
-        return context.get_dummy_value()
-    return types.none(types.Array(types.int64, 1, "C"), types.int64, types.int64, types.int64), codegen
 
 
 @intrinsic
@@ -469,92 +427,182 @@ def _group(row, tag, sec, wr, packed, NT, out, start):
                 out[p] = i
 
 
-@njit(cache=True, parallel=True)
-def _group_blocks(row, tag, sec, wr, NT, RB, out, bstart, cnt):
-    """``_group`` by blocks of RB rows (row // RB) instead of rows: ~R/RB streams to scatter into, not R (the
-    scatter stays in the CPU's caches), and within a block the accesses stay in array order, so each row's do.
-    cnt[r] = accesses of row r; bstart[B] … bstart[B + 1] − 1 the places of block B's in ``out``, each packed as
-    line·2^16 | (row mod RB)·2^9 (RB ≤ 128) | sectors·2^1 | store (−1 for a line outside 0 … 2^47)."""
-    n = len(row)
-    R = len(cnt)
-    NB = len(bstart) - 1
-    H = np.zeros((NT, NB), np.int64)
-    C = np.zeros((NT, R), np.int64)
-    for g in prange(NT):
-        h = H[g]
-        c = C[g]
-        for i in range(g * n // NT, (g + 1) * n // NT):
-            r = row[i]
-            c[r] += 1
-            h[r // RB] += 1
-    for r in range(R):
-        t = 0
-        for g in range(NT):
-            t += C[g, r]
-        cnt[r] = t
-    tot = 0
-    for B in range(NB):
-        bstart[B] = tot
-        for g in range(NT):
-            c = H[g, B]
-            H[g, B] = tot
-            tot += c
-    bstart[NB] = tot
-    for g in prange(NT):
-        h = H[g]
-        for i in range(g * n // NT, (g + 1) * n // NT):
-            r = row[i]
-            B = r // RB
-            p = h[B]
-            h[B] = p + 1
-            x = np.int64(tag[i])
-            v = (x << 16) | ((r - B * RB) << 9) | (np.int64(sec[i]) << 1) | np.int64(wr[i])
-            out[p] = v if (x >= 0 and x < MAX_LINE) else -1
+
+
+def _row_ptr(context, builder, sig, args, n):
+    """Pointer to the n int64 at args[0][args[1]] as one vector."""
+    vt = ir.VectorType(ir.IntType(64), n)
+    ary = context.make_array(sig.args[0])(context, builder, args[0])
+    return builder.bitcast(builder.gep(ary.data, [args[1]]), vt.as_pointer()), vt
+
+
+def _splat(builder, vt, x):
+    xs = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(xs, ir.Constant(vt, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), vt.count), [0] * vt.count))
+
+
+@intrinsic
+def _opaque(typingctx, x):
+    """x, through an empty inline assembly block: the compiler no longer knows the value (a mask of 0 or −1), so
+    it cannot turn the arithmetic on it back into a branch (LLVM's x86 cmov conversion did for the eviction mask
+    of ``_blocks_kernel``: a branch mispredicted on about one access in two, ~40 % of the time per access)."""
+    def codegen(context, builder, sig, args):
+        return builder.asm(ir.FunctionType(ir.IntType(64), [ir.IntType(64)]), "", "=r,0", [args[0]], False)
+    return types.int64(types.int64), codegen
+
+
+@intrinsic(prefer_literal=True)
+def _row_match(typingctx, arr, i, x, nw):
+    """Bits l < nw (a literal ≤ 64): (arr[i + l] ≫ 16) = x, for the nw int64 at i compared as one vector."""
+    if not isinstance(nw, types.IntegerLiteral) or not 0 < nw.literal_value <= 64:
+        return None
+    n = nw.literal_value
+
+    def codegen(context, builder, sig, args):
+        p, vt = _row_ptr(context, builder, sig, args, n)
+        v = builder.load(p, align=8)
+        eq = builder.icmp_signed("==", builder.ashr(v, ir.Constant(vt, [16] * n)), _splat(builder, vt, args[2]))
+        return builder.zext(builder.bitcast(eq, ir.IntType(n)), ir.IntType(64))
+    return types.int64(arr, types.int64, types.int64, nw), codegen
+
+
+@intrinsic(prefer_literal=True)
+def _row_move(typingctx, arr, i, mv, mp, e, nw):
+    """The nw int64 at i (a literal ≤ 64) with entry e put at the lanes of bit mask mp and each lane of bit mask
+    mv taking its predecessor's value (the recency order moved one place on): one vector load, a lane shift, two
+    blends under the masks and one full-width store (the next load of the row takes it from the store buffer)."""
+    if not isinstance(nw, types.IntegerLiteral) or not 0 < nw.literal_value <= 64:
+        return None
+    n = nw.literal_value
+
+    def codegen(context, builder, sig, args):
+        ptr, vt = _row_ptr(context, builder, sig, args, n)
+        v = builder.load(ptr, align=8)
+        ev = _splat(builder, vt, args[4])
+        up = builder.shuffle_vector(v, ev, ir.Constant(ir.VectorType(ir.IntType(32), n), [n] + list(range(n - 1))))
+        mt = ir.VectorType(ir.IntType(1), n)
+
+        def mask(m):
+            return builder.bitcast(builder.trunc(m, ir.IntType(n)) if n < 64 else m, mt)
+        builder.store(builder.select(mask(args[2]), up, builder.select(mask(args[3]), ev, v)), ptr, align=8)
+        return context.get_dummy_value()
+    return types.none(arr, types.int64, types.int64, types.int64, types.int64, nw), codegen
 
 
 @functools.cache
-def _blocks_kernel(pol: int, touch: bool, alloc: bool, NW: int, RB: int):
-    """lru and fifo over ``_group_blocks``' accesses: a block's RB rows of ways in per-thread scratch
-    (``_ways_in``, ~RB·NW·24 B: in the CPU's first-level cache), its accesses in array order through
-    ``_way_step``, the rows back (``_ways_out``). Consecutive accesses mostly belong to different rows, so they
-    do not wait for each other (one row's accesses back to back form a chain through its ways in memory); with
-    the cheaper grouping, ~15 % less time than sorting by row and simulating row after row."""
+def _blocks_kernel(pol: int, touch: bool, alloc: bool, W: int):
+    """lru and fifo for one partition and kernel, the accesses grouped by blocks of 64 rows and simulated in place
+    on the recency layout. Thread g owns the blocks bsplit[g] … bsplit[g + 1] − 1 and walks the trace ``CH``
+    accesses at a time, on its own: it counts its blocks' accesses (gathering their places without branches),
+    places them block after block in a private buffer, packed as line·2^16 | (row mod 64)·2^9 | sectors·2^1 |
+    store (array order kept within a block, so within each row), then simulates block after block, the block's rows of entries (64·W·8 B) staying in the CPU's
+    first-level cache. No thread waits for another and no buffer is shared (one parallel region for the whole
+    trace; the chunk's buffers stay in the CPU's second-level cache). An access is a vector compare of the row's
+    tags (``_row_match``: the hit's place, else the last enabled way) and one vector shift of the row
+    (``_row_move``), without branches on hit or miss (a row has W ≤ ``_ROW_WAYS_MAX`` entries, a multiple of 8 and
+    a compile-time constant, CAP[r] of them enabled); consecutive accesses mostly belong to different rows, so
+    they do not wait for each other. cnt[r] += accesses of row r; bad[g] = lines outside 0 … 2^47 (the run is then
+    refused)."""
 
     @njit(cache=True, parallel=True)
-    def run(grp, bstart, bb, cnt, E, CAP, W, acc, kr, kw, kh, NT):
+    def run(row, tag, sec, wr, bsplit, CH, cnt, E, CAP, acc, kr, kw, kh, bad, NT):
+        n = len(row)
         R = len(cnt)
         for g in prange(NT):
-            TG = np.empty(RB * NW, np.int64)
-            MD = np.empty(RB * NW, np.int64)
-            ST = np.empty(RB * NW, np.int64)
-            hits = misses = evs = devs = rd = wrt = 0
-            err = False
-            for B in range(bb[g], bb[g + 1]):
-                u0, u1 = bstart[B], bstart[B + 1]
-                if u1 == u0:
-                    continue
-                r0 = B * RB
-                nr = min(RB, R - r0)
-                for k in range(nr):
-                    if cnt[r0 + k] > 0:
-                        _ways_in(E, (r0 + k) * W, CAP[r0 + k], TG, MD, ST, k * NW, NW)
-                for u in range(u0, u1):
-                    pk = grp[u]
-                    if pk < 0:
-                        err = True
+            B0 = bsplit[g]
+            nb = bsplit[g + 1] - B0
+            bs = np.empty(nb + 1, np.int64)
+            h = np.empty(nb + 8, np.int64)   # + 8 slots the accesses of other threads' blocks are counted in
+            idx = np.empty(min(CH, n), np.int64)
+            grp = np.empty(min(CH, n), np.int64)
+            cc = np.zeros(_ROW_BLOCK, np.int64)
+            hits = misses = evs = devs = rd = wrt = tot = nbad = 0
+            for c0 in range(0, n, CH):
+                h[:] = 0
+                m = 0
+                for i in range(np.uint64(c0), np.uint64(min(n, c0 + CH))):   # unsigned: no wrap-around code
+                    b = (row[i] >> _RB_SHIFT) - B0
+                    own = np.uint64(b) < np.uint64(nb)
+                    idx[m] = i
+                    m += own
+                    h[b if own else nb + (np.int64(i) & 7)] += 1   # 8 slots: no chain of increments of one
+                t = 0
+                for b in range(nb):
+                    bs[b] = t
+                    t += h[b]
+                    h[b] = bs[b]
+                bs[nb] = t
+                tot += m
+                for v in range(m):   # the packed accesses in block order (a bad line: line 0, no sectors)
+                    i = idx[v]
+                    r = row[i]
+                    b = (r >> _RB_SHIFT) - B0
+                    p = h[b]
+                    h[b] = p + 1
+                    x = np.int64(tag[i])
+                    ok = x >= 0 and x < MAX_LINE
+                    nbad += not ok
+                    grp[p] = ((x << 16) | (np.int64(sec[i]) << 1) | np.int64(wr[i]) if ok else 0) | \
+                        ((r & (_ROW_BLOCK - 1)) << 9)
+                for b in range(nb):
+                    u0, u1 = bs[b], bs[b + 1]
+                    if u1 == u0:
                         continue
-                    k = (pk >> 9) & (RB - 1)
-                    h, ch, ev, dv, nrd, nwr = _way_step(pk >> 16, (pk >> 1) & 0xFF, (pk & 1) != 0, u, TG, MD, ST,
-                                                        k * NW, NW, pol, touch, alloc)
-                    hits += ch
-                    misses += not h
-                    evs += ev
-                    devs += dv
-                    rd += nrd
-                    wrt += nwr
-                for k in range(nr):
-                    if cnt[r0 + k] > 0:
-                        _ways_out(E, (r0 + k) * W, CAP[r0 + k], TG, MD, ST, k * NW, NW)
+                    r0 = (B0 + b) * _ROW_BLOCK
+                    Eb = E[r0 * W:]   # the block's rows and CAP: fewer values live in the loop
+                    CAPb = CAP[r0:]
+                    cc[:] = 0
+                    # the block's counts packed in two registers (fewer live values, fewer spills): c1 = hits |
+                    # misses·2^21 | evictions·2^42, c2 = DRAM sectors read | written·2^22 | dirty evictions·2^44,
+                    # fields wide enough for the ≤ 2^18 accesses of a chunk (``_GROUP_CHUNK``)
+                    c1 = c2 = 0
+                    for u in range(np.uint64(u0), np.uint64(u1)):
+                        pk = grp[u]
+                        k = (pk >> 9) & (_ROW_BLOCK - 1)
+                        cc[k] += 1
+                        x = pk >> 16
+                        s = (pk >> 1) & 0xFF
+                        w = (pk & 1) != 0
+                        lo = k * W
+                        if not alloc and w:   # no store allocation: a store that misses goes straight to DRAM
+                            if _row_match(Eb, lo, x, W) == 0:
+                                c1 += np.int64(1) << 21
+                                c2 += _popc(s) << 22
+                                continue
+                        # a miss moves the ways 0 … cap − 2 one place on and drops the last enabled one: where that
+                        # one is empty, so are the ways before it down to the first empty one (valid ways are a
+                        # prefix, lines are never invalidated), which gives the state of a fill of the first empty way
+                        mt = _row_match(Eb, lo, x, W)
+                        j = trailing_zeros(mt | (np.int64(1) << (CAPb[k] - 1)))
+                        # masks, not branches, from here on (hit or miss is not predictable)
+                        hh = np.int64(mt != 0)
+                        hm = -hh   # all ones on a hit
+                        wm = -np.int64(w)
+                        old = Eb[np.uint64(lo + j)]
+                        ev = (1 - hh) & ((old >> 63) + 1)   # a miss on a valid way
+                        vo = (old >> 8) & 0xFF & hm
+                        wb = old & 0xFF & _opaque(-ev)
+                        ne = (x << 16) | ((vo | s) << 8) | (old & 0xFF & hm) | (s & wm)
+                        if pol == FIFO:   # fifo hits, and pycachesim's store hits, keep their place
+                            p = j & hm
+                        elif touch:
+                            p = 0
+                        else:
+                            p = j & hm & wm
+                        # lanes p + 1 … j take their predecessor, lane p the entry
+                        _row_move(Eb, lo, ((np.int64(2) << j) - 1) & -(np.int64(2) << p), np.int64(1) << p, ne, W)
+                        c1 += (hh & (1 if touch else 1 + wm)) | ((1 - hh) << 21) | (ev << 42)
+                        c2 += _popc(s & ~vo & ~wm) | (_popc(wb) << 22) | (np.int64(wb != 0) << 44)
+                    F = (np.int64(1) << 21) - 1
+                    hits += c1 & F
+                    misses += (c1 >> 21) & F
+                    evs += c1 >> 42
+                    rd += c2 & ((np.int64(1) << 22) - 1)
+                    wrt += (c2 >> 22) & ((np.int64(1) << 22) - 1)
+                    devs += c2 >> 44
+                    for k in range(min(_ROW_BLOCK, R - r0)):
+                        cnt[r0 + k] += cc[k]
             a = acc[g]
             a[0] += hits
             a[1] += misses
@@ -562,11 +610,11 @@ def _blocks_kernel(pol: int, touch: bool, alloc: bool, NW: int, RB: int):
             a[3] += devs
             a[4] += rd
             a[5] += wrt
-            a[7] += bstart[bb[g + 1]] - bstart[bb[g]]
-            a[_ERR] = err
+            a[7] += tot
             kh[g, 0] += hits
             kr[g, 0] += rd
             kw[g, 0] += wrt
+            bad[g] = nbad
 
     return run
 
@@ -666,88 +714,6 @@ def _packed_kernel(pol: int, touch: bool, alloc: bool):
             kw[g, 0] += wrt
 
     return run
-
-
-@njit(cache=True, inline="always")
-def _ways_in(E, lo, cq, TG, MD, ST, b, NW):
-    """Row state at lo (``cq`` enabled ways, in recency order) into the scratch ways at b: tags, sector masks and
-    stamps (the recency order as −1, −2, …; an empty way −2^62, a switched-off one 2^62)."""
-    BIGS = np.int64(1) << 62
-    for j in range(NW):
-        e = E[lo + j] if j < cq else -2
-        TG[b + j] = e >> 16 if e >= 0 else -1 - (j >= cq)
-        MD[b + j] = e & 0xFFFF
-        ST[b + j] = -1 - j if e >= 0 else (-BIGS if j < cq else BIGS)
-
-
-@intrinsic
-def _gtv8(typingctx, arr, i, x):
-    """Bits l (0 … 7): arr[i + l] > x, for the 8 int64 at i."""
-    def codegen(context, builder, sig, args):
-        ary, idx, xv = args
-        i64, vt = ir.IntType(64), ir.VectorType(ir.IntType(64), 8)
-        p = builder.bitcast(builder.gep(context.make_array(sig.args[0])(context, builder, ary).data, [idx]),
-                            vt.as_pointer())
-        v = builder.load(p, align=8)
-        xs = builder.insert_element(ir.Constant(vt, ir.Undefined), xv, ir.Constant(ir.IntType(32), 0))
-        xs = builder.shuffle_vector(xs, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8))
-        return builder.zext(builder.bitcast(builder.icmp_signed(">", v, xs), ir.IntType(8)), i64)
-    return types.int64(types.Array(types.int64, 1, "C"), types.int64, types.int64), codegen
-
-
-@njit(cache=True, inline="always")
-def _ways_out(E, lo, cq, TG, MD, ST, b, NW):
-    """The scratch ways at b back in recency order: each valid way at its rank by decreasing stamp (stamps are
-    unique; counted with vector compares, no sorting: an insertion sort's unpredictable branches and moves cost
-    ~1 µs a row), then the empty ones."""
-    nv = 0
-    for j in range(cq):
-        if TG[b + j] >= 0:
-            st = ST[b + j]
-            gt = 0
-            for c in range(0, NW, 8):
-                gt |= _gtv8(ST, b + c, st) << c
-            E[lo + _popc(gt) - (NW - cq)] = (TG[b + j] << 16) | MD[b + j]   # switched-off ways: stamp 2^62
-            nv += 1
-    for j in range(nv, cq):
-        E[lo + j] = -1
-
-
-@njit(cache=True, inline="always")
-def _way_step(x, s, w, t, TG, MD, ST, b, NW, pol, touch, alloc):
-    """One access (line x, sectors s, store w, step t) to the scratch ways at b (``_ways_in``): a vector compare of
-    the tags for the hit, else the victim by a vector minimum of the stamps (the lowest such way: the first empty
-    one); returns (hit, counted hit, evicted, dirty eviction, DRAM sectors read, DRAM sectors written). Stores go
-    through ``_setm8``: the next vector load of the same ways is not stalled behind a scalar store."""
-    m = 0
-    for c in range(0, NW, 8):
-        m |= _eqv8(TG, b + c, x) << c
-    if m != 0:
-        j = b + trailing_zeros(m)
-        md = MD[j]
-        v = md >> 8
-        MD[j] = ((v | s) << 8) | (md & 0xFF) | (s if w else 0)
-        if pol == LRU and (touch or not w):
-            for c in range(0, NW, 8):
-                _setm8(ST, b + c, m >> c, t)
-        return True, touch or not w, False, False, _popc(0 if w else s & ~v), 0
-    if w and not alloc:
-        return False, False, False, False, 0, _popc(s)
-    mn = _min8(ST, b)
-    for c in range(8, NW, 8):
-        mn = min(mn, _min8(ST, b + c))
-    mm = 0
-    for c in range(0, NW, 8):
-        mm |= _eqv8(ST, b + c, mn) << c
-    mm &= -mm
-    j = b + trailing_zeros(mm)
-    ev = TG[j] >= 0
-    dm = MD[j] & 0xFF if ev else 0
-    MD[j] = (s << 8) | (s if w else 0)
-    for c in range(0, NW, 8):
-        _setm8(TG, b + c, mm >> c, x)
-        _setm8(ST, b + c, mm >> c, t)
-    return False, False, ev, dm != 0, _popc(0 if w else s), _popc(dm)
 
 
 @njit(cache=True, inline="always")
@@ -889,19 +855,33 @@ def _threads(n: int) -> int:
     return numba.get_num_threads() if n >= PARALLEL_MIN else 1
 
 
+def _aligned_full(n: int, v: int) -> np.ndarray:
+    """np.full(n, v, int64) starting at a 64-B boundary (NumPy's large arrays start 16 B past a page)."""
+    buf = np.empty(n + 8, np.int64)
+    k = (-buf.ctypes.data % 64) // 8
+    out = buf[k:k + n]
+    out[:] = v
+    return out
+
+
 class CompiledState:
     """The cache state of the compiled loops for ``rows`` simulated sets of ``partitions`` caches of ``ways``
     physical ways; ``sectors_per_line`` ≤ 8 lets lru, fifo and lip take the recency layout."""
 
     def __init__(self, rows: int, ways: int, partitions: int, policy: str, num_kernels: int,
                  store_allocate: bool = True, pycachesim_stores: bool = False, sectors_per_line: int = 32):
-        C = ways * partitions
-        self.rows, self.W, self.P, self.nk = rows, ways, partitions, num_kernels
         self.pol = POLICIES.index(policy)
-        self.alloc, self.touch = store_allocate, not pycachesim_stores
         self.mtf = self.pol in (LRU, FIFO, LIP) and sectors_per_line <= 8
+        # the recency layout's rows hold a multiple of 8 entries (the ways beyond CAP stay empty, and no loop goes
+        # past CAP): whole vectors for ``_blocks_kernel``, one variant of it per 8 ways
+        W = -(-ways // 8) * 8 if self.mtf else ways
+        C = W * partitions
+        self.rows, self.ways, self.W, self.P, self.nk = rows, ways, W, partitions, num_kernels
+        self.alloc, self.touch = store_allocate, not pycachesim_stores
         z = np.zeros(1, np.int64)
-        self.T = np.full(rows * C + 8, -1, np.int64)   # tags, or the recency layout's entries (+ ``_eq8``'s padding)
+        # tags, or the recency layout's entries (+ ``_eq8``'s padding), from a 64-B boundary: a row of the recency
+        # layout is then whole cache lines for the vector loads and stores
+        self.T = _aligned_full(rows * C + 8, -1)
         self.S = self.V = self.D = self.B = z
         if not self.mtf:
             self.S = np.full(rows * C, -1, np.int64)
@@ -921,7 +901,7 @@ class CompiledState:
         """Switch off the ways ``dis`` (rows × columns, ``iosim.memory.l2.disabled_ways``: the top ways of each
         partition)."""
         if self.mtf:
-            self.CAP[:] = self.W - dis.reshape(self.rows * self.P, self.W).sum(axis=1)
+            self.CAP[:] = self.ways - dis.reshape(self.rows * self.P, self.ways).sum(axis=1)
         else:
             self.T[:-8][dis.ravel()] = DISABLED
 
@@ -964,17 +944,21 @@ class CompiledState:
             grouped = n >= GROUP_MIN and n >= self.rows
         if grouped:
             packed = self.mtf and self.P == 1 and len(kernel) == 0 and not want_fetched and sectors.dtype.itemsize == 1
-            grp = np.empty(n, np.int64)
-            if packed and self.pol in (LRU, FIFO):   # grouped by blocks of rows, simulated block by block
+            if packed and self.pol in (LRU, FIFO) and self.W <= _ROW_WAYS_MAX:   # by blocks of rows, in place
                 NB = -(-self.rows // _ROW_BLOCK)
-                bstart = np.empty(NB + 1, np.int64)
-                _group_blocks(row, tag, sectors, write, NT, _ROW_BLOCK, grp, bstart, self.cnt)
-                bb = np.searchsorted(bstart, np.arange(NT + 1) * n // NT)
-                bb[0], bb[-1] = 0, NB
-                _blocks_kernel(self.pol, self.touch, self.alloc, -(-self.W // 8) * 8, _ROW_BLOCK)(
-                    grp, bstart, bb, self.cnt, self.T, self.CAP, self.W, acc, kr, kw, kh, NT)
+                # the threads' blocks, about as many accesses each (counted on a sample of the trace)
+                bsplit = np.array([0, NB], np.int64)
+                if NT > 1:
+                    cum = np.cumsum(np.bincount(row[::max(1, n >> 16)] >> _RB_SHIFT, minlength=NB))
+                    bsplit = np.concatenate(([0], np.searchsorted(cum, np.arange(1, NT) * cum[-1] / NT), [NB]))
+                bad = np.zeros(NT, np.int64)
+                _blocks_kernel(self.pol, self.touch, self.alloc, self.W)(
+                    row, tag, sectors, write, bsplit.astype(np.int64), min(_GROUP_CHUNK, 1 << 18), self.cnt, self.T,
+                    self.CAP, acc, kr, kw, kh, bad, NT)
+                acc[0, _ERR] = bad.any()
                 self._add(counts, acc, kr, kw, kh)
                 return None, int(self.cnt.max(initial=0))
+            grp = np.empty(n, np.int64)
             start = np.empty(self.rows + 1, np.int64)
             _group(row, tag, sectors, write, packed, NT, grp, start)
             # rows split where the accesses are, so the threads get about as many each
