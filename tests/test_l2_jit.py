@@ -342,45 +342,6 @@ def test_blocks_kernel_in_chunks_matches_pycachesim(monkeypatch, policy, ways):
     kernel = l2_jit._blocks_kernel
     monkeypatch.setattr(l2_jit, "_blocks_kernel", lambda *a: made.append(a) or kernel(*a))
     got = simulate_lines(line % sets, line, np.full(n, 15, np.uint8), write, ways, policy, pycachesim_stores=True)
-    # that path: padded rows (12 ways of 16 enabled, 20 of 24), whole lines
-    assert made == [(POLICIES.index(policy), False, True, 16 if ways <= 16 else 24, ways % 8 != 0, True)]
+    assert made == [(POLICIES.index(policy), False, True, 16 if ways <= 16 else 24)]   # that path, padded rows
     assert (got["hits"], got["misses"]) == (ref["HIT_count"], ref["MISS_count"])
     assert got["dirty_evictions"] + got["flush_lines"] == ref["EVICT_count"]
-
-
-@pytest.mark.parametrize("policy", ["lru", "fifo"])
-def test_blocks_kernel_whole_lines_then_mixed(monkeypatch, policy):
-    # the whole-line variant of the block kernel holds only while every access so far had one sector mask: chunks
-    # of whole lines (mask 15), then whole lines of another mask (7), then partial masks, then whole lines again,
-    # with a way spread, through the grouped path against array order on one thread (every count, the state)
-    from iosim.memory.l2 import disabled_ways
-    monkeypatch.setattr(l2_jit, "GROUP_MIN", 1)
-    rng = np.random.default_rng(5)
-    rows, ways, spread, n = 130, 12, 3, 6000
-    line = rng.integers(0, rows * (ways + spread) * 2, n)
-    write = rng.random(n) < 0.3
-    mask = np.full(n, 15, np.uint8)
-    mask[1500:3000] = 7
-    mask[3000:4500] = rng.integers(1, 16, 1500)
-    dis = disabled_ways(np.arange(rows), 1, ways, spread, 2)
-    whole = []
-
-    def run(grouped):
-        cs = l2_jit.CompiledState(rows, ways + spread, 1, policy, 1, True, True, 8)
-        cs.disable(dis)
-        c = {k: 0 for k in l2_jit._COUNTERS}
-        c.update(k_read=np.zeros(1, np.int64), k_write=np.zeros(1, np.int64), k_hit=np.zeros(1, np.int64),
-                 flush_lines=0)
-        steps = []
-        for a, b in itertools.pairwise([0, 1500, 3000, 4500, n]):
-            sl = slice(a, b)
-            steps.append(cs.run(c, line[sl] % rows, line[sl] % rows, line[sl], mask[sl], write[sl], None, None, None,
-                                threads=1, grouped=grouped)[1])
-            whole.append(cs.whole)
-        state = cs.T.tolist()
-        cs.flush(c)
-        return _plain(c), steps, state
-
-    got = run(True)
-    assert whole == [15, -1, -1, -1]   # whole lines only until the first partial mask
-    assert got == run(False)

@@ -491,55 +491,42 @@ def _row_move(typingctx, arr, i, mv, mp, e, nw):
 
 
 @functools.cache
-def _blocks_kernel(pol: int, touch: bool, alloc: bool, W: int, capped: bool, whole: bool):
-    """lru and fifo for one partition and one kernel, the accesses grouped by blocks of 64 rows and simulated in
-    place on the recency layout. Thread g owns the blocks bsplit[g] … bsplit[g + 1] − 1 and walks the trace ``CH``
-    accesses at a time on its own: it gathers the places of its blocks' accesses without branches, counts them per
-    block, places them block after block in a private buffer, packed as line·2^16 | (row mod 64)·2^9 |
-    sectors·2^1 | store (array order kept within a block, so within each row), then simulates block after block,
-    the block's rows of entries (64·W·8 B) staying in the CPU's first-level cache. No thread waits for another and
-    no buffer is shared: one parallel region for the whole trace (per-chunk parallel regions, a buffer shared by
-    the threads and the grouping split by accesses took ~20 % longer on two threads).
-
-    An access is a vector compare of the row's tags (``_row_match``: the hit's place, else the last enabled way)
-    and one vector shift of the row (``_row_move``), without branches on hit or miss (a row has W ≤
-    ``_ROW_WAYS_MAX`` entries, a multiple of 8 and a compile-time constant; ``capped``: CAP[r] of them enabled,
-    else all); consecutive accesses mostly belong to different rows, so they do not wait for each other.
-    ``whole``: every access, and every valid line of the state, has the sector mask F (whole lines), so a line's
-    dirty mask is F or nothing and a hit fetches nothing: no popcount per access (~10 % less time per access).
-    cnt[r] += accesses of row r; bad[g] = lines outside 0 … 2^47 (the run is then refused).
-
-    One thread on benchmarks/bench_l2_engine.py's trace (4M accesses, H100-sized, whole lines): ~1.5 ns per
-    access to count, ~3.4 ns to place, ~8.5 ns to simulate; the per-row scratch copies with stamps that this
-    replaced, grouped by a separate pass, took ~1.8× as long in all."""
+def _blocks_kernel(pol: int, touch: bool, alloc: bool, W: int):
+    """lru and fifo for one partition and kernel, the accesses grouped by blocks of 64 rows and simulated in place
+    on the recency layout. Thread g owns the blocks bsplit[g] … bsplit[g + 1] − 1 and walks the trace ``CH``
+    accesses at a time, on its own: it counts its blocks' accesses (gathering their places without branches),
+    places them block after block in a private buffer, packed as line·2^16 | (row mod 64)·2^9 | sectors·2^1 |
+    store (array order kept within a block, so within each row), then simulates block after block, the block's rows of entries (64·W·8 B) staying in the CPU's
+    first-level cache. No thread waits for another and no buffer is shared (one parallel region for the whole
+    trace; the chunk's buffers stay in the CPU's second-level cache). An access is a vector compare of the row's
+    tags (``_row_match``: the hit's place, else the last enabled way) and one vector shift of the row
+    (``_row_move``), without branches on hit or miss (a row has W ≤ ``_ROW_WAYS_MAX`` entries, a multiple of 8 and
+    a compile-time constant, CAP[r] of them enabled); consecutive accesses mostly belong to different rows, so
+    they do not wait for each other. cnt[r] += accesses of row r; bad[g] = lines outside 0 … 2^47 (the run is then
+    refused)."""
 
     @njit(cache=True, parallel=True)
-    def run(row, tag, sec, wr, bsplit, CH, F, cnt, E, CAP, acc, kr, kw, kh, bad, NT):
+    def run(row, tag, sec, wr, bsplit, CH, cnt, E, CAP, acc, kr, kw, kh, bad, NT):
         n = len(row)
         R = len(cnt)
         for g in prange(NT):
             B0 = bsplit[g]
             nb = bsplit[g + 1] - B0
             bs = np.empty(nb + 1, np.int64)
-            h = np.empty(nb, np.int64)
-            idx = np.empty(min(CH, n) if NT > 1 else 0, np.int64)
+            h = np.empty(nb + 8, np.int64)   # + 8 slots the accesses of other threads' blocks are counted in
+            idx = np.empty(min(CH, n), np.int64)
             grp = np.empty(min(CH, n), np.int64)
             cc = np.zeros(_ROW_BLOCK, np.int64)
             hits = misses = evs = devs = rd = wrt = tot = nbad = 0
             for c0 in range(0, n, CH):
-                c1 = min(n, c0 + CH)
                 h[:] = 0
-                if NT == 1:   # every access is this thread's
-                    m = c1 - c0
-                    for i in range(np.uint64(c0), np.uint64(c1)):   # unsigned: no wrap-around code
-                        h[row[i] >> _RB_SHIFT] += 1
-                else:   # the places of this thread's accesses, gathered without branches, then counted
-                    m = 0
-                    for i in range(np.uint64(c0), np.uint64(c1)):
-                        idx[m] = i
-                        m += np.uint64((row[i] >> _RB_SHIFT) - B0) < np.uint64(nb)
-                    for v in range(np.uint64(m)):
-                        h[np.uint64((row[np.uint64(idx[v])] >> _RB_SHIFT) - B0)] += 1
+                m = 0
+                for i in range(np.uint64(c0), np.uint64(min(n, c0 + CH))):   # unsigned: no wrap-around code
+                    b = (row[i] >> _RB_SHIFT) - B0
+                    own = np.uint64(b) < np.uint64(nb)
+                    idx[m] = i
+                    m += own
+                    h[b if own else nb + (np.int64(i) & 7)] += 1   # 8 slots: no chain of increments of one
                 t = 0
                 for b in range(nb):
                     bs[b] = t
@@ -547,16 +534,16 @@ def _blocks_kernel(pol: int, touch: bool, alloc: bool, W: int, capped: bool, who
                     h[b] = bs[b]
                 bs[nb] = t
                 tot += m
-                for v in range(np.uint64(m)):   # the packed accesses in block order (a bad line: line 0, no sectors)
-                    i = v + np.uint64(c0) if NT == 1 else np.uint64(idx[v])   # unsigned (≥ 0): no wrap-around code
+                for v in range(m):   # the packed accesses in block order (a bad line: line 0, no sectors)
+                    i = idx[v]
                     r = row[i]
-                    b = np.uint64((r >> _RB_SHIFT) - B0)
+                    b = (r >> _RB_SHIFT) - B0
                     p = h[b]
                     h[b] = p + 1
                     x = np.int64(tag[i])
                     ok = x >= 0 and x < MAX_LINE
                     nbad += not ok
-                    grp[np.uint64(p)] = ((x << 16) | (np.int64(sec[i]) << 1) | np.int64(wr[i]) if ok else 0) | \
+                    grp[p] = ((x << 16) | (np.int64(sec[i]) << 1) | np.int64(wr[i]) if ok else 0) | \
                         ((r & (_ROW_BLOCK - 1)) << 9)
                 for b in range(nb):
                     u0, u1 = bs[b], bs[b + 1]
@@ -581,27 +568,22 @@ def _blocks_kernel(pol: int, touch: bool, alloc: bool, W: int, capped: bool, who
                         if not alloc and w:   # no store allocation: a store that misses goes straight to DRAM
                             if _row_match(Eb, lo, x, W) == 0:
                                 c1 += np.int64(1) << 21
-                                c2 += (np.int64(1) if whole else _popc(s)) << 22
+                                c2 += _popc(s) << 22
                                 continue
                         # a miss moves the ways 0 … cap − 2 one place on and drops the last enabled one: where that
                         # one is empty, so are the ways before it down to the first empty one (valid ways are a
                         # prefix, lines are never invalidated), which gives the state of a fill of the first empty way
                         mt = _row_match(Eb, lo, x, W)
-                        j = trailing_zeros(mt | (np.int64(1) << ((CAPb[k] if capped else W) - 1)))
+                        j = trailing_zeros(mt | (np.int64(1) << (CAPb[k] - 1)))
                         # masks, not branches, from here on (hit or miss is not predictable)
                         hh = np.int64(mt != 0)
                         hm = -hh   # all ones on a hit
                         wm = -np.int64(w)
                         old = Eb[np.uint64(lo + j)]
                         ev = (1 - hh) & ((old >> 63) + 1)   # a miss on a valid way
-                        if whole:   # valid sectors F, dirty F or none
-                            vo = 0
-                            wb = old & 0xFF & _opaque(-ev)
-                            ne = (x << 16) | (F << 8) | (old & 0xFF & hm) | (F & wm)
-                        else:
-                            vo = (old >> 8) & 0xFF & hm
-                            wb = old & 0xFF & _opaque(-ev)
-                            ne = (x << 16) | ((vo | s) << 8) | (old & 0xFF & hm) | (s & wm)
+                        vo = (old >> 8) & 0xFF & hm
+                        wb = old & 0xFF & _opaque(-ev)
+                        ne = (x << 16) | ((vo | s) << 8) | (old & 0xFF & hm) | (s & wm)
                         if pol == FIFO:   # fifo hits, and pycachesim's store hits, keep their place
                             p = j & hm
                         elif touch:
@@ -611,18 +593,13 @@ def _blocks_kernel(pol: int, touch: bool, alloc: bool, W: int, capped: bool, who
                         # lanes p + 1 … j take their predecessor, lane p the entry
                         _row_move(Eb, lo, ((np.int64(2) << j) - 1) & -(np.int64(2) << p), np.int64(1) << p, ne, W)
                         c1 += (hh & (1 if touch else 1 + wm)) | ((1 - hh) << 21) | (ev << 42)
-                        if whole:   # c2 = load misses | lines written back·2^22 | dirty evictions·2^44
-                            dv = np.int64(wb != 0)
-                            c2 += ((1 - hh) & (1 + wm)) | (dv << 22) | (dv << 44)
-                        else:
-                            c2 += _popc(s & ~vo & ~wm) | (_popc(wb) << 22) | (np.int64(wb != 0) << 44)
-                    M21 = (np.int64(1) << 21) - 1
-                    hits += c1 & M21
-                    misses += (c1 >> 21) & M21
+                        c2 += _popc(s & ~vo & ~wm) | (_popc(wb) << 22) | (np.int64(wb != 0) << 44)
+                    F = (np.int64(1) << 21) - 1
+                    hits += c1 & F
+                    misses += (c1 >> 21) & F
                     evs += c1 >> 42
-                    nf = _popc(F) if whole else 1   # whole lines: counted in lines of F sectors
-                    rd += (c2 & ((np.int64(1) << 22) - 1)) * nf
-                    wrt += ((c2 >> 22) & ((np.int64(1) << 22) - 1)) * nf
+                    rd += c2 & ((np.int64(1) << 22) - 1)
+                    wrt += (c2 >> 22) & ((np.int64(1) << 22) - 1)
                     devs += c2 >> 44
                     for k in range(min(_ROW_BLOCK, R - r0)):
                         cnt[r0 + k] += cc[k]
@@ -918,8 +895,6 @@ class CompiledState:
         else:
             self.PM = self.PV = z
         self.L = ways.bit_length() - 1
-        # the one sector mask of every access so far (``_blocks_kernel``'s whole lines), None before any, −1 mixed
-        self.whole = None
         self.cnt = np.zeros(rows, np.int64)
 
     def disable(self, dis: np.ndarray) -> None:
@@ -974,20 +949,16 @@ class CompiledState:
                 # the threads' blocks, about as many accesses each (counted on a sample of the trace)
                 bsplit = np.array([0, NB], np.int64)
                 if NT > 1:
-                    cum = np.cumsum(np.bincount(row[::max(1, n >> 16)] >> _RB_SHIFT, minlength=NB)[:NB])
+                    cum = np.cumsum(np.bincount(row[::max(1, n >> 16)] >> _RB_SHIFT, minlength=NB))
                     bsplit = np.concatenate(([0], np.searchsorted(cum, np.arange(1, NT) * cum[-1] / NT), [NB]))
                 bad = np.zeros(NT, np.int64)
-                F = int(sectors[0])
-                whole = self.whole in (None, F) and bool(sectors.min() == F == sectors.max())
-                _blocks_kernel(self.pol, self.touch, self.alloc, self.W, bool((self.CAP < self.W).any()), whole)(
-                    row, tag, sectors, write, bsplit.astype(np.int64), min(_GROUP_CHUNK, 1 << 18), F, self.cnt,
-                    self.T, self.CAP, acc, kr, kw, kh, bad, NT)
-                self.whole = F if whole else -1
+                _blocks_kernel(self.pol, self.touch, self.alloc, self.W)(
+                    row, tag, sectors, write, bsplit.astype(np.int64), min(_GROUP_CHUNK, 1 << 18), self.cnt, self.T,
+                    self.CAP, acc, kr, kw, kh, bad, NT)
                 acc[0, _ERR] = bad.any()
                 self._add(counts, acc, kr, kw, kh)
                 return None, int(self.cnt.max(initial=0))
             grp = np.empty(n, np.int64)
-            self.whole = -1
             start = np.empty(self.rows + 1, np.int64)
             _group(row, tag, sectors, write, packed, NT, grp, start)
             # rows split where the accesses are, so the threads get about as many each
@@ -1001,7 +972,6 @@ class CompiledState:
                 run(grp, start, rb, hrow, tag, sectors, write, kernel, near, home, t0, *self._args(), acc, kr, kw, kh,
                     nf, NT)
         else:
-            self.whole = -1
             run = _lines_kernel(self.pol, self.P, self.touch, self.alloc, self.mtf)
             run(row, hrow, c(tag, np.int64), sectors, write, kernel, near, home, t0, *self._args(), acc, kr, kw, kh,
                 nf, NT)
@@ -1037,7 +1007,6 @@ class CompiledState:
         acc, kr, kw, kh, ka = self._buffers(NT)
         nf = np.zeros((NT, n), np.int64)
         self.cnt[:] = 0
-        self.whole = -1
         run = _ranges_kernel(self.pol, self.P, self.touch, self.alloc, self.mtf, hsh, geom.store_near)
         run(addr, nbytes, c(write, np.bool_), sm, kernel, hpos, lbs, sbs, fg, nsets, G, b, geom.home_granule_lines, ks,
             t0, *self._args(), acc, kr, kw, kh, ka, nf, NT)
