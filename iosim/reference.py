@@ -181,7 +181,13 @@ def op_online_softmax(ctx, s, m, l, acc):
 
     P overwrites S (masked entries → 0)."""
     r, c = s.ext
-    x = ctx.masked(s.data[:r, :c], s.origin[0], s.origin[1], _pair(s))
+    online_update(ctx.masked(s.data[:r, :c], s.origin[0], s.origin[1], _pair(s)), s, m, l, acc)
+
+
+def online_update(x: np.ndarray, s, m, l, acc) -> None:
+    """The online-softmax update of op_online_softmax on the scores x (already masked): the models' variants
+    (HyperAttention's sampled columns) call it with their own masking."""
+    r, c = x.shape
     m_old, l_old = m.value(NEG_INF)[:r], l.value(0.0)[:r]
     a = acc.value(0.0)
     m_new = np.maximum(m_old, x.max(axis=1))

@@ -173,6 +173,37 @@ MEASURED_SPLIT_KERNEL = {128: (246, 81920)}
 on the validation H200 (../shared/devices.md); other head dims: estimated."""
 
 
+def split_plan(p: Problem, cfg: KernelConfig, hw, num_splits, gqa_packed, who: str) -> tuple[KernelConfig, bool, int]:
+    """(config with the split kernel's tiles, GQA-packed?, number of splits) of FA2's split-KV forward, as
+    ``mha_fwd`` decides them (``gqa_packs``, ``fa2_launch``, ``num_splits_heuristic``); who names the caller in
+    errors (splitkv, and the sparse decodes built on it)."""
+    if not all(isinstance(getattr(p, n), int) for n in ("batch", "heads", "seq_q", "seq_kv", "head_dim")):
+        raise IosimError(f"{who}: needs concrete sizes (the number of splits depends on them)")
+    packed = gqa_packs(p) if gqa_packed is None else gqa_packed
+    if not isinstance(packed, bool) or (packed and not (p.seq_q == 1 and p.heads > p.kv_heads)):
+        raise IosimError(f"{who}: gqa_packed={gqa_packed!r} needs True/False, and True needs seq_q = 1 and "
+                         f"heads > kv_heads (got seq_q={p.seq_q}, heads={p.heads}, kv_heads={p.kv_heads})")
+    if cfg.block_m is None or cfg.block_n is None:
+        dm, dn = split_tiles(p.head_dim)
+        cfg = cfg.with_tiles(cfg.block_m or dm, cfg.block_n or dn)
+    bm, d = cfg.block_m, p.head_dim
+    G = p.group
+    Hx, Mq = (p.kv_heads, G) if packed else (p.heads, p.seq_q)
+    tm = cdiv(Mq, bm)
+    if packed and tm > 1 and G % bm:
+        raise IosimError(f"{who}: a packed group of G={G} query heads over {tm} row blocks needs block_m={bm} to "
+                         f"divide G; use block_m ≥ {G} or a divisor of G")
+    if num_splits is None:
+        launch = fa2_launch(p, hw) if packed == gqa_packs(p) else None
+        ns = launch.num_splits if launch else (1 if hw is None else num_splits_heuristic(
+            p.batch * Hx * cdiv(Mq, 64), 2 * hw.sm_count, cdiv(p.seq_kv, split_tiles(d)[1]), 128))
+    else:
+        ns = num_splits
+    if isinstance(ns, bool) or not isinstance(ns, int) or ns < 1:
+        raise IosimError(f"{who}: num_splits must be a positive integer, got {ns!r}")
+    return cfg, packed, ns
+
+
 @register("splitkv", "Split-KV forward (flash-decoding, FA2's decode path): GQA-packed rows, KV range split over CTAs, "
           "fp32 partial O + LSE per split, combine kernel")
 def build(p: Problem, cfg: KernelConfig, hw=None, num_splits: int | None = None,
@@ -182,30 +213,11 @@ def build(p: Problem, cfg: KernelConfig, hw=None, num_splits: int | None = None,
     query heads of a KV head into one tile's rows (None = PyTorch's ``seqlenq_ngroups_swapped`` rule);
     page_size, block_table, page_seed: a paged KV cache (``paged_kv``)."""
     check_head_dim(p, "splitkv")
-    if not all(isinstance(getattr(p, n), int) for n in ("batch", "heads", "seq_q", "seq_kv", "head_dim")):
-        raise IosimError("splitkv: needs concrete sizes (the number of splits depends on them)")
-    packed = gqa_packs(p) if gqa_packed is None else gqa_packed
-    if not isinstance(packed, bool) or (packed and not (p.seq_q == 1 and p.heads > p.kv_heads)):
-        raise IosimError(f"splitkv: gqa_packed={gqa_packed!r} needs True/False, and True needs seq_q = 1 and "
-                         f"heads > kv_heads (got seq_q={p.seq_q}, heads={p.heads}, kv_heads={p.kv_heads})")
-    if cfg.block_m is None or cfg.block_n is None:
-        dm, dn = split_tiles(p.head_dim)
-        cfg = cfg.with_tiles(cfg.block_m or dm, cfg.block_n or dn)
+    cfg, packed, ns = split_plan(p, cfg, hw, num_splits, gqa_packed, "splitkv")
     bm, bn, d, e = cfg.block_m, cfg.block_n, p.head_dim, p.elem_bytes
     B, H, Hk, Nq, G = p.batch, p.heads, p.kv_heads, p.seq_q, p.group
     Hx, Mq = (Hk, G) if packed else (H, Nq)  # heads and rows per head as the kernels see them
     tm, tn = cdiv(Mq, bm), cdiv(p.seq_kv, bn)
-    if packed and tm > 1 and G % bm:
-        raise IosimError(f"splitkv: a packed group of G={G} query heads over {tm} row blocks needs block_m={bm} to "
-                         f"divide G; use block_m ≥ {G} or a divisor of G")
-    if num_splits is None:
-        launch = fa2_launch(p, hw) if packed == gqa_packs(p) else None
-        ns = launch.num_splits if launch else (1 if hw is None else num_splits_heuristic(
-            B * Hx * cdiv(Mq, 64), 2 * hw.sm_count, cdiv(p.seq_kv, split_tiles(d)[1]), 128))
-    else:
-        ns = num_splits
-    if isinstance(ns, bool) or not isinstance(ns, int) or ns < 1:
-        raise IosimError(f"splitkv: num_splits must be a positive integer, got {ns!r}")
     paged = paged_kv(p, bn, page_size, block_table, page_seed)
     kv = flash2.kv_tile if paged is None else paged.tile
     if ns == 1 and not packed and paged is None:

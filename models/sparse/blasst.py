@@ -58,7 +58,7 @@ from iosim.models.block_sparse import normalize_mask
 from iosim.models.fa3 import STAGES as FA3_STAGES, fa3_tiles
 from iosim.models.persistent import (concrete, dynamic_assign, fa3_swizzle, item_tables, l2_swizzle, reset,
                                      static_round_robin, workers_of)
-from iosim.models.splitkv import _combine, fa2_launch, gqa_packs, num_splits_heuristic, rounded_head_dim, split_tiles
+from iosim.models.splitkv import _combine, rounded_head_dim, split_plan
 from iosim.models.sparse.common import check_params, choose_blocks
 from iosim.problem import STAT_BYTES, KernelConfig, Problem
 from iosim.reference import register_op
@@ -271,30 +271,11 @@ def _prefill(p: Problem, cfg: KernelConfig, hw, src: dict) -> Schedule:
 
 def _decode(p: Problem, cfg: KernelConfig, hw, src: dict, num_splits, gqa_packed) -> Schedule:
     """FA2's split-KV decode (models/splitkv.py) with the skip: K always, V only for kept tiles."""
-    if not all(isinstance(getattr(p, n), int) for n in ("batch", "heads", "seq_q", "seq_kv", "head_dim")):
-        raise IosimError("blasst: needs concrete sizes (the number of splits depends on them)")
-    packed = gqa_packs(p) if gqa_packed is None else gqa_packed
-    if not isinstance(packed, bool) or (packed and not (p.seq_q == 1 and p.heads > p.kv_heads)):
-        raise IosimError(f"blasst: gqa_packed={gqa_packed!r} needs True/False, and True needs seq_q = 1 and "
-                         f"heads > kv_heads (got seq_q={p.seq_q}, heads={p.heads}, kv_heads={p.kv_heads})")
-    if cfg.block_m is None or cfg.block_n is None:
-        dm, dn = split_tiles(p.head_dim)
-        cfg = cfg.with_tiles(cfg.block_m or dm, cfg.block_n or dn)
+    cfg, packed, ns = split_plan(p, cfg, hw, num_splits, gqa_packed, "blasst")
     bm, bn, d, e = cfg.block_m, cfg.block_n, p.head_dim, p.elem_bytes
     B, H, Hk, Nq, G = p.batch, p.heads, p.kv_heads, p.seq_q, p.group
     Hx, Mq = (Hk, G) if packed else (H, Nq)
     tm, tn = cdiv(Mq, bm), cdiv(p.seq_kv, bn)
-    if packed and tm > 1 and G % bm:
-        raise IosimError(f"blasst: a packed group of G={G} query heads over {tm} row blocks needs block_m={bm} to "
-                         f"divide G; use block_m ≥ {G} or a divisor of G")
-    if num_splits is None:
-        launch = fa2_launch(p, hw) if packed == gqa_packs(p) else None
-        ns = launch.num_splits if launch else (1 if hw is None else num_splits_heuristic(
-            B * Hx * cdiv(Mq, 64), 2 * hw.sm_count, cdiv(p.seq_kv, split_tiles(d)[1]), 128))
-    else:
-        ns = num_splits
-    if isinstance(ns, bool) or not isinstance(ns, int) or ns < 1:
-        raise IosimError(f"blasst: num_splits must be a positive integer, got {ns!r}")
     n_per = cdiv(tn, ns)
     # the kernel's rows: packed, the G query heads of a KV head (one query each, no causal mask); else the Nq queries
     p_rows = Problem(B, Hx, Hx, Mq, p.seq_kv, d, p.dtype, False if packed else p.causal)

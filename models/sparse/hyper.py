@@ -60,7 +60,7 @@ from iosim.models import flash2
 from iosim.models.sparse import common as sc
 from iosim.models.sparse.selection import check_int, concrete
 from iosim.problem import STAT_BYTES, KernelConfig, Problem
-from iosim.reference import NEG_INF, register_op
+from iosim.reference import online_update, register_op
 from iosim.registry import register
 from iosim.schedule import (Buffer, Compute, GridAxis, Kernel, Load, Loop, Schedule, Span, Store, TensorSpec, Tile,
                             Work, full, lookup, point, var)
@@ -148,20 +148,7 @@ def op_hyper_softmax_nomask(ctx, s, m, l, acc):
     """FA2's online softmax without a positional mask (the sampled columns precede every query, or the problem is
     not causal; the own-block exclusion is in the bias)."""
     r, c = s.ext
-    x = s.data[:r, :c]
-    m_old, l_old = m.value(NEG_INF)[:r], l.value(0.0)[:r]
-    a = acc.value(0.0)
-    m_new = np.maximum(m_old, x.max(axis=1))
-    safe = np.where(np.isneginf(m_new), 0.0, m_new)
-    p = np.exp(x - safe[:, None])
-    alpha = np.exp(m_old - safe)
-    l.data[:r] = l_old * alpha + p.sum(axis=1)
-    a[:r] *= alpha[:, None]
-    m.data[:r] = m_new
-    s.data[:r, :c] = p
-    for bb in (m, l):
-        bb.set((s.origin[0],), (r,))
-    acc.set((s.origin[0], 0), (r, a.shape[1]))
+    online_update(s.data[:r, :c], s, m, l, acc)
 
 
 @register_op("hyper_merge")
