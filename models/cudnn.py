@@ -10,8 +10,8 @@ whether they ping-pong is not known).
 Work order (the kernel is closed source; the closest documented scheduler is cuDNN's own, in the open-source
 kernels of NVIDIA/cudnn-frontend ``python/cudnn/sdpa/fwd``, incl. an sm90 one, ``config_sm90.py``: NATURAL / LPT /
 LPT_L2; ``heuristics._sched_points`` picks LPT_L2 for causal graphs, NATURAL otherwise):
-* causal — SCHED_LPT_L2 (``persistent.lpt_l2_order``: longest query blocks first, KV-head groups in L2 blocks of
-  50 MiB), each next tile to the CTA that frees first (``persistent.dynamic_assign`` at the L2 timeline's speeds):
+* causal — SCHED_LPT_L2 (``persistent.lpt_l2_order``: longest query blocks first, KV-head groups in L2 blocks; one
+  group per block, ``GROUPS_PER_BLOCK``: fitted, see there), each next tile to the CTA that frees first (``persistent.dynamic_assign`` at the L2 timeline's speeds):
   cudnn-frontend hands its tiles out in order through the hardware (the block scheduler of a one-tile-per-CTA grid,
   or cluster launch control on sm100), and a 132-CTA grid that balances causal tiles needs the same (an atomic
   counter, FA3's DynamicPersistentTileScheduler). A static round-robin (tile t to CTA t mod 132, the model until
@@ -50,6 +50,15 @@ THREADS, REGS = 384, 168
 """Threads per CTA and registers per thread of the same kernel (ncu, H200, ../shared/devices.md)."""
 TILE_M, TILE_N = 128, 128
 """Inferred from the kernel name (64x128x{d}, 2 consumer warpgroups): not measured."""
+GROUPS_PER_BLOCK = 1
+"""KV-head groups (KV head, batch) per LPT_L2 block of the causal order. FITTED, not read from a source: cudnn-frontend's
+open kernels size a block by a 50 MiB L2 budget (``persistent.CUDNN_L2_BUDGET_BYTES``: 12 groups at 8K tokens,
+d = 128), and with it the model predicted 1.29–3.43× Q+K+V from DRAM on the 9 causal cuDNN runs of the H100 held-out
+set of issue 21 (ids 1001–1016, measured 2026-12-06) where the GPU read 1.00× on 7 of them (1.40× and 1.24× at 64K).
+One group per block (query blocks of one KV-head group, longest first, then the next group) gives 1.00–1.01× on those
+7 (and so would any budget ≤ 16 MiB: the set cannot tell them apart), so that set is in-sample for this choice; the
+64K runs are unchanged by it (one group per block either way). The later held-out set (ids 1071–1099) was measured
+after this choice."""
 
 
 def cudnn_work(p: Problem, bm: int, bn: int, workers: int, kv_order: str = "ascending", drift: float | None = None):
@@ -58,8 +67,8 @@ def cudnn_work(p: Problem, bm: int, bn: int, workers: int, kv_order: str = "asce
     first at the speeds of that drift."""
     tm, tn = -(-p.seq_q // bm), -(-p.seq_kv // bn)
     if p.causal:
-        order, how = lpt_l2_order(tm, p.heads, p.kv_heads, p.batch, p.seq_kv, 2 * p.head_dim * p.elem_bytes), \
-            "SCHED_LPT_L2 order"
+        order, how = lpt_l2_order(tm, p.heads, p.kv_heads, p.batch, p.seq_kv, 2 * p.head_dim * p.elem_bytes,
+                                  active=GROUPS_PER_BLOCK), f"SCHED_LPT_L2 order ({GROUPS_PER_BLOCK} KV-head group per block)"
     else:
         order, how = natural_order(tm, p.heads, p.batch), "SCHED_NATURAL order (query block, batch, head)"
     blocks = item_ticks([int(flash2.kv_stop(p, i, bm, bn, tn)) for i in range(tm)])

@@ -165,16 +165,19 @@ K+V bytes of the KV-head groups one LPT_L2 block holds."""
 
 
 def lpt_l2_order(num_m_blocks: int, heads: int, kv_heads: int, batch: int, seq_kv: int, kv_bytes_per_row: int,
-                 l2_bytes: int = CUDNN_L2_BUDGET_BYTES) -> np.ndarray:
+                 l2_bytes: int = CUDNN_L2_BUDGET_BYTES, active: int | None = None) -> np.ndarray:
     """cuDNN's SCHED_LPT_L2 order as item ids (b·H + h)·M + m (cudnn-frontend ``lpt_l2_tile_coords``): groups =
     (KV head, batch) pairs, KV head fastest; a block holds active = clamp(l2_bytes // (seq_kv · kv_bytes_per_row),
     1, groups) groups (the last block the rest); inside a block, position → (row rank, Q head of the group, group),
-    group fastest, and query block = M − 1 − row rank (LPT: the longest causal rows first)."""
+    group fastest, and query block = M − 1 − row rank (LPT: the longest causal rows first). active: groups per
+    block given directly (clamped to [1, groups]) instead of from l2_bytes."""
     if heads % kv_heads:
         raise IosimError(f"lpt_l2_order: heads={heads} is not a multiple of kv_heads={kv_heads}")
     g = heads // kv_heads
     groups = kv_heads * batch
-    active = min(max(l2_bytes // max(seq_kv * kv_bytes_per_row, 1), 1), groups)
+    if active is None:
+        active = l2_bytes // max(seq_kv * kv_bytes_per_row, 1)
+    active = min(max(int(active), 1), groups)
     per_block = active * num_m_blocks * g
     num_blocks = -(-groups // active)
     t = np.arange(num_m_blocks * heads * batch, dtype=np.int64)

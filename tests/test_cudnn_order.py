@@ -137,7 +137,7 @@ def test_cudnn_causal_tiles_start_in_order_on_the_l2_timeline(shape):
     for name in sched.tables:
         assert np.array_equal(sched.tables[name], lock.tables[name]), name
     tm = -(-p.seq_q // 128)
-    order = lpt_l2_order(tm, p.heads, p.kv_heads, p.batch, p.seq_kv, 2 * p.head_dim * 2)
+    order = lpt_l2_order(tm, p.heads, p.kv_heads, p.batch, p.seq_kv, 2 * p.head_dim * 2, active=1)
     s0 = np.array([item_starts(sched, hw, 0.0)[0][int(i)] for i in order])
     assert (np.diff(s0) >= 0).all()
 
@@ -157,3 +157,14 @@ def test_cudnn_noncausal_natural_order_in_order_on_the_timeline():
         assert got == natural_order(40, 3, 2)[w::132].tolist()
     with pytest.raises(IosimError, match="drift"):
         get("cudnn_sm90").build(p, KernelConfig(), None, drift=-1)
+
+
+def test_lpt_l2_order_one_group_per_block_is_per_group_lpt():
+    """active=1: every KV-head group's tiles together (the group's query heads interleaved per query block, longest
+    first), groups in order (KV head fastest, then batch) — enumerated here by hand."""
+    M, H, Hkv, B = 3, 4, 2, 2
+    g = H // Hkv
+    want = [(b * H + kvh * g + sub) * M + (M - 1 - r)
+            for b in range(B) for kvh in range(Hkv) for r in range(M) for sub in range(g)]
+    assert lpt_l2_order(M, H, Hkv, B, 10**6, 256, active=1).tolist() == want
+    assert lpt_l2_order(M, H, Hkv, B, 10**6, 256, active=0).tolist() == want   # clamped to 1
