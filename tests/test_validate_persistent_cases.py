@@ -89,9 +89,13 @@ def expected_sm_read(c: dict) -> int:
 def test_ids_unique_in_range_and_coverage():
     ids = [c[0] for c in vp.CASES]
     assert len(ids) == len(set(ids)) and all(1001 <= i <= 1099 for i in ids)
-    assert 35 <= len(ids) <= 45
+    held = [c for c in vp.CASES if vp.SETS["held"](c[0])]
+    held2 = [c for c in vp.CASES if vp.SETS["held2"](c[0])]
+    assert 35 <= len(held) <= 45 and 20 <= len(held2) <= 29 and len(held) + len(held2) == len(ids)
     vp.check_cases()
-    cs = [vp.case_dict(c) for c in vp.CASES]
+    shapes = {tuple(c[1:]) for c in held}
+    assert not any(tuple(c[1:]) in shapes for c in held2)   # the second set repeats no case of the first
+    cs = [vp.case_dict(c) for c in held]
     by = {i: [c for c in cs if c["impl"] == i] for i in vp.IMPLS}
     assert all(len(v) >= 8 for v in by.values())
     for impl in ("cudnn", "triton_persistent"):
@@ -117,7 +121,7 @@ def test_visible_pairs_by_enumeration():
 def test_dry_run_lists_every_case_without_torch():
     script = os.path.join(GPU, "validate_persistent.py")
     code = ("import sys, runpy; sys.modules['torch'] = None; "  # any `import torch` now raises ImportError
-            f"sys.argv = [{script!r}, '--dry-run', '--set', 'held']; runpy.run_path({script!r}, run_name='__main__')")
+            f"sys.argv = [{script!r}, '--dry-run', '--set', 'all']; runpy.run_path({script!r}, run_name='__main__')")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     listed = [int(ln.split()[0]) for ln in p.stdout.splitlines() if ln.split() and ln.split()[0].isdigit()

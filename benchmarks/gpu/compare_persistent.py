@@ -293,7 +293,7 @@ def render(rows: list[dict], summary: dict, hw_name: str, profile: str, label: s
             md.append(f"| {r['id']} | {r['shape']} | {r['order']} | {r['workers_pred']} / {r['grid_meas']} | "
                       f"{_pct(r['sm_read_err'], 2)} | {_pct(r['dram_read_err'])} | {'yes' if r['dram_counted'] else 'no'} | "
                       f"{_pct(r['time_err'])} | {_pct(r['roofline_time_err'])} | {r['time_meas'] / 1e3:.1f} | "
-                      f"{r['left_out'] or '—'} | held out |")
+                      f"{r['left_out'] or '—'} | {'fitted' if r['label'].startswith('fitted') else 'held out'} |")
         md.append("")
     return "\n".join(md) + "\n"
 
@@ -310,13 +310,16 @@ def main(argv=None) -> int:
     ap.add_argument("--date", default=None, help="measurement date (default: log.txt's)")
     ap.add_argument("--no-l2", action="store_true", help="no L2 model: no DRAM prediction, time from compulsory traffic")
     ap.add_argument("--jobs", type=int, default=1, help="cases predicted in parallel processes")
+    ap.add_argument("--label", default=None, help="row label (default: held out (measured …, case list committed …)); "
+                    "say 'fitted' for a set a model choice was made on")
+    ap.add_argument("--stem", default="held", help="output file stem: STEM.csv, STEM.md, STEM.json")
     a = ap.parse_args(argv)
     facts = _log_facts(a.measured)
     profile = profile_of(a.profile, facts.get("device"))
     hw = load_hardware(profile)
     date = a.date or facts.get("date", "unknown date")
     commit, commit_date = case_list_commit()
-    label = f"held out (measured {date}, case list committed {commit})"
+    label = a.label or f"held out (measured {date}, case list committed {commit})"
     notes = []
     if facts.get("case_list") and facts["case_list"] != case_list_hash():
         notes.append(f"WARNING: log.txt's case list {facts['case_list']} is not today's {case_list_hash()}: the "
@@ -349,10 +352,10 @@ def main(argv=None) -> int:
         w = csv.DictWriter(buf, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    atomic_write_text(os.path.join(out, "held.csv"), buf.getvalue())
+    atomic_write_text(os.path.join(out, a.stem + ".csv"), buf.getvalue())
     md = render(rows, summary, hw.name, profile, label, notes)
-    atomic_write_text(os.path.join(out, "held.md"), md)
-    atomic_write_text(os.path.join(out, "held.json"), json.dumps(
+    atomic_write_text(os.path.join(out, a.stem + ".md"), md)
+    atomic_write_text(os.path.join(out, a.stem + ".json"), json.dumps(
         {"label": label, "date": date, "case_list_commit": commit, "case_list_hash": case_list_hash(),
          "profile": profile, "l2": not a.no_l2, "dram_rule": DRAM_RULE, "targets": TARGETS, "notes": notes,
          "summary": summary, "rows": rows}, indent=1, default=float))
