@@ -62,6 +62,7 @@ def main(argv=None) -> int:
     ap.add_argument("kernels", nargs="+")
     ap.add_argument("--profile", default="h100")
     ap.add_argument("--out", default="reports/validation/h100/masks")
+    ap.add_argument("--label", default="held out", help="what the rows are (say 'fitted' for a set a choice was made on)")
     a = ap.parse_args(argv)
     hw = load_hardware(a.profile)
     ks = []
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
 
     def cell(s):
         return "—" if not s.get("n") else f"{100 * s['median_abs']:.2f}% / {100 * s['worst']:+.1f}% ({s['worst_id']}), n={s['n']}"
-    md = [f"# Masks, FA2 window and varlen, Triton block masks on the {hw.name}: held out", "",
+    md = [f"# Masks, FA2 window and varlen, Triton block masks on the {hw.name}: {a.label}", "",
           "All cases were listed and committed before measurement, after the mask/window/varlen models were built; "
           "nothing was tuned on them. Error = predicted / measured − 1 (median |error| / worst signed (case), n). "
           f"DRAM rows split by the predicted DRAM read > {L2_BOUND} × (Q+K+V) (rule fixed before the errors).", "",

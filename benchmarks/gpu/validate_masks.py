@@ -43,6 +43,13 @@ DOCS_B = "document:1000,5000,12000,30000,17536"                   # 65,536 token
 VARLEN_A = "8192,8192,8192,8192"
 VARLEN_B = "1000,5000,12000,30000,17536"
 VARLEN_C = "3000,700,16000,9000,4100,1968"
+DOCS_C = "document:" + ",".join(["4096"] * 16)                     # 16 equal documents of 64K tokens
+VARLEN_D = ",".join(["4096"] * 8)
+VARLEN_E = "2000,9000,4000,12000,5384"
+VARLEN_F = "16384,16384"
+VARLEN_G = ",".join(["1024"] * 16)
+VARLEN_H = "30000,2768"
+VARLEN_I = "7000,7000,7000,11768"
 
 # id, impl, B, H, Hkv, N, d, mask spec (iosim --mask; "random:DENSITY:SEED" = per-head random 128-blocks), varlen
 CASES = [
@@ -67,7 +74,27 @@ CASES = [
     (931, "triton_blocks", 1, 16, 16, 16384, 128, "random:0.3:72", ""),
     (932, "triton_blocks", 1, 16, 16, 32768, 128, "sliding:4096", ""),
     (933, "triton_blocks", 1, 8, 8, 65536, 64, DOCS_B, ""),
+    # ==== set "held2" (ids 941–979): listed 2026-12-06, before any of it was measured, for the L2 set-hash change of
+    # issue 22 (varlen) and every mask kind again at new shapes ====
+    (941, "flex", 1, 16, 16, 65536, 128, "sliding:2048", ""),
+    (942, "flex", 1, 8, 8, 98304, 128, "chunked:4096", ""),
+    (943, "flex", 1, 16, 16, 16384, 128, "prefix:2048", ""),
+    (944, "flex", 1, 16, 16, 65536, 128, DOCS_C + "+causal", ""),
+    (945, "flex", 1, 32, 8, 16384, 128, "random:0.2:91", ""),     # GQA 4:1
+    (946, "flex", 1, 16, 16, 32768, 64, "sliding:4096", ""),
+    (951, "fa2_window", 1, 16, 16, 98304, 128, "sliding:2048", ""),
+    (952, "fa2_window", 1, 32, 8, 32768, 128, "sliding:8192", ""),  # GQA 4:1
+    (953, "fa2_window", 1, 16, 16, 32768, 64, "sliding:1024", ""),
+    (961, "fa2_varlen", 8, 32, 32, 4096, 128, "causal", VARLEN_D),
+    (962, "fa2_varlen", 5, 16, 16, 12000, 128, "", VARLEN_E),
+    (963, "fa2_varlen", 2, 32, 8, 16384, 128, "causal", VARLEN_F),  # GQA 4:1
+    (964, "fa2_varlen", 16, 16, 16, 1024, 64, "causal", VARLEN_G),
+    (965, "fa2_varlen", 2, 8, 8, 30000, 128, "", VARLEN_H),
+    (966, "fa2_varlen", 4, 24, 24, 11768, 128, "causal", VARLEN_I),
+    (971, "triton_blocks", 1, 16, 16, 32768, 128, "chunked:4096", ""),
+    (972, "triton_blocks", 1, 16, 16, 16384, 128, "random:0.5:93", ""),
 ]
+SETS = {"held": lambda i: i < 940, "held2": lambda i: 940 < i < 980, "all": lambda i: True}
 COLS = ["id", "impl", "B", "Hq", "Hkv", "N", "d", "mask", "varlen"]
 
 
@@ -168,6 +195,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--cases", default=None)
+    ap.add_argument("--set", default="all", choices=("held", "held2", "all"))
     ap.add_argument("--group-size", type=int, default=4)
     ap.add_argument("--timeout-per-group", type=int, default=240)
     ap.add_argument("--dry-run", action="store_true", help="build every case's mask and problem (CPU)")
@@ -176,7 +204,7 @@ def main(argv=None) -> int:
     if a.worker:
         worker([int(x) for x in a.worker.split(",")])
         return 0
-    ids = [int(x) for x in a.cases.split(",")] if a.cases else [c[0] for c in CASES]
+    ids = [int(x) for x in a.cases.split(",")] if a.cases else [c[0] for c in CASES if SETS[a.set](c[0])]
     cases = [case_dict(c) for c in CASES if c[0] in ids]
     if a.dry_run:
         from iosim.maskspec import describe
