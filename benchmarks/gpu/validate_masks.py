@@ -98,6 +98,13 @@ SETS = {"held": lambda i: i < 940, "held2": lambda i: 940 < i < 980, "all": lamb
 COLS = ["id", "impl", "B", "Hq", "Hkv", "N", "d", "mask", "varlen"]
 
 
+SPILL_METRICS = ["l1tex__t_bytes_pipe_lsu_mem_local_op_ld.sum", "l1tex__t_sectors_pipe_lsu_mem_local_op_ld_lookup_miss.sum",
+                 "l1tex__t_bytes_pipe_lsu_mem_local_op_st.sum"]
+"""Local-memory (register spill) traffic, added to validate_decode_bwd's metrics from set held2 on: all three known to
+the H100's ncu 2025.3.1 (reports/validation/h100/masks_diag_raw/metrics.txt). A local load that misses L1 crosses the
+xbar and is counted in l1tex__m_xbar2l1tex_read_bytes (case 902: 1.87 GB of such misses = its SM-read gap)."""
+
+
 def case_dict(c) -> dict:
     return dict(zip(COLS, c))
 
@@ -214,6 +221,7 @@ def main(argv=None) -> int:
             print(c["id"], c["impl"], c["mask"], c["varlen"], {k: v for k, v in dens.items() if "fraction" in k})
         return 0
     os.makedirs(a.out, exist_ok=True)
+    vdb.METRICS.extend(m for m in SPILL_METRICS if m not in vdb.METRICS)
     import torch
     gpu = torch.cuda.get_device_name(0)
     with open(os.path.join(a.out, "device.txt"), "w") as f:
