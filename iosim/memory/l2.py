@@ -29,9 +29,10 @@ partition); the other profiles say what they assume.
   ``lip``, LRU insertion (a fill goes to the LRU position, a hit to MRU: Qureshi et al., "Adaptive Insertion Policies
   for High Performance Caching", ISCA 2007).
 * Set index (``L2Geometry.set_index``): ``modulo`` (line mod sets), ``rotate`` (line mod sets, rotated by a hash of
-  line // sets in steps of ``hash_granule_lines``) or ``xor`` (the line's b-bit chunks XOR-folded onto it above the
-  low log2(``hash_granule_lines``) bits, then mod sets; 2^b ≥ sets; granule 1 = the plain fold): stand-ins for the
-  undocumented slice/set hash.
+  line // sets in steps of ``hash_granule_lines``), ``xor`` (the line's b-bit chunks XOR-folded onto it above the
+  low log2(``hash_granule_lines``) bits, then mod sets; 2^b ≥ sets; granule 1 = the plain fold) or ``xor_low`` (``xor``
+  with the low log2(G) bits XORed with a hash of the granule index, ``granule_low_hash``, so strides of 2–64 lines
+  reach every set too): stand-ins for the undocumented slice/set hash.
 * Way spread (``way_spread`` k, profile key ``l2_way_spread``; 0 = off): set s of partition p has ``ways`` + d ways,
   d ∈ [−k, k] from ``way_offsets`` (a golden-ratio sequence over groups of ``hash_granule_lines`` sets, so the mean
   is the nominal size and set sampling stays exact). A calibrated stand-in, not a measured organisation: the GPU's
@@ -66,8 +67,10 @@ recency-ordered ways (one int64 per way) and the rows split over the CPU's threa
 pycachesim on one exact trace, and on an FA2-like range trace: benchmarks/bench_l2_engine.py. ``IOSIM_L2_ENGINE=numpy``
 forces the NumPy loops.
 
-Set sampling (``stride`` k > 1): only sets whose index ≡ 0 (mod k) are simulated (for every index function the set of
-a line is ≡ line (mod k) when k divides the set count and the hash granule, ``L2Geometry.max_stride``) and every count
+Set sampling (``stride`` k > 1): only sets whose index ≡ 0 (mod k) are simulated (for every index function but
+``xor_low`` the set of a line is ≡ line (mod k) when k divides the set count and the hash granule,
+``L2Geometry.max_stride``; for ``xor_low`` it is ≡ line ⊕ g (mod k), g = ``granule_low_hash`` of the line's granule, so
+the sampled lines of a granule are those ≡ g (mod k): ``L2Geometry.sample_offset``, ``first_sampled``) and every count
 is multiplied by k. When every access covers whole aligned groups of k lines, all sets of a group see isomorphic
 sequences, so the sampled result is *exact* (for every policy but ``random``, whose hash sees the simulated row);
 otherwise it is a set-sampling estimate (Kessler, Hill & Wood, IEEE TC 1994) and ``exact`` is False.
@@ -83,7 +86,7 @@ import numpy as np
 from iosim.errors import IosimError
 
 POLICIES = ("lru", "fifo", "mru", "random", "plru", "srrip", "brrip", "lip")
-HASHES = ("modulo", "rotate", "xor")
+HASHES = ("modulo", "rotate", "xor", "xor_low")
 SHARING = ("shared", "duplicated")
 
 
@@ -181,17 +184,27 @@ class L2Geometry:
             raise IosimError(f"hardware profile {hw.path or hw.name}: {e}") from None
 
     def max_stride(self) -> int:
-        """Largest power of two k that may be used for set sampling: k divides the set count and, for ``rotate`` and
-        ``xor``, the hash granule (both hashes leave ``line mod granule`` alone, so set ≡ line (mod k) and an aligned
-        group of k lines lands on k consecutive sets). The home granule does not limit k: a group spanning several
-        home granules is still sampled correctly on average, but no longer exactly (``exact_stride``)."""
+        """Largest power of two k that may be used for set sampling: k divides the set count and, for ``rotate``,
+        ``xor`` and ``xor_low``, the hash granule (the first two leave ``line mod granule`` alone, so set ≡ line
+        (mod k); ``xor_low`` XORs it with one value g per granule, so set ≡ line ⊕ g (mod k); either way an aligned
+        group of k lines lands on k consecutive sets, one of them ≡ 0 (mod k)). The home granule does not limit k: a
+        group spanning several home granules is still sampled correctly on average, but no longer exactly
+        (``exact_stride``)."""
         n = self.sets_per_cache
         k = n & -n
-        if self.hash in ("rotate", "xor") or self.way_spread:
+        if self.hash in ("rotate", "xor", "xor_low") or self.way_spread:
             # with way_spread, the ways of a set depend on set // hash_granule_lines (``way_offsets``): a sampled
             # group of k consecutive sets must share them
             k = min(k, self.hash_granule_lines & -self.hash_granule_lines)
         return k
+
+    def sample_offset(self, granule: np.ndarray, stride: int) -> np.ndarray:
+        """Offset (mod ``stride``) of the sampled lines (set ≡ 0 mod stride) in each hash granule: g mod stride for
+        ``xor_low`` (set ≡ line ⊕ g), 0 for the other hashes (set ≡ line)."""
+        granule = np.asarray(granule, dtype=np.int64)
+        if self.hash != "xor_low":
+            return np.zeros_like(granule)
+        return granule_low_hash(granule, self.hash_granule_lines) & (stride - 1)
 
     def exact_stride(self, stride: int) -> bool:
         """Whether sampling with ``stride`` can be exact (given an aligned trace): with duplicated partitions an
@@ -212,6 +225,11 @@ class L2Geometry:
           the b-bit chunks of the line number folded onto it by XOR (full width, so the mod stays uniform when n is
           not a power of two), except for the low log2(G) bits (G = ``hash_granule_lines``, a power of two): those
           stay as they are so set sampling remains possible (``max_stride``). G = 1 is the plain XOR fold.
+        * ``xor_low``: ((line ⊕ g) ⊕ (fold ∧ ¬(G−1))) mod n with the same fold and g = ``granule_low_hash``(line ≫
+          log2 G, G) < G: the low bits are hashed too (one g per granule), so a layout touching a few lines every
+          2–64 lines still reaches every set (the GPU keeps its full capacity at a 256-B stride, hardware/h100.toml
+          ``l2_hash``); set ≡ line ⊕ g (mod k) for every k | G, so sampling picks, in each granule, the lines
+          ≡ g (mod k) (``sample_offset``).
         """
         n = self.sets_per_cache
         line = np.asarray(line, dtype=np.int64)
@@ -219,16 +237,18 @@ class L2Geometry:
             jit = compiled_core()
             if jit is not None:   # the same, threaded
                 return jit.set_index_modulo(line, n)
-        if self.hash == "xor":
+        if self.hash in ("xor", "xor_low"):
             G = self.hash_granule_lines
             if G & (G - 1):
-                raise IosimError(f"xor hash needs a power-of-two hash_granule_lines, got {G}")
+                raise IosimError(f"{self.hash} hash needs a power-of-two hash_granule_lines, got {G}")
             b = max((n - 1).bit_length(), 1)
             v = line >> b
             fold = np.zeros_like(line)
             while v.any():
                 fold ^= v
                 v = v >> b
+            if self.hash == "xor_low":
+                line = line ^ granule_low_hash(line >> (G.bit_length() - 1), G)
             return (line ^ (fold & ~np.int64(G - 1))) % n
         s = line % n
         if self.hash == "rotate":
@@ -239,6 +259,33 @@ class L2Geometry:
             h = ((line // n) * 0x9E3779B1) >> 7
             s = (s + (h % groups) * self.hash_granule_lines) % n
         return s
+
+
+def granule_low_hash(granule, G: int):
+    """g(granule) = ⌊((granule · 0x9E3779B1) mod 2^32) / 2^(32 − log2 G)⌋ ∈ [0, G): the top log2(G) bits of the 32-bit
+    Fibonacci (multiplicative) hash of the granule index (Knuth, TAOCP vol. 3 §6.4; 0x9E3779B1 ≈ 2^32·(√5 − 1)/2, the
+    constant ``home`` uses). The low bits of the set index of an ``xor_low`` line are line ⊕ g. Only the low 32 bits of
+    the product matter, so int64 wrap-around (NumPy, numba) gives the same value as exact integers. G a power of two;
+    G = 1 gives 0. Works on ints and int64 arrays."""
+    lg = G.bit_length() - 1
+    return ((granule * 0x9E3779B1) & 0xFFFFFFFF) >> (32 - lg) if lg else granule & 0
+
+
+def first_sampled(line, geom: L2Geometry, stride: int, residue: int = 0):
+    """The first line ≥ ``line`` whose set is ≡ ``residue`` (mod ``stride``): for ``xor_low`` the first line ≥ it,
+    in its hash granule or else the next one, whose offset is ≡ residue ⊕ g (mod stride) (stride | G); for the other
+    hashes the first line ≡ residue (mod stride). Works on ints and int64 arrays."""
+    if geom.hash != "xor_low" or stride == 1:
+        return line + ((residue - line) % stride)
+    G, m = geom.hash_granule_lines, stride - 1
+    lg = G.bit_length() - 1
+    gr = line >> lg
+    c = line + (((residue ^ granule_low_hash(gr, G)) - line) & m)
+    nxt = ((gr + 1) << lg) + ((residue ^ granule_low_hash(gr + 1, G)) & m)
+    crossed = (c >> lg) != gr
+    if isinstance(crossed, np.ndarray):
+        return np.where(crossed, nxt, c)
+    return nxt if crossed else c
 
 
 _GOLDEN = (5 ** 0.5 - 1) / 2
@@ -970,25 +1017,30 @@ class RunTrace:
 
 
 def expand_lines(tr: RunTrace, geom: L2Geometry, stride: int = 1, residue: int = 0):
-    """Lines touched by each range, restricted to lines ≡ residue (mod stride): (line, sectors, write, sm, kernel)."""
+    """Lines touched by each range, restricted to those whose set is ≡ residue (mod stride) (lines ≡ residue, or for
+    ``xor_low`` lines ≡ residue ⊕ g (mod stride) in each hash granule, ``first_sampled``): (line, sectors, write, sm,
+    kernel), in range order, lines ascending within a range."""
     lb, sb = geom.line_bytes, geom.sector_bytes
     a = tr.addr
     e = tr.addr + tr.nbytes
-    fl = a // lb
-    f = fl + ((residue - fl) % stride)
-    del fl
-    cnt = np.where(tr.nbytes > 0, np.maximum(((e - 1) // lb - f) // stride + 1, 0), 0)
-    total = int(cnt.sum())
-    if bool(np.all(cnt == 1)):
-        idx = None
-        line = f
+    if geom.hash == "xor_low" and stride > 1:
+        idx, line = _sampled_xor_low(a // lb, (e - 1) // lb, tr.nbytes > 0, geom, stride, residue)
     else:
-        idx = np.repeat(np.arange(len(a), dtype=np.int64), cnt)
-        line = np.arange(total, dtype=np.int64)
-        line -= np.repeat(np.cumsum(cnt) - cnt, cnt)
-        line *= stride
-        line += f[idx]
-    del f, cnt
+        fl = a // lb
+        f = fl + ((residue - fl) % stride)
+        del fl
+        cnt = np.where(tr.nbytes > 0, np.maximum(((e - 1) // lb - f) // stride + 1, 0), 0)
+        total = int(cnt.sum())
+        if bool(np.all(cnt == 1)):
+            idx = None
+            line = f
+        else:
+            idx = np.repeat(np.arange(len(a), dtype=np.int64), cnt)
+            line = np.arange(total, dtype=np.int64)
+            line -= np.repeat(np.cumsum(cnt) - cnt, cnt)
+            line *= stride
+            line += f[idx]
+        del f, cnt
     g = (lambda v: v) if idx is None else (lambda v: v[idx])
     base = line * lb
     s0 = (np.maximum(g(a), base) - base) // sb
@@ -998,6 +1050,31 @@ def expand_lines(tr: RunTrace, geom: L2Geometry, stride: int = 1, residue: int =
         np.uint8 if geom.sectors_per_line <= 8 else np.uint32)
     del s0, s1
     return line, mask, g(tr.write), g(tr.sm), g(tr.kernel)
+
+
+def _sampled_xor_low(fl: np.ndarray, ll: np.ndarray, nonempty: np.ndarray, geom: L2Geometry, stride: int,
+                     residue: int):
+    """``expand_lines`` for ``xor_low``: the lines of [fl, ll] (per range) whose offset in their hash granule is
+    ≡ residue ⊕ g (mod stride). Each range is cut at granule boundaries into pieces (one g per piece), and each piece
+    expanded at the stride. Returns (range index per line, line)."""
+    G = geom.hash_granule_lines
+    lg = G.bit_length() - 1
+    g0 = fl >> lg
+    npieces = np.where(nonempty, (ll >> lg) - g0 + 1, 0)
+    pr = np.repeat(np.arange(len(fl), dtype=np.int64), npieces)                 # range of each piece
+    gr = np.arange(len(pr), dtype=np.int64) - np.repeat(np.cumsum(npieces) - npieces, npieces) + g0[pr]
+    lo = np.maximum(fl[pr], gr << lg)
+    hi = np.minimum(ll[pr], ((gr + 1) << lg) - 1)
+    f = lo + (((residue ^ granule_low_hash(gr, G)) - lo) & (stride - 1))
+    del lo, gr
+    cnt = np.maximum((hi - f) // stride + 1, 0)
+    del hi
+    li = np.repeat(np.arange(len(pr), dtype=np.int64), cnt)
+    line = np.arange(len(li), dtype=np.int64)
+    line -= np.repeat(np.cumsum(cnt) - cnt, cnt)
+    line *= stride
+    line += f[li]
+    return pr[li], line
 
 
 def aligned(tr: RunTrace, geom: L2Geometry, stride: int) -> bool:

@@ -717,15 +717,39 @@ def _packed_kernel(pol: int, touch: bool, alloc: bool):
 
 
 @njit(cache=True, inline="always")
+def _glow(gr, lgG):
+    """``iosim.memory.l2.granule_low_hash`` of granule gr, G = 2^lgG."""
+    if lgG == 0:
+        return np.int64(0)
+    return ((gr * np.int64(0x9E3779B1)) & np.int64(0xFFFFFFFF)) >> (32 - lgG)
+
+
+@njit(cache=True, inline="always")
 def _set_of(line, n, hsh, G, b):
-    """``L2Geometry.set_index`` of one line (hsh: 0 modulo, 1 rotate, 2 xor; b the xor chunk width)."""
-    if hsh == 2:
+    """``L2Geometry.set_index`` of one line (hsh: 0 modulo, 1 rotate, 2 xor, 3 xor_low; b the xor chunk width)."""
+    if hsh >= 2:
+        gl = np.int64(0)
+        if hsh == 3:
+            lgG = np.int64(trailing_zeros(np.int64(G)))
+            gl = _glow(line >> lgG, lgG)
+        return _set_of_g(line, n, hsh, G, b, gl)
+    s = line % n
+    if hsh == 1:
+        hh = ((line // n) * 0x9E3779B1) >> 7
+        s = (s + (hh % (n // G)) * G) % n
+    return s
+
+
+@njit(cache=True, inline="always")
+def _set_of_g(line, n, hsh, G, b, gl):
+    """``_set_of`` with the granule's low-bit hash gl given (xor and xor_low: gl = 0 for xor)."""
+    if hsh >= 2:
         v = line >> b
         fold = 0
         while v != 0:
             fold ^= v
             v >>= b
-        return (line ^ (fold & ~np.int64(G - 1))) % n
+        return ((line ^ gl) ^ (fold & ~np.int64(G - 1))) % n
     s = line % n
     if hsh == 1:
         hh = ((line // n) * 0x9E3779B1) >> 7
@@ -774,22 +798,52 @@ def set_index_modulo(line: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+@njit(cache=True, inline="always")
+def _first_sampled(l0, hsh, lgG, ks):
+    """(first sampled line ≥ l0, its granule's low-bit hash): ``iosim.memory.l2.first_sampled`` with residue 0 — the
+    first line ≡ 0 (mod 2^ks), or for xor_low (hsh 3) the first whose offset in its granule is ≡ g (mod 2^ks)."""
+    m = (np.int64(1) << ks) - 1
+    if hsh != 3:
+        return (l0 + m) >> ks << ks, np.int64(0)
+    gr = l0 >> lgG
+    gl = _glow(gr, lgG)
+    c = l0 + ((gl - l0) & m)
+    if (c >> lgG) == gr:
+        return c, gl
+    gl = _glow(gr + 1, lgG)
+    return ((gr + 1) << lgG) + (gl & m), gl
+
+
+@njit(cache=True, inline="always")
+def _next_sampled(line, gl, hsh, lgG, ks):
+    """The sampled line after ``line`` (one of them) and its granule's hash: + 2^ks, or for xor_low, on leaving the
+    granule, the next granule's first sampled line (one hash per granule)."""
+    nxt = line + (np.int64(1) << ks)
+    if hsh != 3 or (nxt >> lgG) == (line >> lgG):
+        return nxt, gl
+    gr = nxt >> lgG
+    gl = _glow(gr, lgG)
+    return (gr << lgG) + (gl & ((np.int64(1) << ks) - 1)), gl
+
+
 @njit(cache=True)
 def _count_rows(addr, nbytes, lbs, n, hsh, G, b, ks, cnt):
-    """Lines ≡ 0 (mod 2^ks) of the ranges per row (set ≫ ks): the order the ``random`` hash sees."""
+    """Sampled lines (set ≡ 0 mod 2^ks) of the ranges per row (set ≫ ks): the order the ``random`` hash sees."""
+    lgG = np.int64(trailing_zeros(np.int64(G)))
     for i in range(len(addr)):
         if nbytes[i] <= 0:
             continue
-        line = ((addr[i] >> lbs) + (1 << ks) - 1) >> ks << ks
+        line, gl = _first_sampled(addr[i] >> lbs, hsh, lgG, ks)
         last = (addr[i] + nbytes[i] - 1) >> lbs
         while line <= last:
-            cnt[_set_of(line, n, hsh, G, b) >> ks] += 1
-            line += 1 << ks
+            cnt[_set_of_g(line, n, hsh, G, b, gl) >> ks] += 1
+            line, gl = _next_sampled(line, gl, hsh, lgG, ks)
 
 
 @functools.cache
 def _ranges_kernel(pol: int, P: int, touch: bool, alloc: bool, mtf: bool, hsh: int, store_near: bool):
-    """``_lines_kernel`` over byte ranges: their lines ≡ 0 (mod stride) walked in place."""
+    """``_lines_kernel`` over byte ranges: their sampled lines (set ≡ 0 mod stride: ``_first_sampled``,
+    ``_next_sampled``) walked in place."""
 
     @njit(cache=True, parallel=True)
     def run(addr, nbytes, wr, sm, kern, hpos, lbs, sbs, fg, n, G, b, hg, ks, t0, cnt, T, S, V, D, K, B, PM, PV,
@@ -800,6 +854,7 @@ def _ranges_kernel(pol: int, P: int, touch: bool, alloc: bool, mtf: bool, hsh: i
         multi = len(kern) > 0
         rnd = len(hpos) > 0
         spl = 1 << (lbs - sbs)
+        lgG = np.int64(trailing_zeros(np.int64(G)))
         for g in prange(NT):
             r0, r1 = g * R // NT, (g + 1) * R // NT
             a, kr_, kw_, kh_, ka_, nf_ = acc[g], kr[g], kw[g], kh[g], ka[g], nf[g]
@@ -808,14 +863,14 @@ def _ranges_kernel(pol: int, P: int, touch: bool, alloc: bool, mtf: bool, hsh: i
                     continue
                 a0 = addr[i]
                 e = a0 + nbytes[i]
-                line = ((a0 >> lbs) + (1 << ks) - 1) >> ks << ks   # the first line ≡ 0 (mod 2^ks)
+                line, gl = _first_sampled(a0 >> lbs, hsh, lgG, ks)   # the first sampled line, its granule's hash
                 last = (e - 1) >> lbs
                 w = wr[i]
                 k = np.int64(kern[i]) if multi else 0
                 near = np.int64(sm[i]) % P if P > 1 else 0
                 tot = 0
                 while line <= last:
-                    r = _set_of(line, n, hsh, G, b) >> ks
+                    r = _set_of_g(line, n, hsh, G, b, gl) >> ks if hsh >= 2 else _set_of(line, n, hsh, G, b) >> ks
                     if r >= r0 and r < r1:
                         s = _line_mask(line, a0, e, lbs, sbs, spl, fg, w)
                         h = (((line // hg) * 0x9E3779B1) >> 16) % P if P > 1 else 0
@@ -830,7 +885,7 @@ def _ranges_kernel(pol: int, P: int, touch: bool, alloc: bool, mtf: bool, hsh: i
                                                  s, w, k, q, h, a, kr_, kw_, kh_, pol, P, touch, alloc)
                         a[7] += 1
                         ka_[k] += 1
-                    line += 1 << ks
+                    line, gl = _next_sampled(line, gl, hsh, lgG, ks)
                 nf_[i] = tot
 
     return run
@@ -980,7 +1035,8 @@ class CompiledState:
 
     def run_ranges(self, counts: dict, geom, stride: int, addr, nbytes, write, sm, kernel, t0: int = 0,
                    threads: int | None = None):
-        """Simulate the lines ≡ 0 (mod stride) of byte ranges (``iosim.memory.l2.expand_lines``, ``widen_loads``),
+        """Simulate the sampled lines (set ≡ 0 mod stride: lines ≡ 0, for xor_low ≡ g in each hash granule) of byte
+        ranges (``iosim.memory.l2.expand_lines``, ``widen_loads``),
         row = set // stride, stamps from t0, adding to ``counts`` (with accesses and k_acc). Returns (DRAM sectors
         each range read, the longest per-row sequence)."""
         c = np.ascontiguousarray
@@ -991,8 +1047,8 @@ class CompiledState:
         nsets = geom.sets_per_cache
         hsh, G = HASHES.index(geom.hash), geom.hash_granule_lines
         b = max((nsets - 1).bit_length(), 1)
-        if hsh == 2 and G & (G - 1):
-            raise IosimError(f"xor hash needs a power-of-two hash_granule_lines, got {G}")
+        if hsh >= 2 and G & (G - 1):
+            raise IosimError(f"{geom.hash} hash needs a power-of-two hash_granule_lines, got {G}")
         if hsh == 1 and nsets % G:
             raise IosimError(f"rotate hash needs hash_granule_lines ({G}) to divide the set count {nsets}")
         lbs, sbs, ks = (v.bit_length() - 1 for v in (geom.line_bytes, geom.sector_bytes, stride))

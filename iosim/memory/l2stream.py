@@ -10,8 +10,9 @@ trace in any number of chunks gives exactly the counts of feeding it at once (te
 With the compiled core (``iosim.memory.l2_jit``, unless ``IOSIM_L2_ENGINE=numpy``) the state rows stay in place and the
 chunk goes through in time order, with the same stamps and the same results (tests/test_l2_jit.py); ``feed_ranges`` takes
 a chunk as byte ranges and the compiled core walks their lines itself (no per-line arrays; the NumPy engine expands them).
-Set sampling as in ``iosim.memory.l2``: the caller passes lines ≡ 0 (mod stride) and their row (set // stride); counts
-come back unscaled.
+Set sampling as in ``iosim.memory.l2``: the caller passes the sampled lines (set ≡ 0 mod stride: lines ≡ 0, or for the
+``xor_low`` hash lines ≡ g (mod stride) in each hash granule, ``iosim.memory.l2.first_sampled``) and their row
+(set // stride); counts come back unscaled.
 """
 
 from __future__ import annotations
@@ -171,7 +172,7 @@ class L2Stream:
 
     def feed_ranges(self, addr, nbytes, write, sm=None, kernel=None) -> np.ndarray:
         """``feed`` for one chunk of byte ranges (``iosim.memory.l2.RunTrace``'s fields; sm and kernel may be None
-        for all 0): their lines ≡ 0 (mod stride) as ``expand_lines`` gives them, loads widened by ``widen_loads``,
+        for all 0): their sampled lines (set ≡ 0 mod stride) as ``expand_lines`` gives them, loads widened by ``widen_loads``,
         row set // stride, near partition sm mod P, home ``geom.home``; the same counts as expanding them and
         feeding the lines (tests/test_l2_jit.py). The compiled core walks the lines in place (no per-line arrays).
         Returns the DRAM sectors each range read."""
