@@ -132,7 +132,9 @@ def _plain(r: dict) -> dict:
 
 @st.composite
 def range_traces(draw):
-    policy = draw(st.sampled_from(["lru", "fifo", "lip", "srrip", "random"]))
+    # two policies (one per compiled state layout: recency-ordered lru, stamped random) keep the numba compiles few;
+    # the walk over sampled lines is the same code for every policy
+    policy = draw(st.sampled_from(["lru", "random"]))
     P = draw(st.sampled_from([1, 2]))
     geom = L2Geometry(size_bytes=16 * 4 * 128 * P, line_bytes=128, sector_bytes=draw(st.sampled_from([16, 32])),
                       ways=4, partitions=P, sharing="duplicated" if P > 1 else "shared", policy=policy,
@@ -149,7 +151,7 @@ def range_traces(draw):
     return geom, stride, nk, (addr, nbytes, rng.random(n) < 0.3, rng.integers(0, 7, n), rng.integers(0, nk, n))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(range_traces(), st.integers(1, 3))
 def test_compiled_ranges_equal_numpy_lines(monkeypatch, case, threads):
     # mirrors tests/test_l2_jit.py::test_feed_ranges_equals_expand_then_feed for xor_low: the compiled walk over
