@@ -22,7 +22,7 @@ import numpy as np
 
 from iosim.errors import IosimError
 from iosim.memory.sampling import describe
-from iosim.memory.l2 import L2Geometry, L2Result, RunTrace, aligned, choose_stride
+from iosim.memory.l2 import L2Geometry, L2Result, RunTrace, aligned, choose_stride, first_sampled
 from iosim.memory.l2stream import L2Stream
 from iosim.memory.layout import layout
 from iosim.memory.scheduler import Timeline, order_trace, timeline, work_items
@@ -156,7 +156,8 @@ class _Sink:
         self.aligned = True
 
     def sampled(self, addr: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
-        """Indices of the ranges that touch a sampled line (≡ 0 mod stride; the others add nothing to the counts),
+        """Indices of the ranges that touch a sampled line (set ≡ 0 mod stride, ``first_sampled``; the others add
+        nothing to the counts),
         noting whether every range covers whole aligned groups (``aligned``: then sampling is exact)."""
         k, lb = self.stride, self.geom.line_bytes
         if k == 1:
@@ -164,7 +165,7 @@ class _Sink:
         if self.aligned:
             self.aligned = aligned(RunTrace(addr, nbytes, None, None, None), self.geom, k)
         fl = addr // lb
-        return np.flatnonzero((fl + (-fl) % k) * lb < addr + nbytes)
+        return np.flatnonzero(first_sampled(fl, self.geom, k) * lb < addr + nbytes)
 
     def feed(self, tr: RunTrace) -> None:
         """One time-ordered chunk of byte ranges: the L2 walks their sampled lines (``L2Stream.feed_ranges``)."""
