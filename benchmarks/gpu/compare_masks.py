@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 import validate_masks as vm  # noqa: E402
 from iosim.atomic import atomic_write_text  # noqa: E402
 from iosim.hwprofile import load_hardware  # noqa: E402
+from iosim.memory.l2 import L2Geometry  # noqa: E402
 from iosim.pipeline import predict  # noqa: E402
 
 L2_BOUND = 1.15
@@ -44,17 +45,21 @@ def _num(s) -> float:
         return float("nan")
 
 
-def predict_case(c: dict, hw):
+def predict_case(c: dict, hw, l2_hash: str | None = None):
+    """iosim's prediction of one case; l2_hash: override the profile's L2 set hash (None: the profile's)."""
     from iosim.maskspec import MaskSpec, tile_mask
+    from iosim.memory.l2 import L2Geometry
     p, spec = vm.problem(c), vm.mask_spec(c)
+    geom = None if l2_hash is None else L2Geometry.from_hardware(hw, hash=l2_hash)
     if c["impl"] == "flex":
-        return predict(hw, p, None, kernel="flex", block_mask=spec)
+        return predict(hw, p, None, kernel="flex", block_mask=spec, l2_geometry=geom)
     if c["impl"] == "fa2_window":
-        return predict(hw, p, None, kernel="fa2", block_mask=spec)
+        return predict(hw, p, None, kernel="fa2", block_mask=spec, l2_geometry=geom)
     if c["impl"] == "fa2_varlen":
-        return predict(hw, p, None, kernel="fa2", varlen=c["varlen"])
+        return predict(hw, p, None, kernel="fa2", varlen=c["varlen"], l2_geometry=geom)
     blocks = np.ascontiguousarray(tile_mask(spec, p, 128, 128))
-    return predict(hw, p, None, kernel="iosim-triton", block_mask=MaskSpec(c["mask"], (), blocks, None, 128))
+    return predict(hw, p, None, kernel="iosim-triton", block_mask=MaskSpec(c["mask"], (), blocks, None, 128),
+                   l2_geometry=geom)
 
 
 def main(argv=None) -> int:
@@ -62,6 +67,7 @@ def main(argv=None) -> int:
     ap.add_argument("kernels", nargs="+")
     ap.add_argument("--profile", default="h100")
     ap.add_argument("--out", default="reports/validation/h100/masks")
+    ap.add_argument("--l2-hash", default=None, help="override the profile's L2 set hash (xor, xor_low, …)")
     ap.add_argument("--label", default="held out", help="what the rows are (say 'fitted' for a set a choice was made on)")
     a = ap.parse_args(argv)
     hw = load_hardware(a.profile)
@@ -74,7 +80,7 @@ def main(argv=None) -> int:
         mine = [k for k in ks if int(k["id"]) == c["id"]]
         if not mine:
             continue
-        pr = predict_case(c, hw)
+        pr = predict_case(c, hw, a.l2_hash)
         tokens = sum(vm.lengths(c)) if c["varlen"] else c["B"] * c["N"]
         qkv = 2 * tokens * c["d"] * (c["Hq"] + 2 * c["Hkv"])
         r = {"id": c["id"], "impl": c["impl"], "mask": c["mask"], "varlen": c["varlen"],
@@ -109,6 +115,7 @@ def main(argv=None) -> int:
     def cell(s):
         return "—" if not s.get("n") else f"{100 * s['median_abs']:.2f}% / {100 * s['worst']:+.1f}% ({s['worst_id']}), n={s['n']}"
     md = [f"# Masks, FA2 window and varlen, Triton block masks on the {hw.name}: {a.label}", "",
+          f"L2 set hash: {a.l2_hash or 'the profile' + chr(39) + 's (' + L2Geometry.from_hardware(hw).hash + ')'}.", "",
           "All cases were listed and committed before measurement, after the mask/window/varlen models were built; "
           "nothing was tuned on them. Error = predicted / measured − 1 (median |error| / worst signed (case), n). "
           f"DRAM rows split by the predicted DRAM read > {L2_BOUND} × (Q+K+V) (rule fixed before the errors).", "",

@@ -50,6 +50,10 @@ VARLEN_F = "16384,16384"
 VARLEN_G = ",".join(["1024"] * 16)
 VARLEN_H = "30000,2768"
 VARLEN_I = "7000,7000,7000,11768"
+VARLEN_J = "6000,2000,9000,3000,12768"
+VARLEN_K = ",".join(["2048"] * 16)
+VARLEN_L = "20000,12768"
+DOCS_D = "document:8192,8192,16384,32768"
 
 # id, impl, B, H, Hkv, N, d, mask spec (iosim --mask; "random:DENSITY:SEED" = per-head random 128-blocks), varlen
 CASES = [
@@ -93,8 +97,19 @@ CASES = [
     (966, "fa2_varlen", 4, 24, 24, 11768, 128, "causal", VARLEN_I),
     (971, "triton_blocks", 1, 16, 16, 32768, 128, "chunked:4096", ""),
     (972, "triton_blocks", 1, 16, 16, 16384, 128, "random:0.5:93", ""),
+    # ==== set "held3" (ids 981–999): listed 2026-12-06 before held2 was measured; measured after the L2 set-hash
+    # choice that held2 decides (reports/l2_hash_decision.md), so held out for it ====
+    (981, "fa2_varlen", 5, 16, 16, 12768, 128, "causal", VARLEN_J),
+    (982, "fa2_varlen", 4, 32, 8, 8192, 128, "", VARLEN_A),           # GQA 4:1
+    (983, "fa2_varlen", 16, 32, 32, 2048, 64, "causal", VARLEN_K),
+    (984, "fa2_varlen", 2, 16, 16, 20000, 128, "causal", VARLEN_L),
+    (985, "fa2_window", 1, 32, 32, 32768, 128, "sliding:4096", ""),
+    (986, "flex", 1, 16, 16, 65536, 128, DOCS_D, ""),
+    (987, "flex", 1, 16, 16, 65536, 128, "sliding:8192", ""),
+    (988, "triton_blocks", 1, 16, 16, 65536, 128, "sliding:2048", ""),
 ]
-SETS = {"held": lambda i: i < 940, "held2": lambda i: 940 < i < 980, "all": lambda i: True}
+SETS = {"held": lambda i: i < 940, "held2": lambda i: 940 < i < 980, "held3": lambda i: 980 < i < 1000,
+        "all": lambda i: True}
 COLS = ["id", "impl", "B", "Hq", "Hkv", "N", "d", "mask", "varlen"]
 
 
@@ -202,7 +217,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--cases", default=None)
-    ap.add_argument("--set", default="all", choices=("held", "held2", "all"))
+    ap.add_argument("--set", default="all", choices=tuple(SETS))
     ap.add_argument("--group-size", type=int, default=4)
     ap.add_argument("--timeout-per-group", type=int, default=240)
     ap.add_argument("--dry-run", action="store_true", help="build every case's mask and problem (CPU)")
