@@ -128,9 +128,13 @@ def test_builtin_profile_carries_its_calibrated_l2(name):
     H200 since 2026-12-03, no longer assumed from the H100)."""
     hw = load_hardware(name)
     cal = load_profile_file(os.path.join(ROOT, "reports", "calibration", name, f"{name}_l2_calibrated.toml"))
-    keys = ("l2_partitions", "l2_sharing", "l2_policy", "l2_ways", "l2_hash", "l2_home_granule_lines",
+    keys = ("l2_partitions", "l2_sharing", "l2_policy", "l2_ways", "l2_home_granule_lines",
             "l2_store_allocate", "l2_store_near", "l2_dram_fetch_bytes", "l2_line_bytes")
     assert [getattr(hw, k) for k in keys] == [getattr(cal, k) for k in keys]
+    # the set hash is not fitted by the calibration (assumed there: xor); the profile's is chosen by the rule of
+    # reports/l2_hash_decision.md (xor_low since 2026-12-06) and says so
+    assert hw.l2_hash == "xor_low" and hw.sources["l2_hash"].kind == "assumed"
+    assert "l2_hash_decision.md" in hw.sources["l2_hash"].text
     for k in ("l2_partitions", "l2_sharing", "l2_home_granule_lines", "l2_store_allocate", "l2_dram_fetch_bytes"):
         assert hw.sources[k].kind == "measured", k
         assert name.upper() in hw.sources[k].text, k

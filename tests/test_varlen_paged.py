@@ -223,11 +223,9 @@ def test_varlen_dram_matches_dense_with_a_hash_of_all_line_bits():
     assert abs(packed / compulsory - 1) < 0.15
 
 
-@pytest.mark.xfail(strict=True, reason="issue 22: the profile's xor set index keeps the low 7 line bits "
-                   "(l2_hash_granule_lines=128, for exact set sampling), so one head's 2-line rows every 32 lines of a "
-                   "packed [total, H, d] tensor use 8 of every 128 sets: 1/16 of the L2 per head (iosim/memory/l2.py "
-                   "L2Geometry.set_index); passes once the set index hashes every line bit")
 def test_varlen_dram_matches_dense_with_the_profile_l2():
+    """The profile's set index (xor_low since 2026-12-06) hashes the low line bits per granule, so one head's 2-line
+    rows every 32 lines of the packed layout reach every set (under xor, the strict xfail until then: 8 of 128)."""
     n, H, d = 2048, 16, 128
     p = Problem(2, H, H, n, n, 128, causal=True)
     geo = _geometry()
