@@ -143,7 +143,12 @@ def test_builtin_profile_carries_its_calibrated_l2(name):
 def test_h100_one_sm_sweep_reproduced_by_duplicated_partitions(h100):
     """One SM reading W bytes 3 times: half the lines miss from 0.55× to 1.0× nominal L2 (its partition holds near
     copies of everything, the far partition the far-homed half), all miss past 1.1× — the duplicated model gives
-    the same plateau; a shared (unpartitioned) L2 would hit everything up to 1.0×."""
+    the same plateau; a shared (unpartitioned) L2 would hit everything up to 1.0×.
+
+    With the xor_low set hash (the profile's since 2026-12-06, reports/l2_hash_decision.md) the plateau holds to
+    0.75× but the model's sets fill unevenly near the top (each set mixes lines of several 4 KiB home granules, so
+    its near/far split varies): 0.518 at 0.8×, 0.552 at 0.85×, 0.599 at 0.9× where the GPU measures 0.50 — a cost
+    of that choice, listed in reports/l2_hash_low.md; the xor hash it replaced gives 0.500 at every point."""
     rows, meta = h100
     part = set(meta["part_sms"])
     g = L2Geometry.from_hardware(load_hardware("h100"), way_spread=0)   # the organisation alone (no spread)
@@ -152,8 +157,12 @@ def test_h100_one_sm_sweep_reproduced_by_duplicated_partitions(h100):
     assert len(sel) >= 4
     for r in sel:
         m = l2fit.measured_value(r)
+        frac = float(r["bytes_per_pass"]) / meta["l2_bytes"]
         assert m == pytest.approx(0.5, abs=0.02)
-        assert l2fit.simulate_bench(r, g, part, stride=32) == pytest.approx(m, abs=0.03)
+        got = l2fit.simulate_bench(r, g, part, stride=32)
+        assert got == pytest.approx(m, abs=0.03 if frac <= 0.76 else 0.11)
+        assert got >= m - 0.01                     # never fewer misses than the duplicated copies force
+        assert l2fit.simulate_bench(r, replace(g, hash="xor"), part, stride=32) == pytest.approx(m, abs=0.03)
         assert l2fit.simulate_bench(r, replace(g, partitions=1, sharing="shared"), part, stride=32) < 0.05
 
 
