@@ -163,13 +163,15 @@ d=128, 128×64×4 tiles: 2 stages (2 CTAs/SM) 4.40 ms vs 3 stages (1 CTA/SM) 5.0
 (cost_validation_raw/tiles.csv, B4 H16 N8192), exposed softmax about 0.6× — close to 1/√2."""
 
 KERNEL_EFFICIENCY: dict[str, Efficiency] = {
-    "iosim_persistent_fwd": Efficiency(0.694, "fitted",
-        "iosim's persistent Triton forward (iosim/triton_kernels/kernels.py ``_persistent_fwd_kernel``) ran 1.28–1.67× "
-        "(median 1.44×) longer than this model's time for its schedule on all 14 runs of the H100 held-out set of "
-        "issue 21 (ids 1031–1044, measured 2026-12-06; reports/validation/h100/persistent/held.md), (its SM read "
-        "bytes within 0.07%); 1/1.44 = 0.694, applied to its SM-local times (sm_scale). Cause not identified (255 registers at "
-        "d = 128: likely spills; the outer item loop around Triton's software-pipelined KV loop). That set is "
-        "in-sample from this choice on; ids 1071–1099 were measured after it"),
+    "iosim_persistent_fwd": Efficiency(0.746, "fitted",
+        "iosim's persistent Triton forward (iosim/triton_kernels/kernels.py ``_persistent_fwd_kernel``) ran 1.34× "
+        "(median; geometric mean 1.35×) longer than this model's time for its schedule on the 14 runs of the H100 "
+        "held-out set of issue 21 (ids 1031–1044, measured 2026-12-06; reports/validation/h100/persistent/held.md), "
+        "its SM read bytes within 0.07%, occupancy from its measured shared memory (one CTA per SM at d = 128, "
+        "``schedule.PERSISTENT_SMEM_MEASURED``); 1/1.34 = 0.746, applied to its SM-local times (sm_scale). First fitted "
+        "(0.694) before the shared memory was corrected. Cause not identified (255 registers at d = 128: likely "
+        "spills; the outer item loop around Triton's software-pipelined KV loop). Sets 1001–1070 and 1071–1095 are "
+        "in-sample from these choices on; ids 1201–1299 were measured after them"),
 }
 """Per-kernel efficiency beyond its instruction path's, by ``Kernel.name``: divides the SM-local times (``sm_scale``).
 Only for kernels measured to run slower than their path's fit, with the data it was fitted on."""

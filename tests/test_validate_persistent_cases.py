@@ -88,13 +88,17 @@ def expected_sm_read(c: dict) -> int:
 
 def test_ids_unique_in_range_and_coverage():
     ids = [c[0] for c in vp.CASES]
-    assert len(ids) == len(set(ids)) and all(1001 <= i <= 1099 for i in ids)
+    assert len(ids) == len(set(ids)) and all(1001 <= i <= 1099 or 1201 <= i <= 1299 for i in ids)
     held = [c for c in vp.CASES if vp.SETS["held"](c[0])]
     held2 = [c for c in vp.CASES if vp.SETS["held2"](c[0])]
-    assert 35 <= len(held) <= 45 and 20 <= len(held2) <= 29 and len(held) + len(held2) == len(ids)
+    held3 = [c for c in vp.CASES if vp.SETS["held3"](c[0])]
+    assert 35 <= len(held) <= 45 and 20 <= len(held2) <= 29 and 12 <= len(held3) <= 30
+    assert len(held) + len(held2) + len(held3) == len(ids)
     vp.check_cases()
     shapes = {tuple(c[1:]) for c in held}
     assert not any(tuple(c[1:]) in shapes for c in held2)   # the second set repeats no case of the first
+    shapes |= {tuple(c[1:]) for c in held2}
+    assert not any(tuple(c[1:]) in shapes for c in held3)   # nor the third of either
     cs = [vp.case_dict(c) for c in held]
     by = {i: [c for c in cs if c["impl"] == i] for i in vp.IMPLS}
     assert all(len(v) >= 8 for v in by.values())

@@ -92,14 +92,16 @@ def dram_counted(dram_read_pred: float | None, qkv: int) -> bool:
     return dram_read_pred is not None and dram_read_pred > DRAM_RULE * qkv
 
 
-def triton_schedule(p: Problem, impl: str, order: str, num_sms: int):
+def triton_schedule(p: Problem, impl: str, order: str, num_sms: int, workers: int | None = None):
     """The schedule ``iosim.triton_kernels.attention`` launches for a case (config=None), workers as the launcher
     picks them (``kernels._persistent``: ``persistent_workers(p, kc, num_sms)``; ``kernels._streamk_decode``:
-    ``streamk_workers(p, block_n, num_sms)``)."""
+    ``streamk_workers(p, block_n, num_sms)``). workers: the persistent forward's grid as measured (the launcher of
+    the day chose it from the occupancy model of the day), which the prediction then takes as given."""
     from iosim.triton_kernels.schedule import kernel_schedule, launch_config, persistent_workers, streamk_workers
     kc = launch_config(p.head_dim, p.causal)
     if impl == "triton_persistent":
-        return kernel_schedule(p, kc, persistent=True, num_workers=persistent_workers(p, kc, num_sms), order=order)
+        w = int(workers) if workers else persistent_workers(p, kc, num_sms)
+        return kernel_schedule(p, kc, persistent=True, num_workers=w, order=order)
     if impl == "triton_streamk":
         return kernel_schedule(p, kc, decode="streamk", num_workers=streamk_workers(p, kc.block_n, num_sms))
     raise ValueError(f"not a Triton case: {impl}")
@@ -119,7 +121,7 @@ def predict_case(r: dict, hw, l2: bool = True) -> dict:
         pr = predict(hw, p, None, kernel="cudnn", l2=l2)
         counts, dram_read, time_s = pr.counts, pr.dram_read_bytes, pr.time_s
     else:
-        sched = triton_schedule(p, r["impl"], r["order"], hw.sm_count)
+        sched = triton_schedule(p, r["impl"], r["order"], hw.sm_count, r.get("grid_meas"))
         counts = count(sched)
         res = simulate_schedule(sched, hw, None, regs_per_thread=None, persistent=False) if l2 else None
         dram = ({k.name: k.dram_read_bytes for k in res.kernels}, {k.name: k.dram_write_bytes for k in res.kernels}) \

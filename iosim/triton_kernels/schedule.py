@@ -437,6 +437,23 @@ def persistent_items(p: Problem, block_m: int, order: str) -> tuple[np.ndarray, 
     return tm - 1 - u // (B * H), (u % (B * H)) // H, u % H
 
 
+PERSISTENT_SMEM_MEASURED = {(128, 64, 128, 2): 131_104, (64, 128, 64, 2): 82_944}
+"""(block_m, block_n, head_dim, stages) → dynamic shared memory of ``kernels._persistent_fwd_kernel`` (bf16, TMA):
+ncu ``launch__shared_mem_per_block_dynamic`` on the H100, 2026-12-06 (reports/validation/h100/persistent_raw/
+kernels.csv, every case of a head dim alike). Larger than the dense forward's buffers (Q + stages × (K + V)): the
+persistent kernel also stages its O tile for the TMA store (d = 128: 32,768 + 65,536 + 32,768 + 32 B of barriers =
+131,104). At d = 128 that is one CTA per SM, not the two the buffers allowed: a per-item trace (reports/validation/
+h100/persistent_trace_raw, ``benchmarks/gpu/diag_persistent_trace.py``) shows workers 132–263 starting only when the
+worker before them on their SM has finished all its items."""
+
+
+def persistent_smem_bytes(bm: int, bn: int, d: int, elem: int, stages: int) -> int:
+    """Dynamic shared memory of the persistent forward: measured (``PERSISTENT_SMEM_MEASURED``) where known, else
+    Q + stages × (K + V) + the O staging tile + 32 B of barriers (what reproduces the d = 128 measurement)."""
+    got = PERSISTENT_SMEM_MEASURED.get((bm, bn, d, stages)) if elem == 2 else None
+    return got if got is not None else bm * d * elem * 2 + stages * 2 * bn * d * elem + 32
+
+
 def persistent_workers(p: Problem, cfg: KernelConfig, num_sms: int = 132, hw=None) -> int:
     """Default worker count: num_sms × the CTAs per SM that fit (``iosim.occupancy`` of the persistent kernel on ``hw``,
     default the H100 profile), at most one worker per item."""
@@ -475,7 +492,7 @@ def persistent_schedule(p: Problem, cfg: KernelConfig, num_workers: int, order: 
             Store("acc", q_tile(p, "O", b, h, rows)), Store("lse", row_tile(p, "LSE", b, h, rows)))
     kernel = Kernel("iosim_persistent_fwd", (GridAxis("w", w, W),), flash2.buffers(bm, bn, d, e),
                     (Loop(t, 0, lookup(table("num_items"), w), item),), threads_per_cta=32 * cfg.num_warps,
-                    persistent=True)
+                    persistent=True, smem_bytes=persistent_smem_bytes(bm, bn, d, e, cfg.num_stages))
     notes = (f"persistent forward: {W} workers, {U} items ({tm} query blocks × B·H) in order {order!r}, static "
              "round-robin",)
     return Schedule("iosim-triton-persistent", p, cfg, qkvo_tensors(p) | {"LSE": lse_tensor(p)}, (kernel,), notes,
