@@ -1,6 +1,7 @@
 """Persistent-kernel validation sweep (issue 21): cuDNN's SDPA forward, iosim's persistent Triton forward and iosim's
-stream-K decode, under ncu. One set, ``held`` (ids 1001–1099): listed and committed before any of it was measured;
-no model choice is tuned on it, so every row is reported as *held out* (benchmarks/gpu/compare_persistent.py).
+stream-K decode, under ncu. Three sets, each listed and committed before any of it was measured: ``held`` (ids
+1001–1070; choices were later fitted on it), ``held2`` (1071–1095; in-sample for the persistent kernel's measured
+shared memory) and ``held3`` (1201–1299; held out) — benchmarks/gpu/compare_persistent.py ``--label`` says which.
 
 Device command (from the repository root; one H100, about 2 minutes of GPU time, see "Runtime" below):
 
