@@ -591,17 +591,18 @@ def calibrate_dir(dirpath: str, base: str | None = None, stride: int = 32, log=p
                                   f"{(home.get('granule_lines') or 0) * LINE} B block either all near ({home.get('near_hit_cycles', float('nan')):.0f} cycles) or all far "
                                   f"({home.get('far_hit_cycles', float('nan')):.0f} cycles); which block goes where is not "
                                   "modelled: the model hashes these granules to partitions"),
-        "l2_hash": ("xor", "assumed",
+        "l2_hash": ("xor_low", "assumed",
                     f"{m_on}: one SM cycling 20 times over {min(conf['lines'])}–{max(conf['lines'])} lines at every power-of-two stride "
                     f"{min(conf['strides'])} B – {max(conf['strides']) // 2**20} MiB re-misses at most {conf['max_lines_remissed_per_pass']:.2f} "
                     "lines per pass (no conflict set), and one sector every 256 B (every other line) keeps the full "
                     "capacity: the set index is hashed, low line bits included. The hash itself is not identified; "
-                    "the model's xor fold keeps the low 7 line bits (exact set sampling needs them), so it halves the "
-                    "capacity for line strides of 2–64 lines (l2_curves.csv, sector256) — tiled attention reads whole "
-                    "aligned tiles and is not affected"),
-        "l2_hash_granule_lines": (128, "assumed", "the xor fold keeps the low 7 line bits (16 KiB): exact set sampling "
-                                  "needs set ≡ line (mod stride), and stride 128 keeps FA2 causal 64K within the "
-                                  "simulator's 30 s / 2 GB target (benchmarks/bench_l2.py); the GPU hashes these bits too"),
+                    "the model's xor_low hashes the low 7 line bits per 128-line granule, so strides of 2–64 lines "
+                    "reach every set (l2_curves.csv, sector256; chosen over xor, which left them unhashed, by "
+                    "reports/l2_hash_decision.md)"),
+        "l2_hash_granule_lines": (128, "assumed", "G = 128 lines (16 KiB): xor_low XORs the low 7 line bits with one "
+                                  "hash value per granule, so set sampling with a stride dividing 128 stays exact; "
+                                  "stride 128 keeps FA2 causal 64K within the simulator's 30 s / 2 GB target "
+                                  "(benchmarks/bench_l2.py)"),
         "l2_policy": (chosen.policy, "calibrated",
                       f"{m_on}: " + ("LRU kept: no policy beats it on the capacity sweeps and hot+read-stream runs by "
                                      f"more than the run-to-run RMS {TIE_RMS} (l2fit.TIE_RMS)"
