@@ -48,7 +48,6 @@ def _num(s) -> float:
 def predict_case(c: dict, hw, l2_hash: str | None = None):
     """iosim's prediction of one case; l2_hash: override the profile's L2 set hash (None: the profile's)."""
     from iosim.maskspec import MaskSpec, tile_mask
-    from iosim.memory.l2 import L2Geometry
     p, spec = vm.problem(c), vm.mask_spec(c)
     geom = None if l2_hash is None else L2Geometry.from_hardware(hw, hash=l2_hash)
     if c["impl"] == "flex":
@@ -115,7 +114,7 @@ def main(argv=None) -> int:
     def cell(s):
         return "—" if not s.get("n") else f"{100 * s['median_abs']:.2f}% / {100 * s['worst']:+.1f}% ({s['worst_id']}), n={s['n']}"
     md = [f"# Masks, FA2 window and varlen, Triton block masks on the {hw.name}: {a.label}", "",
-          f"L2 set hash: {a.l2_hash or 'the profile' + chr(39) + 's (' + L2Geometry.from_hardware(hw).hash + ')'}.", "",
+          f"L2 set hash: {a.l2_hash or f'the profile’s ({L2Geometry.from_hardware(hw).hash})'}.", "",
           "All cases were listed and committed before measurement, after the mask/window/varlen models were built; "
           "nothing was tuned on them. Error = predicted / measured − 1 (median |error| / worst signed (case), n). "
           f"DRAM rows split by the predicted DRAM read > {L2_BOUND} × (Q+K+V) (rule fixed before the errors).", "",

@@ -12,6 +12,11 @@ sliding window: no tensor loads), and the d = 128 case 901 both ways, under ncu 
       python3 benchmarks/gpu/diag_flex_maskmod.py --out "$OUT/diag_flex"
 
 Writes kernels.csv, metrics.txt, log.txt under --out.
+
+Outcome (2026-12-06, reports/validation/h100/masks_diag_raw/): 902 ran 2.08 GB of local (spill) loads, 1.87 GB of them
+missing L1 — the SM-read gap; 1901 matched 901 (the tensor loads cost nothing at d = 128). 1902 did not run:
+``create_block_mask`` built a dense 131072² mask and ran out of memory, so the index-arithmetic variant was not
+measured at d = 64.
 """
 
 from __future__ import annotations
