@@ -1,7 +1,8 @@
 """Persistent-kernel validation sweep (issue 21): cuDNN's SDPA forward, iosim's persistent Triton forward and iosim's
-stream-K decode, under ncu. Three sets, each listed and committed before any of it was measured: ``held`` (ids
+stream-K decode, under ncu. Four sets, each listed and committed before any of it was measured: ``held`` (ids
 1001–1070; choices were later fitted on it), ``held2`` (1071–1095; in-sample for the persistent kernel's measured
-shared memory) and ``held3`` (1201–1299; held out) — benchmarks/gpu/compare_persistent.py ``--label`` says which.
+shared memory), ``held3`` (1201–1249; in-sample for the L2-coupled item timeline) and ``held4`` (1251–1299; held
+out) — benchmarks/gpu/compare_persistent.py ``--label`` says which.
 
 Device command (from the repository root; one H100, about 2 minutes of GPU time, see "Runtime" below):
 
@@ -159,10 +160,32 @@ CASES = [
     (1224, "cudnn", 2, 16, 16, 16384, 16384, 64, 0, "-"),
     (1241, "triton_streamk", 2, 32, 8, 1, 65536, 128, 0, "-"),
     (1242, "triton_streamk", 1, 32, 4, 1, 16384, 64, 0, "-"),
+    # ==== set "held4" (ids 1251–1299): listed 2026-12-06 (session 11) after the L2-coupled item timeline of static
+    # persistent kernels was chosen (reports/persistent_coupled_timeline.md: kappa 1, window 0.5 tick, EMA 0.5) and
+    # the efficiency refit rule written there; before any of it was measured ====
+    (1251, "triton_persistent", 1, 16, 16, 24576, 24576, 128, 1, "rr"),
+    (1252, "triton_persistent", 1, 16, 16, 24576, 24576, 128, 1, "lpt"),
+    (1253, "triton_persistent", 1, 8, 8, 32768, 32768, 64, 1, "rr"),
+    (1254, "triton_persistent", 2, 24, 8, 12288, 12288, 128, 1, "lpt"),   # GQA 3:1
+    (1255, "triton_persistent", 1, 32, 32, 12288, 12288, 64, 0, "rr"),
+    (1256, "triton_persistent", 1, 16, 16, 16384, 16384, 128, 0, "lpt"),
+    (1257, "triton_persistent", 1, 40, 8, 16384, 16384, 128, 1, "rr"),    # GQA 5:1
+    (1258, "triton_persistent", 1, 16, 16, 40000, 40000, 64, 1, "lpt"),   # ragged
+    (1259, "triton_persistent", 2, 16, 16, 10000, 10000, 128, 1, "rr"),   # ragged
+    (1260, "triton_persistent", 4, 16, 16, 8192, 8192, 64, 1, "lpt"),
+    (1261, "triton_persistent", 1, 16, 16, 28672, 28672, 128, 0, "rr"),
+    (1262, "triton_persistent", 1, 32, 32, 8192, 8192, 128, 0, "lpt"),
+    (1271, "cudnn", 1, 16, 16, 36864, 36864, 128, 0, "-"),
+    (1272, "cudnn", 1, 8, 8, 65536, 65536, 64, 1, "-"),
+    (1273, "cudnn", 1, 32, 8, 49152, 49152, 128, 0, "-"),      # GQA 4:1
+    (1274, "cudnn", 2, 16, 16, 32768, 32768, 64, 0, "-"),
+    (1275, "cudnn", 1, 16, 16, 81920, 81920, 128, 1, "-"),
+    (1276, "cudnn", 1, 24, 24, 28672, 28672, 128, 0, "-"),
 ]
 COLS = ["id", "impl", "B", "Hq", "Hkv", "Nq", "Nkv", "d", "causal", "order"]
 IMPLS = ("cudnn", "triton_persistent", "triton_streamk")
-SETS = {"held": lambda i: 1000 < i <= 1070, "held2": lambda i: 1070 < i < 1100, "held3": lambda i: 1200 < i < 1300,
+SETS = {"held": lambda i: 1000 < i <= 1070, "held2": lambda i: 1070 < i < 1100, "held3": lambda i: 1200 < i < 1250,
+        "held4": lambda i: 1250 < i < 1300,
         "all": lambda i: True}
 METRICS = ["dram__bytes_read.sum", "dram__bytes_write.sum", "l1tex__m_xbar2l1tex_read_bytes.sum",
            "gpu__time_duration.sum", "launch__grid_size", "launch__block_size", "launch__registers_per_thread",
@@ -204,7 +227,7 @@ def check_cases(cases=None) -> None:
     assert len(ids) == len(set(ids)), "duplicate case ids"
     for c in cases:
         d = case_dict(c)
-        assert 1001 <= d["id"] <= 1099 or 1201 <= d["id"] <= 1299, d
+        assert 1001 <= d["id"] <= 1099 or 1201 <= d["id"] <= 1299, d  # held4: 1251–1299
         assert d["impl"] in IMPLS and d["Hq"] % d["Hkv"] == 0, d
         assert (d["order"] in ("rr", "lpt")) == (d["impl"] == "triton_persistent"), d
         assert (d["impl"] == "triton_streamk") == (d["Nq"] == 1), d
