@@ -215,6 +215,8 @@ class Kernel:
     # load, consumer warpgroups compute; FA3 arXiv 2407.08608 §3.1), "ws-pingpong" (two consumer warpgroups alternate
     # softmax and MMAs, FA3 §3.1), "ws-2cta" (FA4 arXiv 2603.05451: a 2-CTA MMA pair shares K/V, tensor memory)
     cluster: int = 1  # CTAs of a cluster that share operand tiles (FA4's 2-CTA MMA: 2)
+    static_items: bool = False  # persistent, items assigned before launch (item t to worker t mod W): the L2 model
+    # runs its workers on the L2-coupled timeline (iosim.memory.coupled), not a fixed one
 
     @property
     def num_programs(self) -> Expr:

@@ -23,6 +23,7 @@ import numpy as np
 from iosim.errors import IosimError
 from iosim.memory.sampling import describe
 from iosim.memory.l2 import L2Geometry, L2Result, RunTrace, aligned, choose_stride, first_sampled
+from iosim.memory.coupled import stream_coupled
 from iosim.memory.l2stream import L2Stream
 from iosim.memory.layout import layout
 from iosim.memory.scheduler import Timeline, order_trace, timeline, work_items
@@ -270,18 +271,25 @@ def simulate_schedule(schedule: Schedule, hw, geometry: L2Geometry | None = None
     tls, info = [], []
     for k in schedule.kernels:
         occ = occupancy(k, hw, getattr(cfg, "num_stages", 1), regs_per_thread)
-        tl = timeline(kernel_durations(schedule, k), occ.slots, persistent, jitter, disorder,
-                      work_items(schedule, k))   # persistent workers: drift per work item
-        tls.append(tl)
-        info.append((k.name, occ, tl.end))
-    total = sum(float(tl.end) for tl in tls) or 1.0
+        if getattr(k, "static_items", False) and k.persistent:
+            dur = kernel_durations(schedule, k)    # coupled timeline: its length is known once it has run
+            tls.append((None, float(dur.sum()) / max(min(len(dur), occ.slots), 1)))
+        else:
+            tl = timeline(kernel_durations(schedule, k), occ.slots, persistent, jitter, disorder,
+                          work_items(schedule, k))   # persistent workers: drift per work item
+            tls.append((tl, float(tl.end)))
+        info.append([k.name, occ, tls[-1][1]])
+    total = sum(e for _, e in tls) or 1.0
     bar = Progress(sys.stderr.isatty() if progress is None else progress)
     try:
         done = 0.0
-        for ki, (k, tl) in enumerate(zip(schedule.kernels, tls)):
-            stream_kernel(schedule, k, lay, tl, ki, hw.sm_count, sink, chunk_ranges,
-                          lambda f, d=done, e=float(tl.end): bar.update((d + f * e) / total))
-            done += float(tl.end)
+        for ki, (k, (tl, e)) in enumerate(zip(schedule.kernels, tls)):
+            prog = (lambda f, d=done, e=e: bar.update((d + f * e) / total))
+            if tl is None:
+                info[ki][2] = stream_coupled(schedule, k, lay, ki, hw.sm_count, sink, info[ki][1].slots, prog)
+            else:
+                stream_kernel(schedule, k, lay, tl, ki, hw.sm_count, sink, chunk_ranges, prog)
+            done += e
     finally:
         bar.close()
     res = sink.result()

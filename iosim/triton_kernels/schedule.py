@@ -492,7 +492,7 @@ def persistent_schedule(p: Problem, cfg: KernelConfig, num_workers: int, order: 
             Store("acc", q_tile(p, "O", b, h, rows)), Store("lse", row_tile(p, "LSE", b, h, rows)))
     kernel = Kernel("iosim_persistent_fwd", (GridAxis("w", w, W),), flash2.buffers(bm, bn, d, e),
                     (Loop(t, 0, lookup(table("num_items"), w), item),), threads_per_cta=32 * cfg.num_warps,
-                    persistent=True, smem_bytes=persistent_smem_bytes(bm, bn, d, e, cfg.num_stages))
+                    persistent=True, smem_bytes=persistent_smem_bytes(bm, bn, d, e, cfg.num_stages), static_items=True)
     notes = (f"persistent forward: {W} workers, {U} items ({tm} query blocks × B·H) in order {order!r}, static "
              "round-robin",)
     return Schedule("iosim-triton-persistent", p, cfg, qkvo_tensors(p) | {"LSE": lse_tensor(p)}, (kernel,), notes,
