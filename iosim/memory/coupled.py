@@ -11,7 +11,8 @@ measured item durations are replayed; reports/persistent_dram_notes.md). So here
 * then each worker's time per tick becomes ``1 + KAPPA · m / s``: m is an exponential average (weight ``EMA`` on the
   past) of the DRAM sectors its reads fetched per tick, s the sectors a tick loads into the kernel's pipelined
   buffers (flash2's K and V tiles);
-* a worker past the resident slots starts when a slot frees, at the end time of the worker it replaces (first free).
+* a worker past the resident slots starts when a slot frees, at the end time of the worker it replaces (first free;
+  ties: the lowest slot).
 
 No random drift. The constants were chosen on the persistent-Triton runs of H100 sets held/held2/held3 before held4
 was measured (reports/persistent_coupled_timeline.md; ``benchmarks/persistent_coupling_sweep.py``). Memory is that of
@@ -88,8 +89,9 @@ def stream_coupled(schedule, kernel, lay, kid: int, num_sms: int, sink, slots: i
             nxt[lv] += cnt
             rate[lv] = 1.0 + kappa * miss[lv] / s
             del tr
-        fin = nxt[live] >= dur[live]
-        for d in live[fin]:          # the next waiting worker takes the freed slot at this worker's end
+        fin = live[nxt[live] >= dur[live]]
+        for d in fin[np.lexsort((slot[fin], tau[fin]))]:   # the next waiting worker takes the slot that frees
+            # first (ties: the lowest slot, as ``scheduler.start_times``) at the end time of the worker it replaces
             end = max(end, float(tau[d]))
             if waiting < P:
                 tau[waiting], slot[waiting] = tau[d], slot[d]

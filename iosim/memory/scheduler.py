@@ -15,6 +15,9 @@ loop; CTAs with identical trip counts (non-causal) stay in lockstep, as the conv
 Speeds are fixed before the L2 is simulated (a timeline where a CTA's speed follows its own L2 hits, and one with
 co-resident convoys run apart, were tried and dropped: reports/memory_model_notes.md).
 
+Statically scheduled persistent kernels (``Kernel.static_items``: iosim's persistent Triton forward) do not use this
+timeline: their workers run on one coupled to their L2 misses (``iosim.memory.coupled``).
+
 Persistent kernels (``Kernel.persistent``: one CTA per worker, looping over work items; issue 21): drift is decided
 per work item, not per worker program (``WorkItems``, ``timeline(items=...)``). A worker's program is a chain of items,
 each the loop a non-persistent CTA would run; on the GPU each item's duration jitters on its own (clock, memory
