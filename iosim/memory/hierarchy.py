@@ -96,7 +96,9 @@ def build_trace(schedule: Schedule, hw, regs_per_thread: int | None = None, pers
                 jitter: float = 0.0, disorder: float = 0.0):
     """The whole time-ordered access trace of all kernels at once, with each kernel's (name, occupancy, timeline
     length): the reference the streamed ``simulate_schedule`` is checked against (tests/test_stream_trace.py), and
-    the trace of the L2 engine benchmarks. Memory grows with the trace (about 92 bytes per byte range)."""
+    the trace of the L2 engine benchmarks. Memory grows with the trace (about 92 bytes per byte range). Every kernel
+    on its fixed timeline: a ``static_items`` kernel's coupled timeline exists only streamed
+    (tests/test_coupled_timeline.py checks it against the fixed one at kappa 0)."""
     lay = layout(schedule)
     cfg = schedule.config
     parts, info = [], []
@@ -254,8 +256,10 @@ def simulate_schedule(schedule: Schedule, hw, geometry: L2Geometry | None = None
                       progress: bool | None = None) -> HierarchyResult:
     """DRAM traffic of a schedule on ``hw``. stride: set-sampling stride (None = automatic, 1 = every set).
     jitter: CTA drift σ (None: ``drift_for`` the schedule's KV walk direction); disorder: ``timeline``'s.
-    The trace is streamed kernel after kernel, window by window of each kernel's timeline (``stream_kernel``),
-    through one L2 whose contents carry over; chunk_ranges bounds the byte ranges held at once. progress: a
+    The trace is streamed kernel after kernel, window by window of each kernel's timeline (``stream_kernel``; a
+    persistent kernel with ``static_items``: ``iosim.memory.coupled.stream_coupled``, its timeline coupled to its L2
+    misses, jitter and disorder not applied), through one L2 whose contents carry over; chunk_ranges bounds the byte
+    ranges held at once. progress: a
     progress line on stderr past ``PROGRESS_AFTER_S`` (None: when stderr is a terminal)."""
     geom = geometry or L2Geometry.from_hardware(hw)
     if jitter is None:

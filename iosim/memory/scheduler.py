@@ -18,6 +18,9 @@ co-resident convoys run apart, were tried and dropped: reports/memory_model_note
 Statically scheduled persistent kernels (``Kernel.static_items``: iosim's persistent Triton forward) do not use this
 timeline: their workers run on one coupled to their L2 misses (``iosim.memory.coupled``).
 
+Statically scheduled persistent kernels (``Kernel.static_items``: iosim's persistent Triton forward) do not use this
+timeline: their workers run on one coupled to their L2 misses (``iosim.memory.coupled``).
+
 Persistent kernels (``Kernel.persistent``: one CTA per worker, looping over work items; issue 21): drift is decided
 per work item, not per worker program (``WorkItems``, ``timeline(items=...)``). A worker's program is a chain of items,
 each the loop a non-persistent CTA would run; on the GPU each item's duration jitters on its own (clock, memory
