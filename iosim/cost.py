@@ -163,7 +163,11 @@ d=128, 128×64×4 tiles: 2 stages (2 CTAs/SM) 4.40 ms vs 3 stages (1 CTA/SM) 5.0
 (cost_validation_raw/tiles.csv, B4 H16 N8192), exposed softmax about 0.6× — close to 1/√2."""
 
 KERNEL_EFFICIENCY: dict[str, Efficiency] = {
-    "iosim_persistent_fwd": Efficiency(0.746, "fitted",
+    "iosim_persistent_fwd": Efficiency(0.773, "fitted",
+        "refit 2026-12-06 (session 11) by the rule of reports/persistent_coupled_timeline.md, written before held4 "
+        "(ids 1251–1299) was measured: 0.746 × the median predicted/measured time (1.0358) over the 34 persistent-"
+        "Triton runs of the H100 sets held, held2 and held3 under the L2-coupled timeline (all in-sample for it). "
+        "Before: "
         "iosim's persistent Triton forward (iosim/triton_kernels/kernels.py ``_persistent_fwd_kernel``) ran 1.34× "
         "(median; geometric mean 1.35×) longer than this model's time for its schedule on the 14 runs of the H100 "
         "held-out set of issue 21 (ids 1031–1044, measured 2026-12-06; reports/validation/h100/persistent/held.md), "

@@ -21,7 +21,7 @@ def test_persistent_forward_sm_local_times_divided_by_its_efficiency(monkeypatch
     with_eff = _time(sched, hw).kernels[0]
     monkeypatch.setattr(cost, "KERNEL_EFFICIENCY", {})
     without = _time(sched, hw).kernels[0]
-    eff = 0.746
+    eff = 0.773   # cost.KERNEL_EFFICIENCY, refit in session 11
     assert with_eff.sm_scale == pytest.approx(without.sm_scale / eff)
     assert with_eff.tensor_s == without.tensor_s               # raw resource times unchanged
     # compute-bound here (tensor), so the body grows by the factor (less the fixed fill, which is not scaled)
