@@ -92,13 +92,17 @@ def test_ids_unique_in_range_and_coverage():
     held = [c for c in vp.CASES if vp.SETS["held"](c[0])]
     held2 = [c for c in vp.CASES if vp.SETS["held2"](c[0])]
     held3 = [c for c in vp.CASES if vp.SETS["held3"](c[0])]
+    held4 = [c for c in vp.CASES if vp.SETS["held4"](c[0])]
+    held5 = [c for c in vp.CASES if vp.SETS["held5"](c[0])]
     assert 35 <= len(held) <= 45 and 20 <= len(held2) <= 29 and 12 <= len(held3) <= 30
-    assert len(held) + len(held2) + len(held3) == len(ids)
+    assert 12 <= len(held4) <= 29 and 6 <= len(held5) <= 19
+    assert len(held) + len(held2) + len(held3) + len(held4) + len(held5) == len(ids)
+    assert {vp.case_dict(c)["impl"] for c in held5} == {"triton_streamk"}
     vp.check_cases()
-    shapes = {tuple(c[1:]) for c in held}
-    assert not any(tuple(c[1:]) in shapes for c in held2)   # the second set repeats no case of the first
-    shapes |= {tuple(c[1:]) for c in held2}
-    assert not any(tuple(c[1:]) in shapes for c in held3)   # nor the third of either
+    shapes = set()
+    for later in (held, held2, held3, held4, held5):   # no set repeats a case of an earlier one
+        assert not any(tuple(c[1:]) in shapes for c in later)
+        shapes |= {tuple(c[1:]) for c in later}
     cs = [vp.case_dict(c) for c in held]
     by = {i: [c for c in cs if c["impl"] == i] for i in vp.IMPLS}
     assert all(len(v) >= 8 for v in by.values())

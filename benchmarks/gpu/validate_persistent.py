@@ -1,8 +1,8 @@
 """Persistent-kernel validation sweep (issue 21): cuDNN's SDPA forward, iosim's persistent Triton forward and iosim's
 stream-K decode, under ncu. Four sets, each listed and committed before any of it was measured: ``held`` (ids
 1001–1070; choices were later fitted on it), ``held2`` (1071–1095; in-sample for the persistent kernel's measured
-shared memory), ``held3`` (1201–1249; in-sample for the L2-coupled item timeline) and ``held4`` (1251–1299; held
-out) — benchmarks/gpu/compare_persistent.py ``--label`` says which.
+shared memory), ``held3`` (1201–1249; in-sample for the L2-coupled item timeline), ``held4`` (1251–1279; held
+out) and ``held5`` (1281–1299, stream-K decodes; held out) — benchmarks/gpu/compare_persistent.py ``--label`` says which.
 
 Device command (from the repository root; one H100, about 2 minutes of GPU time, see "Runtime" below):
 
@@ -181,11 +181,21 @@ CASES = [
     (1274, "cudnn", 2, 16, 16, 32768, 32768, 64, 0, "-"),
     (1275, "cudnn", 1, 16, 16, 81920, 81920, 128, 1, "-"),
     (1276, "cudnn", 1, 24, 24, 28672, 28672, 128, 0, "-"),
+    # ==== set "held5" (ids 1281–1299): listed 2026-12-06 (session 11) after held4 was measured, to give the stream-K
+    # decode (unchanged since held3: its model, tiles and workers) a held-out set of more than two runs ====
+    (1281, "triton_streamk", 1, 32, 8, 1, 40000, 128, 0, "-"),     # ragged
+    (1282, "triton_streamk", 4, 32, 8, 1, 16384, 128, 0, "-"),
+    (1283, "triton_streamk", 1, 64, 8, 1, 262144, 128, 0, "-"),   # GQA 8:1
+    (1284, "triton_streamk", 8, 32, 32, 1, 4096, 128, 0, "-"),     # MHA
+    (1285, "triton_streamk", 2, 16, 2, 1, 100000, 64, 0, "-"),     # ragged
+    (1286, "triton_streamk", 1, 32, 4, 1, 524288, 128, 0, "-"),
+    (1287, "triton_streamk", 16, 32, 8, 1, 2048, 64, 0, "-"),
+    (1288, "triton_streamk", 1, 40, 8, 1, 81920, 128, 0, "-"),
 ]
 COLS = ["id", "impl", "B", "Hq", "Hkv", "Nq", "Nkv", "d", "causal", "order"]
 IMPLS = ("cudnn", "triton_persistent", "triton_streamk")
 SETS = {"held": lambda i: 1000 < i <= 1070, "held2": lambda i: 1070 < i < 1100, "held3": lambda i: 1200 < i < 1250,
-        "held4": lambda i: 1250 < i < 1300,
+        "held4": lambda i: 1250 < i < 1280, "held5": lambda i: 1280 < i < 1300,
         "all": lambda i: True}
 METRICS = ["dram__bytes_read.sum", "dram__bytes_write.sum", "l1tex__m_xbar2l1tex_read_bytes.sum",
            "gpu__time_duration.sum", "launch__grid_size", "launch__block_size", "launch__registers_per_thread",
