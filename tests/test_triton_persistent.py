@@ -42,6 +42,7 @@ SCASES = [
     (2, 4, 2, 3, 300, 16, True, 32, 3),  # T = 40: 14, 13, 13 tiles; G·Nq = 6 packed rows, causal by position
     (1, 8, 2, 1, 100, 16, False, 32, 3),  # T = 8: workers of 3, 3, 2 tiles (worker 1 spans both pairs)
     (2, 2, 2, 5, 77, 16, True, 16, 7),  # G = 1, Nq = 5, ragged last tile
+    (2, 4, 1, 2, 650, 16, True, 16, 37),  # pairs over 17 and 21 workers: the combine merges 3 chunks of 8 (the last ragged)
 ]
 
 

@@ -423,14 +423,20 @@ def _streamk_decode_kernel(Q, K, V, OP, LP,
         tl.store(OP + slot + offs_r[:, None] * stride_pm + tl.arange(0, HEAD_DIM)[None, :], acc, mask=rmask[:, None])
 
 
+STREAMK_COMBINE_CHUNK = 8
+"""Partials the stream-K combine merges per step (``_streamk_combine_kernel``): 8 × d fp32 in one warp's registers."""
+
+
 @triton.jit
 def _streamk_combine_kernel(OP, LP, O, LSE,
                             stride_pw, stride_pk, stride_pm, stride_lw, stride_lk,
                             stride_ob, stride_oh, stride_om, stride_eb, stride_eh,
                             Hk, G, Nq, Nkv, T, W,
-                            S_POW2: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
+                            CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
     """Row r of pair (b, hk): merges the partials of the workers wa … wb whose ranges meet the pair's tiles
-    [π·T_c, (π+1)·T_c), worker w's in its slot (w, π − ⌊s_w/T_c⌋)."""
+    [π·T_c, (π+1)·T_c), worker w's in its slot (w, π − ⌊s_w/T_c⌋), CHUNK slots at a time with a running
+    (max, sum, O) (log2 domain). Until session 11 all slots were one [next_pow2(slots), d] tile in one warp's
+    registers: with 33–66 slots a pair, 255 registers and 17–79 µs a launch (reports/validation/h100/persistent/held5.md)."""
     r = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     hk = tl.program_id(2).to(tl.int64)
@@ -442,14 +448,31 @@ def _streamk_combine_kernel(OP, LP, O, LSE,
     x1 = x0 + tn - 1
     wa = tl.where(x0 < big, x0 // (qt + 1), T % W + (x0 - big) // qt)
     wb = tl.where(x1 < big, x1 // (qt + 1), T % W + (x1 - big) // qt)
-    wv = wa + tl.arange(0, S_POW2)
-    smask = wv <= wb
-    kv = pi - (wv * qt + tl.minimum(wv, T % W)) // tn
-    lse_s = tl.load(LP + wv * stride_lw + kv * stride_lk + r, mask=smask, other=float("-inf"))
-    parts = tl.load(OP + wv[:, None] * stride_pw + kv[:, None] * stride_pk + r * stride_pm
-                    + tl.arange(0, HEAD_DIM)[None, :], mask=smask[:, None], other=0.0)
-    _merge_store(lse_s, parts, O, LSE, b, hk * G + r // Nq, r % Nq, stride_ob, stride_oh, stride_om, stride_eb,
-                 stride_eh, HEAD_DIM)
+    m = tl.full((), float("-inf"), tl.float32)
+    tot = tl.zeros((), tl.float32)
+    acc = tl.zeros((HEAD_DIM,), tl.float32)
+    for c in range(wa, wb + 1, CHUNK):
+        wv = c + tl.arange(0, CHUNK)
+        smask = wv <= wb
+        kv = pi - (wv * qt + tl.minimum(wv, T % W)) // tn
+        lse_s = tl.load(LP + wv * stride_lw + kv * stride_lk + r, mask=smask, other=float("-inf"))
+        parts = tl.load(OP + wv[:, None] * stride_pw + kv[:, None] * stride_pk + r * stride_pm
+                        + tl.arange(0, HEAD_DIM)[None, :], mask=smask[:, None], other=0.0)
+        m_new = tl.maximum(m, tl.max(lse_s, 0))
+        m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.math.exp2(m - m_sub)
+        wgt = tl.math.exp2(lse_s - m_sub)
+        tot = tot * alpha + tl.sum(wgt, 0)
+        acc = acc * alpha + tl.sum(parts * wgt[:, None], 0)
+        m = m_new
+    m_sub = tl.where(m == float("-inf"), 0.0, m)
+    h = hk * G + r // Nq
+    n = r % Nq
+    o = acc / tl.where(tot > 0.0, tot, 1.0)
+    tl.store(O + b * stride_ob + h * stride_oh + n * stride_om + tl.arange(0, HEAD_DIM), o.to(O.dtype.element_ty))
+    lse = tl.where(tot > 0.0, (m_sub + tl.math.log2(tl.where(tot > 0.0, tot, 1.0))) / 1.4426950408889634,
+                   float("-inf"))
+    tl.store(LSE + b * stride_eb + h * stride_eh + n, lse)
 
 
 # --- backward: FA2 Algorithm 2 in three launches (Dao-AILab/flash-attention flash_bwd_launch_template.h) ---------
@@ -875,7 +898,7 @@ def _streamk_decode(q, k, v, causal, scale, kc: KernelConfig, tcfg: TritonConfig
     lse = torch.empty((B, H, Nq), dtype=torch.float32, device=q.device)
     _streamk_combine_kernel[(M, B, Hk)](
         op, lp, o, lse, *op.stride()[:3], *lp.stride()[:2], *o.stride()[:3], *lse.stride()[:2],
-        Hk, G, Nq, Nkv, T, W, S_POW2=max(2, triton.next_power_of_2(smax)), BLOCK_N=bn, HEAD_DIM=D, num_warps=1)
+        Hk, G, Nq, Nkv, T, W, CHUNK=STREAMK_COMBINE_CHUNK, BLOCK_N=bn, HEAD_DIM=D, num_warps=1)
     return o, lse
 
 
