@@ -1,8 +1,9 @@
 """Persistent-kernel validation sweep (issue 21): cuDNN's SDPA forward, iosim's persistent Triton forward and iosim's
-stream-K decode, under ncu. Four sets, each listed and committed before any of it was measured: ``held`` (ids
+stream-K decode, under ncu. Six sets, each listed and committed before any of it was measured: ``held`` (ids
 1001–1070; choices were later fitted on it), ``held2`` (1071–1095; in-sample for the persistent kernel's measured
 shared memory), ``held3`` (1201–1249; in-sample for the L2-coupled item timeline), ``held4`` (1251–1279; held
-out) and ``held5`` (1281–1299, stream-K decodes; held out) — benchmarks/gpu/compare_persistent.py ``--label`` says which.
+out), ``held5`` (1281–1289, stream-K decodes; held out) and ``held6`` (1291–1299, stream-K
+decodes after the combine kernel's rewrite; held out) — benchmarks/gpu/compare_persistent.py ``--label`` says which.
 
 Device command (from the repository root; one H100, about 2 minutes of GPU time, see "Runtime" below):
 
@@ -191,11 +192,23 @@ CASES = [
     (1286, "triton_streamk", 1, 32, 4, 1, 524288, 128, 0, "-"),
     (1287, "triton_streamk", 16, 32, 8, 1, 2048, 64, 0, "-"),
     (1288, "triton_streamk", 1, 40, 8, 1, 81920, 128, 0, "-"),
+    # ==== set "held6" (ids 1291–1299): listed 2026-12-06 (session 11) after held5 showed the stream-K combine
+    # kernel's time (17–79 µs with 33–66 partials a pair: one register tile of all of them) and the combine was
+    # rewritten to merge 8 partials a step; the model is unchanged since held3 ====
+    (1291, "triton_streamk", 1, 32, 4, 1, 196608, 128, 0, "-"),
+    (1292, "triton_streamk", 2, 16, 2, 1, 65536, 64, 0, "-"),
+    (1293, "triton_streamk", 1, 32, 8, 1, 24576, 128, 0, "-"),
+    (1294, "triton_streamk", 1, 48, 8, 1, 131072, 128, 0, "-"),   # GQA 6:1
+    (1295, "triton_streamk", 4, 32, 8, 1, 32768, 64, 0, "-"),
+    (1296, "triton_streamk", 1, 16, 1, 1, 300000, 128, 0, "-"),   # MQA: one pair over every worker
+    (1297, "triton_streamk", 8, 32, 8, 1, 8192, 128, 0, "-"),
+    (1298, "triton_streamk", 2, 40, 8, 1, 50000, 128, 0, "-"),    # ragged
 ]
 COLS = ["id", "impl", "B", "Hq", "Hkv", "Nq", "Nkv", "d", "causal", "order"]
 IMPLS = ("cudnn", "triton_persistent", "triton_streamk")
 SETS = {"held": lambda i: 1000 < i <= 1070, "held2": lambda i: 1070 < i < 1100, "held3": lambda i: 1200 < i < 1250,
-        "held4": lambda i: 1250 < i < 1280, "held5": lambda i: 1280 < i < 1300,
+        "held4": lambda i: 1250 < i < 1280, "held5": lambda i: 1280 < i < 1290,
+        "held6": lambda i: 1290 < i < 1300,
         "all": lambda i: True}
 METRICS = ["dram__bytes_read.sum", "dram__bytes_write.sum", "l1tex__m_xbar2l1tex_read_bytes.sum",
            "gpu__time_duration.sum", "launch__grid_size", "launch__block_size", "launch__registers_per_thread",
