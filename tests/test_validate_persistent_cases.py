@@ -88,20 +88,21 @@ def expected_sm_read(c: dict) -> int:
 
 def test_ids_unique_in_range_and_coverage():
     ids = [c[0] for c in vp.CASES]
-    assert len(ids) == len(set(ids)) and all(1001 <= i <= 1099 or 1201 <= i <= 1299 for i in ids)
+    assert len(ids) == len(set(ids)) and all(1001 <= i <= 1099 or 1201 <= i <= 1399 for i in ids)
     held = [c for c in vp.CASES if vp.SETS["held"](c[0])]
     held2 = [c for c in vp.CASES if vp.SETS["held2"](c[0])]
     held3 = [c for c in vp.CASES if vp.SETS["held3"](c[0])]
     held4 = [c for c in vp.CASES if vp.SETS["held4"](c[0])]
     held5 = [c for c in vp.CASES if vp.SETS["held5"](c[0])]
     held6 = [c for c in vp.CASES if vp.SETS["held6"](c[0])]
+    held7 = [c for c in vp.CASES if vp.SETS["held7"](c[0])]
     assert 35 <= len(held) <= 45 and 20 <= len(held2) <= 29 and 12 <= len(held3) <= 30
     assert 12 <= len(held4) <= 29 and 6 <= len(held5) <= 9 and 6 <= len(held6) <= 9
-    assert len(held) + len(held2) + len(held3) + len(held4) + len(held5) + len(held6) == len(ids)
+    assert len(held) + len(held2) + len(held3) + len(held4) + len(held5) + len(held6) + len(held7) == len(ids)
     assert {vp.case_dict(c)["impl"] for c in held5 + held6} == {"triton_streamk"}
     vp.check_cases()
     shapes = set()
-    for later in (held, held2, held3, held4, held5, held6):   # no set repeats a case of an earlier one
+    for later in (held, held2, held3, held4, held5, held6, held7):   # no set repeats a case of an earlier one
         assert not any(tuple(c[1:]) in shapes for c in later)
         shapes |= {tuple(c[1:]) for c in later}
     cs = [vp.case_dict(c) for c in held]

@@ -1,9 +1,9 @@
 """Persistent-kernel validation sweep (issue 21): cuDNN's SDPA forward, iosim's persistent Triton forward and iosim's
-stream-K decode, under ncu. Six sets, each listed and committed before any of it was measured: ``held`` (ids
+stream-K decode, under ncu. Seven sets, each listed and committed before any of it was measured: ``held`` (ids
 1001–1070; choices were later fitted on it), ``held2`` (1071–1095; in-sample for the persistent kernel's measured
 shared memory), ``held3`` (1201–1249; in-sample for the L2-coupled item timeline), ``held4`` (1251–1279; held
-out), ``held5`` (1281–1289, stream-K decodes; held out) and ``held6`` (1291–1299, stream-K
-decodes after the combine kernel's rewrite; held out) — benchmarks/gpu/compare_persistent.py ``--label`` says which.
+out), ``held5`` (1281–1289, stream-K decodes; held out), ``held6`` (1291–1299, stream-K
+decodes after the combine kernel's rewrite; held out), ``held7`` (1301–1399; held out for kappa = 2) — benchmarks/gpu/compare_persistent.py ``--label`` says which.
 
 Device command (from the repository root; one H100, about 2 minutes of GPU time, see "Runtime" below):
 
@@ -203,12 +203,25 @@ CASES = [
     (1296, "triton_streamk", 1, 16, 1, 1, 300000, 128, 0, "-"),   # MQA: one pair over every worker
     (1297, "triton_streamk", 8, 32, 8, 1, 8192, 128, 0, "-"),
     (1298, "triton_streamk", 2, 40, 8, 1, 50000, 128, 0, "-"),    # ragged
+    # ==== set "held7" (ids 1301–1399): listed 2026-12-06 (session 11) after kappa = 2 was chosen for the coupled
+    # timeline on held/held2/held3/held4 (reports/persistent_coupled_timeline.md, "Second choice"), before any of it
+    # was measured ====
+    (1301, "triton_persistent", 1, 16, 16, 20480, 20480, 128, 1, "rr"),
+    (1302, "triton_persistent", 1, 24, 24, 12288, 12288, 64, 1, "rr"),
+    (1303, "triton_persistent", 2, 8, 8, 24576, 24576, 128, 1, "rr"),
+    (1304, "triton_persistent", 1, 32, 8, 24576, 24576, 64, 1, "rr"),     # GQA 4:1
+    (1305, "triton_persistent", 1, 16, 16, 36000, 36000, 128, 1, "rr"),   # ragged
+    (1306, "triton_persistent", 1, 16, 16, 20480, 20480, 128, 1, "lpt"),
+    (1307, "triton_persistent", 1, 24, 24, 12288, 12288, 64, 1, "lpt"),
+    (1308, "triton_persistent", 2, 8, 8, 24576, 24576, 128, 1, "lpt"),
+    (1309, "triton_persistent", 1, 24, 24, 16384, 16384, 128, 0, "rr"),
+    (1310, "triton_persistent", 1, 16, 4, 32768, 32768, 64, 0, "lpt"),   # GQA 4:1
 ]
 COLS = ["id", "impl", "B", "Hq", "Hkv", "Nq", "Nkv", "d", "causal", "order"]
 IMPLS = ("cudnn", "triton_persistent", "triton_streamk")
 SETS = {"held": lambda i: 1000 < i <= 1070, "held2": lambda i: 1070 < i < 1100, "held3": lambda i: 1200 < i < 1250,
         "held4": lambda i: 1250 < i < 1280, "held5": lambda i: 1280 < i < 1290,
-        "held6": lambda i: 1290 < i < 1300,
+        "held6": lambda i: 1290 < i < 1300, "held7": lambda i: 1300 < i < 1400,
         "all": lambda i: True}
 METRICS = ["dram__bytes_read.sum", "dram__bytes_write.sum", "l1tex__m_xbar2l1tex_read_bytes.sum",
            "gpu__time_duration.sum", "launch__grid_size", "launch__block_size", "launch__registers_per_thread",
@@ -243,14 +256,14 @@ def case_flops_bytes(c: dict) -> tuple[float, float]:
 
 
 def check_cases(cases=None) -> None:
-    """The case list's own rules: ids unique and in 1001–1099 or 1201–1299, a known impl, decode rows Nq = 1, GQA
+    """The case list's own rules: ids unique and in 1001–1099 or 1201–1399, a known impl, decode rows Nq = 1, GQA
     groups whole."""
     cases = CASES if cases is None else cases
     ids = [c[0] for c in cases]
     assert len(ids) == len(set(ids)), "duplicate case ids"
     for c in cases:
         d = case_dict(c)
-        assert 1001 <= d["id"] <= 1099 or 1201 <= d["id"] <= 1299, d  # held4: 1251–1299
+        assert 1001 <= d["id"] <= 1099 or 1201 <= d["id"] <= 1399, d
         assert d["impl"] in IMPLS and d["Hq"] % d["Hkv"] == 0, d
         assert (d["order"] in ("rr", "lpt")) == (d["impl"] == "triton_persistent"), d
         assert (d["impl"] == "triton_streamk") == (d["Nq"] == 1), d
