@@ -17,7 +17,8 @@ measured item durations are replayed; reports/persistent_dram_notes.md). So here
 No random drift. The constants were chosen on the persistent-Triton runs of H100 sets held/held2/held3 before held4
 was measured (reports/persistent_coupled_timeline.md; ``benchmarks/persistent_coupling_sweep.py``). Held out on
 H100 set held4 (reports/validation/h100/persistent/held4.md): DRAM read median 8.2% over 11 runs, where the fixed
-timeline gave 129.8% (held4_baselines.md); round-robin causal runs stay over-predicted (+19% to +78%).
+timeline gave 129.8% (held4_baselines.md); on held7 11.2% over 7 runs (fixed timeline 161.0%). Round-robin causal runs
+stay over-predicted (+19% to +109%: the GPU reads about 1.2× Q+K+V, the model about 2×); the others within 13%.
 
 Cost: memory is that of one window (a few ticks of the resident workers), whatever the kernel's length (181 MB peak
 for both runs below); time grows with the kernel's ticks, two windows each: about 2.4 ms a tick on one core (causal
@@ -33,7 +34,9 @@ from iosim.memory.trace import expand_kernel, kernel_durations
 
 KAPPA = 1.0
 """Relative slowdown of a tick whose pipelined loads all come from DRAM (1: twice as long). Chosen from {0, 0.3, 1, 3}
-on 30 in-sample H100 runs (median |err| of DRAM reads 23.6%, 6.5%, 4.8%, 4.8%; reports/persistent_coupled_timeline.md)."""
+on 30 in-sample H100 runs (median |err| of DRAM reads 23.6%, 6.5%, 4.8%, 4.8%; reports/persistent_coupled_timeline.md).
+kappa = 2, a candidate chosen after held4 (round-robin causal runs closer in-sample), lost on held7 by the rule written
+before it (11.4% vs 11.2%): not adopted."""
 WINDOW_TICKS = 0.5
 """Width of a window of global time, in ticks of an unslowed worker (not swept)."""
 EMA = 0.5
