@@ -75,6 +75,9 @@ def simulate(p, order, workers, kappa, hw='h100', stride=None, width=0.5, ema=0.
     res = sink.result()
     return res.dram_read_sectors * 32, t0, st
 
+R = os.path.join(ROOT, 'reports', 'validation', 'h100', 'persistent') + os.sep
+
+
 def rows():
     out={}
     for f in ('fitted.csv','held2_now.csv','held3.csv'):

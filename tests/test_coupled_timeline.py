@@ -23,6 +23,7 @@ from iosim.memory.layout import layout
 from iosim.memory.scheduler import timeline, work_items
 from iosim.memory.trace import kernel_durations
 from iosim.occupancy import occupancy
+from iosim.pipeline import predict
 from iosim.problem import KernelConfig, Problem
 from iosim.triton_kernels.schedule import launch_config, persistent_schedule
 
@@ -100,3 +101,11 @@ def test_simulate_schedule_runs_the_persistent_forward_on_the_coupled_timeline()
     # deterministic
     assert simulate_schedule(s, HW, geom, stride=1).l2.dram_read_sectors == res.l2.dram_read_sectors
     assert np.isfinite(end) and end >= kernel_durations(s, s.kernels[0]).max()
+
+
+def test_dynamic_schedulers_keep_the_fixed_timeline():
+    # cuDNN and FA3 hand each next tile to the first free CTA (models/persistent.dynamic_assign): no static_items
+    p = Problem(1, 4, 4, 2048, 2048, 128, "bf16", True)
+    for kernel in ("cudnn", "fa3"):
+        ks = predict(HW, p, None, kernel=kernel, l2=False).schedule.kernels
+        assert any(k.persistent for k in ks) and not any(k.static_items for k in ks)

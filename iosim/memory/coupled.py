@@ -56,10 +56,11 @@ def tick_sectors(kernel, sector_bytes: int = 32) -> float:
 
 
 def stream_coupled(schedule, kernel, lay, kid: int, num_sms: int, sink, slots: int, on_progress=None,
-                   kappa: float = KAPPA, window: float = WINDOW_TICKS, ema: float = EMA) -> float:
+                   kappa: float = KAPPA, window: float = WINDOW_TICKS, ema: float = EMA, durations=None) -> float:
     """Feed one statically scheduled persistent kernel's accesses to ``sink`` (``iosim.memory.hierarchy._Sink``) on the
-    coupled timeline (module docstring); returns the kernel's end time in ticks."""
-    dur = np.asarray(kernel_durations(schedule, kernel), dtype=np.int64)
+    coupled timeline (module docstring); returns the kernel's end time in ticks. durations: the kernel's
+    ``kernel_durations`` where the caller has them already."""
+    dur = np.asarray(kernel_durations(schedule, kernel) if durations is None else durations, dtype=np.int64)
     P = len(dur)
     if P == 0:
         return 0.0

@@ -275,11 +275,11 @@ def simulate_schedule(schedule: Schedule, hw, geometry: L2Geometry | None = None
     tls, info = [], []
     for k in schedule.kernels:
         occ = occupancy(k, hw, getattr(cfg, "num_stages", 1), regs_per_thread)
-        if getattr(k, "static_items", False) and k.persistent:
-            dur = kernel_durations(schedule, k)    # coupled timeline: its length is known once it has run
-            tls.append((None, float(dur.sum()) / max(min(len(dur), occ.slots), 1)))
+        dur = kernel_durations(schedule, k)
+        if k.static_items and k.persistent:   # coupled timeline: its length is known once it has run
+            tls.append((dur, float(dur.sum()) / max(min(len(dur), occ.slots), 1)))
         else:
-            tl = timeline(kernel_durations(schedule, k), occ.slots, persistent, jitter, disorder,
+            tl = timeline(dur, occ.slots, persistent, jitter, disorder,
                           work_items(schedule, k))   # persistent workers: drift per work item
             tls.append((tl, float(tl.end)))
         info.append([k.name, occ, tls[-1][1]])
@@ -289,8 +289,9 @@ def simulate_schedule(schedule: Schedule, hw, geometry: L2Geometry | None = None
         done = 0.0
         for ki, (k, (tl, e)) in enumerate(zip(schedule.kernels, tls)):
             prog = (lambda f, d=done, e=e: bar.update((d + f * e) / total))
-            if tl is None:
-                info[ki][2] = stream_coupled(schedule, k, lay, ki, hw.sm_count, sink, info[ki][1].slots, prog)
+            if not isinstance(tl, Timeline):   # the durations of a coupled kernel
+                info[ki][2] = stream_coupled(schedule, k, lay, ki, hw.sm_count, sink, info[ki][1].slots, prog,
+                                             durations=tl)
             else:
                 stream_kernel(schedule, k, lay, tl, ki, hw.sm_count, sink, chunk_ranges, prog)
             done += e

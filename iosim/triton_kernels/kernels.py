@@ -362,8 +362,15 @@ def _merge_store(lse_s, parts, O, LSE, b, h, n, stride_ob, stride_oh, stride_om,
     m = tl.max(lse_s, 0)
     m_sub = tl.where(m == float("-inf"), 0.0, m)
     w = tl.math.exp2(lse_s - m_sub)
-    tot = tl.sum(w, 0)
-    o = tl.sum(parts * w[:, None], 0) / tl.where(tot > 0.0, tot, 1.0)
+    _store_merged(tl.sum(parts * w[:, None], 0), tl.sum(w, 0), m_sub, O, LSE, b, h, n, stride_ob, stride_oh,
+                  stride_om, stride_eb, stride_eh, HEAD_DIM)
+
+
+@triton.jit
+def _store_merged(acc, tot, m_sub, O, LSE, b, h, n, stride_ob, stride_oh, stride_om, stride_eb, stride_eh,
+                  HEAD_DIM: tl.constexpr):
+    """Row n of head (b, h): O = acc / tot, LSE = (m_sub + log2 tot) in natural log (−∞ where no partial had a key)."""
+    o = acc / tl.where(tot > 0.0, tot, 1.0)
     tl.store(O + b * stride_ob + h * stride_oh + n * stride_om + tl.arange(0, HEAD_DIM), o.to(O.dtype.element_ty))
     lse = tl.where(tot > 0.0, (m_sub + tl.math.log2(tl.where(tot > 0.0, tot, 1.0))) / 1.4426950408889634,
                    float("-inf"))
@@ -465,14 +472,8 @@ def _streamk_combine_kernel(OP, LP, O, LSE,
         tot = tot * alpha + tl.sum(wgt, 0)
         acc = acc * alpha + tl.sum(parts * wgt[:, None], 0)
         m = m_new
-    m_sub = tl.where(m == float("-inf"), 0.0, m)
-    h = hk * G + r // Nq
-    n = r % Nq
-    o = acc / tl.where(tot > 0.0, tot, 1.0)
-    tl.store(O + b * stride_ob + h * stride_oh + n * stride_om + tl.arange(0, HEAD_DIM), o.to(O.dtype.element_ty))
-    lse = tl.where(tot > 0.0, (m_sub + tl.math.log2(tl.where(tot > 0.0, tot, 1.0))) / 1.4426950408889634,
-                   float("-inf"))
-    tl.store(LSE + b * stride_eb + h * stride_eh + n, lse)
+    _store_merged(acc, tot, tl.where(m == float("-inf"), 0.0, m), O, LSE, b, hk * G + r // Nq, r % Nq, stride_ob,
+                  stride_oh, stride_om, stride_eb, stride_eh, HEAD_DIM)
 
 
 # --- backward: FA2 Algorithm 2 in three launches (Dao-AILab/flash-attention flash_bwd_launch_template.h) ---------
